@@ -1,0 +1,3 @@
+from sdaudit.cli import app
+
+app()

@@ -1,0 +1,33 @@
+"""Analyses of U-Net representations: plain functions on (N, C, rows, cols) arrays (numpy or torch,
+float16/float32; computed in float32 or float64) plus streaming accumulators with
+``update(batch, image_indices=None)`` / ``merge(other)`` / ``result()`` / ``state_dict()``.
+
+Non-finite input raises :class:`NonFiniteInputError` naming the layer. No model code is imported
+here; torch is used only for the published ("paper") position probe and to accept tensors.
+"""
+
+from ._arrays import NonFiniteInputError, as_float32
+from .anomalies import (AnomalyDetector, AnomalyNormAccumulator, anomaly_relative_norms, compare_labels,
+                        detect_anomalies, detect_in_map)
+from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts, crop_box,
+                      crop_pixels, crop_plan, group_masks, group_similarity)
+from .labels import LabelFileError, load_labels, save_labels, validate_labels
+from .position import PositionProbeAccumulator, position_probe
+from .results import (GROUPS, AnomalyDetectionResult, AnomalyNormResult, BorderArtifactsResult,
+                      GroupSimilarityResult, ProbeResult, to_jsonable)
+from .similarity import (MEASURES, SimilarityMapAccumulator, TokenMeanAccumulator, norm_map, reference_token,
+                         similarity_map)
+
+__all__ = [
+    "NonFiniteInputError", "as_float32",
+    "similarity_map", "norm_map", "reference_token", "MEASURES", "SimilarityMapAccumulator",
+    "TokenMeanAccumulator",
+    "position_probe", "PositionProbeAccumulator", "ProbeResult",
+    "group_similarity", "border_artifacts", "group_masks", "crop_pixels", "crop_box", "crop_plan",
+    "GroupSimilarityAccumulator", "BorderArtifactsAccumulator", "GroupSimilarityResult",
+    "BorderArtifactsResult", "GROUPS",
+    "detect_anomalies", "detect_in_map", "compare_labels", "anomaly_relative_norms", "AnomalyDetector",
+    "AnomalyNormAccumulator", "AnomalyDetectionResult", "AnomalyNormResult",
+    "load_labels", "save_labels", "validate_labels", "LabelFileError",
+    "to_jsonable",
+]

@@ -1,0 +1,246 @@
+"""Corner / border token similarity (paper Fig. 2 middle row), without n^4 similarity tensors.
+
+Groups of an H x W grid: corner = the 4 corner tokens, border = the rest of the outer ring,
+other = the interior. A group's within-similarity is the mean cosine over ordered pairs of
+distinct tokens of the group within one image, pooled over images; between two groups, the mean
+over all pairs (one token of each) within one image. With u = x/|x| (u = 0 for a zero token,
+which then has cosine 0 with everything) and per image group sums S_g = sum u, q_g = sum |u|^2:
+
+    within(g)     = sum_images (|S_g|^2 - q_g) / (N k_g (k_g - 1))
+    between(a, b) = sum_images S_a . S_b       / (N k_a k_b)
+
+So the whole state is a 3x3 matrix of summed group-sum Gram entries plus 3 numbers.
+
+Border artifacts: for a layer with an n x n grid (token size ts = image_size / n pixels), crop
+every image by ts on each side and extract the layer again at the model's input size, giving an
+n x n grid that shows the content of the full grid's interior. Compare (a) the cropped images'
+own groups with (b) the same content in the full images: the full maps with the outer ring
+removed, groups on that (n-2) x (n-2) grid. relative = (a) / (b) per group. The published code
+counted the border/other pairs with the full grid's n for (b); here every count comes from the
+grid the groups are defined on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ._arrays import check_features, resolve_indices
+from ._base import Accumulator
+from .results import GROUPS, BorderArtifactsResult, GroupSimilarityResult
+
+_CHUNK_VALUES = 1 << 24  # images are processed in chunks of about this many float32 values
+
+
+def group_masks(rows: int, cols: int | None = None) -> np.ndarray:
+    """(3, rows, cols) boolean masks for corner, border, other on a rows x cols grid."""
+    cols = rows if cols is None else cols
+    ring = np.zeros((rows, cols), bool)
+    ring[[0, -1], :] = True
+    ring[:, [0, -1]] = True
+    corner = np.zeros((rows, cols), bool)
+    corner[[0, 0, -1, -1], [0, -1, 0, -1]] = True
+    return np.stack([corner, ring & ~corner, ~ring])
+
+
+def crop_pixels(image_size: int, n: int) -> int:
+    """Pixels to crop on each side of an ``image_size`` image for a layer with an n-token grid:
+    one token, ts = image_size / n (rounded to whole pixels if n does not divide image_size)."""
+    if n < 3:
+        raise ValueError(f"a {n}x{n} grid has no interior to compare; need n >= 3")
+    ts = int(round(image_size / n))
+    if image_size - 2 * ts < 1:
+        raise ValueError(f"cropping {ts}px per side leaves nothing of a {image_size}px image")
+    return ts
+
+
+def crop_box(image_size: int, n: int) -> tuple[int, int, int, int]:
+    """PIL-style (left, top, right, bottom) box of the cropped image for an n-token grid."""
+    ts = crop_pixels(image_size, n)
+    return (ts, ts, image_size - ts, image_size - ts)
+
+
+def crop_plan(layer_grids: Mapping[str, int | Sequence[int]], image_size: int = 512) -> dict[int, list[str]]:
+    """Group layers by the crop they need: {pixels per side: [layer names]}.
+
+    One cropped extraction per entry serves every layer listed under it (all layers of one grid
+    size). For SD at 512 px: grids 64, 32, 16, 8 need crops of 8, 16, 32, 64 px, so 4 cropped
+    passes (plus the full one) cover all layers. Layers whose grid is smaller than 3 are left out.
+    """
+    plan: dict[int, list[str]] = {}
+    for name, g in layer_grids.items():
+        n = int(g) if np.isscalar(g) else int(g[-1])
+        if not np.isscalar(g) and int(g[0]) != n:
+            raise ValueError(f"layer {name!r}: border artifacts need a square grid, got {tuple(g)}")
+        if n < 3:
+            continue
+        plan.setdefault(crop_pixels(image_size, n), []).append(name)
+    return plan
+
+
+def _group_stats(x: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Summed 3x3 Gram of per-image group sums of unit vectors, and summed |u|^2 per group."""
+    n, c, h, w = x.shape
+    m = masks.reshape(3, h * w).T.astype(np.float32)  # (hw, 3)
+    gram = np.zeros((3, 3))
+    q = np.zeros(3)
+    step = max(1, _CHUNK_VALUES // max(1, c * h * w))
+    for s in range(0, n, step):
+        xi = x[s:s + step].reshape(-1, c, h * w)  # view when x is contiguous
+        norms = np.sqrt(np.einsum("bct,bct->bt", xi, xi))
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        sums = np.matmul(xi * inv[:, None, :], m).astype(np.float64)  # (b, c, 3)
+        gram += np.einsum("bci,bcj->ij", sums, sums)
+        q += ((norms > 0).astype(np.float64) @ m.astype(np.float64)).sum(axis=0)
+    return gram, q
+
+
+def _finish(gram: np.ndarray, q: np.ndarray, n_images: int, grid: tuple[int, int], layer, provenance):
+    k = group_masks(*grid).reshape(3, -1).sum(axis=1).astype(np.float64)
+    counts = n_images * (np.outer(k, k) - np.diag(k))
+    num = gram - np.diag(q)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        matrix = np.where(counts > 0, num / np.where(counts > 0, counts, 1), np.nan)
+    return GroupSimilarityResult(matrix=matrix, pair_counts=counts.astype(np.int64), grid=tuple(grid),
+                                 n_images=int(n_images), layer=layer, provenance=dict(provenance or {}))
+
+
+class GroupSimilarityAccumulator(Accumulator):
+    """Streamed :func:`group_similarity`; state = a 3x3 matrix, 3 numbers and the image count.
+
+    ``inner=True`` drops the outer ring of every map first (used for (b) of border artifacts).
+    """
+
+    def __init__(self, layer: str | None = None, inner: bool = False, provenance: dict | None = None):
+        super().__init__()
+        self.layer, self.inner, self.provenance = layer, inner, dict(provenance or {})
+        self._config = {"layer": layer, "inner": inner, "provenance": self.provenance}
+        self._gram = np.zeros((3, 3))
+        self._q = np.zeros(3)
+        self._n = 0
+        self._grid: tuple[int, int] | None = None
+
+    def update(self, batch: Any, image_indices: Sequence[int] | None = None) -> None:
+        idx = resolve_indices(len(batch), image_indices, self._next_index)
+        x = check_features(batch, layer=self.layer, image_indices=idx, min_grid=3 if self.inner else 1)
+        self._next_index = max(self._next_index, int(idx.max()) + 1) if len(idx) else self._next_index
+        if self.inner:
+            x = x[:, :, 1:-1, 1:-1]
+        grid = (x.shape[2], x.shape[3])
+        if self._grid is not None and grid != self._grid:
+            raise ValueError(f"layer {self.layer!r}: grid changed from {self._grid} to {grid}")
+        self._grid = grid
+        g, q = _group_stats(x, group_masks(*grid))
+        self._gram += g
+        self._q += q
+        self._n += x.shape[0]
+
+    def merge(self, other: "GroupSimilarityAccumulator") -> "GroupSimilarityAccumulator":
+        self._check_mergeable(other)
+        if other._n:
+            if self._grid is not None and other._grid != self._grid:
+                raise ValueError(f"cannot merge grids {self._grid} and {other._grid}")
+            self._grid = other._grid
+            self._gram += other._gram
+            self._q += other._q
+            self._n += other._n
+        return self
+
+    def result(self) -> GroupSimilarityResult:
+        if not self._n:
+            raise ValueError(f"layer {self.layer!r}: no images seen")
+        return _finish(self._gram, self._q, self._n, self._grid, self.layer, self.provenance)
+
+    def _state_arrays(self):
+        return {"gram": self._gram, "q": self._q, "n": np.array(self._n),
+                "grid": np.array(self._grid if self._grid else (0, 0))}
+
+    def _load_state_arrays(self, state):
+        self._gram, self._q = state["gram"].astype(float), state["q"].astype(float)
+        self._n = int(state["n"])
+        g = tuple(int(v) for v in state["grid"])
+        self._grid = g if self._n else None
+
+
+def group_similarity(features: Any, *, layer: str | None = None, provenance: dict | None = None) -> GroupSimilarityResult:
+    """3x3 mean pairwise cosine similarity within/between corner, border, other tokens.
+
+    ``features``: (N, C, rows, cols). Cost O(N C rows cols); no pairwise tensor is formed.
+    """
+    acc = GroupSimilarityAccumulator(layer=layer, provenance=provenance)
+    acc.update(features)
+    return acc.result()
+
+
+class BorderArtifactsAccumulator(Accumulator):
+    """Streamed :func:`border_artifacts`. Full and cropped batches may come separately (e.g. from
+    different extraction passes): ``update(full=..., cropped=...)``; either may be None."""
+
+    def __init__(self, layer: str | None = None, provenance: dict | None = None):
+        super().__init__()
+        self.layer, self.provenance = layer, dict(provenance or {})
+        self._config = {"layer": layer, "provenance": self.provenance}
+        self.cropped = GroupSimilarityAccumulator(layer=layer)
+        self.full = GroupSimilarityAccumulator(layer=layer, inner=True)
+        self._full_grid: tuple[int, int] | None = None
+
+    def update(self, full: Any = None, cropped: Any = None, image_indices: Sequence[int] | None = None) -> None:
+        if full is not None:
+            x = check_features(full, layer=self.layer, name="full", min_grid=3)
+            self._check_grid(x.shape[2:], "full")
+            self.full.update(x, image_indices)
+        if cropped is not None:
+            x = check_features(cropped, layer=self.layer, name="cropped", min_grid=3)
+            self._check_grid(x.shape[2:], "cropped")
+            self.cropped.update(x, image_indices)
+
+    def _check_grid(self, grid: Iterable[int], what: str) -> None:
+        grid = tuple(int(v) for v in grid)
+        if self._full_grid is None:
+            self._full_grid = grid
+        elif grid != self._full_grid:
+            raise ValueError(f"layer {self.layer!r}: {what} grid {grid} differs from {self._full_grid}; "
+                             "the cropped image must be re-extracted at the same model size")
+
+    def merge(self, other: "BorderArtifactsAccumulator") -> "BorderArtifactsAccumulator":
+        self._check_mergeable(other)
+        if other._full_grid is not None:
+            self._check_grid(other._full_grid, "merged")
+        self.cropped.merge(other.cropped)
+        self.full.merge(other.full)
+        return self
+
+    def result(self) -> BorderArtifactsResult:
+        a, b = self.cropped.result(), self.full.result()
+        ca, cb = a.within, b.within
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = {g: float(np.float64(ca[g]) / np.float64(cb[g])) if cb[g] != 0 else float("nan")
+                   for g in GROUPS}
+        return BorderArtifactsResult(relative=rel, cropped=ca, full=cb, cropped_result=a, full_result=b,
+                                     grid=self._full_grid, layer=self.layer, provenance=dict(self.provenance))
+
+    def _state_arrays(self):
+        s = {f"cropped.{k}": v for k, v in self.cropped._state_arrays().items()}
+        s.update({f"full.{k}": v for k, v in self.full._state_arrays().items()})
+        s["full_grid"] = np.array(self._full_grid or (0, 0))
+        return s
+
+    def _load_state_arrays(self, state):
+        self.cropped._load_state_arrays({k[8:]: v for k, v in state.items() if k.startswith("cropped.")})
+        self.full._load_state_arrays({k[5:]: v for k, v in state.items() if k.startswith("full.")})
+        g = tuple(int(v) for v in state["full_grid"])
+        self._full_grid = g if g != (0, 0) else None
+
+
+def border_artifacts(full: Any, cropped: Any, *, layer: str | None = None,
+                     provenance: dict | None = None) -> BorderArtifactsResult:
+    """Relative within-group similarity of edge tokens, (a) cropped / (b) full-interior.
+
+    ``full``: the layer for the original images, (N, C, n, n). ``cropped``: the same layer for the
+    images cropped by :func:`crop_pixels` on each side and re-extracted at the same model size
+    (so again (N', C, n, n)). See the module docstring.
+    """
+    acc = BorderArtifactsAccumulator(layer=layer, provenance=provenance)
+    acc.update(full=full, cropped=cropped)
+    return acc.result()

@@ -1,0 +1,437 @@
+"""Position probe (paper Fig. 2 top row): how well a linear map recovers a token's row and column.
+
+Every token (C features) of a layer is a sample; its labels are its row (n_rows classes) and its
+column (n_cols classes). The first ``int(train_fraction * N)`` images train, the rest test (split
+by image index). Accuracy at comparison resolution s on an axis with n classes: a prediction
+counts if ``pred * s // n == label * s // n``; the reported accuracy is the mean of the row and
+column accuracy; chance is 1 / min(s, n) (per axis, then averaged).
+
+Methods
+-------
+``"paper"``  the published probe: ``nn.Linear(C, n_rows + n_cols)``, cross-entropy on each axis
+             (averaged), Adam lr 1e-3, batch 512, 5 epochs, torch seed 42 (seeded per call, the
+             caller's RNG state is preserved). On square grids the logits are read as the
+             published ``view(-1, n, 2)`` (row and column logits interleaved), so results match
+             the published code's layout. Needs all tokens in memory (kept in the input dtype).
+``"lda"``    closed form (default): linear discriminant analysis with a shared, shrunk within-class
+             covariance, one per axis. Needs only streamed sufficient statistics of the training
+             tokens: sum x, sum x x^T (C x C), per-row and per-column feature sums and counts.
+``"ridge"``  closed form: ridge regression of one-hot row / column targets on the centred
+             features, argmax per axis; same sufficient statistics.
+
+``shrinkage`` (alpha) regularises both closed forms: LDA uses (1 - alpha) S + alpha tr(S)/C I for
+the within-class covariance S; ridge adds lambda = alpha tr(S)/C to the centred scatter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._arrays import check_features, check_finite, is_torch, resolve_indices, NonFiniteInputError
+from ._base import Accumulator
+from .results import ProbeResult
+
+CLOSED_FORM = ("lda", "ridge")
+DEFAULT_SHRINKAGE = 1e-2
+
+
+def _axis_hits(pred: np.ndarray, label: np.ndarray, n: int, resolutions: Sequence[int]) -> np.ndarray:
+    """Correct-prediction counts per resolution for one axis with n classes."""
+    return np.array([int(np.sum((pred * s) // n == (label * s) // n)) for s in resolutions], dtype=np.int64)
+
+
+def _chance(s: int, grid: tuple[int, int]) -> float:
+    return 0.5 * (1.0 / min(s, grid[0]) + 1.0 / min(s, grid[1]))
+
+
+def _make_result(method, resolutions, grid, hits_r, hits_c, n_test_tok, n_tr_img, n_te_img, n_tr_tok,
+                 layer, provenance, details) -> ProbeResult:
+    res = [int(s) for s in resolutions]
+    acc_r = {s: float(h) / n_test_tok if n_test_tok else float("nan") for s, h in zip(res, hits_r)}
+    acc_c = {s: float(h) / n_test_tok if n_test_tok else float("nan") for s, h in zip(res, hits_c)}
+    return ProbeResult(method=method, resolutions=res,
+                       accuracy={s: 0.5 * (acc_r[s] + acc_c[s]) for s in res},
+                       row_accuracy=acc_r, col_accuracy=acc_c,
+                       chance={s: _chance(s, grid) for s in res}, grid=tuple(int(g) for g in grid),
+                       n_train_images=int(n_tr_img), n_test_images=int(n_te_img),
+                       n_train_tokens=int(n_tr_tok), n_test_tokens=int(n_test_tok),
+                       layer=layer, provenance=dict(provenance or {}), details=details)
+
+
+def n_train_images(n_images: int, train_fraction: float) -> int:
+    """Number of training images: the first ``int(n_images * train_fraction)`` (as published)."""
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    n_tr = int(n_images * train_fraction)
+    if n_tr < 1 or n_tr >= n_images:
+        raise ValueError(f"{n_images} images with train_fraction {train_fraction} leave "
+                         f"{n_tr} train / {n_images - n_tr} test images; need at least one of each")
+    return n_tr
+
+
+class PositionProbeAccumulator(Accumulator):
+    """Streamed closed-form position probe (``method`` "lda" or "ridge").
+
+    ``n_images`` is the total number of images (to know which are train: index < int(n_images *
+    train_fraction), or pass ``n_train``). Training images add to the sufficient statistics
+    (float64; C x C plus classes x C; per-batch products in float32 about a fixed shift vector,
+    on the input's torch device if a tensor is given). Test images are scored as soon as all
+    training images have been seen (the natural order of an audit: test images come last);
+    test images that arrive earlier are buffered until then. For multi-process runs: merge
+    (or all-reduce) the shards' training statistics first, then stream the test images through
+    the merged accumulator, then merge the test counts.
+    """
+
+    def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64),
+                 method: str = "lda", shrinkage: float = DEFAULT_SHRINKAGE, n_train: int | None = None,
+                 layer: str | None = None, provenance: dict | None = None):
+        super().__init__()
+        if method not in CLOSED_FORM:
+            raise ValueError(f"streamed probe method must be one of {CLOSED_FORM}, got {method!r} "
+                             "(the 'paper' probe needs all data at once: use position_probe)")
+        self.n_train = n_train_images(n_images, train_fraction) if n_train is None else int(n_train)
+        if not 0 < self.n_train < n_images:
+            raise ValueError(f"n_train={self.n_train} must be between 1 and n_images-1={n_images - 1}")
+        self.n_images, self.train_fraction, self.method = int(n_images), float(train_fraction), method
+        self.resolutions = [int(s) for s in resolutions]
+        self.shrinkage, self.layer, self.provenance = float(shrinkage), layer, dict(provenance or {})
+        self._config = {"n_images": self.n_images, "train_fraction": self.train_fraction,
+                        "resolutions": self.resolutions, "method": method, "shrinkage": self.shrinkage,
+                        "n_train": n_train, "layer": layer, "provenance": self.provenance}
+        self._grid: tuple[int, int] | None = None
+        self._c = 0
+        self._shift: np.ndarray | None = None
+        self._n_tok = 0
+        self._s = self._g = self._rs = self._rc = self._cs = self._cc = None
+        self._n_tr_img = self._n_te_img = self._n_te_tok = 0
+        self._hits_r = np.zeros(len(self.resolutions), np.int64)
+        self._hits_c = np.zeros(len(self.resolutions), np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._fit: tuple | None = None
+
+    # -- streaming ---------------------------------------------------------------------------
+    def update(self, batch: Any, image_indices: Sequence[int] | None = None) -> None:
+        idx = resolve_indices(len(batch), image_indices, self._next_index)
+        if len(idx) == 0:
+            return
+        self._next_index = max(self._next_index, int(idx.max()) + 1)
+        if np.any(idx >= self.n_images):
+            raise ValueError(f"image index {int(idx.max())} >= n_images={self.n_images}")
+        x = batch if is_torch(batch) else check_features(batch, layer=self.layer, image_indices=idx)
+        if is_torch(x):
+            self._check_torch(x, idx)
+        self._set_shape(tuple(int(v) for v in x.shape[1:]))
+        train = idx < self.n_train
+        if train.any():
+            self._add_train(x if train.all() else _take(x, np.nonzero(train)[0]), int(train.sum()))
+        if (~train).any():
+            sel = np.nonzero(~train)[0]
+            xt = _to_numpy(_take(x, sel))
+            if self.train_complete:
+                self._score(xt)
+            else:
+                self._pending.append((np.asarray(xt, np.float32), idx[sel]))
+
+    @property
+    def train_complete(self) -> bool:
+        return self._n_tr_img == self.n_train
+
+    def _check_torch(self, x, idx) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"features (layer {self.layer!r}): expected (N, C, rows, cols), got {tuple(x.shape)}")
+        import torch
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            per = bad.flatten(1).any(1).cpu().numpy()
+            raise NonFiniteInputError(self.layer, int(bad.sum()), idx[per].tolist())
+
+    def _set_shape(self, shape: tuple[int, int, int]) -> None:
+        c, h, w = shape
+        if self._grid is None:
+            self._grid, self._c = (h, w), c
+        elif (h, w) != self._grid or c != self._c:
+            raise ValueError(f"layer {self.layer!r}: shape (C, rows, cols) changed from "
+                             f"{(self._c,) + self._grid} to {shape}")
+
+    def _add_train(self, x: Any, n_img: int) -> None:
+        if self._n_tr_img + n_img > self.n_train:
+            raise ValueError(f"layer {self.layer!r}: more than n_train={self.n_train} training images "
+                             "seen (an image was given twice?)")
+        c, (h, w) = self._c, self._grid
+        if self._shift is None:
+            mean = x.float().mean((0, 2, 3)) if is_torch(x) else x.mean(axis=(0, 2, 3), dtype=np.float64)
+            self._shift = np.asarray(_to_numpy(mean), np.float64)
+            self._s, self._g = np.zeros(c), np.zeros((c, c))
+            self._rs, self._rc = np.zeros((h, c)), np.zeros(h)
+            self._cs, self._cc = np.zeros((w, c)), np.zeros(w)
+        if is_torch(x):
+            xf = x.float()
+            t = xf.permute(0, 2, 3, 1) - xf.new_tensor(self._shift)
+            tok = t.reshape(-1, c)
+            self._g += _to_numpy(tok.T @ tok).astype(np.float64)
+            self._rs += _to_numpy(t.double().sum((0, 2)))
+            self._cs += _to_numpy(t.double().sum((0, 1)))
+        else:
+            t = x.transpose(0, 2, 3, 1) - self._shift.astype(np.float32)
+            tok = t.reshape(-1, c)
+            self._g += (tok.T @ tok).astype(np.float64)
+            self._rs += t.sum(axis=(0, 2), dtype=np.float64)
+            self._cs += t.sum(axis=(0, 1), dtype=np.float64)
+        self._s = self._rs.sum(axis=0)
+        self._rc += n_img * w
+        self._cc += n_img * h
+        self._n_tok += n_img * h * w
+        self._n_tr_img += n_img
+        self._fit = None
+
+    def _score(self, x: np.ndarray) -> None:
+        h, w = self._grid
+        wr, br, wc, bc = self._weights()
+        tok = (x.transpose(0, 2, 3, 1) - self._shift.astype(np.float32)).reshape(-1, self._c)
+        pr = np.argmax(tok @ wr + br, axis=1)
+        pc = np.argmax(tok @ wc + bc, axis=1)
+        rows = np.tile(np.repeat(np.arange(h), w), x.shape[0])
+        cols = np.tile(np.tile(np.arange(w), h), x.shape[0])
+        self._hits_r += _axis_hits(pr, rows, h, self.resolutions)
+        self._hits_c += _axis_hits(pc, cols, w, self.resolutions)
+        self._n_te_tok += tok.shape[0]
+        self._n_te_img += x.shape[0]
+
+    def _flush(self) -> None:
+        if self._pending and self.train_complete:
+            for x, _ in self._pending:
+                self._score(x)
+            self._pending = []
+
+    # -- closed-form fit -----------------------------------------------------------------------
+    def _weights(self):
+        if self._fit is None:
+            self._fit = (*self._fit_axis(self._rs, self._rc), *self._fit_axis(self._cs, self._cc))
+        return self._fit
+
+    def _fit_axis(self, sums: np.ndarray, counts: np.ndarray):
+        """(C, K) float32 weights and (K,) bias, applied to (x - shift)."""
+        n, c, k = self._n_tok, self._c, len(counts)
+        if np.any(counts == 0):
+            raise ValueError(f"layer {self.layer!r}: a position class has no training tokens")
+        a = self.shrinkage
+        if self.method == "lda":
+            means = sums / counts[:, None]
+            scatter = self._g - sums.T @ means
+            cov = scatter / max(n - k, 1)
+            cov = (1 - a) * cov + a * (np.trace(cov) / c) * np.eye(c)
+            wts = _solve_psd(cov, means.T)
+            bias = -0.5 * np.einsum("kc,ck->k", means, wts) + np.log(counts / n)
+        else:
+            m = self._s / n
+            scatter = self._g - n * np.outer(m, m)
+            lam = a * np.trace(scatter) / c
+            rhs = (sums - counts[:, None] * m[None, :]).T
+            wts = _solve_psd(scatter + lam * np.eye(c), rhs)
+            bias = counts / n - m @ wts
+        return wts.astype(np.float32), bias.astype(np.float32)
+
+    # -- merge / result / state ----------------------------------------------------------------
+    def merge(self, other: "PositionProbeAccumulator") -> "PositionProbeAccumulator":
+        self._check_mergeable(other)
+        if other._grid is not None:
+            self._set_shape((other._c,) + other._grid)
+        if other._n_tok:
+            if self._n_tr_img + other._n_tr_img > self.n_train:
+                raise ValueError("merged shards hold more than n_train training images (overlap?)")
+            if self._shift is None:
+                self._shift = other._shift.copy()
+                self._s, self._g = np.zeros_like(other._s), np.zeros_like(other._g)
+                self._rs, self._rc = np.zeros_like(other._rs), np.zeros_like(other._rc)
+                self._cs, self._cc = np.zeros_like(other._cs), np.zeros_like(other._cc)
+            d = other._shift - self._shift  # convert other's sums about its shift to ours
+            n = other._n_tok
+            self._g += other._g + np.outer(other._s, d) + np.outer(d, other._s) + n * np.outer(d, d)
+            self._rs += other._rs + other._rc[:, None] * d
+            self._cs += other._cs + other._cc[:, None] * d
+            self._s = self._rs.sum(axis=0)
+            self._rc += other._rc
+            self._cc += other._cc
+            self._n_tok += n
+            self._n_tr_img += other._n_tr_img
+            self._fit = None
+        self._hits_r += other._hits_r
+        self._hits_c += other._hits_c
+        self._n_te_tok += other._n_te_tok
+        self._n_te_img += other._n_te_img
+        self._pending += [(x.copy(), i.copy()) for x, i in other._pending]
+        self._next_index = max(self._next_index, other._next_index)
+        return self
+
+    def result(self) -> ProbeResult:
+        if not self.train_complete:
+            raise ValueError(f"layer {self.layer!r}: only {self._n_tr_img} of {self.n_train} training "
+                             "images seen")
+        self._flush()
+        if not self._n_te_img:
+            raise ValueError(f"layer {self.layer!r}: no test images seen")
+        return _make_result(self.method, self.resolutions, self._grid, self._hits_r, self._hits_c,
+                            self._n_te_tok, self._n_tr_img, self._n_te_img, self._n_tok, self.layer,
+                            self.provenance, {"shrinkage": self.shrinkage})
+
+    def _state_arrays(self):
+        z = np.zeros(0)
+        pend_x = np.concatenate([x for x, _ in self._pending]) if self._pending else np.zeros((0, 0, 0, 0), np.float32)
+        pend_i = np.concatenate([i for _, i in self._pending]) if self._pending else np.zeros(0, np.int64)
+        return {"grid": np.array(self._grid or (0, 0)), "c": np.array(self._c),
+                "shift": z if self._shift is None else self._shift, "n_tok": np.array(self._n_tok),
+                "s": z if self._s is None else self._s, "g": z if self._g is None else self._g,
+                "rs": z if self._rs is None else self._rs, "rc": z if self._rc is None else self._rc,
+                "cs": z if self._cs is None else self._cs, "cc": z if self._cc is None else self._cc,
+                "counts": np.array([self._n_tr_img, self._n_te_img, self._n_te_tok]),
+                "hits_r": self._hits_r, "hits_c": self._hits_c, "pending_x": pend_x, "pending_i": pend_i}
+
+    def _load_state_arrays(self, st):
+        g = tuple(int(v) for v in st["grid"])
+        self._grid, self._c = (g if g != (0, 0) else None), int(st["c"])
+        self._n_tok = int(st["n_tok"])
+        if st["shift"].size:
+            self._shift, self._s, self._g = st["shift"], st["s"], st["g"]
+            self._rs, self._rc, self._cs, self._cc = st["rs"], st["rc"], st["cs"], st["cc"]
+        self._n_tr_img, self._n_te_img, self._n_te_tok = (int(v) for v in st["counts"])
+        self._hits_r, self._hits_c = st["hits_r"].astype(np.int64), st["hits_c"].astype(np.int64)
+        self._pending = [(st["pending_x"], st["pending_i"])] if st["pending_i"].size else []
+
+
+def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.linalg import LinAlgError, solve
+
+    try:
+        return solve(a, b, assume_a="pos")
+    except LinAlgError:
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy() if is_torch(t) else np.asarray(t)
+
+
+def _take(x: Any, sel: np.ndarray) -> Any:
+    """Images ``sel`` of a numpy array or torch tensor (index on the tensor's device)."""
+    if not is_torch(x):
+        return x[sel]
+    import torch
+
+    return x[torch.as_tensor(sel, device=x.device)]
+
+
+# -- the published trained probe -----------------------------------------------------------------
+def _paper_probe(x: Any, n_train: int, resolutions: Sequence[int], *, epochs: int, lr: float,
+                 batch_size: int, seed: int, device: str | None, threads: int | None = None):
+    import torch
+    import torch.nn.functional as F
+
+    xt = x.detach() if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))
+    if not xt.is_floating_point():
+        xt = xt.float()
+    dev = torch.device(device) if device is not None else xt.device
+    n, c, h, w = xt.shape
+    tokens = xt.permute(0, 2, 3, 1).reshape(-1, c).to(dev)  # input dtype kept; upcast per batch
+    rows = torch.arange(h, device=dev).repeat_interleave(w).repeat(n)
+    cols = torch.arange(w, device=dev).repeat(h * n)
+    ntr = n_train * h * w
+    square = h == w
+
+    def split(logits):
+        if square:  # the published layout: logits.view(-1, n, 2)
+            v = logits.view(-1, h, 2)
+            return v[..., 0], v[..., 1]
+        return logits[:, :h], logits[:, h:]
+
+    def run():
+        history = []
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            clf = torch.nn.Linear(c, h + w).to(dev)
+            opt = torch.optim.Adam(clf.parameters(), lr=lr)
+            for _ in range(epochs):
+                clf.train()
+                perm = torch.randperm(ntr).to(dev)
+                for i in range(0, ntr, batch_size):
+                    b = perm[i:i + batch_size]
+                    lr_, lc_ = split(clf(tokens[b].float()))
+                    if square:
+                        loss = F.cross_entropy(torch.stack([lr_, lc_], -1), torch.stack([rows[b], cols[b]], -1))
+                    else:
+                        loss = 0.5 * (F.cross_entropy(lr_, rows[b]) + F.cross_entropy(lc_, cols[b]))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                history.append((*evaluate(clf), float(loss.item())))
+        return history
+
+    def evaluate(clf):
+        clf.eval()
+        hr = np.zeros(len(resolutions), np.int64)
+        hc = np.zeros(len(resolutions), np.int64)
+        with torch.no_grad():
+            for i in range(ntr, tokens.shape[0], 65536):
+                pr, pc = (v.argmax(1).cpu().numpy() for v in split(clf(tokens[i:i + 65536].float())))
+                hr += _axis_hits(pr, rows[i:i + 65536].cpu().numpy(), h, resolutions)
+                hc += _axis_hits(pc, cols[i:i + 65536].cpu().numpy(), w, resolutions)
+        return hr, hc
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64),
+                   method: str = "lda", *, shrinkage: float = DEFAULT_SHRINKAGE, epochs: int = 5,
+                   lr: float = 1e-3, batch_size: int = 512, seed: int = 42, device: str | None = None,
+                   threads: int | None = None, layer: str | None = None, provenance: dict | None = None) -> ProbeResult:
+    """Test accuracy of a linear position probe per comparison resolution, with chance level.
+
+    ``features``: (N, C, rows, cols) numpy or torch (float16/32). ``method``: "lda" (default),
+    "ridge" or "paper" (see the module docstring; ``epochs``, ``lr``, ``batch_size``, ``seed``,
+    ``device``, ``threads`` (torch CPU threads during training; None = torch's current setting;
+    1 is fastest for small C on a busy machine) apply to "paper", ``shrinkage`` to the closed
+    forms). For "paper",
+    ``details["history"]`` has the accuracy per epoch.
+    """
+    if method in CLOSED_FORM:
+        n = len(features)
+        acc = PositionProbeAccumulator(n, train_fraction, resolutions, method, shrinkage, layer=layer,
+                                       provenance=provenance)
+        acc.update(features)
+        return acc.result()
+    if method != "paper":
+        raise ValueError(f"unknown probe method {method!r}; choose 'paper', 'lda' or 'ridge'")
+    if is_torch(features):
+        import torch
+
+        if features.ndim != 4:
+            raise ValueError(f"expected (N, C, rows, cols), got {tuple(features.shape)}")
+        bad = ~torch.isfinite(features)
+        if bool(bad.any()):
+            raise NonFiniteInputError(layer, int(bad.sum()), np.nonzero(bad.flatten(1).any(1).cpu().numpy())[0])
+        x = features
+    else:
+        arr = np.asarray(features)
+        x = arr if arr.dtype in (np.float16, np.float32) else arr.astype(np.float32)
+        if x.ndim != 4:
+            raise ValueError(f"features (layer {layer!r}): expected (N, C, rows, cols), got {x.shape}")
+        check_finite(x, layer)
+    n, _, h, w = x.shape
+    n_tr = n_train_images(n, train_fraction)
+    res = [int(s) for s in resolutions]
+    hist = _paper_probe(x, n_tr, res, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                        threads=threads)
+    n_te_tok = (n - n_tr) * h * w
+    hr, hc, loss = hist[-1]
+    details = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "final_train_loss": loss,
+               "history": [{"epoch": e + 1, "accuracy": {s: 0.5 * (r[i] + c[i]) / n_te_tok for i, s in enumerate(res)}}
+                           for e, (r, c, _) in enumerate(hist)]}
+    return _make_result("paper", res, (h, w), hr, hc, n_te_tok, n_tr, n - n_tr, n_tr * h * w, layer,
+                        provenance, details)

@@ -1,0 +1,178 @@
+"""The ``sdaudit`` command line: a thin layer over the Python API, one function per command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Extract and audit the internal representations of latent-diffusion U-Nets "
+    "(Stable Diffusion 1.5, 2.1, SD-Turbo, any diffusers UNet2DConditionModel).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dataset_app = typer.Typer(help="Build image sets for audits.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+console = Console()
+err_console = Console(stderr=True)
+
+MODEL_HELP = ("Model: sd15, sd21, sd-turbo (any usual spelling), tiny, arch:sd15, arch:sd21, a Hugging Face repo "
+              "id, a local diffusers folder, or a .safetensors/.ckpt file.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """The exception types that are the user's to fix: printed as one clear message, no traceback."""
+    from .extraction.run import STORAGE_DTYPES  # noqa: F401  (import check)
+    from .images import BadImageError
+    from .layers import LayerError
+    from .models import ModelNotAvailableError, ModelSpecError
+    from .store import StoreError
+
+    return (BadImageError, LayerError, ModelNotAvailableError, ModelSpecError, StoreError, FileNotFoundError,
+            ValueError)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the known models and the offline ones."""
+    from .models import REGISTRY
+
+    table = Table(title="Known models")
+    for column in ("name", "source", "size", "notes"):
+        table.add_column(column)
+    table.add_row("tiny", "built in (no download)", "256", "SD-1.5 block layout, tiny channels, deterministic random weights")
+    table.add_row("arch:sd15", "bundled config (no download)", "512", "SD-1.5 architecture, random weights")
+    table.add_row("arch:sd21", "bundled config (no download)", "512", "SD-2.1 architecture, random weights")
+    for entry in REGISTRY.values():
+        table.add_row(entry.key, entry.repo_id, str(entry.default_size), entry.description)
+    console.print(table)
+    console.print("Also accepted: a Hugging Face repo id, a local diffusers folder, a .safetensors/.ckpt file.")
+
+
+@app.command("layers")
+def layers_cmd(
+    model: str = typer.Option("sd15", "--model", "-m", help=MODEL_HELP),
+    size: Optional[int] = typer.Option(None, "--size", "-s", help="Input size in pixels (default: the model's)."),
+    layers: str = typer.Option("all", "--layers", "-l", help="'all', 'paper', block or layer names, comma separated."),
+) -> None:
+    """Print every hookable layer with its channels and token grid (no weights needed)."""
+    try:
+        from .layers import PAPER_OMITTED, layer_infos, select_layers
+        from .models import load_unet_config, parse_model_spec
+
+        spec = parse_model_spec(model)
+        size = size or spec.default_size
+        infos = layer_infos(load_unet_config(spec), size)
+        chosen = set(select_layers(layers, [i.name for i in infos]))
+    except _user_errors() as error:
+        _fail(str(error))
+    table = Table(title=f"{spec.name} at {size}x{size} px: {len(chosen)} layers")
+    for column in ("#", "layer", "block", "kind", "channels", "grid", "paper"):
+        table.add_column(column, justify="right" if column in ("#", "channels") else "left",
+                         no_wrap=column == "layer", min_width=30 if column == "layer" else None)
+    for i, info in enumerate(i for i in infos if i.name in chosen):
+        table.add_row(str(i), info.name, info.block, info.kind, str(info.channels), f"{info.height}x{info.width}",
+                      "" if info.name in PAPER_OMITTED else "yes")
+    console.print(table)
+
+
+@app.command("extract")
+def extract_cmd(
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    images: list[str] = typer.Option(..., "--images", "-i", help="Image folder (recursive), file(s), a saved "
+                                     "datasets folder, or hf:NAME[:SPLIT[:COLUMN]]. Repeat for several."),
+    out: Path = typer.Option(..., "--out", "-o", help="Store folder; rerun with the same settings to resume."),
+    layers: str = typer.Option("paper", "--layers", "-l", help="'paper' (45), 'all' (46), block or layer names."),
+    size: Optional[int] = typer.Option(None, "--size", "-s", help="Input size in pixels (multiple of 64)."),
+    timestep: int = typer.Option(50, "--timestep", "-t", help="Diffusion timestep of the added noise (0-999)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of all random draws."),
+    protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
+    prompt: str = typer.Option("", "--prompt", help="Text prompt (the paper used the empty prompt)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images per U-Net pass."),
+    dtype: str = typer.Option("float16", "--dtype", help="Storage dtype: float16 or float32."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
+    local_files_only: bool = typer.Option(False, "--local-files-only", help="Never contact the Hugging Face hub."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid images and list them."),
+) -> None:
+    """Extract per-layer representations of images into a resumable store."""
+    from .extraction import extract
+    from .models import load_model
+
+    sources = images[0] if len(images) == 1 else images
+    start = time.perf_counter()
+    try:
+        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
+        report = extract(loaded, sources, out, layers=layers, size=size, timestep=timestep, seed=seed,
+                         protocol=protocol, prompt=prompt, batch_size=batch_size, dtype=dtype, skip_bad=skip_bad)
+    except _user_errors() as error:
+        _fail(str(error))
+    elapsed = time.perf_counter() - start
+    store = report.store
+    console.print(f"[green]store[/] {store.path}: {store.num_images} images x {len(store.layers)} layers "
+                  f"({report.added} added, {report.already_present} already present) in {elapsed:.1f} s")
+    _print_errors(report.errors)
+
+
+def _print_errors(errors) -> None:
+    if errors:
+        err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")
+        for source, reason in errors:
+            err_console.print(f"  {source}: {reason}", highlight=False)
+
+
+@dataset_app.command("imagenet-subset")
+def imagenet_subset_cmd(
+    source: str = typer.Argument(..., help="A local ImageNet train folder (<root>/<wnid>/*.JPEG), a saved "
+                                 "datasets folder, or hf:NAME[:SPLIT] with 'label' and image columns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNG files and manifest.json."),
+    per_class: int = typer.Option(100, "--per-class", help="Images per class."),
+    size: int = typer.Option(512, "--size", help="Output side in pixels."),
+    min_side: int = typer.Option(350, "--min-side", help="Skip images whose short side is smaller (pixels)."),
+    allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Write fewer images when a class runs short."),
+) -> None:
+    """Build the paper's image set: ImageNet classes 235, 242, 282, 717, 980, 100 each, centre-cropped, 512 px."""
+    from .dataset import build_imagenet_subset
+
+    try:
+        paths = build_imagenet_subset(source, out, per_class=per_class, size=size, min_side=min_side,
+                                      allow_fewer=allow_fewer)
+    except (*_user_errors(), KeyError) as error:
+        _fail(str(error))
+    console.print(f"[green]wrote[/] {len(paths)} images to {out}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("sdaudit-demo"), "--out", "-o", help="Folder for the demo's outputs."),
+    size: int = typer.Option(256, "--size", help="Input size in pixels."),
+) -> None:
+    """Offline demo: extract the bundled sample photos with the tiny model and summarise each layer."""
+    from .demo import run_demo
+
+    try:
+        run_demo(out, size=size, console=console)
+    except _user_errors() as error:
+        _fail(str(error))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""Backend of ``sdaudit dataset imagenet-subset``: the paper's ImageNet image set.
+
+The paper used ImageNet (ILSVRC-2012) classes 235 (German shepherd), 242 (boxer),
+282 (tiger cat), 717 (pickup) and 980 (volcano), 100 training images each, skipping images
+whose short side is below 350 px, centre-cropped to a square and resized to 512 x 512 px.
+
+:func:`build_imagenet_subset` rebuilds that set from a local ILSVRC train folder
+(``<root>/<wnid>/*.JPEG``) or from a Hugging Face ``datasets`` source with an integer label
+column. Selection is deterministic: within a class, files are taken in sorted relative-path
+order (folder) or in dataset order (``datasets``); the first ``per_class`` eligible images
+are kept. Ineligible images are listed in ``manifest.json``: ``skipped_small`` (short side
+< ``min_side``) and ``skipped_bad`` (unreadable/corrupt, with the reason). Files are named
+``<class>_<wnid>_<k>.png`` with ``k`` = 0, 1, ... zero-padded to at least 3 digits.
+
+Crash safety: every PNG is first written to a hidden temporary file in ``out_dir``; only when
+the whole selection succeeded are they renamed into place (``os.replace``, atomic) and
+``manifest.json`` written (also atomically). A failed or interrupted run leaves no partial
+PNGs under final names; rerunning rebuilds the same set. Files listed in an older
+``manifest.json`` of ``out_dir`` that are not part of the new set are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .images import (
+    DEFAULT_MAX_PIXELS, BadImageError, ImageRecord, decode_dataset_value, is_saved_dataset,
+    load_image, open_dataset_source, pixel_sha256, prepare_image, scan_folder,
+)
+
+__all__ = ["PAPER_CLASSES", "IMAGENET_WNIDS", "build_imagenet_subset", "read_synset_mapping"]
+
+#: The paper's ImageNet class indices.
+PAPER_CLASSES = (235, 242, 282, 717, 980)
+#: ILSVRC-2012 class index -> WordNet id, for the paper's classes (standard sorted-wnid order).
+IMAGENET_WNIDS = {
+    235: "n02106662",  # German shepherd
+    242: "n02108089",  # boxer
+    282: "n02123159",  # tiger cat
+    717: "n03930630",  # pickup, pickup truck
+    980: "n09472597",  # volcano
+}
+_WNID_RE = re.compile(r"^n\d{8}$")
+_MAPPING_NAMES = ("LOC_synset_mapping.txt", "synset_mapping.txt", "synsets.txt")
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class _Selection:
+    """Running state of one build: kept entries, skips and temporary files."""
+
+    per_class: int
+    counts: dict[int, int]
+    files: list[dict] = field(default_factory=list)
+    skipped_small: list[dict] = field(default_factory=list)
+    skipped_bad: list[dict] = field(default_factory=list)
+    temps: list[tuple[Path, Path]] = field(default_factory=list)
+
+    def full(self, cls: int) -> bool:
+        return self.counts[cls] >= self.per_class
+
+    def all_full(self) -> bool:
+        return all(self.full(c) for c in self.counts)
+
+
+# --------------------------------------------------------------------------- class -> wnid
+
+
+def read_synset_mapping(path: str | os.PathLike) -> dict[int, str]:
+    """Read a ``LOC_synset_mapping.txt``-style file: line i (0-based) starts with class i's wnid."""
+    mapping = {}
+    lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    for index, line in enumerate(lines):
+        wnid = line.split()[0]
+        if not _WNID_RE.match(wnid):
+            raise ValueError(f"{path}: line {index + 1} does not start with a WordNet id: {line!r}")
+        mapping[index] = wnid
+    return mapping
+
+
+def _find_mapping_file(root: Path) -> Path | None:
+    """A synset mapping file in ``root`` or up to four folders above it (Kaggle layout)."""
+    for folder in [root, *list(root.parents)[:4]]:
+        for name in _MAPPING_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _wnid_table(root: Path | None, split: str,
+                synset_mapping: Any) -> tuple[dict[int, str], str]:
+    """Class index -> wnid: an explicit/found mapping file, else 1000 sorted wnid folders,
+    else the built-in table of the paper's five classes. Returns (table, provenance)."""
+    path = Path(synset_mapping) if synset_mapping else (_find_mapping_file(root) if root else None)
+    if path is not None:
+        return read_synset_mapping(path), str(path)
+    for folder in ([root, root / split] if root is not None else []):
+        if not folder.is_dir():
+            continue
+        wnids = sorted(d.name for d in folder.iterdir() if d.is_dir() and _WNID_RE.match(d.name))
+        if len(wnids) == 1000:
+            return dict(enumerate(wnids)), f"sorted wnid folders of {folder}"
+    return dict(IMAGENET_WNIDS), "built-in table"
+
+
+def _classlabel_wnids(src: Any, label_column: str) -> dict[int, str]:
+    """Index -> wnid from a ``ClassLabel`` label column whose names are WordNet ids, else {}."""
+    import datasets
+
+    feature = (src.dataset.features or {}).get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return {i: n for i, n in enumerate(feature.names) if _WNID_RE.match(n)}
+    return {}
+
+
+# --------------------------------------------------------------------------- candidates
+
+# A candidate: (class index, original name, loader(min_side, max_pixels) -> ImageRecord)
+_Candidate = tuple[int, str, Callable[[int, int], ImageRecord]]
+
+
+def _train_root(root: Path, split: str, wnids: list[str]) -> Path:
+    """The folder holding the wnid folders: ``root`` itself or ``root/<split>``."""
+    if not any((root / w).is_dir() for w in wnids) and (root / split).is_dir():
+        return root / split
+    return root
+
+
+def _folder_candidates(root: Path, classes: tuple[int, ...], wnids: dict[int, str],
+                       per_class: int, allow_fewer: bool) -> Iterator[_Candidate]:
+    """Check every class folder up front, then yield its files class by class, sorted."""
+    listing = {}
+    for cls in classes:
+        folder = root / wnids[cls]
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"ImageNet class {cls} ({wnids[cls]}): folder {folder} not found; expected the "
+                f"ILSVRC-2012 train layout <root>/<wnid>/*.JPEG under {root}")
+        listing[cls] = scan_folder(folder)
+        if len(listing[cls]) < per_class and not allow_fewer:
+            raise ValueError(f"ImageNet class {cls} ({wnids[cls]}): folder {folder} has only "
+                             f"{len(listing[cls])} image files, {per_class} needed "
+                             "(use allow_fewer=True to accept fewer)")
+    for cls in classes:
+        for path in listing[cls]:
+            yield cls, path.relative_to(root).as_posix(), _file_loader(path)
+
+
+def _file_loader(path: Path) -> Callable[[int, int], ImageRecord]:
+    return lambda min_side, max_pixels: load_image(path, min_side=min_side, max_pixels=max_pixels)
+
+
+def _cell_loader(value: Any, name: str) -> Callable[[int, int], ImageRecord]:
+    return lambda min_side, max_pixels: decode_dataset_value(
+        value, name, min_side=min_side, max_pixels=max_pixels)
+
+
+def _label_values(ds: Any, label_column: str) -> list[int] | None:
+    """All labels of a map-style dataset (without touching images); None for streaming ones."""
+    import datasets
+
+    if not isinstance(ds, datasets.Dataset):
+        return None
+    return [int(v) for v in ds.select_columns([label_column]).with_format(None)[label_column]]
+
+
+def _dataset_candidates(src: Any, classes: tuple[int, ...],
+                        label_column: str) -> Iterator[_Candidate]:
+    """Yield dataset items of the wanted classes in dataset order (images still encoded)."""
+    col = src.image_column
+    features = src.dataset.features
+    if features is not None and label_column not in features:
+        raise ValueError(f"dataset {src.name} has no label column {label_column!r}; "
+                         f"columns: {list(features)}")
+    ds = src.dataset.select_columns([col, label_column])
+    wanted = set(classes)
+    labels = _label_values(ds, label_column)
+    if labels is not None:
+        rows = ((i, ds[i]) for i, lab in enumerate(labels) if lab in wanted)
+    else:
+        rows = ((i, r) for i, r in enumerate(ds) if int(r[label_column]) in wanted)
+    for i, row in rows:
+        name = f"hf:{src.name}[{src.split}]#{i}"
+        yield int(row[label_column]), name, _cell_loader(row[col], name)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_temp(img: Any, final: Path) -> Path:
+    """Write ``img`` as PNG to a hidden temporary file beside ``final``; returns its path."""
+    tmp = final.with_name(f".{final.name}.partial")
+    with open(tmp, "wb") as fh:
+        img.save(fh, format="PNG")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> None:
+    """Delete PNGs listed in an older manifest of ``out_dir`` that are not in ``keep``."""
+    try:
+        old = json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        names = [entry["file"] for entry in old.get("files", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    for name in names:
+        if name not in keep and "/" not in name and "\\" not in name:
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def _file_name(cls: int, wnid: str, k: int, per_class: int) -> str:
+    """``<class>_<wnid>_<k>.png`` with k zero-padded to max(3, digits of per_class - 1)."""
+    width = max(3, len(str(per_class - 1)))
+    return f"{cls}_{wnid}_{k:0{width}d}.png"
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def _process(cand: _Candidate, sel: _Selection, out_dir: Path, wnids: dict[int, str],
+             min_side: int, size: int, max_pixels: int) -> None:
+    """Validate one candidate; keep it (temp PNG + manifest entry) or record why it was skipped."""
+    cls, original, loader = cand
+    try:
+        rec = loader(min_side, max_pixels)
+    except BadImageError as e:
+        target = sel.skipped_small if e.code == "too_small" else sel.skipped_bad
+        target.append({"class": cls, "source": original, "reason": e.reason})
+        return
+    k = sel.counts[cls]
+    final = out_dir / _file_name(cls, wnids[cls], k, sel.per_class)
+    out = prepare_image(rec.image, size)
+    sel.temps.append((_write_temp(out, final), final))
+    sel.counts[cls] = k + 1
+    sel.files.append({
+        "file": final.name, "class": cls, "wnid": wnids[cls], "k": k, "original": original,
+        "original_size": [rec.width, rec.height], "original_mode": rec.original_mode,
+        "source_sha256": rec.sha256, "sha256": pixel_sha256(out),
+    })
+
+
+def _check_counts(sel: _Selection, wnids: dict[int, str], allow_fewer: bool,
+                  min_side: int) -> None:
+    """Raise (or warn, with ``allow_fewer``) if a class has fewer than ``per_class`` images."""
+    short = {c: n for c, n in sel.counts.items() if n < sel.per_class}
+    if not short:
+        return
+    details = "; ".join(
+        f"class {c} ({wnids[c]}): {n} eligible of {sel.per_class} needed, "
+        f"{sum(s['class'] == c for s in sel.skipped_small)} with short side < {min_side} px, "
+        f"{sum(s['class'] == c for s in sel.skipped_bad)} unreadable" for c, n in short.items())
+    if not allow_fewer:
+        raise ValueError(f"too few eligible images: {details} (use allow_fewer=True to accept)")
+    warnings.warn(f"writing fewer images than requested: {details}", RuntimeWarning, stacklevel=3)
+
+
+def _open_source(source: Any, split: str, image_column: str | None, synset_mapping: Any):
+    """Classify ``source``: returns (kind, folder root or DatasetSource, wnid table, provenance)."""
+    is_folder = isinstance(source, (str, os.PathLike)) and not str(source).startswith("hf:")
+    if is_folder and not is_saved_dataset(source):
+        root = Path(source).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"ImageNet source folder not found: {os.path.abspath(root)}")
+        table, provenance = _wnid_table(root, split, synset_mapping)
+        return "folder", root, table, provenance
+    src = open_dataset_source(source, split=split, image_column=image_column)
+    table, provenance = _wnid_table(None, split, synset_mapping)
+    return "datasets", src, table, provenance
+
+
+def _validate_args(classes: Any, per_class: int, min_side: int, size: int) -> tuple[int, ...]:
+    classes = tuple(int(c) for c in classes)
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be a non-empty list of distinct indices, got {classes}")
+    if per_class < 1 or size < 1 or min_side < 1:
+        raise ValueError("per_class, size and min_side must all be >= 1")
+    return classes
+
+
+def build_imagenet_subset(
+    source: Any, out_dir: str | os.PathLike, *, classes: tuple[int, ...] = PAPER_CLASSES,
+    per_class: int = 100, min_side: int = 350, size: int = 512, split: str = "train",
+    allow_fewer: bool = False, synset_mapping: str | os.PathLike | None = None,
+    label_column: str = "label", image_column: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Build the paper's ImageNet subset as ``size`` x ``size`` px PNGs plus ``manifest.json``.
+
+    ``source``: an ILSVRC train folder (``<root>/<wnid>/*.JPEG``, or its parent holding
+    ``<split>/``), a ``datasets`` object, a ``save_to_disk`` folder, or ``"hf:NAME[:SPLIT]"``
+    (with an integer ``label_column`` holding ILSVRC class indices). ``min_side``: images with
+    a shorter short side (px) are skipped; ``size``: output side (px). Class -> wnid comes from
+    ``synset_mapping`` (or a ``LOC_synset_mapping.txt`` found in/above the folder), else 1000
+    sorted wnid folders, else :data:`IMAGENET_WNIDS`. A missing class folder, or a class with
+    fewer than ``per_class`` eligible images, is an error unless ``allow_fewer=True`` (then a
+    warning). ``progress(done, total)`` is called after each kept image. Returns the PNG paths
+    in class order, then k.
+    """
+    classes = _validate_args(classes, per_class, min_side, size)
+    kind, src, table, provenance = _open_source(source, split, image_column, synset_mapping)
+    if kind == "datasets":
+        table = {**_classlabel_wnids(src, label_column), **table}
+    wnids = {c: table.get(c, "unknown") for c in classes}
+    if kind == "folder":
+        unknown = [c for c in classes if wnids[c] == "unknown"]
+        if unknown:
+            raise ValueError(f"no WordNet id known for class(es) {unknown}: pass synset_mapping="
+                             "<LOC_synset_mapping.txt> (ILSVRC class index order)")
+        src = _train_root(src, split, list(wnids.values()))
+        candidates = _folder_candidates(src, classes, wnids, per_class, allow_fewer)
+    else:
+        candidates = _dataset_candidates(src, classes, label_column)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sel = _Selection(per_class, {c: 0 for c in classes})
+    try:
+        for cand in candidates:
+            if not sel.full(cand[0]):
+                kept = len(sel.files)
+                _process(cand, sel, out_dir, wnids, min_side, size, max_pixels)
+                if progress is not None and len(sel.files) > kept:
+                    progress(len(sel.files), per_class * len(classes))
+            if sel.all_full():
+                break
+        _check_counts(sel, wnids, allow_fewer, min_side)
+        return _commit(sel, out_dir, kind, src, classes, wnids, provenance,
+                       dict(per_class=per_class, min_side=min_side, size=size, split=split))
+    finally:
+        for tmp, _final in sel.temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _commit(sel: _Selection, out_dir: Path, kind: str, src: Any, classes: tuple[int, ...],
+            wnids: dict[int, str], provenance: str, params: dict) -> list[Path]:
+    """Rename the temporary PNGs into place, drop stale files, write the manifest."""
+    order = {c: i for i, c in enumerate(classes)}
+    sel.files.sort(key=lambda e: (order[e["class"]], e["k"]))
+    by_name = {final.name: (tmp, final) for tmp, final in sel.temps}
+    paths = []
+    for entry in sel.files:
+        tmp, final = by_name[entry["file"]]
+        os.replace(tmp, final)
+        paths.append(final)
+    _remove_stale(out_dir, {e["file"] for e in sel.files})
+    source_name = os.path.abspath(src) if kind == "folder" else src.name
+    manifest = {
+        "format": "sdaudit-imagenet-subset/1",
+        "source": source_name, "source_kind": kind, "wnid_mapping": provenance,
+        "classes": list(classes), "wnids": {str(c): wnids[c] for c in classes},
+        **params,
+        "preprocessing": "EXIF-upright 8-bit RGB; centre crop to the short side "
+                         "(offset floor((long-short)/2)); PIL BICUBIC resize",
+        "counts": {str(c): sel.counts[c] for c in classes},
+        "files": sel.files, "skipped_small": sel.skipped_small, "skipped_bad": sel.skipped_bad,
+    }
+    _write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    return paths

@@ -1,0 +1,8 @@
+"""Extraction: preprocessing, the two noise protocols, U-Net hooks, batching into a store."""
+
+from .extractor import ExtractionSettings, Extractor, encode_prompt
+from .protocols import PROTOCOLS
+from .run import ExtractionReport, extract, prepare_for_model
+
+__all__ = ["PROTOCOLS", "ExtractionReport", "ExtractionSettings", "Extractor", "encode_prompt", "extract",
+           "prepare_for_model"]

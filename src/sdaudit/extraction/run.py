@@ -1,0 +1,148 @@
+"""``extract``: images from any source into a resumable representation store."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..store import ImageEntry, RepresentationStore, _versions, create_store
+from .extractor import ExtractionSettings, Extractor
+
+STORAGE_DTYPES = ("float16", "float32")
+
+
+def prepare_for_model(image: Image.Image, size: int, crop_px: int = 0) -> Image.Image:
+    """Centre-crop to a square, resize to ``size`` px; with ``crop_px``, crop that much off each side and resize back."""
+    from ..images import prepare_image
+
+    out = prepare_image(image, size)
+    if crop_px:
+        out = out.crop((crop_px, crop_px, size - crop_px, size - crop_px)).resize((size, size), Image.BICUBIC)
+    return out
+
+
+@dataclass
+class ExtractionReport:
+    """What an :func:`extract` call did."""
+
+    store: RepresentationStore
+    added: int = 0
+    already_present: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) of skipped bad images
+
+
+def _batches(records: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def store_config(model, extractor: Extractor, dtype: str, batch_size: int) -> dict:
+    """The configuration recorded in (and required to match) a store."""
+    config = extractor.settings.to_dict()
+    config.update(model=model.identity(), layers=list(extractor.layers), dtype=dtype,
+                  # Under 'paper' the batch size changes the representations (quirk 3), so it is part of
+                  # the configuration; under 'clean' it is not.
+                  batch_size=batch_size if extractor.settings.protocol == "paper" else None)
+    return config
+
+
+def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "paper", size: int | None = None,
+            timestep: int = 50, seed: int = 42, protocol: str = "clean", prompt: str = "", latent: str | None = None,
+            noise_samples: int = 1, crop_px: int = 0, batch_size: int = 4, dtype: str = "float16",
+            skip_bad: bool = False, progress: bool = True) -> ExtractionReport:
+    """Extract representations of ``images`` with ``model`` into the store at ``out``.
+
+    Args:
+        model: a :class:`~sdaudit.models.LoadedModel` or a model spec string (loaded on 'auto' device).
+        images: a folder, file, list of files, or ``datasets`` source (see :func:`sdaudit.images.iter_images`).
+        out: store folder. If it exists with the same configuration, images already in it (by
+            content hash) are skipped and new ones appended: a killed run resumes where it stopped.
+            A different configuration is refused.
+        layers: 'paper' (45 layers), 'all' (46), block names or layer names.
+        size, timestep, seed, protocol, prompt, latent, noise_samples, crop_px: see
+            :class:`~sdaudit.extraction.ExtractionSettings`; ``size`` defaults to the model's size.
+        batch_size: images per U-Net pass. Changes nothing under 'clean'; under 'paper' it is part
+            of the configuration, since the published code shares noise within a batch.
+        dtype: storage dtype, 'float16' (default) or 'float32'.
+        skip_bad: skip unreadable or invalid images (listed in the report) instead of stopping.
+        progress: show a progress bar.
+    """
+    from ..images import count_images, iter_images
+    from ..models import load_model
+
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype '{dtype}'; choose one of {', '.join(STORAGE_DTYPES)}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if isinstance(model, str):
+        model = load_model(model)
+    settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size or model.default_size,
+                                  prompt=prompt, latent=latent, noise_samples=noise_samples, crop_px=crop_px)
+    extractor = Extractor(model, layers, settings)
+    config = store_config(model, extractor, dtype, batch_size)
+    store = create_store(out, config, extractor.shapes, dtype=dtype, capacity=max(count_images(images) or 16, 1))
+    if store.manifest["versions"] != _versions():
+        warnings.warn(f"store '{out}' was written with {store.manifest['versions']}, this run uses {_versions()}",
+                      stacklevel=2)
+    report = ExtractionReport(store=store)
+    present = {entry.sha256 for entry in store.images}
+
+    def new_records():
+        for record in iter_images(images, skip_bad=skip_bad, errors=report.errors):
+            if record.sha256 in present:
+                report.already_present += 1
+                continue
+            present.add(record.sha256)
+            yield record
+
+    with _progress(progress, count_images(images)) as advance:
+        for batch in _batches(new_records(), batch_size):
+            start = store.num_images
+            indices = list(range(start, start + len(batch)))
+            prepared = [prepare_for_model(r.image, settings.size, settings.crop_px) for r in batch]
+            reps = extractor.run(prepared, indices)
+            arrays = {name: tensor.numpy() for name, tensor in reps.items()}
+            entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode) for i, r in zip(indices, batch)]
+            store.write_batch(start, arrays, entries)
+            report.added += len(batch)
+            advance(len(batch), report.already_present)
+    return report
+
+
+class _progress:
+    """A rich progress bar over images (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int | None):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n, skipped: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                             TextColumn("{task.fields[note]}"))
+        self._bar.start()
+        task = self._bar.add_task("extract", total=self.total, note="")
+        done = {"n": 0}
+
+        def advance(n: int, skipped: int):
+            done["n"] += n
+            self._bar.update(task, completed=done["n"] + skipped, note=f"{skipped} already in store" if skipped else "")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.stop()
+        return False

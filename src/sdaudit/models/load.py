@@ -1,0 +1,306 @@
+"""Loading a model from any source into one :class:`LoadedModel`.
+
+Every source (Hugging Face repo id, local diffusers folder, single checkpoint file, ``tiny``,
+``arch:*``) ends in the same five components: U-Net, VAE, text encoder, tokenizer and the model's
+own scheduler, plus a DDIM scheduler built from the same beta schedule for noising. Nothing here
+changes a component's config after loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .registry import ModelSpec, parse_model_spec
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The model's weights are not on this machine and cannot be fetched."""
+
+
+@dataclass
+class LoadedModel:
+    """The components sdaudit needs from a latent-diffusion model, on one device.
+
+    ``dtype`` is the compute dtype of the U-Net and text encoder; ``vae_dtype`` that of the VAE
+    (float32 where the VAE's config asks to be upcast).
+    """
+
+    spec: ModelSpec
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    device: torch.device
+    dtype: torch.dtype
+    vae_dtype: torch.dtype
+    revision: str | None = None
+    weights_sha256: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def default_size(self) -> int:
+        """Image side in pixels the model is run at unless told otherwise."""
+        return self.spec.default_size
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent token (8 for every Stable Diffusion VAE)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def noise_scheduler(self):
+        """A DDIM scheduler with the model's beta schedule: the paper noises latents with its ``add_noise``."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler.config)
+
+    def identity(self) -> dict:
+        """What identifies the weights, for manifests: name, kind, location, revision, hash."""
+        return {
+            "name": self.spec.name,
+            "kind": self.spec.kind,
+            "location": self.spec.location,
+            "revision": self.revision,
+            "weights_sha256": self.weights_sha256,
+        }
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the model as a diffusers ``StableDiffusionPipeline`` folder (loadable by diffusers and sdaudit)."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(str(path))
+        return Path(path)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto' is float16 on CUDA and float32 elsewhere (CPU half precision is slow and inexact)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype '{dtype}'; use one of auto, float16, bfloat16, float32")
+    return table[dtype]
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """A content hash of a module's parameters and buffers (names, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _folder_weights_sha256(folder: Path) -> str:
+    """Hash of a diffusers folder's U-Net weights (the files that decide the representations) and configs."""
+    h = hashlib.sha256()
+    unet = folder / "unet"
+    files = sorted(p for p in unet.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    for p in files:
+        h.update(p.name.encode())
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def diffusers_dtype_kwarg(dtype: torch.dtype) -> dict:
+    """diffusers renamed ``torch_dtype`` to ``dtype``; pass whichever this version knows."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else {"torch_dtype": dtype}
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a component to ``device`` and ``dtype`` for inference (eval mode, no gradients)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # silence a warning about fp32 modules that these models lack
+        try:
+            module = module.to(dtype)
+        finally:
+            diffusers_logging.set_verbosity(level)
+    return module.eval().requires_grad_(False)
+
+
+def _load_components_pretrained(location: str, *, revision, local_files_only, variant, torch_dtype) -> dict:
+    """Load the five components of a diffusers Stable Diffusion pipeline (folder or repo id)."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    common = {"revision": revision, "local_files_only": local_files_only}
+    unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", variant=variant,
+                                                **diffusers_dtype_kwarg(torch_dtype), **common)
+    vae = AutoencoderKL.from_pretrained(location, subfolder="vae", variant=variant,
+                                        **diffusers_dtype_kwarg(torch.float32), **common)
+    text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", variant=variant, dtype=torch_dtype, **common)
+    tokenizer = AutoTokenizer.from_pretrained(location, subfolder="tokenizer", **common)
+    scheduler_config = diffusers.DDIMScheduler.load_config(location, subfolder="scheduler", **common)
+    scheduler_cls = getattr(diffusers, scheduler_config.get("_class_name", "PNDMScheduler"), diffusers.PNDMScheduler)
+    scheduler = scheduler_cls.from_config(scheduler_config)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def _hub_revision(repo_id: str, revision: str | None) -> str | None:
+    """The commit hash of the cached snapshot that was loaded, if it can be found offline."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(repo_id, "unet/config.json", revision=revision, local_files_only=True))
+        return path.parent.parent.name  # .../snapshots/<commit>/unet/config.json
+    except Exception:  # noqa: BLE001 - the revision is informative only
+        return revision
+
+
+def _not_available_message(spec: ModelSpec, error: Exception) -> str:
+    repo = spec.location
+    return (
+        f"model '{spec.name}' (Hugging Face repo '{repo}') is not available on this machine: {type(error).__name__}: "
+        f"{str(error).splitlines()[0] if str(error) else ''}\n"
+        f"To use it, download it once where there is internet access, e.g.\n"
+        f"    huggingface-cli download {repo} --include 'unet/*' 'vae/*' 'text_encoder/*' 'tokenizer/*' 'scheduler/*' 'model_index.json'\n"
+        f"then copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
+        f"(or a single .safetensors checkpoint) as --model PATH. Offline models: tiny, arch:sd15, arch:sd21."
+    )
+
+
+def load_model(
+    model: str | ModelSpec,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    revision: str | None = None,
+    local_files_only: bool = False,
+    variant: str | None = None,
+    single_file_config: str | None = None,
+) -> LoadedModel:
+    """Load a model by spec (see :mod:`sdaudit.models.registry`) onto ``device``.
+
+    Args:
+        model: spec string or parsed :class:`ModelSpec`.
+        device: 'auto', 'cpu', 'cuda', 'cuda:1', ...
+        dtype: compute dtype of U-Net and text encoder; 'auto' = float16 on CUDA, float32 on CPU.
+            The VAE stays in float32 when its config has ``force_upcast`` (as SD's VAEs do).
+        revision: Hugging Face revision (branch, tag or commit) for repo ids.
+        local_files_only: never contact the Hugging Face hub.
+        variant: weights variant of a hub repo or folder, e.g. 'fp16'.
+        single_file_config: for a single checkpoint file, the architecture it holds ('sd15', 'sd21',
+            a diffusers folder or repo id); inferred from the weights when omitted.
+    """
+    spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    load_dtype = torch.float16 if dtype == torch.float16 else torch.float32
+    revision_out, weights_hash = revision, None
+    if spec.kind == "tiny":
+        from .offline import build_tiny
+
+        parts = build_tiny()
+        weights_hash = state_dict_sha256(parts["unet"])
+    elif spec.kind == "arch":
+        from .offline import ARCH_SEED, build_arch
+
+        parts = build_arch(spec.location)
+        weights_hash = None
+        revision_out = f"random-init seed={ARCH_SEED} torch={torch.__version__}"
+    elif spec.kind == "folder":
+        parts = _load_components_pretrained(spec.location, revision=None, local_files_only=True, variant=variant,
+                                            torch_dtype=load_dtype)
+        weights_hash = _folder_weights_sha256(Path(spec.location))
+    elif spec.kind == "file":
+        from .single_file import load_single_file
+
+        parts = load_single_file(spec.location, config=single_file_config, torch_dtype=load_dtype)
+        weights_hash = file_sha256(spec.location)
+    elif spec.kind == "hub":
+        try:
+            parts = _load_components_pretrained(spec.location, revision=revision, local_files_only=local_files_only,
+                                                variant=variant, torch_dtype=load_dtype)
+        except (OSError, ValueError, EnvironmentError) as error:
+            from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+            if isinstance(error, (OSError, LocalEntryNotFoundError, HfHubHTTPError)) or "local" in str(error).lower():
+                raise ModelNotAvailableError(_not_available_message(spec, error)) from None
+            raise
+        revision_out = _hub_revision(spec.location, revision)
+    else:  # pragma: no cover - parse_model_spec only makes the kinds above
+        raise ValueError(f"unknown model kind {spec.kind}")
+
+    vae_dtype = dtype if not getattr(parts["vae"].config, "force_upcast", True) else torch.float32
+    if device.type == "cpu":
+        vae_dtype = torch.float32
+    unet = place(parts["unet"], device, dtype)
+    text_encoder = place(parts["text_encoder"], device, dtype)
+    vae = place(parts["vae"], device, vae_dtype)
+    return LoadedModel(spec=spec, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=parts["tokenizer"],
+                       scheduler=parts["scheduler"], device=device, dtype=dtype, vae_dtype=vae_dtype,
+                       revision=revision_out, weights_sha256=weights_hash)
+
+
+def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, local_files_only: bool = False,
+                     single_file_config: str | None = None) -> dict:
+    """The U-Net config of a model, without loading weights (for layer listings).
+
+    Registry models with a bundled twin architecture (sd15, sd21, sd-turbo, ...) answer offline.
+    """
+    from diffusers import UNet2DConditionModel
+
+    spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
+    if spec.kind == "tiny":
+        from .offline import TINY_UNET_CONFIG
+
+        return dict(TINY_UNET_CONFIG)
+    if spec.kind == "arch" or (spec.entry is not None and spec.entry.arch is not None):
+        from .offline import read_arch_config
+
+        return read_arch_config(spec.location if spec.kind == "arch" else spec.entry.arch, "unet")
+    if spec.kind == "folder":
+        return json.loads((Path(spec.location) / "unet" / "config.json").read_text())
+    if spec.kind == "file":
+        from .single_file import single_file_unet_config
+
+        return single_file_unet_config(spec.location, config=single_file_config)
+    try:
+        return dict(UNet2DConditionModel.load_config(spec.location, subfolder="unet", revision=revision,
+                                                     local_files_only=local_files_only))
+    except OSError as error:
+        raise ModelNotAvailableError(_not_available_message(spec, error)) from None

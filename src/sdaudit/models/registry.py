@@ -1,0 +1,123 @@
+"""Known models and the parsing of a user's model specification.
+
+A model spec is one string, as typed on the command line:
+
+* a registry name in any usual spelling (``sd15``, ``SD1.5``, ``sd-1.5``, ``SD-Turbo``, ``sdturbo``);
+* ``tiny``: a deterministic, randomly initialised model with SD-1.5's block layout and tiny channels;
+* ``arch:sd15`` / ``arch:sd21``: the full-size architecture from a bundled config, random weights;
+* a path to a local diffusers folder (with ``unet/`` and ``vae/``), or to one ``.safetensors`` /
+  ``.ckpt`` file in the original Stable Diffusion layout;
+* any other Hugging Face repo id (``owner/name``) of a diffusers Stable Diffusion pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ARCH_CONFIGS = ("sd15", "sd21")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class ModelSpecError(ValueError):
+    """The model spec names nothing sdaudit knows how to load."""
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A well-known model: its Hugging Face repo and how the paper ran it."""
+
+    key: str
+    repo_id: str
+    default_size: int  # pixels, square; the paper ran every SD-1/2 model at 512
+    arch: str | None  # bundled config of the same architecture, for offline layer listings
+    description: str
+    aliases: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, RegistryEntry] = {
+    e.key: e
+    for e in [
+        RegistryEntry("sd14", "CompVis/stable-diffusion-v1-4", 512, "sd15", "Stable Diffusion 1.4", ("stablediffusion14",)),
+        RegistryEntry("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, "sd15", "Stable Diffusion 1.5",
+                      ("stablediffusion15", "runwayml/stable-diffusion-v1-5")),
+        RegistryEntry("sd20", "stabilityai/stable-diffusion-2", 512, "sd21", "Stable Diffusion 2.0 (768 px v-prediction)",
+                      ("stablediffusion20", "sd2")),
+        RegistryEntry("sd21", "stabilityai/stable-diffusion-2-1", 512, "sd21",
+                      "Stable Diffusion 2.1 (768 px v-prediction model, run at 512 px as in the paper)",
+                      ("stablediffusion21",)),
+        RegistryEntry("sd-turbo", "stabilityai/sd-turbo", 512, "sd21", "SD-Turbo (SD-2.1 architecture, 512 px)",
+                      ("sdturbo",)),
+        RegistryEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024, None, "Stable Diffusion XL base 1.0",
+                      ("sdxlbase", "sdxlbase10")),
+        RegistryEntry("sdxl-turbo", "stabilityai/sdxl-turbo", 512, None, "SDXL-Turbo", ("sdxlturbo",)),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: what kind of source, and where it is."""
+
+    kind: str  # "tiny" | "arch" | "hub" | "folder" | "file"
+    name: str  # canonical name shown to users and recorded in manifests
+    location: str  # repo id, path or bundled config name
+    entry: RegistryEntry | None = None
+
+    @property
+    def default_size(self) -> int:
+        if self.entry is not None:
+            return self.entry.default_size
+        if self.kind == "tiny":
+            return 256
+        return 512
+
+
+def _squash(text: str) -> str:
+    """Lower-case and drop separators, so that 'SD-1.5', 'sd_15' and 'SD 1.5' compare equal."""
+    return re.sub(r"[\s._\-]", "", text).lower()
+
+
+_ALIASES: dict[str, RegistryEntry] = {}
+for _entry in REGISTRY.values():
+    for _alias in (_entry.key, _entry.repo_id, *_entry.aliases):
+        _ALIASES[_squash(_alias)] = _entry
+
+
+def known_model_names() -> list[str]:
+    """Every name accepted besides paths and repo ids, for help texts and errors."""
+    return ["tiny", *(f"arch:{a}" for a in ARCH_CONFIGS), *REGISTRY]
+
+
+def parse_model_spec(spec: str) -> ModelSpec:
+    """Turn a user's model string into a :class:`ModelSpec`; raise :class:`ModelSpecError` if unknown."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError("empty model name; known models: " + ", ".join(known_model_names()))
+    spec = spec.strip()
+    if _squash(spec) == "tiny":
+        return ModelSpec("tiny", "tiny", "tiny")
+    if spec.lower().startswith("arch:"):
+        arch = _squash(spec[5:])
+        arch = {"sd1": "sd15", "sd2": "sd21", "sd14": "sd15", "sd20": "sd21", "sdturbo": "sd21"}.get(arch, arch)
+        if arch not in ARCH_CONFIGS:
+            raise ModelSpecError(f"unknown architecture '{spec}'; choose one of: " + ", ".join(f"arch:{a}" for a in ARCH_CONFIGS))
+        return ModelSpec("arch", f"arch:{arch}", arch)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if not (path / "unet").is_dir():
+                raise ModelSpecError(f"'{spec}' is a folder but not a diffusers pipeline folder: it has no 'unet' subfolder")
+            return ModelSpec("folder", str(path.resolve()), str(path.resolve()))
+        if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+            return ModelSpec("file", str(path.resolve()), str(path.resolve()))
+        raise ModelSpecError(f"'{spec}' is a file but not a checkpoint (expected one of {', '.join(SINGLE_FILE_SUFFIXES)})")
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES or spec.startswith((".", "/", "~")):
+        raise ModelSpecError(f"model file or folder '{spec}' does not exist")
+    entry = _ALIASES.get(_squash(spec))
+    if entry is not None:
+        return ModelSpec("hub", entry.key, entry.repo_id, entry)
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
+        return ModelSpec("hub", spec, spec)
+    raise ModelSpecError(f"unknown model '{spec}'; known models: {', '.join(known_model_names())}; "
+                         "or give a Hugging Face repo id (owner/name), a diffusers folder, or a .safetensors/.ckpt file")

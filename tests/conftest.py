@@ -1,0 +1,52 @@
+"""Shared fixtures: the tiny model, a saved copy of it, and small image folders. Everything is offline."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny model on the CPU (built once per test session)."""
+    from sdaudit.models import load_model
+
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tiny):
+    """The tiny model saved as a diffusers pipeline folder."""
+    folder = tmp_path_factory.mktemp("tiny-pipeline")
+    tiny.save_pretrained(folder)
+    return folder
+
+
+def random_photo(seed: int, size=(80, 64)) -> Image.Image:
+    """A smooth random RGB picture (not white noise, so that the VAE sees structure)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.BILINEAR)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A folder of 5 small RGB images of mixed sizes."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        random_photo(i, size=(64 + 16 * i, 64)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def images5():
+    """Five prepared 64x64 RGB images."""
+    return [random_photo(i, size=(64, 64)) for i in range(5)]

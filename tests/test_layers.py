@@ -1,0 +1,81 @@
+"""Layer enumeration (46 / 45), names, selection, and shapes at two sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdaudit.layers import (LayerError, all_layers, block_of, kind_of, layer_infos, normalize_name, paper_layers,
+                            select_layers)
+from sdaudit.models import load_unet_config
+
+# (channels, grid) of SD-1.5 at 512 px, from the design notes' table.
+SD15_512 = {
+    "conv_in": (320, 64), "down_blocks[0].attentions[1]": (320, 64), "down_blocks[0].downsamplers[0]": (320, 32),
+    "down_blocks[1].resnets[0]": (640, 32), "down_blocks[1].downsamplers[0]": (640, 16),
+    "down_blocks[2].attentions[1]": (1280, 16), "down_blocks[2].downsamplers[0]": (1280, 8),
+    "down_blocks[3].resnets[1]": (1280, 8), "mid_block.attentions[0]": (1280, 8), "up_blocks[0].resnets[2]": (1280, 8),
+    "up_blocks[0].upsamplers[0]": (1280, 16), "up_blocks[1].attentions[2]": (1280, 16),
+    "up_blocks[1].upsamplers[0]": (1280, 32), "up_blocks[2].resnets[0]": (640, 32),
+    "up_blocks[2].upsamplers[0]": (640, 64), "up_blocks[3].attentions[2]": (320, 64), "conv_out": (4, 64),
+}
+PAPER_BLOCK_COUNTS = {"conv_in": 1, "down_blocks[0]": 5, "down_blocks[1]": 5, "down_blocks[2]": 5, "down_blocks[3]": 2,
+                      "mid_block": 3, "up_blocks[0]": 3, "up_blocks[1]": 7, "up_blocks[2]": 7, "up_blocks[3]": 6,
+                      "conv_out": 1}
+
+
+@pytest.mark.parametrize("model", ["tiny", "sd15", "sd21"])
+def test_46_layers_and_45_paper_layers(model, tiny):
+    infos = layer_infos(load_unet_config(model), 512)
+    names = [i.name for i in infos]
+    assert len(names) == 46
+    assert names == all_layers(tiny.unet)  # tiny has SD-1.5's exact layer names
+    paper = paper_layers(tiny.unet)
+    assert len(paper) == 45 and "up_blocks[0].resnets[2]" not in paper
+    counts = {}
+    for name in paper:
+        counts[block_of(name)] = counts.get(block_of(name), 0) + 1
+    assert counts == PAPER_BLOCK_COUNTS
+
+
+@pytest.mark.parametrize("size", [512, 256])
+def test_sd15_shapes_at_two_sizes(size):
+    infos = {i.name: i for i in layer_infos(load_unet_config("sd15"), size)}
+    for name, (channels, grid) in SD15_512.items():
+        assert infos[name].channels == channels
+        assert infos[name].grid == (grid * size // 512, grid * size // 512)
+
+
+def test_meta_shapes_equal_a_real_forward(tiny, images5):
+    from sdaudit.extraction import ExtractionSettings, Extractor
+
+    reps = Extractor(tiny, "all", ExtractionSettings(size=64)).run(images5[:1], [0])
+    infos = {i.name: i for i in layer_infos(dict(tiny.unet.config), 64)}
+    for name, tensor in reps.items():
+        assert tuple(tensor.shape[1:]) == (infos[name].channels, infos[name].height, infos[name].width)
+
+
+def test_selection(tiny):
+    available = all_layers(tiny.unet)
+    assert len(select_layers("all", available)) == 46
+    assert len(select_layers("paper", available)) == 45
+    up1 = select_layers("up_blocks[1]", available)
+    assert len(up1) == 7 and up1[-1] == "up_blocks[1].upsamplers[0]"
+    assert select_layers("up_blocks.1.upsamplers.0,conv_in", available) == ["conv_in", "up_blocks[1].upsamplers[0]"]
+    assert select_layers(["mid_block"], available) == ["mid_block.resnets[0]", "mid_block.attentions[0]",
+                                                         "mid_block.resnets[1]"]
+    with pytest.raises(LayerError, match=r"unknown layer 'up_blocks\[9\]'.*conv_in"):
+        select_layers("up_blocks[9]", available)
+    with pytest.raises(LayerError, match="no layers selected"):
+        select_layers("", available)
+
+
+def test_names_and_kinds():
+    assert normalize_name("down_blocks.1.attentions.0") == "down_blocks[1].attentions[0]"
+    assert [kind_of(n) for n in ("conv_in", "mid_block.resnets[0]", "up_blocks[1].attentions[2]",
+                                 "down_blocks[0].downsamplers[0]", "up_blocks[0].upsamplers[0]")] == \
+        ["conv", "res", "attn", "down", "up"]
+
+
+def test_size_must_fit_the_unet():
+    with pytest.raises(LayerError, match="not a multiple of 64"):
+        layer_infos(load_unet_config("tiny"), 500)
