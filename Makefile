@@ -13,6 +13,8 @@ install:
 install-test:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[test]"
+	@# headless Chromium for the explorer's browser tests (Playwright's own browser download cannot work offline)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 demo: install
 	$(PYTHON) -m sdaudit demo

@@ -5,6 +5,8 @@ Layout of a store folder (a zarr v3 group)::
     STORE/
       zarr.json            group metadata; attributes hold the manifest (see below)
       layers/<key>/        one array per layer, shape (capacity, C, h, w), chunked one image per chunk
+      inputs               the prepared model inputs, (capacity, size, size, 3) uint8, one image per chunk
+                           (what the U-Net saw; for figures and the explorer)
       images.jsonl         one JSON record per committed image: index, source, sha256, width, height, mode
 
 The manifest (group attribute ``sdaudit``) records the extraction configuration (model identity,
@@ -149,8 +151,16 @@ class RepresentationStore:
 
         Only the chunks of the chosen images are read from disk.
         """
+        return self._read_rows(self._array(layer), images)
+
+    def read_inputs(self, images: int | slice | Sequence[int] | None = None) -> np.ndarray:
+        """The prepared RGB model inputs, uint8 (N, size, size, 3) (or one (size, size, 3) for an int)."""
+        if "inputs" not in self._arrays:
+            self._arrays["inputs"] = self._group["inputs"]
+        return self._read_rows(self._arrays["inputs"], images)
+
+    def _read_rows(self, arr, images) -> np.ndarray:
         n = self.num_images
-        arr = self._array(layer)
         if images is None:
             images = slice(0, n)
         if isinstance(images, (int, np.integer)):
@@ -168,8 +178,8 @@ class RepresentationStore:
         if bad:
             raise StoreError(f"image indices {bad[:5]} out of range: store '{self.path}' has {n} images")
         if not idx:
-            return np.zeros((0, *self.layer_shape(layer)), dtype=arr.dtype)
-        return np.asarray(arr.get_orthogonal_selection((idx, slice(None), slice(None), slice(None))))
+            return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+        return np.asarray(arr.get_orthogonal_selection((idx,) + (slice(None),) * (arr.ndim - 1)))
 
     def iter_batches(self, layers: Sequence[str] | None = None, batch_size: int = 16,
                      start: int = 0, stop: int | None = None) -> Iterator[tuple[range, dict[str, np.ndarray]]]:
@@ -181,8 +191,10 @@ class RepresentationStore:
             yield range(lo, hi), {layer: self.read(layer, slice(lo, hi)) for layer in layers}
 
     # ----- writing --------------------------------------------------------------------------------
-    def write_batch(self, start: int, arrays: dict[str, np.ndarray], entries: Sequence[ImageEntry]) -> None:
-        """Write and commit images ``start .. start+B-1``: every layer's data, then the records, then the count.
+    def write_batch(self, start: int, arrays: dict[str, np.ndarray], entries: Sequence[ImageEntry],
+                    inputs: np.ndarray | None = None) -> None:
+        """Write and commit images ``start .. start+B-1``: every layer's data and the prepared inputs
+        (uint8 (B, size, size, 3)), then the records, then the count.
 
         ``start`` must equal :attr:`num_images` (images are committed in order).
         """
@@ -202,6 +214,13 @@ class RepresentationStore:
             if arr.shape[0] < start + b:
                 arr.resize((max(start + b, 2 * arr.shape[0]), *arr.shape[1:]))
             arr[start:start + b] = data.astype(arr.dtype, copy=False)
+        if inputs is not None:
+            arr = self._group["inputs"]
+            if inputs.shape != (b, *arr.shape[1:]):
+                raise StoreError(f"inputs of shape {inputs.shape}, expected {(b, *arr.shape[1:])}")
+            if arr.shape[0] < start + b:
+                arr.resize((max(start + b, 2 * arr.shape[0]), *arr.shape[1:]))
+            arr[start:start + b] = inputs.astype(np.uint8, copy=False)
         self._append_image_lines(start, entries)
         self._manifest["num_images"] = start + b
         self._group.attrs[MANIFEST_ATTR] = self._manifest
@@ -269,6 +288,10 @@ def create_store(path: str | Path, config: dict, layer_shapes: dict[str, tuple[i
     group = zarr.open_group(str(path), mode="w")
     layers_group = group.create_group("layers")
     layers_meta = {}
+    size = config.get("size")
+    if size:
+        group.create_array("inputs", shape=(capacity, size, size, 3), chunks=(1, size, size, 3), dtype="uint8",
+                           fill_value=0)
     for name, shape in layer_shapes.items():
         key = store_key(name)
         layers_group.create_array(key, shape=(capacity, *shape), chunks=(1, *shape), dtype=dtype, fill_value=0,

@@ -2,7 +2,7 @@
 
 from .extractor import ExtractionSettings, Extractor, encode_prompt
 from .protocols import PROTOCOLS
-from .run import ExtractionReport, extract, prepare_for_model
+from .run import ExtractionReport, extract, extract_like, prepare_for_model
 
-__all__ = ["PROTOCOLS", "ExtractionReport", "ExtractionSettings", "Extractor", "encode_prompt", "extract",
+__all__ = ["PROTOCOLS", "ExtractionReport", "ExtractionSettings", "Extractor", "encode_prompt", "extract", "extract_like",
            "prepare_for_model"]

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..store import ImageEntry, RepresentationStore, _versions, create_store
@@ -113,10 +114,33 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
             reps = extractor.run(prepared, indices)
             arrays = {name: tensor.numpy() for name, tensor in reps.items()}
             entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode) for i, r in zip(indices, batch)]
-            store.write_batch(start, arrays, entries)
+            store.write_batch(start, arrays, entries, inputs=np.stack([np.asarray(img) for img in prepared]))
             report.added += len(batch)
             advance(len(batch), report.already_present)
     return report
+
+
+def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = False, progress: bool = False,
+                 batch_size: int | None = None) -> ExtractionReport:
+    """Append ``images`` to an existing store with exactly the settings it was made with.
+
+    ``model`` must be the store's model (checked by its identity).
+    """
+    from ..store import open_store
+
+    config = open_store(store_path).config
+    if isinstance(model, str):
+        from ..models import load_model
+
+        model = load_model(model)
+    if model.identity() != config["model"]:
+        raise ValueError(f"model {model.identity()['name']} is not the model of store '{store_path}' "
+                         f"({config['model']['name']})")
+    return extract(model, images, store_path, layers=config["layers"], size=config["size"],
+                   timestep=config["timestep"], seed=config["seed"], protocol=config["protocol"],
+                   prompt=config["prompt"], latent=config["latent"], noise_samples=config["noise_samples"],
+                   crop_px=config["crop_px"], batch_size=config.get("batch_size") or batch_size or 4,
+                   dtype=config["dtype"], skip_bad=skip_bad, progress=progress)
 
 
 class _progress:

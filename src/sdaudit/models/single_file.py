@@ -542,10 +542,20 @@ def _empty_init():
 
 
 def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str, plan: _Plan,
-            source: str) -> torch.nn.Module:
-    """Load ``state`` into ``model`` strictly, each tensor copied (never a view of the file) in ``dtype``."""
-    state = {k: (v.to(dtype=dtype, copy=True, memory_format=torch.contiguous_format) if v.is_floating_point()
-                 else v.clone(memory_format=torch.contiguous_format)) for k, v in state.items()}
+            ckpt: _Checkpoint) -> torch.nn.Module:
+    """Load ``state`` into ``model`` strictly, floating tensors in ``dtype``.
+
+    Every tensor is copied: safetensors and zip-format torch checkpoints hand out views of a
+    private memory map of the file, and no parameter may change (or fault) when the file does.
+    """
+    source = ckpt.name
+
+    def own(v: torch.Tensor) -> torch.Tensor:
+        if v.is_floating_point():
+            return v.to(dtype=dtype, copy=True, memory_format=torch.contiguous_format)
+        return v.clone(memory_format=torch.contiguous_format)
+
+    state = {k: own(v) for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
@@ -565,7 +575,7 @@ def _build_unet(ckpt: _Checkpoint, plan: _Plan, dtype: torch.dtype):
     state = convert_ldm_unet_checkpoint(ckpt.tensors(UNET_PREFIX), dict(plan.unet))
     with _empty_init():
         model = UNet2DConditionModel.from_config(plan.unet)
-    return _assign(model, state, dtype, "U-Net", plan, ckpt.name)
+    return _assign(model, state, dtype, "U-Net", plan, ckpt)
 
 
 def _build_vae(ckpt: _Checkpoint, plan: _Plan):
@@ -580,7 +590,7 @@ def _build_vae(ckpt: _Checkpoint, plan: _Plan):
     state = convert_ldm_vae_checkpoint(ckpt.tensors(plan.vae_prefix), dict(plan.vae))
     with _empty_init():
         model = AutoencoderKL.from_config(plan.vae)
-    return _assign(model, state, torch.float32, "VAE", plan, ckpt.name)
+    return _assign(model, state, torch.float32, "VAE", plan, ckpt)
 
 
 def _build_text_encoder(ckpt: _Checkpoint, plan: _Plan, dtype: torch.dtype):
@@ -604,19 +614,39 @@ def _build_text_encoder(ckpt: _Checkpoint, plan: _Plan, dtype: torch.dtype):
     wrapped = hasattr(model, "text_model")
     state = {("text_model." if wrapped else "") + k.removeprefix("text_model."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not _TEXT_KEYS_IGNORED.search(k)}
-    return _assign(model, state, dtype, "text-encoder", plan, ckpt.name)
+    return _assign(model, state, dtype, "text-encoder", plan, ckpt)
+
+
+def _cached_tokenizer_folder(repo: str, subfolder: str) -> Path | None:
+    """The folder of a CLIP tokenizer (vocab.json + merges.txt) in the local Hugging Face cache, if there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    files = []
+    for name in ("vocab.json", "merges.txt"):
+        found = try_to_load_from_cache(repo, f"{subfolder}/{name}" if subfolder else name)
+        if not isinstance(found, str):
+            return None
+        files.append(Path(found))
+    return files[0].parent if files[0].parent == files[1].parent else None
 
 
 def _load_tokenizer(plan: _Plan, source: str):
-    """The tokenizer that goes with the text encoder, found offline, or a ModelNotAvailableError."""
+    """The tokenizer that goes with the text encoder, found offline, or a ModelNotAvailableError.
+
+    (transformers 5's ``CLIPTokenizer.from_pretrained`` returns an empty 2-token tokenizer instead
+    of failing when the files are absent, so every source is checked for its files and its size.)
+    """
     from transformers import AutoTokenizer, CLIPTokenizer
 
     vocab = int(plan.text.get("vocab_size", 49408)) if plan.text else None
-    if plan.folder is not None and (plan.folder / "tokenizer").is_dir():
+    folder = plan.folder / "tokenizer" if plan.folder is not None else None
+    if folder is not None and folder.is_dir():
+        if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+            raise ValueError(f"the tokenizer folder '{folder}' holds no tokenizer.json or vocab.json")
         tokenizer = AutoTokenizer.from_pretrained(str(plan.folder), subfolder="tokenizer", local_files_only=True)
         if vocab is not None and len(tokenizer) > vocab:
-            raise ValueError(f"the tokenizer in '{plan.folder / 'tokenizer'}' has {len(tokenizer)} tokens but the text "
-                             f"encoder of '{source}' only {vocab}; they do not belong together")
+            raise ValueError(f"the tokenizer in '{folder}' has {len(tokenizer)} tokens but the text encoder of "
+                             f"'{source}' only {vocab}; they do not belong together")
         return tokenizer
     if vocab == TINY_VOCAB_SIZE:
         from .offline import load_tokenizer_tiny
@@ -626,14 +656,19 @@ def _load_tokenizer(plan: _Plan, source: str):
     sources = SD2_TOKENIZER_SOURCES if sd2 else SD1_TOKENIZER_SOURCES
     tried = []
     for repo, subfolder in sources:
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(repo, subfolder=subfolder, local_files_only=True)
-        except Exception as error:  # noqa: BLE001 - not cached (OSError, EnvironmentError, ValueError, ...)
-            tried.append(f"{repo}{'/' + subfolder if subfolder else ''} ({type(error).__name__})")
+        label = f"{repo}{'/' + subfolder if subfolder else ''}"
+        cached = _cached_tokenizer_folder(repo, subfolder)
+        if cached is None:
+            tried.append(f"{label} (not cached)")
             continue
-        if vocab is None or len(tokenizer) <= vocab:
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(cached), local_files_only=True)
+        except Exception as error:  # noqa: BLE001 - a broken cache entry: try the next source
+            tried.append(f"{label} ({type(error).__name__})")
+            continue
+        if vocab is None or len(tokenizer) == vocab:
             return tokenizer
-        tried.append(f"{repo} (has {len(tokenizer)} tokens, the text encoder {vocab})")
+        tried.append(f"{label} (has {len(tokenizer)} tokens, the text encoder {vocab})")
     kind = "SD-2 OpenCLIP ViT-H/14" if sd2 else "SD-1 CLIP ViT-L/14"
     repo, subfolder = sources[0]
     include = f"'{subfolder}/*'" if subfolder else "'*.json' '*.txt'"
@@ -652,7 +687,7 @@ def _build_scheduler(plan: _Plan):
     import diffusers
 
     cls = getattr(diffusers, plan.scheduler.get("_class_name", "PNDMScheduler"), diffusers.PNDMScheduler)
-    return cls.from_config(plan.scheduler)
+    return cls.from_config({k: v for k, v in plan.scheduler.items() if not k.startswith("_")})
 
 
 # --------------------------------------------------------------------------------------------
