@@ -11,6 +11,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["COLUMNS"] = "200"  # rich tables: no wrapping of long layer names and repo ids
 
 
 @pytest.fixture(scope="session")

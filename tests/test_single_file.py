@@ -253,6 +253,8 @@ def test_explicit_configs(tiny, tiny_file, tiny_folder, tmp_path, no_network):
         load_single_file(tiny_file, config="not a config")
     with pytest.raises(ValueError, match="no unet/config.json"):
         load_single_file(tiny_file, config=str(tmp_path))
+    with pytest.raises(ModelNotAvailableError, match="sdaudit-test/no-such-repo.*not in the local Hugging Face cache"):
+        load_single_file(tiny_file, config="sdaudit-test/no-such-repo")  # a repo id: cache only, never fetched
 
 
 def test_unet_config_from_shapes(tiny_file, tmp_path, tiny, no_network):

@@ -1,0 +1,113 @@
+"""The command line, run in-process with typer's test runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sdaudit.cli import app
+from sdaudit.store import open_store
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_help_lists_commands():
+    code, out = invoke("--help")
+    assert code == 0
+    for command in ("models", "layers", "extract", "dataset", "demo"):
+        assert command in out
+    code, out = invoke("extract", "--help")
+    assert code == 0 and "--skip-bad" in out and "--protocol" in out
+
+
+def test_models_and_layers():
+    code, out = invoke("models")
+    assert code == 0 and "stable-diffusion-v1-5/stable-diffusion-v1-5" in out and "arch:sd21" in out
+    code, out = invoke("layers", "--model", "SD1.5")
+    assert code == 0 and "46 layers" in out and "up_blocks[1].upsamplers[0]" in out and "1280" in out
+    code, out = invoke("layers", "--model", "tiny", "--layers", "paper", "--size", "128")
+    assert code == 0 and "45 layers" in out and "16x16" in out
+    code, out = invoke("layers", "--model", "tiny", "--layers", "up_blocks[7]")
+    assert code == 2 and "unknown layer 'up_blocks[7]'" in out
+    code, out = invoke("layers", "--model", "nonsense-model")
+    assert code == 2 and "unknown model" in out
+
+
+def test_extract_with_bad_images(tmp_path, image_folder):
+    (image_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (image_folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "store"
+    code, text = invoke("extract", "--model", "tiny", "--images", image_folder, "--out", out, "--size", "64",
+                        "--layers", "conv_in,conv_out")
+    assert code == 2 and "broken.png" in text
+    code, text = invoke("extract", "--model", "tiny", "--images", image_folder, "--out", out, "--size", "64",
+                        "--layers", "conv_in,conv_out", "--skip-bad")
+    assert code == 0, text
+    assert "2 image(s) skipped" in text and "broken.png" in text and "empty.jpg" in text
+    store = open_store(out)
+    assert store.num_images == 5 and store.layers == ["conv_in", "conv_out"]
+    # a different configuration into the same store is refused, and the store keeps its images
+    code, text = invoke("extract", "--model", "tiny", "--images", image_folder, "--out", out, "--size", "64",
+                        "--layers", "conv_in,conv_out", "--timestep", "10", "--skip-bad")
+    assert code == 2 and "timestep" in text
+    assert open_store(out).num_images == 5
+
+
+def test_bad_image_mid_run_keeps_committed_batches(tmp_path, image_folder):
+    (image_folder / "img2.png").write_bytes(b"garbage")  # third image in sorted order
+    out = tmp_path / "store"
+    code, text = invoke("extract", "--model", "tiny", "--images", image_folder, "--out", out, "--size", "64",
+                        "--layers", "conv_in", "--batch-size", "1")
+    assert code == 2 and "img2.png" in text
+    assert open_store(out).num_images == 2  # img0 and img1 were committed before the bad file
+    code, text = invoke("extract", "--model", "tiny", "--images", image_folder, "--out", out, "--size", "64",
+                        "--layers", "conv_in", "--batch-size", "1", "--skip-bad")
+    assert code == 0 and "2 already present" in text and open_store(out).num_images == 4
+
+
+def test_extract_from_a_saved_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from tests.conftest import random_photo
+
+    ds = datasets.Dataset.from_dict({"image": [random_photo(i) for i in range(3)], "label": [0, 1, 2]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "label": datasets.Value("int64")}))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    code, text = invoke("extract", "--model", "tiny", "--images", tmp_path / "ds", "--out", tmp_path / "s",
+                        "--size", "64", "--layers", "conv_in")
+    assert code == 0, text
+    store = open_store(tmp_path / "s")
+    assert store.num_images == 3 and store.images[1].source.endswith("#1")
+
+
+def test_dataset_imagenet_subset(tmp_path):
+    from tests.conftest import random_photo
+
+    root = tmp_path / "train"
+    for wnid in ("n02106662", "n02108089", "n02123159", "n03930630", "n09472597"):
+        (root / wnid).mkdir(parents=True)
+        for k in range(3):
+            random_photo(k, size=(400 + 10 * k, 360)).save(root / wnid / f"{wnid}_{k}.JPEG")
+        random_photo(9, size=(300, 200)).save(root / wnid / f"{wnid}_small.JPEG")  # short side < 350: skipped
+    code, text = invoke("dataset", "imagenet-subset", root, "--out", tmp_path / "subset", "--per-class", "2",
+                        "--size", "64")
+    assert code == 0, text
+    files = sorted((tmp_path / "subset").glob("*.png"))
+    assert len(files) == 10 and files[0].name.startswith("235_n02106662")
+    code, text = invoke("dataset", "imagenet-subset", root, "--out", tmp_path / "subset2", "--per-class", "5")
+    assert code == 2 and "235" in text
+
+
+def test_demo_runs_offline(tmp_path):
+    code, text = invoke("demo", "--out", tmp_path / "demo", "--size", "64")
+    assert code == 0, text
+    store = open_store(tmp_path / "demo" / "store")
+    assert store.num_images == 9 and len(store.layers) == 46
+    assert "conv_out" in text
+    assert np.isfinite(store.read("conv_out").astype(np.float32)).all()
