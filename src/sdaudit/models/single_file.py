@@ -673,7 +673,7 @@ def _load_tokenizer(plan: _Plan, source: str):
     repo, subfolder = sources[0]
     include = f"'{subfolder}/*'" if subfolder else "'*.json' '*.txt'"
     raise ModelNotAvailableError(
-        f"the tokenizer for '{source}' is not on this machine: the checkpoint holds a {kind} text encoder "
+        f"the tokenizer for '{source}' is not on this machine: the checkpoint holds an {kind} text encoder "
         f"(vocabulary {vocab}) but no tokenizer, and none of these Hugging Face repos is in the local cache: "
         f"{', '.join(tried)}. Provide it in one of two ways:\n"
         f"  * pass a diffusers pipeline folder that has a tokenizer/ subfolder as the single-file config "

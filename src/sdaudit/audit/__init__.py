@@ -1,0 +1,200 @@
+"""``audit``: from a model and images to results.json, figures and report.html in one call.
+
+Outputs in ``out``: ``results.json`` (every number, with provenance), ``results.csv`` (tidy: one
+row per layer and metric), ``anomalies.npy`` (published label format), ``maps.npz`` (the
+qualitative maps), ``figures/`` and ``report.html``; optionally ``store/`` with the full pass's
+representations (``keep_store``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..store import _versions
+from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
+from .outputs import layer_results, now_iso, write_anomalies, write_json_atomic, write_tidy_csv
+from .run import ANALYSES, AuditSettings, pass_plan, run_passes
+from .sources import scan_images, store_images
+
+__all__ = ["ANALYSES", "AuditSettings", "audit", "pass_plan"]
+
+
+def _store_writer(out: Path, model, extractor, settings: AuditSettings, size: int):
+    """A callback that appends the full pass's batches to ``out/store`` (skipping images already in it)."""
+    from ..extraction.run import store_config
+    from ..store import ImageEntry, create_store
+
+    config = store_config(model, extractor, "float16", settings.batch_size)
+    store = create_store(out / "store", config, extractor.shapes, dtype="float16")
+
+    def write(batch, images, reps):
+        if batch[0].index < store.num_images:
+            return  # committed before an interruption
+        entries = [ImageEntry(item.index, item.source, item.sha256, item.width, item.height, "RGB") for item in batch]
+        arrays = {name: tensor.numpy() for name, tensor in reps.items()}
+        store.write_batch(batch[0].index, arrays, entries, inputs=np.stack([np.asarray(im) for im in images]))
+
+    return write
+
+
+def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: AuditSettings | None = None, *,
+          store: str | Path | None = None, keep_store: bool = False, skip_bad: bool = False,
+          progress: bool = True, report: bool = True, compare_paper: bool = False,
+          checkpoint_seconds: float = 120.0) -> dict:
+    """Audit ``model`` on ``images`` (or on the images of an existing ``store``) and write the results to ``out``.
+
+    Args:
+        model: a :class:`~sdaudit.models.LoadedModel` or a model spec.
+        images: any image source :func:`sdaudit.images.iter_images` accepts; or None with ``store``.
+        out: output folder; rerunning into it with the same settings resumes an interrupted audit.
+        settings: :class:`AuditSettings` (layers, protocol, timestep, seed, analyses, ...).
+        store: an existing store whose images (its prepared inputs) are audited.
+        keep_store: also write the full pass's representations to ``out/store``.
+        skip_bad: skip invalid images (listed in results.json) instead of stopping.
+        report: draw the figures and write report.html.
+        compare_paper: overlay the published curves of the matching model on the figure.
+
+    Returns the results dict that was written to results.json.
+    """
+    from ..models import load_model
+
+    settings = (settings or AuditSettings()).validated()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, str):
+        model = load_model(model)
+    errors: list = []
+    opened = None
+    if store is not None:
+        from ..store import open_store
+
+        opened = open_store(store)
+        items = store_images(opened)
+        settings.size = settings.size or opened.config["size"]
+        if opened.config["protocol"] == "paper":
+            settings.batch_size = opened.config["batch_size"]
+    elif images is not None:
+        items = scan_images(images, skip_bad=skip_bad, errors=errors)
+    else:
+        raise ValueError("give images or a store to audit")
+    size = settings.size or model.default_size
+    settings.size = size
+    make_writer = (lambda extractor: _store_writer(out, model, extractor, settings, size)) if keep_store else None
+    full_source = _store_source(opened, settings, model) if store is not None else None
+    with _progress_bar(progress) as bar:
+        state, full, stats = run_passes(model, items, settings, out, progress=bar.progress,
+                                        checkpoint_seconds=checkpoint_seconds, make_store_writer=make_writer,
+                                        full_source=full_source)
+    grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
+    position, borders, table = layer_results(state, grids)
+    detection = state.detector.result() if state.detector is not None else None
+    results = {
+        "format": "sdaudit-audit/1",
+        "created": now_iso(),
+        "model": model.identity(),
+        "settings": {**asdict(settings), "layers": settings.layers if isinstance(settings.layers, str)
+                     else list(settings.layers)},
+        "versions": _versions(),
+        "images": [{"index": i.index, "source": i.source, "sha256": i.sha256, "width": i.width, "height": i.height}
+                   for i in items],
+        "skipped_images": [{"source": s, "reason": r} for s, r in errors],
+        "layers": [{"name": n, "block": r["block"], "kind": r["kind"], "channels": full.shapes[n][0],
+                    "height": grids[n][0], "width": grids[n][1]} for n, r in zip(full.layers, table)],
+        "table": table,
+        "position": position,
+        "borders": borders,
+        "non_finite": state.failed,
+        "run": stats,
+    }
+    if detection is not None:
+        results["anomalies"] = {"layer": state.anomaly_layer, "grid": list(detection.grid),
+                                "count": int(len(detection.rows)), "images_with": detection.images_with_anomalies,
+                                "n_images": len(items), "params": detection.params,
+                                "rows": detection.rows.tolist(), "scores": detection.scores.tolist()}
+        write_anomalies(out / "anomalies.npy", detection)
+    if "maps" in settings.analyses:
+        results["maps"] = _write_maps(model, full, items, settings, state, detection, table, grids, out)
+    write_json_atomic(out / "results.json", results)
+    write_tidy_csv(out / "results.csv", table, model.identity()["name"])
+    if report:
+        from ..report import build_report
+
+        build_report([out], compare_paper=compare_paper)
+    return results
+
+
+def _store_source(store, settings: AuditSettings, model):
+    """Read the full pass from an existing store, after checking it was made with the audit's settings."""
+    import torch
+
+    from ..layers import select_layers
+
+    config = store.config
+    wanted = {"protocol": settings.protocol, "timestep": settings.timestep, "seed": settings.seed,
+              "size": settings.size, "prompt": settings.prompt, "noise_samples": settings.noise_samples,
+              "crop_px": 0}
+    diffs = [f"{k}: store has {config.get(k)!r}, audit asks for {v!r}" for k, v in wanted.items() if config.get(k) != v]
+    if settings.latent is not None and config.get("latent") != settings.latent:
+        diffs.append(f"latent: store has {config.get('latent')!r}, audit asks for {settings.latent!r}")
+    if diffs:
+        raise ValueError(f"store '{store.path}' was extracted with other settings than this audit:\n  " + "\n  ".join(diffs))
+    from ..layers import all_layers
+
+    layers = select_layers(settings.layers, all_layers(model.unet))
+    missing = [layer for layer in layers if layer not in store.layers]
+    if missing:
+        raise ValueError(f"store '{store.path}' lacks layers the audit needs: {', '.join(missing)}")
+
+    def read(indices):
+        return {layer: torch.from_numpy(store.read(layer, indices).astype(np.float32)) for layer in layers}
+
+    return read
+
+
+def _write_maps(model, full, items, settings, state, detection, table, grids, out: Path) -> dict:
+    """Extract the shown images once more (all layers) and save their maps to maps.npz."""
+    from ..extraction import prepare_for_model
+
+    rows = detection.rows if detection is not None else np.zeros((0, 3), int)
+    scores = detection.scores if detection is not None else np.zeros(0)
+    shown = choose_shown_images(len(items), rows, scores, settings.n_show)
+    top = None
+    if len(rows):
+        best = rows[int(np.argmax(scores))]
+        top = (int(best[1]), int(best[2]))
+    examples = choose_examples([r for r in table if "error" not in r], state.anomaly_layer, top, grids)
+    shown_norms = norm_layers([r for r in table if "error" not in r], state.anomaly_layer)
+    prepared = [prepare_for_model(items[i].load(), settings.size) for i in shown]
+    reps = {name: t.numpy() for name, t in full.run(prepared, shown).items()}
+    position_of = {img: k for k, img in enumerate(shown)}
+    anomaly_rows = [[position_of[int(r[0])], int(r[1]), int(r[2])] for r in rows if int(r[0]) in position_of]
+    arrays = compute_maps(reps, examples, shown_norms, np.stack([np.asarray(p) for p in prepared]),
+                          np.asarray(anomaly_rows, dtype=np.int64).reshape(-1, 3))
+    tmp = out / "maps.partial.npz"
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(out / "maps.npz")
+    return {"images": shown, "examples": examples, "norm_layers": shown_norms, "anomaly_layer": state.anomaly_layer}
+
+
+class _progress_bar:
+    """Rich progress bars for the passes (or none)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.progress = enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn())
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False

@@ -1,0 +1,84 @@
+"""Turning the final audit state into results: the per-layer table, results.json, results.csv, anomalies.npy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..analyses import save_labels, to_jsonable
+from ..layers import block_of, kind_of
+
+TABLE_METRICS = ("probe_acc_8", "probe_acc_16", "probe_acc_32", "probe_acc_64", "probe_chance_8", "probe_chance_16",
+                 "probe_chance_32", "probe_chance_64", "corner_rel_sim", "border_rel_sim", "other_rel_sim",
+                 "anomaly_rel_norm_mean", "anomaly_rel_norm_std", "anomaly_count")
+
+
+def _finite(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict, list[dict]]:
+    """Per-layer results of every analysis: (position dicts, border dicts, wide table rows)."""
+    position, borders, table = {}, {}, []
+    norms = state.norms.stats() if state.norms is not None else {}
+    for layer in state.layers:
+        row = {"layer": layer, "block": block_of(layer), "kind": kind_of(layer), "grid": grids[layer][0]}
+        if layer in state.failed:
+            row["error"] = state.failed[layer]
+        elif layer in state.probe:
+            result = state.probe[layer].result()
+            position[layer] = result.to_dict()
+            for s in result.resolutions:
+                row[f"probe_acc_{s}"] = _finite(result.accuracy[s])
+                row[f"probe_chance_{s}"] = _finite(result.chance[s])
+        if layer in state.borders and layer not in state.failed:
+            result = state.borders[layer].result()
+            borders[layer] = result.to_dict()
+            row["corner_rel_sim"] = _finite(result.relative["corner"])
+            row["border_rel_sim"] = _finite(result.relative["border"])
+            row["other_rel_sim"] = _finite(result.relative["other"])
+        if layer in norms and layer not in state.failed:
+            row["anomaly_rel_norm_mean"] = _finite(norms[layer]["mean"])
+            row["anomaly_rel_norm_std"] = _finite(norms[layer]["std"])
+            row["anomaly_count"] = norms[layer]["count"]
+        table.append(row)
+    return position, borders, table
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def write_tidy_csv(path: Path, table: list[dict], model_name: str) -> None:
+    """results.csv: one row per layer and metric (model, layer, block, kind, grid, metric, value)."""
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "layer_index", "layer", "block", "kind", "grid", "metric", "value"])
+        for i, row in enumerate(table):
+            for metric in TABLE_METRICS:
+                if row.get(metric) is not None:
+                    writer.writerow([model_name, i, row["layer"], row["block"], row["kind"], row["grid"], metric,
+                                     repr(row[metric]) if isinstance(row[metric], float) else row[metric]])
+    os.replace(tmp, path)
+
+
+def write_anomalies(path: Path, detection) -> None:
+    """anomalies.npy in the published label format: int rows [image, x, y] on the anomaly layer's grid."""
+    save_labels(path, detection.rows, grid=detection.grid)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,186 @@
+"""``run_audit``: the extraction passes an audit needs, streamed through the analyses' accumulators.
+
+Plan for L layers with G distinct grid sizes: one full pass (all layers at once) and one cropped
+pass per grid size (the image cropped by one token of that grid on each side and resized back),
+so at most 1 + G U-Net passes per image (5 for SD), against about 92 in the published pipeline.
+Each pass stops after its last needed layer. A final small pass over the few images shown in the
+qualitative figures feeds the similarity maps.
+
+The audit resumes: the accumulators and the progress of each pass are checkpointed to
+``DIR/.checkpoint.npz`` (every ``checkpoint_seconds`` and at the end of every pass); a rerun with
+the same settings and images continues where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..analyses import crop_pixels
+from ..extraction import ExtractionSettings, Extractor, prepare_for_model
+from .state import AuditState
+
+ANALYSES = ("position", "borders", "anomalies", "maps")
+PREFERRED_ANOMALY_LAYER = "up_blocks[1].upsamplers[0]"
+
+
+@dataclass
+class AuditSettings:
+    """What an audit measures and how; recorded in results.json and part of the resume fingerprint."""
+
+    layers: str | list[str] = "paper"
+    protocol: str = "clean"
+    timestep: int = 50
+    seed: int = 42
+    size: int | None = None
+    prompt: str = ""
+    latent: str | None = None
+    noise_samples: int = 1
+    analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
+    probe_method: str = "lda"
+    train_fraction: float = 0.8
+    resolutions: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    detector: dict = field(default_factory=lambda: {"z_threshold": 3.5, "ratio_threshold": 2.0})
+    anomaly_layer: str | None = None
+    batch_size: int = 4
+    n_show: int = 4
+
+    def validated(self) -> AuditSettings:
+        unknown = [a for a in self.analyses if a not in ANALYSES]
+        if unknown:
+            raise ValueError(f"unknown analyses {unknown}; choose from {', '.join(ANALYSES)}")
+        if self.probe_method not in ("lda", "ridge"):
+            raise ValueError("probe_method must be 'lda' or 'ridge' (the trained 'paper' probe is not streamed)")
+        if not 0 < self.train_fraction < 1:
+            raise ValueError("train_fraction must be in (0, 1)")
+        return self
+
+
+@dataclass
+class ImageItem:
+    """An image of the audit: its record (source, hash, size) and how to get its pixels again."""
+
+    index: int
+    source: str
+    sha256: str
+    width: int
+    height: int
+    load: object  # callable -> PIL image (original size) or prepared input
+
+
+def _fingerprint(model_identity: dict, settings: AuditSettings, items: Sequence[ImageItem]) -> str:
+    h = hashlib.sha256(json.dumps({"model": model_identity, "settings": asdict(settings)}, sort_keys=True,
+                                  default=str).encode())
+    for item in items:
+        h.update(item.sha256.encode())
+    return h.hexdigest()
+
+
+def _grids(extractor: Extractor) -> dict[str, tuple[int, int]]:
+    return {name: (shape[1], shape[2]) for name, shape in extractor.shapes.items()}
+
+
+def pass_plan(grids: dict[str, tuple[int, int]], size: int, analyses: Sequence[str]) -> list[tuple[str, int, list[str]]]:
+    """The passes: ("full", 0, all layers) then ("crop<px>", px, layers of that grid) per grid size."""
+    passes = [("full", 0, list(grids))]
+    if "borders" in analyses:
+        by_crop: dict[int, list[str]] = {}
+        for name, (h, w) in grids.items():
+            if h == w and h >= 3:
+                by_crop.setdefault(crop_pixels(size, h), []).append(name)
+        for px in sorted(by_crop):
+            passes.append((f"crop{px}", px, by_crop[px]))
+    return passes
+
+
+def choose_anomaly_layer(layers: Sequence[str], grids: dict[str, tuple[int, int]], requested: str | None) -> str:
+    """The layer anomalies are detected on: as requested, else the paper's (up_blocks[1] output), else the
+    last up-block layer with the coarsest grid above 8x8."""
+    from ..layers import normalize_name
+
+    if requested:
+        name = normalize_name(requested)
+        if name not in layers:
+            raise ValueError(f"anomaly layer '{requested}' is not among the audited layers")
+        return name
+    if PREFERRED_ANOMALY_LAYER in layers:
+        return PREFERRED_ANOMALY_LAYER
+    ups = [n for n in layers if n.startswith("up_blocks") and n.split(".")[-1].startswith("upsamplers")]
+    return ups[1] if len(ups) > 1 else (ups[0] if ups else layers[len(layers) // 2])
+
+
+def _batches(items: Sequence[ImageItem], size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: Path, *, progress=None,
+               checkpoint_seconds: float = 120.0, make_store_writer=None,
+               full_source=None) -> tuple[AuditState, Extractor, dict]:
+    """Run every pass of the plan, resuming from ``out/.checkpoint.npz`` when it matches.
+
+    ``make_store_writer(extractor)`` may return a callback ``(batch, images, reps)`` that keeps the
+    full pass's representations; ``full_source(indices)`` may return them instead of running the
+    model (an existing store). Returns the final state, the full-pass extractor and run statistics
+    (passes, U-Net passes per image, seconds per pass).
+    """
+    settings = settings.validated()
+    size = settings.size or model.default_size
+    base = ExtractionSettings(protocol=settings.protocol, timestep=settings.timestep, seed=settings.seed, size=size,
+                              prompt=settings.prompt, latent=settings.latent, noise_samples=settings.noise_samples)
+    full = Extractor(model, settings.layers, base)
+    grids = _grids(full)
+    n = len(items)
+    anomaly_layer = choose_anomaly_layer(full.layers, grids, settings.anomaly_layer) \
+        if "anomalies" in settings.analyses else None
+    if "position" in settings.analyses and n < 2:
+        raise ValueError("the position probe needs at least 2 images (train and test)")
+    state = AuditState(full.layers, grids, n, set(settings.analyses), anomaly_layer,
+                       probe={"train_fraction": settings.train_fraction, "method": settings.probe_method,
+                              "resolutions": settings.resolutions},
+                       detector=dict(settings.detector))
+    checkpoint = out / ".checkpoint.npz"
+    fingerprint = _fingerprint(model.identity(), settings, items)
+    state.load(checkpoint, fingerprint)
+    plan = pass_plan(grids, size, settings.analyses)
+    store_writer = make_store_writer(full) if make_store_writer is not None else None
+    stats = {"passes": [], "unet_passes_per_image": 0}
+    last_save = time.monotonic()
+    for name, crop, layers in plan:
+        extractor = full if crop == 0 else Extractor(
+            model, layers, ExtractionSettings(**{**base.to_dict(), "crop_px": crop}))
+        done = state.progress.get(name, 0)
+        started = time.perf_counter()
+        if not (crop == 0 and full_source is not None):
+            stats["unet_passes_per_image"] += settings.noise_samples
+        task = progress.add_task(f"pass {name} ({len(layers)} layers)", total=n, completed=done) if progress else None
+        for batch in _batches(items[done:], settings.batch_size):
+            indices = [item.index for item in batch]
+            if crop == 0 and full_source is not None:
+                images, reps = None, full_source(indices)
+            else:
+                images = [prepare_for_model(item.load(), size, crop) for item in batch]
+                reps = extractor.run(images, indices)
+            if crop == 0:
+                state.update_full(reps, indices)
+                if store_writer is not None:
+                    store_writer(batch, images, reps)
+            else:
+                state.update_cropped(reps, indices)
+            state.progress[name] = indices[-1] + 1
+            if progress:
+                progress.update(task, completed=state.progress[name])
+            if time.monotonic() - last_save > checkpoint_seconds:
+                state.save(checkpoint, fingerprint)
+                last_save = time.monotonic()
+        state.progress[name] = n
+        state.save(checkpoint, fingerprint)
+        stats["passes"].append({"name": name, "crop_px": crop, "layers": len(layers),
+                                "seconds": round(time.perf_counter() - started, 3), "resumed_at": done})
+    return state, full, stats

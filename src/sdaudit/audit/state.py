@@ -1,0 +1,165 @@
+"""The audit's streaming state: one accumulator per layer and analysis, checkpointed atomically.
+
+A checkpoint is one ``.npz`` file holding every accumulator's ``state_dict`` (prefixed by its
+name) plus the progress of each extraction pass, written to a temporary file and renamed, so
+that a kill never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, NonFiniteInputError, PositionProbeAccumulator,
+                        anomaly_relative_norms)
+from ..analyses.anomalies import AnomalyDetector as _Detector  # noqa: F401  (re-exported type)
+
+
+class AnomalyNormStream:
+    """Relative norms of anomalies on every layer, computed batch by batch.
+
+    The anomalies of a batch are detected on the anomaly layer of that same batch, so each
+    batch's rows are measured on all layers at once; the state is one value per anomaly and layer.
+    """
+
+    def __init__(self, layers: Sequence[str], ref_grid: int):
+        self.layers, self.ref_grid = list(layers), int(ref_grid)
+        self.values: dict[str, list[float]] = {layer: [] for layer in self.layers}
+
+    def update(self, reps: dict, rows: np.ndarray, indices: Sequence[int], skip: set[str]) -> None:
+        if not len(rows):
+            return
+        for layer in self.layers:
+            if layer in skip:
+                continue
+            result = anomaly_relative_norms({layer: reps[layer]}, rows, ref_grid=self.ref_grid, image_indices=indices)
+            self.values[layer].extend(float(v) for v in result.values[layer])
+
+    def stats(self) -> dict[str, dict]:
+        out = {}
+        for layer, vals in self.values.items():
+            v = np.asarray(vals, dtype=np.float64)
+            v = v[np.isfinite(v)]
+            out[layer] = {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None,
+                          "count": int(v.size)}
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {f"{i}": np.asarray(self.values[layer], dtype=np.float64) for i, layer in enumerate(self.layers)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for i, layer in enumerate(self.layers):
+            self.values[layer] = [float(v) for v in state[f"{i}"]]
+
+
+class AuditState:
+    """All accumulators of one audit, the passes' progress, and the layers that failed."""
+
+    def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
+                 anomaly_layer: str | None, probe: dict, detector: dict):
+        self.layers = list(layers)
+        self.analyses = set(analyses)
+        self.progress: dict[str, int] = {}
+        self.failed: dict[str, str] = {}  # layer -> message (non-finite values, ...)
+        self.probe = {}
+        if "position" in analyses:
+            self.probe = {layer: PositionProbeAccumulator(n_images, layer=layer, **probe) for layer in self.layers}
+        self.borders = {}
+        if "borders" in analyses:
+            self.borders = {layer: BorderArtifactsAccumulator(layer=layer) for layer in self.layers
+                            if min(grids[layer]) >= 3}
+        self.anomaly_layer = anomaly_layer
+        self.detector = AnomalyDetector(layer=anomaly_layer, **detector) if anomaly_layer else None
+        self.norms = AnomalyNormStream(self.layers, grids[anomaly_layer][0]) if anomaly_layer else None
+
+    # ----- updates -----------------------------------------------------------------------------
+    def _guard(self, layer: str, fn) -> None:
+        if layer in self.failed:
+            return
+        try:
+            fn()
+        except NonFiniteInputError as error:
+            self.failed[layer] = str(error)
+
+    def update_full(self, reps: dict, indices: list[int]) -> None:
+        """Feed one batch of the full (uncropped) pass."""
+        for layer in self.layers:
+            x = reps[layer]
+            if layer in self.probe:
+                self._guard(layer, lambda: self.probe[layer].update(x, indices))
+            if layer in self.borders:
+                self._guard(layer, lambda: self.borders[layer].update(full=x, image_indices=indices))
+        if self.detector is not None and self.anomaly_layer not in self.failed:
+            batch = AnomalyDetector(layer=self.anomaly_layer, **self.detector.params)
+            try:
+                batch.update(reps[self.anomaly_layer], indices)
+            except NonFiniteInputError as error:
+                self.failed[self.anomaly_layer] = str(error)
+                return
+            self.detector.merge(batch)
+            self.norms.update(reps, batch.result().rows, indices, skip=set(self.failed))
+
+    def update_cropped(self, reps: dict, indices: list[int]) -> None:
+        """Feed one batch of a cropped pass (only the layers of that pass's grid size are in ``reps``)."""
+        for layer, x in reps.items():
+            if layer in self.borders:
+                self._guard(layer, lambda: self.borders[layer].update(cropped=x, image_indices=indices))
+
+    # ----- checkpoints ---------------------------------------------------------------------------
+    def _parts(self) -> dict[str, object]:
+        parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
+        parts.update({f"borders/{k}": v for k, v in self.borders.items()})
+        if self.detector is not None:
+            parts["detector"] = self.detector
+        return parts
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        """Write a checkpoint atomically (temporary file, then rename)."""
+        arrays: dict[str, np.ndarray] = {}
+        for name, acc in self._parts().items():
+            for key, value in acc.state_dict().items():
+                arrays[f"{name}|{key}"] = value
+        if self.norms is not None:
+            arrays.update({f"norms|{k}": v for k, v in self.norms.state_dict().items()})
+        meta = {"fingerprint": fingerprint, "progress": self.progress, "failed": self.failed}
+        arrays["__meta__"] = np.array(json.dumps(meta))
+        tmp = path.with_name(path.name + ".partial")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: Path, fingerprint: str) -> bool:
+        """Restore from a checkpoint made with the same fingerprint; False if there is none or it differs."""
+        if not path.exists():
+            return False
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            if meta.get("fingerprint") != fingerprint:
+                return False
+            grouped: dict[str, dict[str, np.ndarray]] = {}
+            for key in data.files:
+                if "|" in key:
+                    name, sub = key.split("|", 1)
+                    grouped.setdefault(name, {})[sub] = data[key]
+        for name, acc in self._parts().items():
+            restored = type(acc).from_state_dict(grouped[name])
+            self._replace(name, restored)
+        if self.norms is not None:
+            self.norms.load_state_dict(grouped.get("norms", {}) or {f"{i}": np.zeros(0) for i in range(len(self.layers))})
+        self.progress = {k: int(v) for k, v in meta["progress"].items()}
+        self.failed = dict(meta["failed"])
+        return True
+
+    def _replace(self, name: str, acc) -> None:
+        if name == "detector":
+            self.detector = acc
+        elif name.startswith("probe/"):
+            self.probe[name[6:]] = acc
+        else:
+            self.borders[name[8:]] = acc

@@ -1,0 +1,1 @@
+"""Reporting: figures and a self-contained HTML page from an audit's output folder."""

@@ -1,0 +1,590 @@
+"""Figures of an audit: the paper's Fig. 2/4/5 (per-layer curves) and Fig. 1/3 (maps).
+
+Everything uses matplotlib's object API (``matplotlib.figure.Figure``, no pyplot state), so
+figures can be made in a server or a test without a display and are freed with the object.
+
+* :func:`quantitative_figure`: three stacked panels over the layers (probe accuracy, corner /
+  border relative similarity, anomaly relative norm) for one or several runs, aligned on layer
+  names, optionally with the published curves overlaid.
+* :func:`qualitative_figure`: rows of similarity and norm maps over the shown images.
+* :func:`save_figure`: writes ``.svg`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+RESOLUTIONS = (8, 16, 32, 64)
+PNG_DPI = 150
+
+# one colour family and line style per run; within a family darker = finer resolution / corner
+_FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys", "YlOrBr", "BuGn")
+_RUN_STYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (3, 1)))
+_SINGLE = {"corner": "#c0392b", "border": "#e69f00", "anomaly": "#2e8b57"}
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def norm_key(layer: str) -> str:
+    """The maps.npz key of a layer's norm maps: ``"norm__"`` + the layer name with ``]`` deleted
+    and ``[`` and ``.`` replaced by ``_``: ``up_blocks[1].upsamplers[0]`` -> ``norm__up_blocks_1_upsamplers_0``.
+    (Dotted spellings give the same key: ``up_blocks.1.upsamplers.0`` -> the same.)"""
+    return "norm__" + layer.replace("]", "").replace("[", "_").replace(".", "_")
+
+
+def kind_of(name: str) -> str:
+    """Short layer kind for axis labels: conv, res, attn, down or up."""
+    last = name.split(".")[-1]
+    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up")):
+        if last.startswith(prefix):
+            return kind
+    return "conv"
+
+
+def block_of(name: str) -> str:
+    return name.split(".")[0]
+
+
+def short_block(block: str) -> str:
+    """``down_blocks[2]`` -> ``down2``, ``mid_block`` -> ``mid``, ``conv_in`` -> ``in``."""
+    m = re.fullmatch(r"(down|up)_blocks\[(\d+)\]", block)
+    if m:
+        return f"{m.group(1)}{m.group(2)}"
+    return {"mid_block": "mid", "conv_in": "in", "conv_out": "out"}.get(block, block)
+
+
+def mpl_text(text: Any) -> str:
+    """User text made safe for matplotlib: a ``$`` would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _f(value: Any) -> float:
+    """A table value as float; None / missing / non-numeric -> NaN."""
+    if value is None:
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_label(run: Mapping[str, Any], default: str = "run") -> str:
+    if run.get("label"):
+        return str(run["label"])
+    model = run.get("model") or {}
+    return str(model.get("name") or default)
+
+
+def _run_table(run: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    table = run.get("table")
+    if table is None:
+        raise ValueError("a run needs a 'table' (the rows of results.json)")
+    return list(table)
+
+
+def align_layers(tables: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Union of the layer names of several tables, in the first table's order.
+
+    A layer only in a later table is put right after the layer that precedes it there (e.g.
+    ``up_blocks[0].resnets[2]`` of the 46-layer set lands after ``up_blocks[0].resnets[1]``)."""
+    order: list[str] = []
+    for table in tables:
+        names = [str(r["layer"]) for r in table]
+        for i, name in enumerate(names):
+            if name in order:
+                continue
+            prev = next((names[j] for j in range(i - 1, -1, -1) if names[j] in order), None)
+            order.insert(order.index(prev) + 1 if prev is not None else 0, name)
+    return order
+
+
+def _series(table: Sequence[Mapping[str, Any]], layers: Sequence[str], key: str) -> np.ndarray:
+    by = {str(r["layer"]): r for r in table}
+    return np.array([_f(by[name].get(key)) if name in by else np.nan for name in layers])
+
+
+def _grid_of(row: Mapping[str, Any] | None) -> float:
+    if not row:
+        return float("nan")
+    return _f(row.get("grid"))
+
+
+def _chance(table: Sequence[Mapping[str, Any]], layers: Sequence[str], s: int) -> np.ndarray:
+    """probe_chance_s from the table, else 1 / min(s, grid)."""
+    by = {str(r["layer"]): r for r in table}
+    out = []
+    for name in layers:
+        row = by.get(name)
+        c = _f(row.get(f"probe_chance_{s}")) if row else float("nan")
+        if not np.isfinite(c):
+            g = _grid_of(row)
+            c = 1.0 / min(s, g) if np.isfinite(g) and g > 0 else float("nan")
+        out.append(c)
+    return np.array(out)
+
+
+def _block_spans(blocks: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Consecutive runs of one block: (block, first index, last index)."""
+    spans: list[tuple[str, int, int]] = []
+    for i, b in enumerate(blocks):
+        if spans and spans[-1][0] == b:
+            spans[-1] = (b, spans[-1][1], i)
+        else:
+            spans.append((b, i, i))
+    return spans
+
+
+def _text_width_pt(text: str, size: float) -> float:
+    return 0.6 * size * len(text) + 2
+
+
+def _log2_axis(ax) -> None:
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+_NICE_TICKS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+
+def _fit_log_limits(ax, arrays: Sequence[np.ndarray]) -> None:
+    """y limits of a log-2 panel: cover the positive finite values and 1, with a margin; ticks at
+    powers of two (and 0.75, 1.5, 3, ... when the range spans few octaves)."""
+    vals = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays] + [np.array([1.0])])
+    lo, hi = float(vals.min()), float(vals.max())
+    lo, hi = 2 ** (np.log2(lo) - 0.2), 2 ** (np.log2(hi) + 0.2)
+    ax.set_ylim(lo, hi)
+    octaves = np.log2(hi) - np.log2(lo)
+    if octaves <= 3.0 and lo >= 0.1 and hi <= 16:
+        ticks = [t for t in _NICE_TICKS if lo <= t <= hi]
+    else:
+        ticks = list(2.0 ** np.arange(np.ceil(np.log2(lo)), np.floor(np.log2(hi)) + 1))
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _mark_off_scale(ax, x: np.ndarray, values: np.ndarray, color, slot: int = 0) -> bool:
+    """Values <= 0 cannot be drawn on a log axis: mark them at the bottom edge instead (one
+    height ``slot`` per series, so that markers of several series stay visible)."""
+    bad = np.isfinite(values) & (values <= 0)
+    if bad.any():
+        ax.plot(x[bad], np.full(bad.sum(), 0.035 + 0.055 * slot), ls="none", marker="v", ms=5, color=color,
+                transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+    return bool(bad.any())
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.45", fontsize=9)
+
+
+# --------------------------------------------------------------------------------------------
+# quantitative figure (paper Fig. 2/4/5)
+
+
+def _layer_axis(fig: Figure, ax, layers: Sequence[str], kinds: Sequence[str], blocks: Sequence[str],
+                width_in: float) -> None:
+    """Kind labels under every layer, block names centred under their layers, separators."""
+    n = len(layers)
+    x = np.arange(n)
+    kind_size = 7.0
+    ax.set_xticks(x)
+    ax.set_xticklabels(kinds, rotation=90, fontsize=kind_size)
+    ax.tick_params(axis="x", length=2.5, pad=1.5)
+    # block labels: full names if they all fit under their layers, else short ones (down2, mid, in)
+    spans = _block_spans(blocks)
+    per_layer_pt = max(6.0, (width_in - 2.9) * 72 / max(n, 1))
+    size = 8.0
+    def fits(labels):
+        return all(_text_width_pt(lab, size) <= (e - s + 1) * per_layer_pt for lab, (_, s, e) in zip(labels, spans))
+    labels = [b for b, _, _ in spans]
+    if not fits(labels):
+        labels = [short_block(b) for b, _, _ in spans]
+    while not fits(labels) and size > 5.5:
+        size -= 0.5
+    kind_height = max((_text_width_pt(k, kind_size) for k in kinds), default=10) + 4
+    sec = ax.secondary_xaxis("bottom")
+    sec.set_xticks([(s + e) / 2 for _, s, e in spans])
+    sec.set_xticklabels([mpl_text(lab) for lab in labels], fontsize=size)
+    sec.tick_params(axis="x", length=0, pad=kind_height + 3)
+    sec.spines["bottom"].set_visible(False)
+    # separators between blocks: long ticks reaching through both label rows
+    sep = ax.secondary_xaxis("bottom")
+    bounds = [s - 0.5 for _, s, _ in spans[1:]]
+    sep.set_xticks(bounds)
+    sep.set_xticklabels([""] * len(bounds))
+    sep.tick_params(axis="x", length=kind_height + size + 8, width=0.7, color="0.55", direction="out")
+    sep.spines["bottom"].set_visible(False)
+
+
+def quantitative_figure(runs: Sequence[Mapping[str, Any]],
+                        paper: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                        title: str | None = None) -> Figure:
+    """The paper's Fig. 2/4/5 for one or several runs.
+
+    ``runs``: results dicts (``results.json``) or ``{"label": ..., "table": rows}``. Runs are
+    aligned on layer names (the union, in the first run's order); a layer a run lacks is a gap.
+    ``paper``: published rows (:func:`sdaudit.report.paper.load_paper_results`) drawn thin and
+    dashed as "published"; or a mapping run label -> rows to overlay one per run.
+
+    Panels (top to bottom): probe accuracy per comparison resolution (darker = finer) with the
+    chance level of each resolution dotted; corner and border relative similarity (log 2, dashed
+    line at 1); anomaly relative norm, mean with a +/- std band (log 2, dashed line at 1).
+    """
+    if not runs:
+        raise ValueError("quantitative_figure needs at least one run")
+    tables = [_run_table(r) for r in runs]
+    labels = _unique_labels([run_label(r, f"run {i + 1}") for i, r in enumerate(runs)])
+    overlays: list[tuple[str, Sequence[Mapping[str, Any]], int | None]] = []  # (label, rows, run index)
+    if paper is not None:
+        if isinstance(paper, Mapping):
+            for i, lab in enumerate(labels):
+                rows = paper.get(lab)
+                if rows:
+                    overlays.append((f"{lab} published" if len(runs) > 1 else "published", rows, i))
+        elif len(paper):
+            overlays.append(("published", paper, None))
+    layers = align_layers(tables + [rows for _, rows, _ in overlays])
+    # block / kind of each layer: from the first table that has it
+    info: dict[str, Mapping[str, Any]] = {}
+    for table in tables + [rows for _, rows, _ in overlays]:
+        for r in table:
+            info.setdefault(str(r["layer"]), r)
+    kinds = [str(info[n].get("kind") or kind_of(n)) for n in layers]
+    blocks = [str(info[n].get("block") or block_of(n)) for n in layers]
+
+    n = len(layers)
+    x = np.arange(n)
+    width = max(9.0, 0.26 * n + 3.2)
+    fig = Figure(figsize=(width, 9.6), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.15, 1, 1]})
+    ax_p, ax_b, ax_a = axes
+    multi = len(runs) > 1
+    families = [colormaps[_FAMILIES[i % len(_FAMILIES)]] for i in range(len(runs))]
+    styles = [_RUN_STYLES[i % len(_RUN_STYLES)] for i in range(len(runs))]
+    shade = {s: 0.45 + 0.5 * i / (len(RESOLUTIONS) - 1) for i, s in enumerate(RESOLUTIONS)}  # darker = finer
+    grey = colormaps["Greys"]
+
+    # separators through all panels
+    for ax in axes:
+        for _, s, _ in _block_spans(blocks)[1:]:
+            ax.axvline(s - 0.5, color="0.88", lw=0.7, zorder=0)
+        ax.grid(axis="y", color="0.93", lw=0.6, zorder=0)
+        ax.set_xlim(-0.6, n - 0.4)
+
+    # ---- panel 1: probe accuracy
+    res_present: list[int] = []
+    chance_drawn: set[tuple] = set()
+    any_probe = False
+    for ri, (table, lab) in enumerate(zip(tables, labels)):
+        for s in RESOLUTIONS:
+            y = _series(table, layers, f"probe_acc_{s}")
+            if not np.isfinite(y).any():
+                continue
+            any_probe = True
+            if s not in res_present:
+                res_present.append(s)
+            color = families[ri](shade[s]) if multi else colormaps["Blues"](shade[s])
+            ax_p.plot(x, y, color=color, ls=styles[ri] if multi else "-", lw=1.5, marker=".", ms=3.5,
+                      label=None if multi else f"{s}", zorder=3)
+            c = _chance(table, layers, s)
+            sig = (s, tuple(np.round(np.nan_to_num(c, nan=-1), 6)))
+            if np.isfinite(c).any() and sig not in chance_drawn:
+                chance_drawn.add(sig)
+                ax_p.plot(x, c, color=grey(shade[s]) if multi else color, ls=":", lw=1.1, drawstyle="steps-mid",
+                          zorder=2)
+    for lab, rows, ri in overlays:
+        for s in RESOLUTIONS:
+            y = _series(rows, layers, f"probe_acc_{s}")
+            if np.isfinite(y).any():
+                color = grey(0.35 + 0.4 * shade[s]) if ri is None else families[ri](0.3 + 0.3 * shade[s])
+                ax_p.plot(x, y, color=color, ls=(0, (4, 2)), lw=0.9, zorder=2.5)
+    ax_p.set_ylim(0, 1.02)
+    ax_p.set_ylabel("probe accuracy")
+    ax_p.set_title("Position probe: test accuracy of a linear probe at comparison resolution s (dotted: chance)",
+                   fontsize=9.5, loc="left")
+    if not any_probe:
+        _no_data(ax_p, "position probe not run")
+    handles = []
+    for s in (res_present or list(RESOLUTIONS)):
+        c = grey(shade[s]) if multi else colormaps["Blues"](shade[s])
+        handles.append(Line2D([], [], color=c, lw=1.6, label=f"s = {s}"))
+    handles.append(Line2D([], [], color="0.4", ls=":", lw=1.1, label="chance 1/min(s, n)"))
+    if overlays:
+        handles.append(Line2D([], [], color="0.5", ls=(0, (4, 2)), lw=0.9, label="published"))
+    ax_p.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5, frameon=False,
+                title="resolution" + (" (shade)" if multi else ""), title_fontsize=7.5, alignment="left")
+
+    # ---- panel 2: corner / border relative similarity
+    _log2_axis(ax_b)
+    drawn_b: list[np.ndarray] = []
+    off_scale = False
+    groups = (("corner", "corner_rel_sim", 0.85, "o"), ("border", "border_rel_sim", 0.5, "s"))
+    for ri, (table, lab) in enumerate(zip(tables, labels)):
+        for g, key, sh, mk in groups:
+            y = _series(table, layers, key)
+            if not np.isfinite(y).any():
+                continue
+            color = families[ri](sh) if multi else _SINGLE[g]
+            ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.5,
+                      marker=mk, ms=2.8, zorder=3)
+            drawn_b.append(y)
+            off_scale |= _mark_off_scale(ax_b, x, y, color, slot=len(drawn_b) - 1)
+    for lab, rows, ri in overlays:
+        for g, key, sh, mk in groups:
+            y = _series(rows, layers, key)
+            if np.isfinite(y).any():
+                color = ("0.35" if g == "corner" else "0.6") if ri is None else families[ri](0.3 + 0.25 * sh)
+                ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=(0, (4, 2)), lw=0.9, zorder=2.5)
+                drawn_b.append(y)
+    ax_b.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
+    if drawn_b:
+        _fit_log_limits(ax_b, drawn_b)
+    else:
+        ax_b.set_ylim(0.5, 2)
+        _no_data(ax_b, "border analysis not run")
+    ax_b.set_ylabel("relative similarity\n(cropped / full)")
+    ax_b.set_title("Border artifacts: mean pairwise cosine of edge tokens relative to the same content "
+                   "away from the edge (> 1: more alike at the edge)", fontsize=9.5, loc="left")
+    gh = []
+    for g, _, sh, mk in groups:
+        c = colormaps["Greys"](sh) if multi else _SINGLE[g]
+        gh.append(Line2D([], [], color=c, marker=mk, ms=3.5, lw=1.5, label=g))
+    gh.append(Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)"))
+    if off_scale:
+        gh.append(Line2D([], [], color="0.3", ls="none", marker="v", ms=5, label="value ≤ 0 (off scale)"))
+    if overlays:
+        gh.append(Line2D([], [], color="0.5", ls=(0, (4, 2)), lw=0.9, label="published"))
+    ax_b.legend(handles=gh, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5, frameon=False,
+                title="group" + (" (shade)" if multi else ""), title_fontsize=7.5, alignment="left")
+
+    # ---- panel 3: anomaly relative norm
+    _log2_axis(ax_a)
+    drawn_a: list[np.ndarray] = []
+    for ri, (table, lab) in enumerate(zip(tables, labels)):
+        m = _series(table, layers, "anomaly_rel_norm_mean")
+        if not np.isfinite(m).any():
+            continue
+        sd = np.nan_to_num(_series(table, layers, "anomaly_rel_norm_std"), nan=0.0)
+        color = families[ri](0.8) if multi else _SINGLE["anomaly"]
+        lo = np.maximum(m - sd, m / 8)  # a log axis cannot show <= 0; clip the band at 1/8 of the mean
+        ax_a.fill_between(x, lo, m + sd, color=color, alpha=0.18 if multi else 0.25, lw=0, zorder=2)
+        ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.6,
+                  marker=".", ms=3.5, zorder=3)
+        drawn_a += [m, m + sd]
+    for lab, rows, ri in overlays:
+        m = _series(rows, layers, "anomaly_rel_norm_mean")
+        if np.isfinite(m).any():
+            color = "0.45" if ri is None else families[ri](0.45)
+            ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=(0, (4, 2)), lw=0.9, zorder=2.5)
+            drawn_a.append(m)
+    ax_a.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
+    if drawn_a:
+        _fit_log_limits(ax_a, drawn_a)
+    else:
+        ax_a.set_ylim(0.5, 2)
+        _no_data(ax_a, "anomaly analysis not run")
+    ax_a.set_ylabel("relative norm\n(anomaly / map mean)")
+    ax_a.set_title("High-norm anomalies: norm of the anomaly patches relative to the mean token norm "
+                   "(band: ± 1 std over anomalies)", fontsize=9.5, loc="left")
+    ah = [Line2D([], [], color="0.3" if multi else _SINGLE["anomaly"], lw=1.6, label="mean"),
+          Patch(color="0.3" if multi else _SINGLE["anomaly"], alpha=0.25, lw=0, label="± 1 std"),
+          Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)")]
+    if overlays:
+        ah.append(Line2D([], [], color="0.5", ls=(0, (4, 2)), lw=0.9, label="published"))
+    ax_a.legend(handles=ah, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5, frameon=False)
+
+    for ax in axes:
+        ax.tick_params(axis="y", labelsize=8)
+        ax.yaxis.label.set_size(9)
+    for ax in axes[:-1]:
+        ax.tick_params(axis="x", length=0, labelbottom=False)
+    _layer_axis(fig, ax_a, layers, kinds, blocks, width)
+
+    if multi:
+        run_handles = [Line2D([], [], color=families[i](0.8), ls=styles[i], lw=2.0, label=mpl_text(lab))
+                       for i, lab in enumerate(labels)]
+        for lab, _, ri in overlays:
+            if ri is not None:
+                run_handles.append(Line2D([], [], color=families[ri](0.45), ls=(0, (4, 2)), lw=1.0,
+                                          label=mpl_text(lab)))
+        fig.legend(handles=run_handles, loc="outside upper center", ncols=min(len(run_handles), 6), fontsize=9,
+                   frameon=False)
+    if title is None:
+        title = ("Comparison: " + ", ".join(labels)) if multi else labels[0]
+        title += f"  ({n} layers)"
+    fig.suptitle(mpl_text(title), fontsize=11, x=0.01, ha="left")
+    fig.sdaudit_layers = list(layers)  # type: ignore[attr-defined]  (for callers and tests)
+    fig.sdaudit_labels = list(labels)  # type: ignore[attr-defined]
+    return fig
+
+
+def _unique_labels(labels: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# qualitative figure (paper Fig. 1/3)
+
+
+def _load_maps(maps_npz: Any) -> Mapping[str, np.ndarray]:
+    if maps_npz is None:
+        return {}
+    if isinstance(maps_npz, (str, Path)):
+        with np.load(maps_npz, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    if hasattr(maps_npz, "files"):  # an open NpzFile
+        return {k: maps_npz[k] for k in maps_npz.files}
+    return maps_npz
+
+
+def _layer_grid(results: Mapping[str, Any], layer: str | None) -> int | None:
+    if not layer:
+        return None
+    for info in results.get("layers") or []:
+        if info.get("name") == layer:
+            h = info.get("height") or info.get("width")
+            return int(h) if h else None
+    for row in results.get("table") or []:
+        if row.get("layer") == layer and row.get("grid"):
+            return int(row["grid"])
+    return None
+
+
+def anomaly_layer(results: Mapping[str, Any]) -> str | None:
+    return (results.get("anomalies") or {}).get("layer") or (results.get("settings") or {}).get("anomaly_layer")
+
+
+def qualitative_figure(results: Mapping[str, Any], maps_npz: Any, max_images: int = 8) -> Figure | None:
+    """The paper's Fig. 1/3: the shown images (top row), then one row per similarity example
+    (position, corner, anomaly, semantic, ...) and per norm layer; columns are the shown images.
+
+    Each map row shares one colour scale (colour bar on the right). The reference token of an
+    example is marked with a red square in its image's column; on the anomaly layer's norm row
+    the detected anomalies are outlined as 2x2-token rectangles. ``maps_npz``: a path, an open
+    ``np.load`` result or a dict of arrays. Returns None when there is nothing to show.
+    """
+    maps = _load_maps(maps_npz)
+    info = results.get("maps") or {}
+    inputs = maps.get("inputs")
+    rows: list[dict[str, Any]] = []
+    for ex in info.get("examples") or []:
+        key = ex.get("key")
+        if key and key in maps:
+            rows.append({"kind": "example", "data": np.asarray(maps[key], dtype=np.float32), **ex})
+    a_layer = anomaly_layer(results)
+    for layer in info.get("norm_layers") or []:
+        key = norm_key(layer)
+        if key in maps:
+            rows.append({"kind": "norm", "data": np.asarray(maps[key], dtype=np.float32), "layer": layer,
+                         "title": "Token norm", "measure": "L2 norm"})
+    if not rows and inputs is None:
+        return None
+    k = max([len(r["data"]) for r in rows] + ([len(inputs)] if inputs is not None else []))
+    k = min(k, max_images)
+    if inputs is not None:
+        size = int(inputs.shape[1])
+    else:
+        size = int(results.get("settings", {}).get("size") or 512)
+    shown = list(info.get("images") or range(k))
+    sources = {int(im.get("index", -1)): im for im in results.get("images") or []}
+
+    n_rows = len(rows) + (1 if inputs is not None else 0)
+    panel = 1.85
+    fig = Figure(figsize=(panel * k + 2.4, panel * n_rows + 0.6), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.04)
+    axes = np.atleast_2d(fig.subplots(n_rows, k, squeeze=False))
+    extent = (0, size, size, 0)
+    r0 = 0
+    if inputs is not None:
+        for j in range(k):
+            ax = axes[0, j]
+            if j < len(inputs):
+                ax.imshow(inputs[j], extent=extent, interpolation="bilinear")
+                idx = shown[j] if j < len(shown) else j
+                src = sources.get(int(idx), {}).get("source")
+                name = Path(str(src)).name if src else ""
+                name = name if len(name) <= 22 else name[:10] + "…" + name[-10:]
+                ax.set_title(mpl_text(f"image {idx}" + (f"\n{name}" if name else "")), fontsize=7.5)
+        axes[0, 0].set_ylabel("input", fontsize=8.5)
+        r0 = 1
+    anomalies = maps.get("anomalies")
+    a_grid = _layer_grid(results, a_layer)
+    for i, row in enumerate(rows):
+        data = row["data"][:k]
+        finite = data[np.isfinite(data)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        cmap = "magma" if row["kind"] == "norm" else "viridis"
+        im = None
+        for j in range(k):
+            ax = axes[r0 + i, j]
+            if j >= len(data):
+                continue
+            im = ax.imshow(data[j], extent=extent, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            n = data.shape[-1]
+            ts = size / n
+            ref = row.get("ref")
+            if row["kind"] == "example" and ref is not None and len(ref) == 3 and int(ref[0]) == j:
+                _, rr, cc = (int(v) for v in ref)
+                cx, cy = (cc + 0.5) * ts, (rr + 0.5) * ts
+                ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="white", mew=2.6)
+                ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="red", mew=1.4)
+                if ts * 72 * panel / size > 9:  # big tokens: outline the token itself as well
+                    ax.add_patch(Rectangle((cc * ts, rr * ts), ts, ts, fill=False, ec="red", lw=1.2))
+            if row["kind"] == "norm" and row["layer"] == a_layer and anomalies is not None and len(anomalies):
+                ats = size / (a_grid or n)
+                for pos, ax_x, ax_y in np.asarray(anomalies).reshape(-1, 3):
+                    if int(pos) == j:
+                        ax.add_patch(Rectangle((int(ax_x) * ats, int(ax_y) * ats), 2 * ats, 2 * ats, fill=False,
+                                               ec="#00e5ff", lw=1.3))
+        label = f"{row.get('title') or row.get('id') or ''}\n{row.get('layer', '')}"
+        axes[r0 + i, 0].set_ylabel(mpl_text(label), fontsize=7.5)
+        if im is not None:
+            cb = fig.colorbar(im, ax=list(axes[r0 + i, :]), fraction=0.025, pad=0.01, aspect=12)
+            cb.ax.tick_params(labelsize=7)
+            measure = row.get("measure") or ""
+            if row["kind"] == "norm" and row["layer"] == a_layer and anomalies is not None:
+                measure += f"\n(□ {len(anomalies)} anomalies)"
+            cb.set_label(mpl_text(measure), fontsize=7.5)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for sp in ax.spines.values():
+            sp.set_linewidth(0.5)
+            sp.set_color("0.6")
+        ax.set_xlim(0, size)
+        ax.set_ylim(size, 0)
+    model = run_label(results, "model")
+    fig.suptitle(mpl_text(f"{model}: similarity maps (red square: reference token) and token norms"),
+                 fontsize=10, x=0.01, ha="left")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path_without_suffix: str | Path, dpi: int = PNG_DPI) -> list[Path]:
+    """Write ``<path>.svg`` and ``<path>.png`` (``dpi``); returns both paths."""
+    base = Path(path_without_suffix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    svg, png = base.with_name(base.name + ".svg"), base.with_name(base.name + ".png")
+    fig.savefig(svg, format="svg", metadata={"Date": None})
+    fig.savefig(png, format="png", dpi=dpi)
+    return [svg, png]

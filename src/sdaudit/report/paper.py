@@ -1,0 +1,149 @@
+"""The published per-layer numbers of Loos & Linhardt (2025), shipped as ``paper_results.csv``.
+
+The csv holds the authors' result files for SD-1.5, SD-2.1 and SD-Turbo (45 layers each, the
+paper's layer set). :func:`load_paper_results` returns them as rows with the keys of an audit's
+``results.json`` ``"table"``, so that they can be drawn and compared like any audit.
+
+Border / other similarity: the authors' code counted the border and other token pairs of the
+uncropped reference with the full grid's n instead of the (n-2) x (n-2) grid the groups live on
+(design.md, section 4). The csv has both the published values (``border_rel_sim``,
+``other_rel_sim``) and the values recomputed with the right counts (``border_rel_sim_corrected``,
+``other_rel_sim_corrected``). sdaudit computes the fixed definition, so ``border_rel_sim`` /
+``other_rel_sim`` here are the *corrected* columns; the printed-in-the-paper values are kept as
+``border_rel_sim_published`` / ``other_rel_sim_published``. Corner values were not affected.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+from importlib import resources
+from typing import Any
+
+RESOLUTIONS = (8, 16, 32, 64)
+
+#: csv model key -> the names (squashed: lower case, no separators) that mean it
+_MODEL_ALIASES: dict[str, tuple[str, ...]] = {
+    "sd15": ("sd15", "stablediffusion15", "stablediffusionv15", "stablediffusionv15/stablediffusionv15",
+             "runwayml/stablediffusionv15"),
+    "sd21": ("sd21", "stablediffusion21", "stabilityai/stablediffusion21"),
+    "sdturbo": ("sdturbo", "stabilityai/sdturbo"),
+}
+#: display names of the published models
+PAPER_MODEL_NAMES = {"sd15": "SD-1.5", "sd21": "SD-2.1", "sdturbo": "SD-Turbo"}
+
+#: published hand-label statistics (design.md, section 4): anomalies, images with one, images labelled
+PAPER_ANOMALY_LABELS = {"sd15": (196, 144, 500), "sd21": (93, 76, 500), "sdturbo": (457, 438, 500)}
+
+#: the layer on whose 32x32 norm maps the paper's anomalies were labelled
+PAPER_ANOMALY_LAYER = "up_blocks[1].upsamplers[0]"
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[\s._\-]", "", text).lower()
+
+
+def paper_model_key(model: str | None) -> str | None:
+    """The csv's key (``sd15``, ``sd21``, ``sdturbo``) for a model name in any usual spelling, or None.
+
+    Accepts sdaudit's registry names (``sd15``, ``sd21``, ``sd-turbo``), spellings such as ``SD1.5``,
+    ``sd-1.5``, ``SD-Turbo``, ``sdturbo`` and the Hugging Face repo ids. Untrained twins
+    (``arch:sd15``), ``tiny``, folders and files have no published numbers and give None.
+    """
+    if not model or not isinstance(model, str):
+        return None
+    squashed = _squash(model.strip())
+    for key, aliases in _MODEL_ALIASES.items():
+        if squashed in aliases:
+            return key
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _csv_rows() -> tuple[dict[str, str], ...]:
+    text = resources.files("sdaudit.report").joinpath("paper_results.csv").read_text(encoding="utf-8")
+    return tuple(csv.DictReader(io.StringIO(text)))
+
+
+def _num(value: str | None) -> float | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _kind(name: str) -> str:
+    last = name.split(".")[-1]
+    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up")):
+        if last.startswith(prefix):
+            return kind
+    return "conv"
+
+
+def load_paper_results(model: str | None) -> list[dict[str, Any]] | None:
+    """The published per-layer numbers for ``model`` as "table" rows, in the paper's layer order.
+
+    Each row has ``layer``, ``block``, ``kind``, ``grid``, ``probe_acc_{8,16,32,64}``,
+    ``probe_chance_{8,16,32,64}`` (1 / min(s, n)), ``corner_rel_sim``, ``border_rel_sim`` and
+    ``other_rel_sim`` (the corrected columns, see the module docstring), ``border_rel_sim_published``,
+    ``other_rel_sim_published``, ``anomaly_rel_norm_mean``, ``anomaly_rel_norm_std`` and
+    ``probe_acc_64_epoch4``. Returns None for a model without published numbers.
+    """
+    key = paper_model_key(model)
+    if key is None:
+        return None
+    rows = []
+    for r in _csv_rows():
+        if r["model"] != key:
+            continue
+        grid = int(float(r["spatial"]))
+        row: dict[str, Any] = {"layer": r["layer"], "block": r["block"], "kind": _kind(r["layer"]), "grid": grid}
+        for s in RESOLUTIONS:
+            row[f"probe_acc_{s}"] = _num(r.get(f"probe_acc_{s}"))
+            row[f"probe_chance_{s}"] = 1.0 / min(s, grid)
+        row["corner_rel_sim"] = _num(r.get("corner_rel_sim"))
+        row["border_rel_sim"] = _num(r.get("border_rel_sim_corrected"))
+        row["other_rel_sim"] = _num(r.get("other_rel_sim_corrected"))
+        row["border_rel_sim_published"] = _num(r.get("border_rel_sim"))
+        row["other_rel_sim_published"] = _num(r.get("other_rel_sim"))
+        row["anomaly_rel_norm_mean"] = _num(r.get("anomaly_rel_norm_mean"))
+        row["anomaly_rel_norm_std"] = _num(r.get("anomaly_rel_norm_std"))
+        row["probe_acc_64_epoch4"] = _num(r.get("probe_acc_64_epoch4"))
+        rows.append((int(float(r["layer_idx"])), row))
+    rows.sort(key=lambda t: t[0])
+    return [row for _, row in rows]
+
+
+def paper_as_results(model: str) -> dict[str, Any]:
+    """The published numbers of ``model`` as an audit ``results.json`` dict (no images, no maps).
+
+    Lets the report render the paper's own figures, and serves as a realistic fixture.
+    """
+    table = load_paper_results(model)
+    key = paper_model_key(model)
+    if table is None or key is None:
+        raise ValueError(f"no published numbers for model '{model}'; known: sd15, sd21, sd-turbo")
+    count, images_with, n_images = PAPER_ANOMALY_LABELS[key]
+    for row in table:
+        row["anomaly_count"] = count
+    name = {"sd15": "sd15", "sd21": "sd21", "sdturbo": "sd-turbo"}[key]
+    return {
+        "format": "sdaudit-audit/1",
+        "created": None,
+        "model": {"name": name, "kind": "published", "location": "Loos & Linhardt (2025), published result files",
+                  "revision": None, "weights_sha256": None},
+        "settings": {"protocol": "paper", "timestep": 50, "seed": 42, "size": 512, "prompt": "", "latent": "sample",
+                     "noise_samples": 1, "layers": "paper", "analyses": ["position", "borders", "anomalies"],
+                     "probe_method": "adam-5-epochs", "train_fraction": 0.8, "detector": None,
+                     "anomaly_layer": PAPER_ANOMALY_LAYER},
+        "versions": {},
+        "images": [],
+        "layers": [{"name": r["layer"], "block": r["block"], "kind": r["kind"], "channels": None,
+                    "height": r["grid"], "width": r["grid"]} for r in table],
+        "table": table,
+        "anomalies": {"layer": PAPER_ANOMALY_LAYER, "count": count, "images_with": images_with, "n_images": n_images},
+    }
