@@ -127,6 +127,72 @@ def extract_cmd(
     _print_errors(report.errors)
 
 
+@app.command("audit")
+def audit_cmd(
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    images: Optional[list[str]] = typer.Option(None, "--images", "-i", help="Image folder, file(s), saved datasets "
+                                               "folder or hf:NAME[:SPLIT[:COLUMN]]. Repeat for several."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; rerun with the same settings to resume."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Audit the images of an existing store, reusing its "
+                                         "representations for the full pass (instead of --images)."),
+    layers: str = typer.Option("paper", "--layers", "-l", help="'paper' (45), 'all' (46), block or layer names."),
+    size: Optional[int] = typer.Option(None, "--size", "-s", help="Input size in pixels (multiple of 64)."),
+    timestep: int = typer.Option(50, "--timestep", "-t", help="Diffusion timestep of the added noise (0-999)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of all random draws."),
+    protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
+    analyses: str = typer.Option("position,borders,anomalies,maps", "--analyses", "-a",
+                                 help="Comma-separated subset of: position, borders, anomalies, maps."),
+    anomaly_layer: Optional[str] = typer.Option(None, "--anomaly-layer", help="Layer the anomaly detector runs on "
+                                                "(default: up_blocks[1].upsamplers[0], as in the paper)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images per U-Net pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
+    local_files_only: bool = typer.Option(False, "--local-files-only", help="Never contact the Hugging Face hub."),
+    keep_store: bool = typer.Option(False, "--keep-store", help="Also keep the full pass's representations in OUT/store."),
+    compare_paper: bool = typer.Option(False, "--compare-paper", help="Overlay the published SD-1.5/2.1/Turbo curves."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid images and list them."),
+) -> None:
+    """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
+    results.json, results.csv, anomalies.npy, figures and report.html."""
+    from .audit import AuditSettings, audit
+    from .models import load_model
+
+    if (images is None) == (store is None):
+        _fail("give either --images or --store")
+    settings = AuditSettings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
+                             analyses=[a.strip() for a in analyses.split(",") if a.strip()],
+                             anomaly_layer=anomaly_layer, batch_size=batch_size)
+    start = time.perf_counter()
+    try:
+        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
+        sources = None if images is None else (images[0] if len(images) == 1 else images)
+        results = audit(loaded, sources, out, settings, store=store, keep_store=keep_store, skip_bad=skip_bad,
+                        compare_paper=compare_paper)
+    except _user_errors() as error:
+        _fail(str(error))
+    console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "
+                  f"with {results['run']['unet_passes_per_image']} U-Net passes per image "
+                  f"in {time.perf_counter() - start:.1f} s")
+    _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
+    console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
+
+
+@app.command("report")
+def report_cmd(
+    result_dirs: list[Path] = typer.Argument(..., help="One or more audit output folders."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder of the comparison page (several folders)."),
+    compare_paper: bool = typer.Option(False, "--compare-paper", help="Overlay the published curves."),
+) -> None:
+    """Rebuild figures and report.html from saved results; with several folders, compare the models side by side."""
+    from .report import build_report
+
+    try:
+        page = build_report(list(result_dirs), out=out, compare_paper=compare_paper)
+    except (*_user_errors(), KeyError) as error:
+        _fail(str(error))
+    console.print(f"report: [bold]{page}[/]")
+
+
 def _print_errors(errors) -> None:
     if errors:
         err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")

@@ -1,0 +1,137 @@
+"""`audit` end to end on the tiny model: outputs, agreement with the analyses, resume, stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sdaudit.analyses import border_artifacts, detect_anomalies, load_labels, position_probe
+from sdaudit.audit import AuditSettings, audit, pass_plan
+from sdaudit.extraction import ExtractionSettings, Extractor, prepare_for_model
+from sdaudit.images import iter_images
+from sdaudit.store import open_store
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from tests.conftest import random_photo
+
+    path = tmp_path_factory.mktemp("audit-images")
+    for i in range(6):
+        random_photo(10 + i, size=(96 + 8 * i, 96)).save(path / f"photo{i}.png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def audited(tiny, folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    results = audit(tiny, folder, out, AuditSettings(size=SIZE, layers="all"), report=False, progress=False)
+    return out, results
+
+
+def full_and_cropped(tiny, folder, layers, crop):
+    images = [r.image for r in iter_images(folder)]
+    settings = ExtractionSettings(size=SIZE, crop_px=crop)
+    prepared = [prepare_for_model(im, SIZE, crop) for im in images]
+    return Extractor(tiny, layers, settings).run(prepared, list(range(len(images))))
+
+
+def test_outputs_exist_and_are_consistent(audited):
+    out, results = audited
+    for name in ("results.json", "results.csv", "anomalies.npy", "maps.npz"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["table"] == json.loads(json.dumps(results["table"]))
+    assert len(saved["layers"]) == len(saved["table"]) == 46
+    assert saved["settings"]["size"] == SIZE and saved["model"]["name"] == "tiny"
+    assert len(saved["images"]) == 6 and all(len(i["sha256"]) == 64 for i in saved["images"])
+    assert {"sdaudit", "diffusers", "torch"} <= set(saved["versions"])
+    # one full pass and one cropped pass per grid size (16, 8, 4 at 128 px; grid 2 has no interior)
+    assert saved["run"]["unet_passes_per_image"] == 4
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("model,layer_index,layer") and any(",probe_acc_8," in r for r in rows)
+    labels = load_labels(out / "anomalies.npy")
+    assert labels.shape[1] == 3 and len(labels) == saved["anomalies"]["count"]
+    maps = np.load(out / "maps.npz")
+    assert maps["inputs"].shape == (4, SIZE, SIZE, 3)
+    for example in saved["maps"]["examples"]:
+        assert maps[example["key"]].shape[0] == 4
+
+
+def test_numbers_equal_the_analyses(tiny, folder, audited):
+    _, results = audited
+    layers = ["down_blocks[0].attentions[1]", "up_blocks[1].upsamplers[0]", "up_blocks[3].resnets[2]"]
+    full = full_and_cropped(tiny, folder, layers, 0)
+    rows = {r["layer"]: r for r in results["table"]}
+    for layer in layers:
+        probe = position_probe(full[layer], method="lda")
+        assert rows[layer]["probe_acc_8"] == pytest.approx(probe.accuracy[8], abs=1e-9)
+        grid = full[layer].shape[-1]
+        cropped = full_and_cropped(tiny, folder, [layer], SIZE // grid)[layer]
+        borders = border_artifacts(full[layer], cropped)
+        assert rows[layer]["corner_rel_sim"] == pytest.approx(borders.relative["corner"], rel=1e-6)
+        assert rows[layer]["border_rel_sim"] == pytest.approx(borders.relative["border"], rel=1e-6)
+    detected = detect_anomalies(full["up_blocks[1].upsamplers[0]"])
+    assert results["anomalies"]["rows"] == detected.rows.tolist()
+
+
+def test_interrupted_audit_resumes_without_recomputing(tiny, folder, tmp_path, monkeypatch, audited):
+    _, whole = audited
+    calls = {"n": 0}
+    original = Extractor.run
+
+    def failing_run(self, images, indices):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, images, indices)
+
+    monkeypatch.setattr(Extractor, "run", failing_run)
+    settings = AuditSettings(size=SIZE, layers="all", batch_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        audit(tiny, folder, tmp_path, settings, report=False, progress=False, checkpoint_seconds=0)
+    assert (tmp_path / ".checkpoint.npz").exists() and not (tmp_path / "results.json").exists()
+    calls["n"] = -10_000
+    resumed = audit(tiny, folder, tmp_path, settings, report=False, progress=False, checkpoint_seconds=0)
+    # 3 batches per pass, 4 passes, + 1 maps pass = 13 calls in all; 4 were done before the interruption
+    assert calls["n"] + 10_000 == 13 - 4
+    assert resumed["run"]["passes"][1]["resumed_at"] == 2
+    for a, b in zip(resumed["table"], whole["table"]):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6) if "error" not in a else a == b
+
+
+def test_keep_store_and_reuse_it(tiny, folder, tmp_path, audited):
+    _, whole = audited
+    settings = AuditSettings(size=SIZE, layers="all", analyses=["position", "borders", "anomalies"])
+    first = audit(tiny, folder, tmp_path / "a", settings, keep_store=True, report=False, progress=False)
+    store = open_store(tmp_path / "a" / "store")
+    assert store.num_images == 6 and len(store.layers) == 46
+    again = audit(tiny, None, tmp_path / "b", settings, store=tmp_path / "a" / "store", report=False, progress=False)
+    assert again["run"]["unet_passes_per_image"] == first["run"]["unet_passes_per_image"] - 1
+    for a, b in zip(first["table"], again["table"]):
+        for key in ("probe_acc_8", "corner_rel_sim", "anomaly_count"):
+            if a.get(key) is not None:
+                assert a[key] == pytest.approx(b[key], rel=2e-2, abs=2e-2)  # the store holds float16
+    with pytest.raises(ValueError, match="timestep"):
+        audit(tiny, None, tmp_path / "c", AuditSettings(size=SIZE, timestep=10), store=tmp_path / "a" / "store",
+              report=False, progress=False)
+
+
+def test_pass_plan_for_sd_at_512():
+    grids = {"a": (64, 64), "b": (32, 32), "c": (16, 16), "d": (8, 8), "e": (64, 64)}
+    plan = pass_plan(grids, 512, ["borders"])
+    assert [p[0] for p in plan] == ["full", "crop8", "crop16", "crop32", "crop64"]
+    assert plan[1][2] == ["a", "e"]
+    assert len(pass_plan(grids, 512, ["position"])) == 1
+
+
+def test_bad_settings_are_refused(tiny, folder, tmp_path):
+    with pytest.raises(ValueError, match="unknown analyses"):
+        audit(tiny, folder, tmp_path, AuditSettings(analyses=["fourier"]), report=False, progress=False)
+    with pytest.raises(ValueError, match="anomaly layer"):
+        audit(tiny, folder, tmp_path, AuditSettings(size=SIZE, anomaly_layer="conv_in", layers="up_blocks[1]"),
+              report=False, progress=False)
