@@ -35,7 +35,6 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_errors():
     """The exception types that are the user's to fix: printed as one clear message, no traceback."""
-    from .extraction.run import STORAGE_DTYPES  # noqa: F401  (import check)
     from .images import BadImageError
     from .layers import LayerError
     from .models import ModelNotAvailableError, ModelSpecError

@@ -16,7 +16,6 @@ import numpy as np
 
 from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, NonFiniteInputError, PositionProbeAccumulator,
                         anomaly_relative_norms)
-from ..analyses.anomalies import AnomalyDetector as _Detector  # noqa: F401  (re-exported type)
 
 
 class AnomalyNormStream:

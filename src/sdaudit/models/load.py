@@ -161,6 +161,19 @@ def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
     return module.eval().requires_grad_(False)
 
 
+def _refuse_two_text_encoders(location: str, common: dict) -> None:
+    """SDXL-style pipelines condition on two text encoders and size ids, which this extractor does not build."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(location, **common)
+    except (OSError, ValueError):
+        return  # the component loaders below give the precise error
+    if "text_encoder_2" in index:
+        raise ValueError(f"'{location}' is an SDXL-style pipeline (two text encoders); sdaudit extracts from "
+                         "single-text-encoder Stable Diffusion pipelines (SD 1.x, 2.x, SD-Turbo) for now")
+
+
 def _load_components_pretrained(location: str, *, revision, local_files_only, variant, torch_dtype) -> dict:
     """Load the five components of a diffusers Stable Diffusion pipeline (folder or repo id)."""
     import diffusers
@@ -168,6 +181,7 @@ def _load_components_pretrained(location: str, *, revision, local_files_only, va
     from transformers import AutoTokenizer, CLIPTextModel
 
     common = {"revision": revision, "local_files_only": local_files_only}
+    _refuse_two_text_encoders(location, common)
     unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", variant=variant,
                                                 **diffusers_dtype_kwarg(torch_dtype), **common)
     vae = AutoencoderKL.from_pretrained(location, subfolder="vae", variant=variant,
