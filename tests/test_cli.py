@@ -105,9 +105,11 @@ def test_dataset_imagenet_subset(tmp_path):
 
 
 def test_demo_runs_offline(tmp_path):
-    code, text = invoke("demo", "--out", tmp_path / "demo", "--size", "64")
+    import json
+
+    code, text = invoke("demo", "--out", tmp_path / "demo", "--size", "128")
     assert code == 0, text
-    store = open_store(tmp_path / "demo" / "store")
-    assert store.num_images == 9 and len(store.layers) == 46
-    assert "conv_out" in text
-    assert np.isfinite(store.read("conv_out").astype(np.float32)).all()
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert len(results["images"]) == 9 and len(results["layers"]) == 45
+    assert (tmp_path / "demo" / "report.html").is_file() and "report.html" in text
+    assert all(np.isfinite(r["probe_acc_8"]) for r in results["table"])

@@ -223,14 +223,35 @@ def imagenet_subset_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("sdaudit-demo"), "--out", "-o", help="Folder for the demo's outputs."),
-    size: int = typer.Option(256, "--size", help="Input size in pixels."),
+    size: int = typer.Option(512, "--size", help="Input size in pixels."),
 ) -> None:
-    """Offline demo: extract the bundled sample photos with the tiny model and summarise each layer."""
+    """Offline demo: the full audit of the bundled sample photos with the tiny model; ends with the report's path."""
     from .demo import run_demo
 
     try:
         run_demo(out, size=size, console=console)
     except _user_errors() as error:
+        _fail(str(error))
+
+
+@app.command("explore")
+def explore_cmd(
+    stores: list[Path] = typer.Argument(..., help="One or more store folders (made by 'sdaudit extract')."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The stores' model, to add dropped-in images "
+                                        "(extracted with each store's own settings). " + MODEL_HELP),
+    port: int = typer.Option(8765, "--port", "-p", help="TCP port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (default: this machine only)."),
+    labels: Optional[list[Path]] = typer.Option(None, "--labels", help="Anomaly label file (.npy, published "
+                                                "format), one per store in order; default STORE/anomaly_labels.npy."),
+) -> None:
+    """Serve the offline web explorer: similarity and norm maps, presets, anomaly labelling."""
+    from .analyses import LabelFileError
+    from .explorer import serve
+
+    try:
+        serve(stores, model=model, host=host, port=port, labels_path=labels or None,
+              echo=lambda text: console.print(text, markup=False, highlight=False))
+    except (*_user_errors(), LabelFileError, OSError) as error:
         _fail(str(error))
 
 

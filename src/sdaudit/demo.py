@@ -1,57 +1,49 @@
-"""The offline demo: the bundled sample photos through the ``tiny`` model, summarised per layer."""
+"""The offline demo: the full audit of the bundled sample photos with the ``tiny`` model."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import numpy as np
 
+def run_demo(out: str | Path = "sdaudit-demo", size: int = 512, console=None) -> Path:
+    """Audit the demo photos with ``tiny`` at ``size`` px (all three analyses and the maps) into ``out``.
 
-def layer_summary(store) -> list[dict]:
-    """Per layer: shape, mean token L2 norm, and the largest token norm relative to its image's median.
-
-    Reads one layer at a time, so memory stays at one layer's worth of the store.
+    Returns the path of ``report.html``. Rerunning resumes or, when finished, recomputes nothing
+    but the report.
     """
-    rows = []
-    for layer in store.layers:
-        x = store.read(layer).astype(np.float32)  # (N, C, h, w)
-        norms = np.linalg.norm(x, axis=1)  # (N, h, w)
-        median = np.median(norms.reshape(len(norms), -1), axis=1)
-        peak = norms.reshape(len(norms), -1).max(axis=1) / np.maximum(median, 1e-12)
-        c, h, w = store.layer_shape(layer)
-        rows.append({"layer": layer, "channels": c, "grid": f"{h}x{w}", "mean_norm": float(norms.mean()),
-                     "max_norm_over_median": float(peak.max())})
-    return rows
-
-
-def run_demo(out: str | Path, size: int = 256, console=None) -> Path:
-    """Extract the demo photos with ``tiny`` into ``out/store`` (resumable) and print a per-layer table."""
     from rich.console import Console
     from rich.table import Table
 
-    from .extraction import extract
+    from .audit import AuditSettings, audit
     from .images import demo_image_paths
     from .models import load_model
 
     console = console or Console()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = demo_image_paths()
-    console.print(f"sdaudit demo: {len(paths)} sample photographs -> tiny model at {size} px, all layers")
+    console.print(f"sdaudit demo: {len(paths)} sample photographs, tiny model (random weights, SD-1.5 layout) "
+                  f"at {size} px, the paper's 45 layers")
     start = time.perf_counter()
     model = load_model("tiny", device="cpu")
-    report = extract(model, [str(p) for p in paths], out / "store", layers="all", size=size, batch_size=4)
+    results = audit(model, [str(p) for p in paths], out, AuditSettings(size=size, layers="paper"))
     elapsed = time.perf_counter() - start
-    table = Table(title=f"{report.store.num_images} images, {len(report.store.layers)} layers ({elapsed:.1f} s)")
-    for column in ("layer", "channels", "grid", "mean token norm", "max norm / median"):
-        if column == "layer":
-            table.add_column(column, no_wrap=True, min_width=30)
-        else:
-            table.add_column(column, justify="right")
-    for row in layer_summary(report.store):
-        table.add_row(row["layer"], str(row["channels"]), row["grid"], f"{row['mean_norm']:.3f}",
-                      f"{row['max_norm_over_median']:.2f}")
+    table = Table(title=f"{len(results['images'])} images, {len(results['layers'])} layers, "
+                        f"{results['run']['unet_passes_per_image']} U-Net passes per image ({elapsed:.0f} s)")
+    table.add_column("layer", no_wrap=True, min_width=30)
+    for column in ("grid", "probe acc (finest)", "chance", "corner rel. sim.", "anomaly rel. norm"):
+        table.add_column(column, justify="right")
+    for row in results["table"]:
+        s = min(64, row["grid"])
+        s = max(v for v in (8, 16, 32, 64) if v <= max(s, 8))
+        table.add_row(row["layer"], f"{row['grid']}x{row['grid']}", _fmt(row.get(f"probe_acc_{s}")),
+                      _fmt(row.get(f"probe_chance_{s}")), _fmt(row.get("corner_rel_sim")),
+                      _fmt(row.get("anomaly_rel_norm_mean")))
     console.print(table)
-    console.print(f"representations stored in [bold]{report.store.path}[/] (open with sdaudit.open_store)")
-    return report.store.path
+    report = out / "report.html"
+    console.print(f"report: [bold]{report.resolve()}[/]")
+    return report
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"

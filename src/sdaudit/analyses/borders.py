@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ._arrays import check_features, resolve_indices
+from ._arrays import NonFiniteInputError, as_float32, check_finite, is_torch, resolve_indices
 from ._base import Accumulator
 from .results import GROUPS, BorderArtifactsResult, GroupSimilarityResult
 
@@ -79,21 +79,115 @@ def crop_plan(layer_grids: Mapping[str, int | Sequence[int]], image_size: int = 
     return plan
 
 
-def _group_stats(x: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Summed 3x3 Gram of per-image group sums of unit vectors, and summed |u|^2 per group."""
+def _features(x: Any, *, layer: str | None, name: str = "features", image_indices: Sequence[int] | None = None,
+              min_grid: int = 1) -> Any:
+    """Shape-checked (N, C, rows, cols) features: float32 numpy, or a torch tensor that is not on the CPU
+    (kept on its device). Unlike :func:`check_features` this does not scan the values for NaN/Inf:
+    the group statistics find them from the token norms at no extra cost."""
+    arr = x if is_torch(x) and x.device.type != "cpu" else as_float32(x)
+    where = f" (layer {layer!r})" if layer is not None else ""
+    shape = tuple(int(v) for v in arr.shape)
+    if len(shape) != 4:
+        raise ValueError(f"{name}{where}: expected shape (N, C, rows, cols), got {shape}")
+    if shape[1] < 1:
+        raise ValueError(f"{name}{where}: no channels, shape {shape}")
+    if shape[2] < min_grid or shape[3] < min_grid:
+        raise ValueError(f"{name}{where}: grid {shape[2]}x{shape[3]} is smaller than {min_grid}x{min_grid}")
+    if image_indices is not None and len(image_indices) != shape[0]:
+        raise ValueError(f"{name}{where}: {shape[0]} images but {len(image_indices)} image indices")
+    return arr
+
+
+def _check_ring_finite(x: Any, layer: str | None, name: str, image_indices: Sequence[int]) -> None:
+    """Raise :class:`NonFiniteInputError` (counting the whole array) if the outer ring holds NaN/Inf."""
+    if is_torch(x):
+        import torch
+
+        ring = torch.cat([x[:, :, [0, -1], :].flatten(1), x[:, :, :, [0, -1]].flatten(1)], 1)
+        if not bool(torch.isfinite(ring).all()):
+            bad = ~torch.isfinite(x)
+            where = bad.flatten(1).any(1).cpu().numpy()
+            raise NonFiniteInputError(layer, int(bad.sum()), np.asarray(image_indices)[where].tolist(), name=name)
+        return
+    if not (np.isfinite(x[:, :, [0, -1], :]).all() and np.isfinite(x[:, :, :, [0, -1]]).all()):
+        check_finite(x, layer, image_indices, name=name)
+
+
+def _group_stats(x: np.ndarray, masks: np.ndarray, layer: str | None = None, name: str = "features",
+                 image_indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed 3x3 Gram of per-image group sums of unit vectors, and summed |u|^2 per group.
+
+    ``x`` is float32 (N, C, rows, cols), not yet checked for NaN/Inf: a non-finite value makes its
+    token's norm non-finite, so the finiteness check costs nothing extra (on such a norm the whole
+    batch is checked value by value, which raises :class:`NonFiniteInputError`).
+
+    For the standard corner/border/other masks on a grid of at least 3x3 no (tokens x groups)
+    product is formed: per image, the sum of all unit vectors (one matrix-vector product), the sum
+    over the outer ring (four edge slices) and over the 4 corners give the three group sums, so the
+    cost is two reads of the data (norms, then the weighted sum) while the chunk is in cache.
+    """
     n, c, h, w = x.shape
+    standard = h >= 3 and w >= 3 and masks.shape == (3, h, w) and np.array_equal(masks, group_masks(h, w))
     m = masks.reshape(3, h * w).T.astype(np.float32)  # (hw, 3)
     gram = np.zeros((3, 3))
     q = np.zeros(3)
     step = max(1, _CHUNK_VALUES // max(1, c * h * w))
     for s in range(0, n, step):
-        xi = x[s:s + step].reshape(-1, c, h * w)  # view when x is contiguous
+        x4 = x[s:s + step]
+        b = x4.shape[0]
+        xi = x4.reshape(b, c, h * w)  # view when x is contiguous
         norms = np.sqrt(np.einsum("bct,bct->bt", xi, xi))
+        if not np.isfinite(norms).all():
+            check_finite(x, layer, image_indices, name=name)  # raises unless a finite token's norm overflowed
+            norms = np.sqrt(np.einsum("bct,bct->bt", xi, xi, dtype=np.float64)).astype(np.float32)
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        sums = np.matmul(xi * inv[:, None, :], m).astype(np.float64)  # (b, c, 3)
+        nonzero = (norms > 0).astype(np.float64)
+        if standard:
+            sums = _standard_group_sums(x4, xi, inv.reshape(b, h, w))
+        else:
+            sums = np.matmul(xi * inv[:, None, :], m).astype(np.float64)  # (b, c, 3)
         gram += np.einsum("bci,bcj->ij", sums, sums)
-        q += ((norms > 0).astype(np.float64) @ m.astype(np.float64)).sum(axis=0)
+        q += (nonzero @ m.astype(np.float64)).sum(axis=0)
     return gram, q
+
+
+def _standard_group_sums(x4: np.ndarray, xi: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """(b, C, 3) float64 sums of unit vectors over corner, border and other tokens (grid >= 3x3)."""
+    total = np.einsum("bct,bt->bc", xi, inv.reshape(inv.shape[0], -1))
+    ring = (np.einsum("bcw,bw->bc", x4[:, :, 0, :], inv[:, 0, :])
+            + np.einsum("bcw,bw->bc", x4[:, :, -1, :], inv[:, -1, :])
+            + np.einsum("bch,bh->bc", x4[:, :, 1:-1, 0], inv[:, 1:-1, 0])
+            + np.einsum("bch,bh->bc", x4[:, :, 1:-1, -1], inv[:, 1:-1, -1]))
+    corner = sum(x4[:, :, i, j] * inv[:, None, i, j] for i in (0, -1) for j in (0, -1))
+    out = np.empty(total.shape + (3,))
+    out[..., 0] = corner
+    out[..., 1] = ring - corner
+    out[..., 2] = total - ring
+    return out
+
+
+def _group_stats_torch(x, masks: np.ndarray, layer: str | None = None, name: str = "features",
+                       image_indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_group_stats` for a torch tensor on its own device (e.g. a GPU): same formulas, float32
+    products, float64 accumulation; only the 3x3 result leaves the device. Checks finiteness."""
+    import torch
+
+    n, c, h, w = x.shape
+    xf = x.float().reshape(n, c, h * w)
+    norms = torch.linalg.vector_norm(xf, dim=1)  # (n, hw)
+    if not bool(torch.isfinite(norms).all()):
+        bad = ~torch.isfinite(xf)
+        if bool(bad.any()):
+            where = bad.flatten(1).any(1).cpu().numpy()
+            images = np.asarray(image_indices)[where] if image_indices is not None else np.nonzero(where)[0]
+            raise NonFiniteInputError(layer, int(bad.sum()), images.tolist(), name=name)
+        norms = torch.linalg.vector_norm(xf.double(), dim=1).float()
+    inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+    m = torch.as_tensor(masks.reshape(3, h * w).T, dtype=torch.float32, device=xf.device)
+    sums = torch.bmm(xf, inv[:, :, None] * m).double()  # (n, c, 3)
+    gram = torch.einsum("bci,bcj->ij", sums, sums)
+    q = ((norms > 0).double() @ m.double()).sum(0)
+    return gram.cpu().numpy(), q.cpu().numpy()
 
 
 def _finish(gram: np.ndarray, q: np.ndarray, n_images: int, grid: tuple[int, int], layer, provenance):
@@ -122,16 +216,23 @@ class GroupSimilarityAccumulator(Accumulator):
         self._grid: tuple[int, int] | None = None
 
     def update(self, batch: Any, image_indices: Sequence[int] | None = None) -> None:
+        self._update(batch, image_indices)
+
+    def _update(self, batch: Any, image_indices: Sequence[int] | None, name: str = "features") -> None:
         idx = resolve_indices(len(batch), image_indices, self._next_index)
-        x = check_features(batch, layer=self.layer, image_indices=idx, min_grid=3 if self.inner else 1)
-        self._next_index = max(self._next_index, int(idx.max()) + 1) if len(idx) else self._next_index
+        x = _features(batch, layer=self.layer, name=name, image_indices=idx, min_grid=3 if self.inner else 1)
         if self.inner:
+            _check_ring_finite(x, self.layer, name, idx)  # the dropped ring must be finite too
             x = x[:, :, 1:-1, 1:-1]
-        grid = (x.shape[2], x.shape[3])
+        grid = (int(x.shape[2]), int(x.shape[3]))
         if self._grid is not None and grid != self._grid:
             raise ValueError(f"layer {self.layer!r}: grid changed from {self._grid} to {grid}")
+        if is_torch(x):
+            g, q = _group_stats_torch(x, group_masks(*grid), self.layer, name, idx)
+        else:
+            g, q = _group_stats(x, group_masks(*grid), self.layer, name, idx)
+        self._next_index = max(self._next_index, int(idx.max()) + 1) if len(idx) else self._next_index
         self._grid = grid
-        g, q = _group_stats(x, group_masks(*grid))
         self._gram += g
         self._q += q
         self._n += x.shape[0]
@@ -187,13 +288,13 @@ class BorderArtifactsAccumulator(Accumulator):
 
     def update(self, full: Any = None, cropped: Any = None, image_indices: Sequence[int] | None = None) -> None:
         if full is not None:
-            x = check_features(full, layer=self.layer, name="full", min_grid=3)
+            x = _features(full, layer=self.layer, name="full", image_indices=image_indices, min_grid=3)
             self._check_grid(x.shape[2:], "full")
-            self.full.update(x, image_indices)
+            self.full._update(x, image_indices, "full")
         if cropped is not None:
-            x = check_features(cropped, layer=self.layer, name="cropped", min_grid=3)
+            x = _features(cropped, layer=self.layer, name="cropped", image_indices=image_indices, min_grid=3)
             self._check_grid(x.shape[2:], "cropped")
-            self.cropped.update(x, image_indices)
+            self.cropped._update(x, image_indices, "cropped")
 
     def _check_grid(self, grid: Iterable[int], what: str) -> None:
         grid = tuple(int(v) for v in grid)

@@ -53,7 +53,9 @@ def choose_examples(table: Sequence[dict], anomaly_layer: str | None, top_anomal
         n = grids[layer][0]
         examples.append({"id": "position", "title": "Positional embedding", "layer": layer, "measure": "cosine",
                          "ref": [0, n // 2, n // 4]})
-    corners = [(r["corner_rel_sim"], r["layer"]) for r in table if r.get("corner_rel_sim") is not None]
+    # conv_in / conv_out have few channels (4 for conv_out): their cosine maps are mostly noise
+    corners = [(r["corner_rel_sim"], r["layer"]) for r in table
+               if r.get("corner_rel_sim") is not None and r.get("kind") != "conv"]
     if corners:
         examples.append({"id": "corner", "title": "Corner token", "layer": max(corners)[1], "measure": "cosine",
                          "ref": [0, 0, 0]})

@@ -404,11 +404,17 @@ def compute_presets(store: RepresentationStore, detections) -> dict:
     # anomaly: the highest-scoring detection at the reference layer, else over all layers
     best = None
     search = [REFERENCE_LAYER] if REFERENCE_LAYER in layers else []
-    for phase, names, count in (("reference", search, PRESET_ANOMALY_IMAGES),
-                                ("all", [l for l in layers if min(grids[l]) >= min(8, max_grid)], 8)):
+    # fallback: the U-Net blocks' layers (not conv_in / conv_out, whose 4 channels are latents), up_blocks first
+    blocks = [l for l in layers if block_of(l) not in ("conv_in", "conv_out") and min(grids[l]) >= min(8, max_grid)]
+    blocks.sort(key=lambda l: not block_of(l).startswith("up_blocks"))
+    for phase, names, count in (("reference", search, PRESET_ANOMALY_IMAGES), ("blocks", blocks, 8)):
         for name in names:
             for i in range(min(count, n)):
-                for d in detections(name, i):
+                try:
+                    found = detections(name, i)
+                except (ExplorerError, ValueError):  # e.g. non-finite values at this layer
+                    break
+                for d in found:
                     key = (math.inf if d["score"] is None else d["score"], d["relative_norm"] or 0.0)
                     if best is None or key > best[0]:
                         best = (key, name, d)
@@ -427,8 +433,8 @@ def compute_presets(store: RepresentationStore, detections) -> dict:
                            "other anomalies light up, in this image and others."}
     else:
         out["anomaly"] = {"name": "anomaly", "unavailable": "the detector found no high-norm anomaly "
-                          f"(searched {REFERENCE_LAYER if search else 'no reference layer'}, then all layers "
-                          "on the first 8 images)"}
+                          f"(searched {REFERENCE_LAYER if search else 'no reference layer'}, then the U-Net blocks' "
+                          "layers on the first 8 images)"}
     return out
 
 
@@ -644,9 +650,9 @@ class ExplorerState:
         ext = ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".img"
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60] or "upload"
         with h.write_lock:
-            uploads = h.path / "uploads"
-            uploads.mkdir(exist_ok=True)
-            final = uploads / f"{record.sha256[:12]}-{safe}{ext}"
+            folder = h.path / "uploads" / record.sha256[:16]  # one folder per picture: names never collide
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / f"{safe}{ext}"
             if not final.exists():
                 shutil.copyfile(tmp_path, final)
             try:

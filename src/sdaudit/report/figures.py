@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -30,6 +30,7 @@ PNG_DPI = 150
 # one colour family and line style per run; within a family darker = finer resolution / corner
 _FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys", "YlOrBr", "BuGn")
 _RUN_STYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (3, 1)))
+_PUB_LS = (0, (5, 1.5, 1, 1.5))  # published curves: thin dash-dot (the reference line at 1 is dashed)
 _SINGLE = {"corner": "#c0392b", "border": "#e69f00", "anomaly": "#2e8b57"}
 
 
@@ -38,10 +39,11 @@ _SINGLE = {"corner": "#c0392b", "border": "#e69f00", "anomaly": "#2e8b57"}
 
 
 def norm_key(layer: str) -> str:
-    """The maps.npz key of a layer's norm maps: ``"norm__"`` + the layer name with ``]`` deleted
-    and ``[`` and ``.`` replaced by ``_``: ``up_blocks[1].upsamplers[0]`` -> ``norm__up_blocks_1_upsamplers_0``.
-    (Dotted spellings give the same key: ``up_blocks.1.upsamplers.0`` -> the same.)"""
-    return "norm__" + layer.replace("]", "").replace("[", "_").replace(".", "_")
+    """The maps.npz key of a layer's norm maps: ``"norm__"`` + the layer name with every run of the
+    characters ``[``, ``]``, ``.`` replaced by one ``_`` and leading/trailing ``_`` stripped:
+    ``up_blocks[1].upsamplers[0]`` -> ``norm__up_blocks_1_upsamplers_0`` (the dotted spelling
+    ``up_blocks.1.upsamplers.0`` gives the same key). The same rule as ``sdaudit.audit.maps.norm_key``."""
+    return "norm__" + re.sub(r"[\[\].]+", "_", layer).strip("_")
 
 
 def kind_of(name: str) -> str:
@@ -187,7 +189,8 @@ def _mark_off_scale(ax, x: np.ndarray, values: np.ndarray, color, slot: int = 0)
 
 
 def _no_data(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.45", fontsize=9)
+    ax.text(0.5, 0.72, text, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=10,
+            bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round,pad=0.4"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,14 +202,14 @@ def _layer_axis(fig: Figure, ax, layers: Sequence[str], kinds: Sequence[str], bl
     """Kind labels under every layer, block names centred under their layers, separators."""
     n = len(layers)
     x = np.arange(n)
-    kind_size = 7.0
+    kind_size = 8.0
     ax.set_xticks(x)
     ax.set_xticklabels(kinds, rotation=90, fontsize=kind_size)
     ax.tick_params(axis="x", length=2.5, pad=1.5)
     # block labels: full names if they all fit under their layers, else short ones (down2, mid, in)
     spans = _block_spans(blocks)
-    per_layer_pt = max(6.0, (width_in - 2.9) * 72 / max(n, 1))
-    size = 8.0
+    per_layer_pt = max(6.0, ax.get_position().width * width_in * 72 / max(n, 1))
+    size = 9.0
     def fits(labels):
         return all(_text_width_pt(lab, size) <= (e - s + 1) * per_layer_pt for lab, (_, s, e) in zip(labels, spans))
     labels = [b for b, _, _ in spans]
@@ -231,7 +234,7 @@ def _layer_axis(fig: Figure, ax, layers: Sequence[str], kinds: Sequence[str], bl
 
 def quantitative_figure(runs: Sequence[Mapping[str, Any]],
                         paper: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                        title: str | None = None) -> Figure:
+                        title: str | None = None, resolutions: Sequence[int] | None = None) -> Figure:
     """The paper's Fig. 2/4/5 for one or several runs.
 
     ``runs``: results dicts (``results.json``) or ``{"label": ..., "table": rows}``. Runs are
@@ -242,6 +245,8 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     Panels (top to bottom): probe accuracy per comparison resolution (darker = finer) with the
     chance level of each resolution dotted; corner and border relative similarity (log 2, dashed
     line at 1); anomaly relative norm, mean with a +/- std band (log 2, dashed line at 1).
+    ``resolutions``: the probe resolutions drawn; default all four for one run, the coarsest and
+    finest (8, 64) for several runs (four lines per run would hide the differences).
     """
     if not runs:
         raise ValueError("quantitative_figure needs at least one run")
@@ -267,11 +272,20 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
 
     n = len(layers)
     x = np.arange(n)
-    width = max(9.0, 0.26 * n + 3.2)
-    fig = Figure(figsize=(width, 9.6), layout="constrained")
-    axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.15, 1, 1]})
-    ax_p, ax_b, ax_a = axes
     multi = len(runs) > 1
+    if resolutions is None:
+        resolutions = (RESOLUTIONS[0], RESOLUTIONS[-1]) if multi else RESOLUTIONS
+    resolutions = [s for s in RESOLUTIONS if s in set(resolutions)]
+    # fixed margins (inches) instead of a layout engine: predictable, and twice as fast to save
+    left, right, bottom, top, gap = 1.0, 2.05, 0.85, 0.62 + (0.3 if multi else 0.0), 0.42
+    width = max(9.0, 0.23 * n + left + right)
+    height = 9.6 + (0.3 if multi else 0.0)
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.15, 1, 1]})
+    panel_h = (height - top - bottom - 2 * gap) / 3.15
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        hspace=gap / panel_h)
+    ax_p, ax_b, ax_a = axes
     families = [colormaps[_FAMILIES[i % len(_FAMILIES)]] for i in range(len(runs))]
     styles = [_RUN_STYLES[i % len(_RUN_STYLES)] for i in range(len(runs))]
     shade = {s: 0.45 + 0.5 * i / (len(RESOLUTIONS) - 1) for i, s in enumerate(RESOLUTIONS)}  # darker = finer
@@ -289,7 +303,7 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     chance_drawn: set[tuple] = set()
     any_probe = False
     for ri, (table, lab) in enumerate(zip(tables, labels)):
-        for s in RESOLUTIONS:
+        for s in resolutions:
             y = _series(table, layers, f"probe_acc_{s}")
             if not np.isfinite(y).any():
                 continue
@@ -306,26 +320,26 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
                 ax_p.plot(x, c, color=grey(shade[s]) if multi else color, ls=":", lw=1.1, drawstyle="steps-mid",
                           zorder=2)
     for lab, rows, ri in overlays:
-        for s in RESOLUTIONS:
+        for s in resolutions:
             y = _series(rows, layers, f"probe_acc_{s}")
             if np.isfinite(y).any():
                 color = grey(0.35 + 0.4 * shade[s]) if ri is None else families[ri](0.3 + 0.3 * shade[s])
-                ax_p.plot(x, y, color=color, ls=(0, (4, 2)), lw=0.9, zorder=2.5)
+                ax_p.plot(x, y, color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
     ax_p.set_ylim(0, 1.02)
     ax_p.set_ylabel("probe accuracy")
     ax_p.set_title("Position probe: test accuracy of a linear probe at comparison resolution s (dotted: chance)",
-                   fontsize=9.5, loc="left")
+                   fontsize=10.5, loc="left")
     if not any_probe:
         _no_data(ax_p, "position probe not run")
     handles = []
-    for s in (res_present or list(RESOLUTIONS)):
+    for s in (res_present or resolutions):
         c = grey(shade[s]) if multi else colormaps["Blues"](shade[s])
         handles.append(Line2D([], [], color=c, lw=1.6, label=f"s = {s}"))
     handles.append(Line2D([], [], color="0.4", ls=":", lw=1.1, label="chance 1/min(s, n)"))
     if overlays:
-        handles.append(Line2D([], [], color="0.5", ls=(0, (4, 2)), lw=0.9, label="published"))
-    ax_p.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5, frameon=False,
-                title="resolution" + (" (shade)" if multi else ""), title_fontsize=7.5, alignment="left")
+        handles.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
+    ax_p.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
+                title="resolution" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
 
     # ---- panel 2: corner / border relative similarity
     _log2_axis(ax_b)
@@ -347,7 +361,7 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
             y = _series(rows, layers, key)
             if np.isfinite(y).any():
                 color = ("0.35" if g == "corner" else "0.6") if ri is None else families[ri](0.3 + 0.25 * sh)
-                ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=(0, (4, 2)), lw=0.9, zorder=2.5)
+                ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
                 drawn_b.append(y)
     ax_b.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
     if drawn_b:
@@ -357,7 +371,7 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
         _no_data(ax_b, "border analysis not run")
     ax_b.set_ylabel("relative similarity\n(cropped / full)")
     ax_b.set_title("Border artifacts: mean pairwise cosine of edge tokens relative to the same content "
-                   "away from the edge (> 1: more alike at the edge)", fontsize=9.5, loc="left")
+                   "away from the edge (> 1: more alike at the edge)", fontsize=10.5, loc="left")
     gh = []
     for g, _, sh, mk in groups:
         c = colormaps["Greys"](sh) if multi else _SINGLE[g]
@@ -366,9 +380,9 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     if off_scale:
         gh.append(Line2D([], [], color="0.3", ls="none", marker="v", ms=5, label="value ≤ 0 (off scale)"))
     if overlays:
-        gh.append(Line2D([], [], color="0.5", ls=(0, (4, 2)), lw=0.9, label="published"))
-    ax_b.legend(handles=gh, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5, frameon=False,
-                title="group" + (" (shade)" if multi else ""), title_fontsize=7.5, alignment="left")
+        gh.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
+    ax_b.legend(handles=gh, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
+                title="group" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
 
     # ---- panel 3: anomaly relative norm
     _log2_axis(ax_a)
@@ -388,27 +402,28 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
         m = _series(rows, layers, "anomaly_rel_norm_mean")
         if np.isfinite(m).any():
             color = "0.45" if ri is None else families[ri](0.45)
-            ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=(0, (4, 2)), lw=0.9, zorder=2.5)
+            ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
             drawn_a.append(m)
     ax_a.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
     if drawn_a:
         _fit_log_limits(ax_a, drawn_a)
     else:
         ax_a.set_ylim(0.5, 2)
-        _no_data(ax_a, "anomaly analysis not run")
+        ran = any(isinstance(r.get("anomalies"), Mapping) for r in runs)
+        _no_data(ax_a, "no anomalies detected" if ran else "anomaly analysis not run")
     ax_a.set_ylabel("relative norm\n(anomaly / map mean)")
     ax_a.set_title("High-norm anomalies: norm of the anomaly patches relative to the mean token norm "
-                   "(band: ± 1 std over anomalies)", fontsize=9.5, loc="left")
+                   "(band: ± 1 std over anomalies)", fontsize=10.5, loc="left")
     ah = [Line2D([], [], color="0.3" if multi else _SINGLE["anomaly"], lw=1.6, label="mean"),
           Patch(color="0.3" if multi else _SINGLE["anomaly"], alpha=0.25, lw=0, label="± 1 std"),
           Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)")]
     if overlays:
-        ah.append(Line2D([], [], color="0.5", ls=(0, (4, 2)), lw=0.9, label="published"))
-    ax_a.legend(handles=ah, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7.5, frameon=False)
+        ah.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
+    ax_a.legend(handles=ah, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False)
 
     for ax in axes:
-        ax.tick_params(axis="y", labelsize=8)
-        ax.yaxis.label.set_size(9)
+        ax.tick_params(axis="y", labelsize=9)
+        ax.yaxis.label.set_size(10)
     for ax in axes[:-1]:
         ax.tick_params(axis="x", length=0, labelbottom=False)
     _layer_axis(fig, ax_a, layers, kinds, blocks, width)
@@ -418,14 +433,14 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
                        for i, lab in enumerate(labels)]
         for lab, _, ri in overlays:
             if ri is not None:
-                run_handles.append(Line2D([], [], color=families[ri](0.45), ls=(0, (4, 2)), lw=1.0,
+                run_handles.append(Line2D([], [], color=families[ri](0.45), ls=_PUB_LS, lw=1.0,
                                           label=mpl_text(lab)))
-        fig.legend(handles=run_handles, loc="outside upper center", ncols=min(len(run_handles), 6), fontsize=9,
-                   frameon=False)
+        fig.legend(handles=run_handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
+                   ncols=min(len(run_handles), 6), fontsize=10, frameon=False)
     if title is None:
         title = ("Comparison: " + ", ".join(labels)) if multi else labels[0]
         title += f"  ({n} layers)"
-    fig.suptitle(mpl_text(title), fontsize=11, x=0.01, ha="left")
+    fig.suptitle(mpl_text(title), fontsize=12, x=0.1 / width, y=1 - 0.08 / height, ha="left", va="top")
     fig.sdaudit_layers = list(layers)  # type: ignore[attr-defined]  (for callers and tests)
     fig.sdaudit_labels = list(labels)  # type: ignore[attr-defined]
     return fig
@@ -458,6 +473,10 @@ def _load_maps(maps_npz: Any) -> Mapping[str, np.ndarray]:
 def _layer_grid(results: Mapping[str, Any], layer: str | None) -> int | None:
     if not layer:
         return None
+    anomalies = results.get("anomalies") or {}
+    if anomalies.get("layer") == layer and anomalies.get("grid"):
+        grid = anomalies["grid"]
+        return int(grid[0] if isinstance(grid, (list, tuple)) else grid)
     for info in results.get("layers") or []:
         if info.get("name") == layer:
             h = info.get("height") or info.get("width")
@@ -507,10 +526,21 @@ def qualitative_figure(results: Mapping[str, Any], maps_npz: Any, max_images: in
     sources = {int(im.get("index", -1)): im for im in results.get("images") or []}
 
     n_rows = len(rows) + (1 if inputs is not None else 0)
-    panel = 1.85
-    fig = Figure(figsize=(panel * k + 2.4, panel * n_rows + 0.6), layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.04)
-    axes = np.atleast_2d(fig.subplots(n_rows, k, squeeze=False))
+    # fixed layout (inches): row labels | k panels | colour bar with its label
+    panel, gap, left, cb_gap, cb_w, right = 1.85, 0.08, 0.62, 0.1, 0.13, 0.85
+    top, head = 0.42, (0.36 if inputs is not None else 0.0)
+    width = left + k * panel + (k - 1) * gap + cb_gap + cb_w + right
+    height = top + head + n_rows * panel + (n_rows - 1) * gap + 0.1
+    fig = Figure(figsize=(width, height))
+    axes = np.empty((n_rows, k), dtype=object)
+    cb_axes: list[Any] = []
+    for i in range(n_rows):
+        y0 = height - top - head - (i + 1) * panel - i * gap
+        for j in range(k):
+            x0 = left + j * (panel + gap)
+            axes[i, j] = fig.add_axes((x0 / width, y0 / height, panel / width, panel / height))
+        x_cb = left + k * panel + (k - 1) * gap + cb_gap
+        cb_axes.append(fig.add_axes((x_cb / width, (y0 + 0.08 * panel) / height, cb_w / width, 0.84 * panel / height)))
     extent = (0, size, size, 0)
     r0 = 0
     if inputs is not None:
@@ -543,11 +573,13 @@ def qualitative_figure(results: Mapping[str, Any], maps_npz: Any, max_images: in
             ref = row.get("ref")
             if row["kind"] == "example" and ref is not None and len(ref) == 3 and int(ref[0]) == j:
                 _, rr, cc = (int(v) for v in ref)
-                cx, cy = (cc + 0.5) * ts, (rr + 0.5) * ts
-                ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="white", mew=2.6)
-                ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="red", mew=1.4)
-                if ts * 72 * panel / size > 9:  # big tokens: outline the token itself as well
-                    ax.add_patch(Rectangle((cc * ts, rr * ts), ts, ts, fill=False, ec="red", lw=1.2))
+                if ts * 72 * panel / size > 9:  # big tokens: outline the token itself
+                    for ec, lw in (("white", 2.8), ("red", 1.4)):
+                        ax.add_patch(Rectangle((cc * ts, rr * ts), ts, ts, fill=False, ec=ec, lw=lw))
+                else:  # small tokens: a square marker around the token, visible at any grid size
+                    cx, cy = (cc + 0.5) * ts, (rr + 0.5) * ts
+                    ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="white", mew=2.6)
+                    ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="red", mew=1.4)
             if row["kind"] == "norm" and row["layer"] == a_layer and anomalies is not None and len(anomalies):
                 ats = size / (a_grid or n)
                 for pos, ax_x, ax_y in np.asarray(anomalies).reshape(-1, 3):
@@ -557,7 +589,7 @@ def qualitative_figure(results: Mapping[str, Any], maps_npz: Any, max_images: in
         label = f"{row.get('title') or row.get('id') or ''}\n{row.get('layer', '')}"
         axes[r0 + i, 0].set_ylabel(mpl_text(label), fontsize=7.5)
         if im is not None:
-            cb = fig.colorbar(im, ax=list(axes[r0 + i, :]), fraction=0.025, pad=0.01, aspect=12)
+            cb = fig.colorbar(im, cax=cb_axes[r0 + i])
             cb.ax.tick_params(labelsize=7)
             measure = row.get("measure") or ""
             if row["kind"] == "norm" and row["layer"] == a_layer and anomalies is not None:
@@ -571,9 +603,12 @@ def qualitative_figure(results: Mapping[str, Any], maps_npz: Any, max_images: in
             sp.set_color("0.6")
         ax.set_xlim(0, size)
         ax.set_ylim(size, 0)
+    for i, cax in enumerate(cb_axes):
+        if not cax.collections and not cax.images:  # a row without a colour bar (the inputs)
+            cax.set_visible(False)
     model = run_label(results, "model")
     fig.suptitle(mpl_text(f"{model}: similarity maps (red square: reference token) and token norms"),
-                 fontsize=10, x=0.01, ha="left")
+                 fontsize=10, x=0.1 / width, y=1 - 0.08 / height, ha="left", va="top")
     return fig
 
 
@@ -585,6 +620,7 @@ def save_figure(fig: Figure, path_without_suffix: str | Path, dpi: int = PNG_DPI
     base = Path(path_without_suffix)
     base.parent.mkdir(parents=True, exist_ok=True)
     svg, png = base.with_name(base.name + ".svg"), base.with_name(base.name + ".png")
-    fig.savefig(svg, format="svg", metadata={"Date": None})
+    with rc_context({"svg.hashsalt": "sdaudit"}):  # stable ids: the same results give the same svg
+        fig.savefig(svg, format="svg", metadata={"Date": None})
     fig.savefig(png, format="png", dpi=dpi)
     return [svg, png]

@@ -31,8 +31,8 @@ RESULTS_FORMAT = "sdaudit-audit/"
 THRESHOLDS: dict[str, float] = {
     "position_strong": 0.5,
     "position_mild": 0.2,
-    "corner_strong": 1.5,
-    "corner_mild": 1.2,
+    "corner_strong": 2.0,
+    "corner_mild": 1.5,
     "border_strong": 1.2,
     "border_mild": 1.1,
     "anomaly_strong": 2.0,
@@ -45,7 +45,7 @@ THRESHOLDS: dict[str, float] = {
 
 
 def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
+    if v is None or isinstance(v, (bool, jinja2.Undefined)):
         return None
     try:
         f = float(v)
@@ -139,8 +139,17 @@ def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     table = results["table"]
     s = finest_resolution(table)
     t = THRESHOLDS
+    anomalies = results.get("anomalies")
+    none_found = isinstance(anomalies, Mapping) and anomalies.get("count") == 0
     out = []
     for row in table:
+        if row.get("error"):
+            out.append({"layer": row.get("layer"), "grid": row.get("grid"), "kind": row.get("kind"), "acc": None,
+                        "chance": None, "skill": None, "pos_level": -1, "corner": None, "border": None,
+                        "border_level": -1, "ill": False, "anomaly": None, "anomaly_std": None, "anomaly_level": -1,
+                        "anomaly_text": "—", "overall": -1, "verdict": "failed",
+                        "notes": f"analysis failed: {row['error']}"})
+            continue
         acc = _num(row.get(f"probe_acc_{s}")) if s else None
         chance = _chance(row, s) if s else None
         skill = _skill(acc, chance)
@@ -151,6 +160,10 @@ def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                       _level(border, t["border_mild"], t["border_strong"]))
         ill = (corner is not None and corner <= 0) or (border is not None and border <= 0)
         a_level = _level(anomaly, t["anomaly_mild"], t["anomaly_strong"])
+        if anomaly is None and none_found:
+            a_level, a_text = 0, "none found"
+        else:
+            a_text = fmt_ratio(anomaly) if anomaly is not None else "not run"
         notes = []
         if pos_level == 2:
             notes.append("encodes absolute position")
@@ -173,6 +186,7 @@ def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             "acc": acc, "chance": chance, "skill": skill, "pos_level": pos_level,
             "corner": corner, "border": border, "border_level": b_level, "ill": ill,
             "anomaly": anomaly, "anomaly_std": _num(row.get("anomaly_rel_norm_std")), "anomaly_level": a_level,
+            "anomaly_text": a_text,
             "overall": overall, "verdict": ["usable", "caution", "affected"][overall],
             "notes": "; ".join(notes) if notes else "no flag",
         })
@@ -185,7 +199,9 @@ def _layer_range(names: Sequence[str], order: Sequence[str]) -> str:
         return ""
     idx = sorted(order.index(n) for n in names if n in order)
     if len(idx) > 3 and idx == list(range(idx[0], idx[-1] + 1)):
-        return f"{len(idx)} consecutive layers from {order[idx[0]]} to {order[idx[-1]]}"
+        return f"{len(idx)} consecutive layers, from {order[idx[0]]} to {order[idx[-1]]}"
+    if len(idx) > 3:
+        return f"{len(idx)} layers, from {order[idx[0]]} to {order[idx[-1]]}"
     return ", ".join(names)
 
 
@@ -244,6 +260,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
     out["verdicts"] = verdicts
     levels = [v["overall"] for v in verdicts]
     out["n_usable"], out["n_caution"], out["n_affected"] = (levels.count(0), levels.count(1), levels.count(2))
+    out["n_failed"] = levels.count(-1)
     return out
 
 
@@ -413,7 +430,7 @@ def render_comparison(result_dirs: Sequence[Path], out: Path, compare_paper: boo
     settings_rows = []
     for k in keys:
         vals = [_settings_rows({k: (r.get("settings") or {}).get(k)})[0][1] for r in runs]
-        settings_rows.append({"key": k, "values": vals, "differs": len(set(vals)) > 1})
+        settings_rows.append({"key": k, "vals": vals, "differs": len(set(vals)) > 1})
     from .. import __version__
 
     ctx = {
@@ -422,7 +439,7 @@ def render_comparison(result_dirs: Sequence[Path], out: Path, compare_paper: boo
                   "report_href": _relative_href(d / "report.html", out)}
                  for lab, r, d, s, sm in zip(labels, runs, dirs, s_list, summaries)],
         "layers": layer_rows, "settings_rows": settings_rows, "fig_uri": _data_uri(files[0], "image/svg+xml"),
-        "compare_paper": compare_paper, "paper_runs": sorted(paper) if paper else [],
+        "compare_paper": compare_paper, "paper_runs": [lab for lab in labels if paper and lab in paper],
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "report_version": __version__, "t": THRESHOLDS,
     }
@@ -478,6 +495,8 @@ tr:hover td { background: #fafbfc; }
          text-align: center; white-space: nowrap; }
 .l-1 { color: var(--muted); } .l0 { background: var(--ok-bg); color: var(--ok); }
 .l1 { background: var(--mild-bg); color: var(--mild); } .l2 { background: var(--bad-bg); color: var(--bad); }
+.lp1 { background: #e6eefb; color: #2b4f8a; } .lp2 { background: #c9dbf7; color: #173a73; }
+details.small { font-size: 13px; } details.small summary { font-weight: 400; color: var(--muted); }
 figure { margin: 12px 0 0; } figure img { width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 figcaption { font-size: 13px; color: var(--muted); margin-top: 6px; max-width: 1100px; }
 details { margin: 8px 0; } summary { cursor: pointer; font-weight: 600; }
@@ -514,7 +533,7 @@ _REPORT_TEMPLATE = _BADGES + """<!DOCTYPE html>
 </header>
 
 <h2 id="findings">Findings</h2>
-<p class="muted">Of {{ summary.n_layers }} layers: <b>{{ summary.n_usable }}</b> without a flag, <b>{{ summary.n_caution }}</b> to use with caution, <b>{{ summary.n_affected }}</b> affected by an artifact (see the <a href="#verdicts">verdict table</a> for the rule).</p>
+<p class="muted">Of {{ summary.n_layers }} layers: <b>{{ summary.n_usable }}</b> without a flag, <b>{{ summary.n_caution }}</b> to use with caution, <b>{{ summary.n_affected }}</b> affected by an artifact{% if summary.n_failed %}, <b>{{ summary.n_failed }}</b> failed{% endif %} (see the <a href="#verdicts">verdict table</a> for the rule).</p>
 <div class="cards">
 <div class="card"><h3>Positional embedding</h3>
 {% set p = summary.position %}
@@ -539,12 +558,14 @@ _REPORT_TEMPLATE = _BADGES + """<!DOCTYPE html>
   <p>{% if a.count is not none %}<span class="big">{{ a.count|int }}</span> anomalies{% if a.images_with is not none %} in <b>{{ a.images_with|int }}</b> of {{ a.n_images|int }} images ({{ a.share|pct }}){% endif %}, detected on <code>{{ a.layer }}</code>.{% else %}Anomalies on <code>{{ a.layer }}</code>.{% endif %}</p>
   {% if a.peak %}<p>Peak relative norm: <b>{{ a.peak[1]|pm(a.peak[2]) }}</b> at <code>{{ a.peak[0] }}</code>.</p>{% endif %}
   <p>{% if a.above %}Relative norm above {{ t.anomaly_strong|ratio }} in {{ a.above_text }}{% if a.above|length <= 3 %} ({{ a.above|length }} layer{{ "s" if a.above|length != 1 }}){% endif %}.{% else %}No layer has a relative norm above {{ t.anomaly_strong|ratio }}.{% endif %}</p>
+  {% if a.above|length > 3 %}<details class="small"><summary>the {{ a.above|length }} layers</summary>{% for n in a.above %}<code>{{ n }}</code>{% if not loop.last %}, {% endif %}{% endfor %}</details>{% endif %}
 {% else %}<p class="muted">The anomaly analysis was not run.</p>{% endif %}
 </div>
 </div>
 
 <h2 id="verdicts">Can I trust this layer's features?</h2>
 <p>Flags per layer. <b>Position</b>: above-chance skill of the probe at s = {{ finest or "—" }}, (acc − chance) / (1 − chance); strong ≥ {{ t.position_strong }}, mild ≥ {{ t.position_mild }}. A positional code is expected in a U-Net, but similarity between tokens then partly reflects where they are, not what they show: at most <i>caution</i>.
+Position badges are blue: information, not an artifact.
 <b>Border</b>: strong if corner ≥ {{ t.corner_strong }} or border ≥ {{ t.border_strong }}; mild if corner ≥ {{ t.corner_mild }} or border ≥ {{ t.border_mild }} (relative similarity).
 <b>Anomalies</b>: relative norm of the anomaly patches strong ≥ {{ t.anomaly_strong }}, mild ≥ {{ t.anomaly_mild }}.
 Verdict: <span class="badge l2">affected</span> if a strong border or anomaly flag, <span class="badge l1">caution</span> if any other flag, else <span class="badge l0">usable</span>.</p>
@@ -553,9 +574,9 @@ Verdict: <span class="badge l2">affected</span> if a strong border or anomaly fl
 <tbody>
 {% for v in summary.verdicts %}<tr>
 <td class="n">{{ loop.index0 }}</td><td><code>{{ v.layer }}</code></td><td class="n">{{ v.grid }}</td>
-<td>{{ badge(v.pos_level, v.acc|pct if v.acc is not none else "not run") }}</td>
+<td>{{ badge("p" ~ v.pos_level if v.pos_level > 0 else v.pos_level, v.acc|pct if v.acc is not none else "not run") }}</td>
 <td>{{ badge(v.border_level, (v.corner|ratio ~ " / " ~ v.border|ratio) if v.border_level >= 0 else "not run") }}</td>
-<td>{{ badge(v.anomaly_level, v.anomaly|ratio if v.anomaly is not none else "not run") }}</td>
+<td>{{ badge(v.anomaly_level, v.anomaly_text) }}</td>
 <td>{{ badge(v.overall, v.verdict) }}</td><td class="muted">{{ v.notes }}</td></tr>
 {% endfor %}</tbody></table></div>
 <p class="muted">Badges show: probe accuracy at s = {{ finest or "—" }}; corner / border relative similarity; anomaly relative norm.</p>
@@ -563,8 +584,7 @@ Verdict: <span class="badge l2">affected</span> if a strong border or anomaly fl
 <h2 id="curves">Per-layer curves</h2>
 <figure><img alt="probe accuracy, border similarity and anomaly norm per layer" src="{{ quant_uri }}">
 <figcaption>As in the paper's Fig. 2: layers in execution order, labelled by kind (res = resnet, attn = transformer, down/up = down-/upsampler, conv = conv_in/conv_out) with their block below (down0 = <code>down_blocks[0]</code>, mid = <code>mid_block</code>, …).
-Top: probe accuracy per comparison resolution s (darker = finer) and, dotted, chance 1/min(s, n). Middle: relative similarity of corner and border tokens, log₂ axis; above the dashed line at 1, edge tokens are more alike than the same content elsewhere. Bottom: relative norm of the anomaly patches on every layer (mean ± std over anomalies), log₂ axis.{% if compare_paper and agreement %} Thin dashed: published numbers ({{ paper_name }}).{% endif %}
-Files: <code>figures/quantitative.svg</code>, <code>.png</code>.</figcaption></figure>
+Top: probe accuracy per comparison resolution s (darker = finer) and, dotted, chance 1/min(s, n). Middle: relative similarity of corner and border tokens, log₂ axis; above the dashed line at 1, edge tokens are more alike than the same content elsewhere. Bottom: relative norm of the anomaly patches on every layer (mean ± std over anomalies), log₂ axis.{% if compare_paper and agreement %} Thin grey dash-dot: the published numbers ({{ paper_name }}).{% endif %} Files: <code>figures/quantitative.svg</code>, <code>.png</code>.</figcaption></figure>
 
 {% if qual_uri %}
 <h2 id="maps">Similarity and norm maps</h2>
@@ -645,7 +665,7 @@ _COMPARE_TEMPLATE = _BADGES + """<!DOCTYPE html>
 
 <h2>Per-layer curves</h2>
 <figure><img alt="per-layer curves of all runs" src="{{ fig_uri }}">
-<figcaption>All runs in one figure, aligned on layer names (a layer a run lacks is a gap). Colour family and line style = run; within a run darker = finer probe resolution (top) and corner vs. lighter border (middle). Dotted: chance 1/min(s, n). Log₂ axes in the middle and bottom panels, dashed line at 1.{% if paper_runs %} Thin dashed: published numbers for {{ paper_runs|join(", ") }}.{% endif %} File: <code>figures/comparison.svg</code>, <code>.png</code>.</figcaption></figure>
+<figcaption>All runs in one figure, aligned on layer names (a layer a run lacks is a gap). Colour family and line style = run; within a run the probe accuracy at s = 8 is light and at s = 64 dark (top; the other resolutions are on each run's own page), corner tokens dark and border tokens light (middle). Dotted: chance 1/min(s, n). Log₂ axes in the middle and bottom panels, dashed line at 1.{% if paper_runs %} Thin dash-dot: published numbers for {{ paper_runs|join(", ") }}.{% endif %} File: <code>figures/comparison.svg</code>, <code>.png</code>.</figcaption></figure>
 
 <h2>Per-layer numbers side by side</h2>
 <div class="tablewrap"><table>
@@ -656,7 +676,7 @@ _COMPARE_TEMPLATE = _BADGES + """<!DOCTYPE html>
 
 <h2>Settings</h2>
 <div class="tablewrap"><table><thead><tr><th>setting</th>{% for run in runs %}<th>{{ run.label }}</th>{% endfor %}</tr></thead><tbody>
-{% for s in settings_rows %}<tr{% if s.differs %} class="diff"{% endif %}><th>{{ s.key }}</th>{% for v in s.values %}<td class="mono">{{ v }}</td>{% endfor %}</tr>{% endfor %}
+{% for s in settings_rows %}<tr{% if s.differs %} class="diff"{% endif %}><th>{{ s.key }}</th>{% for v in s.vals %}<td class="mono">{{ v }}</td>{% endfor %}</tr>{% endfor %}
 </tbody></table></div>
 <p class="muted">Highlighted: settings that differ between the runs.</p>
 <footer>Generated by sdaudit {{ report_version }} on {{ generated }}. Each run's own page: <code>sdaudit report DIR</code>.</footer>
