@@ -29,11 +29,13 @@ BASE = "http://127.0.0.1"
 
 @pytest.fixture(scope="module")
 def store_path(tiny, tmp_path_factory):
-    """A tiny-model store: 3 demo photos at 128 px, every layer (16x16 at the finest)."""
+    """A tiny-model store: 3 demo photos at 128 px, every layer (16x16 at the finest). Built once per
+    session (the browser tests use the same one) and never written to by the tests."""
     from sdaudit.extraction import extract
 
-    path = tmp_path_factory.mktemp("explore-api") / "store"
-    extract(tiny, [str(p) for p in demo_image_paths()[:3]], path, layers="all", size=128, progress=False)
+    path = tmp_path_factory.getbasetemp() / "explore-tiny-128"
+    if not (path.exists() and open_store(path).num_images == 3):
+        extract(tiny, [str(p) for p in demo_image_paths()[:3]], path, layers="all", size=128, progress=False)
     return path
 
 

@@ -46,10 +46,12 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 @pytest.fixture(scope="module")
 def store_path(tiny, tmp_path_factory):
+    """3 demo photos at 128 px with the tiny model (shared with the API tests when run together)."""
     from sdaudit.extraction import extract
 
-    path = tmp_path_factory.mktemp("explore-browser") / "store"
-    extract(tiny, [str(p) for p in demo_image_paths()[:3]], path, layers="all", size=128, progress=False)
+    path = tmp_path_factory.getbasetemp() / "explore-tiny-128"
+    if not (path.exists() and open_store(path).num_images == 3):
+        extract(tiny, [str(p) for p in demo_image_paths()[:3]], path, layers="all", size=128, progress=False)
     return path
 
 

@@ -43,7 +43,7 @@ def _store_writer(out: Path, model, extractor, settings: AuditSettings, size: in
 def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: AuditSettings | None = None, *,
           store: str | Path | None = None, keep_store: bool = False, skip_bad: bool = False,
           progress: bool = True, report: bool = True, compare_paper: bool = False,
-          checkpoint_seconds: float = 120.0) -> dict:
+          checkpoint_seconds: float = 120.0, shard="auto") -> dict:
     """Audit ``model`` on ``images`` (or on the images of an existing ``store``) and write the results to ``out``.
 
     Args:
@@ -56,12 +56,23 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
         skip_bad: skip invalid images (listed in results.json) instead of stopping.
         report: draw the figures and write report.html.
         compare_paper: overlay the published curves of the matching model on the figure.
+        shard: for multi-process runs, a :class:`~sdaudit.audit.distributed.Shard`; "auto" (default) joins
+            the process group that ``accelerate launch`` / ``torchrun`` describe in the environment (and
+            is a single-process audit otherwise); None: always a single-process audit. Each process
+            audits its share of the images, the accumulators are merged, rank 0 writes the outputs and
+            every process returns the same results (see :mod:`sdaudit.audit.distributed`).
 
     Returns the results dict that was written to results.json.
     """
     from ..models import load_model
 
     settings = (settings or AuditSettings()).validated()
+    if shard == "auto":
+        from .distributed import init_from_env
+
+        shard = init_from_env()
+    if shard is not None and keep_store:
+        raise ValueError("keep_store is not supported with several processes")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, str):
@@ -84,10 +95,29 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     settings.size = size
     make_writer = (lambda extractor: _store_writer(out, model, extractor, settings, size)) if keep_store else None
     full_source = _store_source(opened, settings, model) if store is not None else None
-    with _progress_bar(progress) as bar:
+    with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
         state, full, stats = run_passes(model, items, settings, out, progress=bar.progress,
                                         checkpoint_seconds=checkpoint_seconds, make_store_writer=make_writer,
-                                        full_source=full_source)
+                                        full_source=full_source, shard=shard)
+    if shard is None:
+        return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper)
+    state = shard.reduce_state(state)
+    if shard.rank != 0:
+        results = shard.broadcast(None)
+        if isinstance(results, dict) and "__error__" in results:
+            raise RuntimeError(f"rank 0 failed to write the results: {results['__error__']}")
+        return results
+    try:
+        results = _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper)
+    except BaseException as error:
+        shard.broadcast({"__error__": repr(error)})
+        raise
+    shard.broadcast(results)
+    return results
+
+
+def _finish(model, items, errors, settings, state, full, stats, out: Path, report: bool, compare_paper: bool) -> dict:
+    """Results of the final state: results.json, results.csv, anomalies.npy, maps.npz and the report."""
     grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
     position, borders, table = layer_results(state, grids)
     detection = state.detector.result() if state.detector is not None else None

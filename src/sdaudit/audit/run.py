@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analyses import crop_pixels
+from ..analyses.position import n_train_images
 from ..extraction import ExtractionSettings, Extractor, prepare_for_model
 from .state import AuditState
 
@@ -122,13 +123,19 @@ def _batches(items: Sequence[ImageItem], size: int):
 
 def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: Path, *, progress=None,
                checkpoint_seconds: float = 120.0, make_store_writer=None,
-               full_source=None) -> tuple[AuditState, Extractor, dict]:
+               full_source=None, shard=None) -> tuple[AuditState, Extractor, dict]:
     """Run every pass of the plan, resuming from ``out/.checkpoint.npz`` when it matches.
 
     ``make_store_writer(extractor)`` may return a callback ``(batch, images, reps)`` that keeps the
     full pass's representations; ``full_source(indices)`` may return them instead of running the
     model (an existing store). Returns the final state, the full-pass extractor and run statistics
     (passes, U-Net passes per image, seconds per pass).
+
+    ``shard`` (a :class:`sdaudit.audit.distributed.Shard`) makes this process audit only its share of
+    the images: its block of the probe's training images, then (after the shards' training
+    statistics are merged) its block of the test images, and the same images in every cropped pass.
+    The returned state then holds this shard only; :meth:`Shard.reduce_state` merges the shards.
+    Each process checkpoints to its own ``.checkpoint.rank<R>of<K>.npz``.
     """
     settings = settings.validated()
     size = settings.size or model.default_size
@@ -145,13 +152,24 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
                        probe={"train_fraction": settings.train_fraction, "method": settings.probe_method,
                               "resolutions": settings.resolutions},
                        detector=dict(settings.detector))
-    checkpoint = out / ".checkpoint.npz"
     fingerprint = _fingerprint(model.identity(), settings, items)
+    if shard is None:
+        checkpoint = out / ".checkpoint.npz"
+        segments = [list(items)]  # one segment: the probe scores test images as soon as training is complete
+    else:
+        shard.check_same(fingerprint, "the audit's model, settings and images")
+        checkpoint = out / f".checkpoint.rank{shard.rank}of{shard.world_size}.npz"
+        fingerprint = f"{fingerprint}|rank {shard.rank} of {shard.world_size}"
+        n_train = n_train_images(n, settings.train_fraction) if n >= 2 else n
+        segments = shard.split(items, n_train)  # [my training images, my test images]
+    mine = [item for segment in segments for item in segment]
     state.load(checkpoint, fingerprint)
     plan = pass_plan(grids, size, settings.analyses)
     store_writer = make_store_writer(full) if make_store_writer is not None else None
     stats = {"passes": [], "unet_passes_per_image": 0}
-    last_save = time.monotonic()
+    if shard is not None:
+        stats["processes"] = shard.world_size
+    clock = {"last_save": time.monotonic()}
     for name, crop, layers in plan:
         extractor = full if crop == 0 else Extractor(
             model, layers, ExtractionSettings(**{**base.to_dict(), "crop_px": crop}))
@@ -159,27 +177,36 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
         started = time.perf_counter()
         if not (crop == 0 and full_source is not None):
             stats["unet_passes_per_image"] += settings.noise_samples
-        task = progress.add_task(f"pass {name} ({len(layers)} layers)", total=n, completed=done) if progress else None
-        for batch in _batches(items[done:], settings.batch_size):
-            indices = [item.index for item in batch]
-            if crop == 0 and full_source is not None:
-                images, reps = None, full_source(indices)
-            else:
-                images = [prepare_for_model(item.load(), size, crop) for item in batch]
-                reps = extractor.run(images, indices)
-            if crop == 0:
-                state.update_full(reps, indices)
-                if store_writer is not None:
-                    store_writer(batch, images, reps)
-            else:
-                state.update_cropped(reps, indices)
-            state.progress[name] = indices[-1] + 1
-            if progress:
-                progress.update(task, completed=state.progress[name])
-            if time.monotonic() - last_save > checkpoint_seconds:
+        task = progress.add_task(f"pass {name} ({len(layers)} layers)", total=len(mine), completed=done) \
+            if progress else None
+        position = 0
+        for k, segment in enumerate(segments if crop == 0 else [mine]):
+            if crop == 0 and k == 1:
+                shard.sync_probe(state)  # every shard's training statistics, before any test image is scored
                 state.save(checkpoint, fingerprint)
-                last_save = time.monotonic()
-        state.progress[name] = n
+            skip = min(max(done - position, 0), len(segment))
+            for batch in _batches(segment[skip:], settings.batch_size):
+                indices = [item.index for item in batch]
+                if crop == 0 and full_source is not None:
+                    images, reps = None, full_source(indices)
+                else:
+                    images = [prepare_for_model(item.load(), size, crop) for item in batch]
+                    reps = extractor.run(images, indices)
+                if crop == 0:
+                    state.update_full(reps, indices)
+                    if store_writer is not None:
+                        store_writer(batch, images, reps)
+                else:
+                    state.update_cropped(reps, indices)
+                skip += len(batch)
+                state.progress[name] = position + skip
+                if progress:
+                    progress.update(task, completed=state.progress[name])
+                if time.monotonic() - clock["last_save"] > checkpoint_seconds:
+                    state.save(checkpoint, fingerprint)
+                    clock["last_save"] = time.monotonic()
+            position += len(segment)
+        state.progress[name] = len(mine)
         state.save(checkpoint, fingerprint)
         stats["passes"].append({"name": name, "crop_px": crop, "layers": len(layers),
                                 "seconds": round(time.perf_counter() - started, 3), "resumed_at": done})

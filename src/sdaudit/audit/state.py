@@ -54,12 +54,21 @@ class AnomalyNormStream:
         for i, layer in enumerate(self.layers):
             self.values[layer] = [float(v) for v in state[f"{i}"]]
 
+    def merge(self, other: "AnomalyNormStream") -> "AnomalyNormStream":
+        """Add another shard's values (other images); the statistics do not depend on the order."""
+        if other.layers != self.layers or other.ref_grid != self.ref_grid:
+            raise ValueError("cannot merge anomaly norm streams of different layers or reference grids")
+        for layer in self.layers:
+            self.values[layer].extend(other.values[layer])
+        return self
+
 
 class AuditState:
     """All accumulators of one audit, the passes' progress, and the layers that failed."""
 
     def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
                  anomaly_layer: str | None, probe: dict, detector: dict):
+        self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer, dict(probe), dict(detector))
         self.layers = list(layers)
         self.analyses = set(analyses)
         self.progress: dict[str, int] = {}
@@ -74,6 +83,10 @@ class AuditState:
         self.anomaly_layer = anomaly_layer
         self.detector = AnomalyDetector(layer=anomaly_layer, **detector) if anomaly_layer else None
         self.norms = AnomalyNormStream(self.layers, grids[anomaly_layer][0]) if anomaly_layer else None
+
+    def empty_like(self) -> "AuditState":
+        """A fresh state with the same layers, analyses and settings (e.g. to load another shard into)."""
+        return AuditState(*self._args)
 
     # ----- updates -----------------------------------------------------------------------------
     def _guard(self, layer: str, fn) -> None:
@@ -116,16 +129,54 @@ class AuditState:
             parts["detector"] = self.detector
         return parts
 
-    def save(self, path: Path, fingerprint: str) -> None:
-        """Write a checkpoint atomically (temporary file, then rename)."""
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every accumulator's state, the progress and the failed layers, as a flat dict of numpy arrays
+        (keys ``"<part>|<key>"`` plus ``"__meta__"``): what a checkpoint holds and what shards exchange."""
         arrays: dict[str, np.ndarray] = {}
         for name, acc in self._parts().items():
             for key, value in acc.state_dict().items():
                 arrays[f"{name}|{key}"] = value
         if self.norms is not None:
             arrays.update({f"norms|{k}": v for k, v in self.norms.state_dict().items()})
-        meta = {"fingerprint": fingerprint, "progress": self.progress, "failed": self.failed}
-        arrays["__meta__"] = np.array(json.dumps(meta))
+        arrays["__meta__"] = np.array(json.dumps({"progress": self.progress, "failed": self.failed}))
+        return arrays
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state_dict` output (accumulators, progress, failed layers)."""
+        meta = json.loads(str(np.asarray(arrays["__meta__"])))
+        grouped: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in arrays.items():
+            if "|" in key:
+                name, sub = key.split("|", 1)
+                grouped.setdefault(name, {})[sub] = value
+        for name, acc in self._parts().items():
+            self._replace(name, type(acc).from_state_dict(grouped[name]))
+        if self.norms is not None:
+            self.norms.load_state_dict(grouped.get("norms", {}) or {f"{i}": np.zeros(0) for i in range(len(self.layers))})
+        self.progress = {k: int(v) for k, v in meta.get("progress", {}).items()}
+        self.failed = dict(meta.get("failed", {}))
+
+    def merge(self, other: "AuditState") -> "AuditState":
+        """Add another shard's state (other images, same settings): every accumulator is merged, failed
+        layers are united. Progress is per process and left as it is."""
+        if other.layers != self.layers or other.analyses != self.analyses or other.anomaly_layer != self.anomaly_layer:
+            raise ValueError("cannot merge audit states of different layers, analyses or anomaly layers")
+        mine, theirs = self._parts(), other._parts()
+        if mine.keys() != theirs.keys():
+            raise ValueError("cannot merge audit states with different accumulators")
+        for name, acc in mine.items():
+            acc.merge(theirs[name])
+        if self.norms is not None:
+            self.norms.merge(other.norms)
+        for layer, message in other.failed.items():
+            self.failed.setdefault(layer, message)
+        return self
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        """Write a checkpoint atomically (temporary file, then rename)."""
+        arrays = self.state_dict()
+        meta = json.loads(str(arrays["__meta__"]))
+        arrays["__meta__"] = np.array(json.dumps({"fingerprint": fingerprint, **meta}))
         tmp = path.with_name(path.name + ".partial")
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -141,18 +192,8 @@ class AuditState:
             meta = json.loads(str(data["__meta__"]))
             if meta.get("fingerprint") != fingerprint:
                 return False
-            grouped: dict[str, dict[str, np.ndarray]] = {}
-            for key in data.files:
-                if "|" in key:
-                    name, sub = key.split("|", 1)
-                    grouped.setdefault(name, {})[sub] = data[key]
-        for name, acc in self._parts().items():
-            restored = type(acc).from_state_dict(grouped[name])
-            self._replace(name, restored)
-        if self.norms is not None:
-            self.norms.load_state_dict(grouped.get("norms", {}) or {f"{i}": np.zeros(0) for i in range(len(self.layers))})
-        self.progress = {k: int(v) for k, v in meta["progress"].items()}
-        self.failed = dict(meta["failed"])
+            arrays = {key: data[key] for key in data.files}
+        self.load_state_dict(arrays)
         return True
 
     def _replace(self, name: str, acc) -> None:

@@ -643,7 +643,10 @@ class ExplorerState:
             if entry.sha256 == record.sha256:
                 return {"added": False, "image": image_summary(entry), "store": h.summary(),
                         "message": f"'{name}' is already in the store as image {entry.index}"}
-        model = self.model()
+        try:
+            model = self.model()
+        except Exception as e:  # noqa: BLE001 - e.g. weights not on this machine
+            raise ExplorerError(409, f"model '{self._model_spec}' could not be loaded: {e}") from e
         if h.upload_error:
             raise ExplorerError(409, h.upload_error)
         stem, ext = os.path.splitext(name)
@@ -657,7 +660,7 @@ class ExplorerState:
                 shutil.copyfile(tmp_path, final)
             try:
                 report = extract_like(h.path, model, [str(final)], progress=False)
-            except (ValueError, StoreError) as e:
+            except (ValueError, RuntimeError) as e:  # incl. StoreError, a model that does not fit, out of memory
                 raise ExplorerError(409, f"cannot add '{name}' to store {h.index}: {e}") from e
             finally:
                 h.reopen()

@@ -143,10 +143,11 @@
     const f0 = feats[refIdx], C = f0.C, p0 = row * f0.w + col;
     const t = new Float32Array(C);
     for (let c = 0; c < C; c++) t[c] = f0.data[p0 * C + c];
-    let center = null;
+    let center = null, cnorms = null, mt = 0;
     if (measure === "centered_cosine") {
-      center = meanToken(feats);
+      ({ mean: center, norms: cnorms } = centering(feats));
       for (let c = 0; c < C; c++) t[c] = t[c] - center[c];
+      for (let c = 0; c < C; c++) mt += center[c] * t[c];
     }
     let tn2 = 0;
     for (let c = 0; c < C; c++) tn2 += t[c] * t[c];
@@ -165,12 +166,14 @@
           else { const den = Math.fround(nx[p] * tn); m[p] = den > 0 ? Math.fround(d) / den : 0; }
         }
       } else if (measure === "centered_cosine") {
+        // (x - m).t' = x.t' - m.t', and |x - m| is precomputed once per selection
+        const nx = cnorms[out.length];
         for (let p = 0; p < P; p++) {
-          let d = 0, n2 = 0;
+          let d = 0;
           const o = p * C;
-          for (let c = 0; c < C; c++) { const v = Math.fround(x[o + c] - center[c]); d += v * t[c]; n2 += v * v; }
-          const den = Math.fround(Math.fround(Math.sqrt(n2)) * tn);
-          m[p] = den > 0 ? Math.fround(d) / den : 0;
+          for (let c = 0; c < C; c++) d += x[o + c] * t[c];
+          const den = Math.fround(nx[p] * tn);
+          m[p] = den > 0 ? Math.fround(d - mt) / den : 0;
         }
       } else if (measure === "relative_l2_norm") {
         for (let p = 0; p < P; p++) m[p] = f.norms[p] / tn;
@@ -191,9 +194,9 @@
     return out;
   }
 
-  /** Mean token over every token of the given images (float64 sum, float32 result), as the default
-   *  centre of similarity_map's centered_cosine. */
-  function meanToken(feats) {
+  /** The mean token m over every token of the given images (float64 sum, float32 result; the default
+   *  centre of similarity_map's centered_cosine) and each token's |x - m|, once per selection. */
+  function centering(feats) {
     const key = feats.map((f) => featKey(f.store, f.layer, f.image)).join(";");
     if (centerCache.key === key) return centerCache.value;
     const C = feats[0].C, sum = new Float64Array(C);
@@ -204,8 +207,18 @@
     }
     const mean = new Float32Array(C);
     for (let c = 0; c < C; c++) mean[c] = sum[c] / n;
-    centerCache = { key, value: mean };
-    return mean;
+    const norms = feats.map((f) => {
+      const out = new Float32Array(f.P);
+      for (let p = 0; p < f.P; p++) {
+        let n2 = 0;
+        const o = p * C;
+        for (let c = 0; c < C; c++) { const v = Math.fround(f.data[o + c] - mean[c]); n2 += v * v; }
+        out[p] = Math.sqrt(n2);
+      }
+      return out;
+    });
+    centerCache = { key, value: { mean, norms } };
+    return centerCache.value;
   }
 
   /** How values map to colours: returns {cmap, toUnit(v, k), lo, hi, title, note}. */
@@ -677,15 +690,17 @@
     }
     S.layer = name;
     $("sel-layer").value = name;
+    updateLabelInfo();
     return refresh();
   }
 
-  function setView(view) {
+  function setView(view, draw = true) {
     S.view = view;
     document.querySelectorAll("#view-seg button").forEach((b) => b.classList.toggle("on", b.dataset.view === view));
     $("labelbar").hidden = view !== "norm";
     $("sel-measure").disabled = view === "norm";
     updateLabelInfo();
+    if (!draw) return;
     if (view === "norm") return loadDetections().then(() => redraw());
     redraw();
   }
@@ -752,7 +767,7 @@
       $("sel-layer").value = p.layer;
       S.ref = { image: p.image, row: p.row, col: p.col };
       S.pinned = true;
-      if (S.view !== p.view) setView(p.view);
+      if (S.view !== p.view) setView(p.view, false);  // drawn once the layer's features are in
       await setSelection(p.images);
       message(p.description);
     } catch (e) {

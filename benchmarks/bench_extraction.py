@@ -1,0 +1,104 @@
+"""Worker: extraction throughput of sdaudit and of sdhelper 1.0.0 on one saved pipeline, same images, same layers.
+
+    python benchmarks/bench_extraction.py --pipeline DIR --size 256 --n 8 --batch 4 --tools sdaudit,sdhelper
+
+Both tools are loaded in this process and timed in alternation (round 1: sdaudit, sdhelper; round 2: ...),
+so that the load of a shared machine hits both alike; the best and the median round are reported.
+With one tool only, the peak resident memory (VmHWM) of the process is that tool's.
+Prints one tagged JSON line (see _common.emit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Timer, emit, peak_rss_mib, photo, quiet, rss_mib, stats  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pipeline", required=True, help="a saved diffusers pipeline folder")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--tools", default="sdaudit,sdhelper")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--protocol", default="paper", help="sdaudit protocol; 'paper' computes exactly what sdhelper does")
+    ap.add_argument("--check", action="store_true", help="compare the two tools' outputs on the first batch")
+    args = ap.parse_args()
+    quiet()
+    import torch
+
+    from sdaudit.extraction import ExtractionSettings, Extractor
+    from sdaudit.layers import PAPER_OMITTED, all_layers
+    from sdaudit.models import load_model
+
+    images = [photo(i, args.size) for i in range(args.n)]
+    tools = args.tools.split(",")
+    out = {"pipeline": args.pipeline, "size": args.size, "n": args.n, "batch": args.batch, "tools": {},
+           "rss_start_mib": rss_mib(), "threads": torch.get_num_threads()}
+    runners = {}
+    layers = None
+    for tool in tools:
+        with Timer() as t:
+            if tool == "sdaudit":
+                model = load_model(args.pipeline, device="cpu")
+                layers = [n for n in all_layers(model.unet) if n not in PAPER_OMITTED]
+                ex = Extractor(model, layers, ExtractionSettings(protocol=args.protocol, size=args.size, seed=42,
+                                                                 timestep=50))
+
+                def run_sdaudit(ex=ex):
+                    reps = []
+                    for s in range(0, len(images), args.batch):
+                        reps.append(ex.run(images[s:s + args.batch], list(range(s, min(s + args.batch, len(images))))))
+                    return reps
+
+                runners[tool] = run_sdaudit
+            elif tool == "sdhelper":
+                import sdhelper
+
+                sd = sdhelper.SD(args.pipeline, device="cpu", local_files_only=True, disable_progress_bar=True)
+                if layers is None:
+                    layers = [n for n in all_layers(sd.pipeline.unet) if n not in PAPER_OMITTED]
+
+                def run_sdhelper(sd=sd):
+                    return sd.img2repr(images, layers, step=50, seed=42, batch_size=args.batch)
+
+                runners[tool] = run_sdhelper
+            else:
+                raise SystemExit(f"unknown tool {tool}")
+        out["tools"][tool] = {"load_s": round(t.seconds, 2), "rss_after_load_mib": round(rss_mib(), 1)}
+    out["layers"] = len(layers)
+    if args.check and {"sdaudit", "sdhelper"} <= set(tools):
+        ex, sd = runners["sdaudit"].__defaults__[0], runners["sdhelper"].__defaults__[0]
+        a = ex.run(images[:args.batch], list(range(args.batch)))
+        b = sd.img2repr(images[:args.batch], layers, step=50, seed=42, batch_size=args.batch)
+        worst = 0.0
+        for name in layers:
+            hb = torch.stack([r[name][0] for r in b]).float()
+            worst = max(worst, (a[name] - hb).abs().max().item() / max(hb.abs().max().item(), 1e-12))
+        out["max_rel_diff_vs_sdhelper"] = worst
+        del a, b
+    for tool in tools:  # warm-up (allocator, oneDNN primitives)
+        runners[tool]()
+    times = {tool: [] for tool in tools}
+    for _ in range(args.rounds):
+        for tool in tools:
+            with Timer() as t:
+                result = runners[tool]()
+            times[tool].append(t.seconds)
+            del result
+    for tool in tools:
+        st = stats(times[tool])
+        out["tools"][tool].update(seconds=st, images_per_s_best=args.n / st["best"],
+                                  images_per_s_median=args.n / st["median"])
+    out["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()
