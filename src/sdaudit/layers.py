@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .layer_names import block_of, kind_of, normalize_name, store_key  # noqa: F401  (re-exported)
+
 PAPER_OMITTED = ("up_blocks[0].resnets[2]",)
 _TOKEN = re.compile(r"^([A-Za-z_]\w*)((?:\[\d+\])*)$")
 
@@ -41,18 +43,6 @@ class LayerInfo:
         return (self.height, self.width)
 
 
-def block_of(name: str) -> str:
-    """The block a layer belongs to: ``up_blocks[1].resnets[0]`` -> ``up_blocks[1]``."""
-    return name.split(".")[0]
-
-
-def kind_of(name: str) -> str:
-    """Short layer kind used on plot axes: conv, res, attn, down or up."""
-    last = name.split(".")[-1]
-    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up")):
-        if last.startswith(prefix):
-            return kind
-    return "conv"
 
 
 def _block_layers(prefix: str, block: torch.nn.Module, mid: bool = False) -> list[str]:
@@ -94,15 +84,6 @@ def paper_layers(unet: torch.nn.Module) -> list[str]:
     return [n for n in all_layers(unet) if n not in PAPER_OMITTED]
 
 
-def normalize_name(name: str) -> str:
-    """Accept diffusers' dotted spelling too: ``down_blocks.1.attentions.0`` -> ``down_blocks[1].attentions[0]``."""
-    name = name.strip().replace(" ", "")
-    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", name)
-
-
-def store_key(name: str) -> str:
-    """The layer's key in a store: diffusers' dotted module path (``down_blocks.1.attentions.0``)."""
-    return re.sub(r"\[(\d+)\]", r".\1", name)
 
 
 def get_module(unet: torch.nn.Module, name: str) -> torch.nn.Module:

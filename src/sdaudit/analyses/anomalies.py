@@ -86,6 +86,19 @@ def detect_in_map(norms: np.ndarray, z_threshold: float = 3.5, ratio_threshold: 
     return [(x, y, s, r) for (x, y), (s, r) in found.items()]
 
 
+def _checked_batch(acc, batch: Any, image_indices: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a batch for a one-layer accumulator: global indices, finite float32 features, same grid."""
+    idx = resolve_indices(len(batch), image_indices, acc._next_index)
+    x = check_features(batch, layer=acc.layer, image_indices=idx)
+    if len(idx):
+        acc._next_index = max(acc._next_index, int(idx.max()) + 1)
+    grid = (x.shape[2], x.shape[3])
+    if acc._grid not in (None, grid):
+        raise ValueError(f"layer {acc.layer!r}: grid changed from {acc._grid} to {grid}")
+    acc._grid = grid
+    return idx, x
+
+
 class AnomalyDetector(Accumulator):
     """Streamed :func:`detect_anomalies`; keeps only the detections (grows with their number)."""
 
@@ -103,14 +116,7 @@ class AnomalyDetector(Accumulator):
         self._grid: tuple[int, int] | None = None
 
     def update(self, batch: Any, image_indices: Sequence[int] | None = None) -> None:
-        idx = resolve_indices(len(batch), image_indices, self._next_index)
-        x = check_features(batch, layer=self.layer, image_indices=idx)
-        if len(idx):
-            self._next_index = max(self._next_index, int(idx.max()) + 1)
-        grid = (x.shape[2], x.shape[3])
-        if self._grid not in (None, grid):
-            raise ValueError(f"layer {self.layer!r}: grid changed from {self._grid} to {grid}")
-        self._grid = grid
+        idx, x = _checked_batch(self, batch, image_indices)
         for i, m in zip(idx.tolist(), token_norms(x)):
             for xx, yy, s, r in detect_in_map(m, **self.params):
                 self._rows.append((i, xx, yy))
@@ -215,14 +221,8 @@ class AnomalyNormAccumulator(Accumulator):
         self._grid: tuple[int, int] | None = None
 
     def update(self, batch: Any, image_indices: Sequence[int] | None = None) -> None:
-        idx = resolve_indices(len(batch), image_indices, self._next_index)
-        x = check_features(batch, layer=self.layer, image_indices=idx)
-        if len(idx):
-            self._next_index = max(self._next_index, int(idx.max()) + 1)
-        grid = (x.shape[2], x.shape[3])
-        if self._grid not in (None, grid):
-            raise ValueError(f"layer {self.layer!r}: grid changed from {self._grid} to {grid}")
-        self._grid = grid
+        idx, x = _checked_batch(self, batch, image_indices)
+        grid = self._grid
         pos = {int(g): p for p, g in enumerate(idx)}
         hit = np.nonzero(np.isin(self.anomalies[:, 0], idx))[0]
         if not hit.size:

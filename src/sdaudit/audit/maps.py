@@ -7,13 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..analyses import norm_map, similarity_map
+from ..layer_names import norm_key
 
-
-def norm_key(layer: str) -> str:
-    """Key of a layer's norm maps in maps.npz: ``norm__`` + the name with every run of [ ] . as '_'."""
-    import re
-
-    return "norm__" + re.sub(r"[\[\]\.]+", "_", layer).strip("_")
 
 
 def finest_accuracy(row: dict) -> float | None:

@@ -24,6 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
+from ..layer_names import block_of, kind_of, norm_key  # noqa: F401  (norm_key is re-exported)
+
 RESOLUTIONS = (8, 16, 32, 64)
 PNG_DPI = 150
 
@@ -38,25 +40,7 @@ _SINGLE = {"corner": "#c0392b", "border": "#e69f00", "anomaly": "#2e8b57"}
 # small helpers
 
 
-def norm_key(layer: str) -> str:
-    """The maps.npz key of a layer's norm maps: ``"norm__"`` + the layer name with every run of the
-    characters ``[``, ``]``, ``.`` replaced by one ``_`` and leading/trailing ``_`` stripped:
-    ``up_blocks[1].upsamplers[0]`` -> ``norm__up_blocks_1_upsamplers_0`` (the dotted spelling
-    ``up_blocks.1.upsamplers.0`` gives the same key). The same rule as ``sdaudit.audit.maps.norm_key``."""
-    return "norm__" + re.sub(r"[\[\].]+", "_", layer).strip("_")
 
-
-def kind_of(name: str) -> str:
-    """Short layer kind for axis labels: conv, res, attn, down or up."""
-    last = name.split(".")[-1]
-    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up")):
-        if last.startswith(prefix):
-            return kind
-    return "conv"
-
-
-def block_of(name: str) -> str:
-    return name.split(".")[0]
 
 
 def short_block(block: str) -> str:

@@ -22,6 +22,8 @@ import re
 from importlib import resources
 from typing import Any
 
+from ..layer_names import kind_of
+
 RESOLUTIONS = (8, 16, 32, 64)
 
 #: csv model key -> the names (squashed: lower case, no separators) that mean it
@@ -76,13 +78,6 @@ def _num(value: str | None) -> float | None:
         return None
 
 
-def _kind(name: str) -> str:
-    last = name.split(".")[-1]
-    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up")):
-        if last.startswith(prefix):
-            return kind
-    return "conv"
-
 
 def load_paper_results(model: str | None) -> list[dict[str, Any]] | None:
     """The published per-layer numbers for ``model`` as "table" rows, in the paper's layer order.
@@ -101,7 +96,7 @@ def load_paper_results(model: str | None) -> list[dict[str, Any]] | None:
         if r["model"] != key:
             continue
         grid = int(float(r["spatial"]))
-        row: dict[str, Any] = {"layer": r["layer"], "block": r["block"], "kind": _kind(r["layer"]), "grid": grid}
+        row: dict[str, Any] = {"layer": r["layer"], "block": r["block"], "kind": kind_of(r["layer"]), "grid": grid}
         for s in RESOLUTIONS:
             row[f"probe_acc_{s}"] = _num(r.get(f"probe_acc_{s}"))
             row[f"probe_chance_{s}"] = 1.0 / min(s, grid)
