@@ -135,3 +135,26 @@ def test_bad_settings_are_refused(tiny, folder, tmp_path):
     with pytest.raises(ValueError, match="anomaly layer"):
         audit(tiny, folder, tmp_path, AuditSettings(size=SIZE, anomaly_layer="conv_in", layers="up_blocks[1]"),
               report=False, progress=False)
+
+
+def test_cli_audit_writes_report_with_one_position_per_layer(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdaudit.cli import app
+    from sdaudit.report import quantitative_figure
+
+    out = tmp_path / "cli-audit"
+    result = CliRunner().invoke(app, ["audit", "--model", "tiny", "--images", str(folder), "--out", str(out),
+                                      "--size", str(SIZE), "--analyses", "position,borders,anomalies"])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+    for name in ("report.html", "figures/quantitative.svg", "figures/quantitative.png", "results.csv"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    figure = quantitative_figure([results])
+    n_layers = len(results["layers"])
+    assert n_layers == 45
+    for axes in figure.axes[:3]:
+        assert len(axes.get_xticks()) == n_layers
+    html = (out / "report.html").read_text()
+    assert "tiny" in html and "http://" not in html.replace("http://www.w3.org", "")
