@@ -138,3 +138,24 @@ def test_two_processes_equal_one_process(tiny, images, tmp_path):
 def test_keep_store_is_refused_with_several_processes(tmp_path):
     with pytest.raises(ValueError, match="keep_store"):
         audit_multiprocess("tiny", tmp_path, tmp_path / "out", num_processes=2, keep_store=True)
+
+
+def test_overlapped_device_style_analyses_equal_inline(tiny, images, tmp_path, monkeypatch):
+    """The CUDA code path of run_passes, exercised on the CPU: analyses in a background thread one batch
+    behind the extraction, and anomaly analyses on token-norm maps (as when the features stay on a GPU)."""
+    from sdaudit.audit import state as state_module
+    from sdaudit.audit.run import run_passes
+    from sdaudit.audit.sources import scan_images
+
+    settings = AuditSettings(size=SIZE, layers="conv_in,up_blocks[1]", analyses=["position", "borders", "anomalies"],
+                             batch_size=2, detector=dict(DETECTOR))
+    items = scan_images(images)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    inline, full, _ = run_passes(tiny, items, settings, tmp_path / "a", overlap=False)
+    monkeypatch.setattr(state_module, "_on_device", lambda x: True)
+    overlapped, _, _ = run_passes(tiny, items, settings, tmp_path / "b", overlap=True)
+    grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
+    assert_tables_equal(layer_results(inline, grids)[2], layer_results(overlapped, grids)[2])
+    assert inline.detector.result().rows.tolist() == overlapped.detector.result().rows.tolist()
+    assert len(inline.detector.result().rows) > 0

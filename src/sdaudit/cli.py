@@ -150,6 +150,9 @@ def audit_cmd(
     keep_store: bool = typer.Option(False, "--keep-store", help="Also keep the full pass's representations in OUT/store."),
     compare_paper: bool = typer.Option(False, "--compare-paper", help="Overlay the published SD-1.5/2.1/Turbo curves."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid images and list them."),
+    num_processes: int = typer.Option(1, "--num-processes", help="Shard the images over this many local processes "
+                                      "(one GPU each when there are enough, else CPU cores); the results equal a "
+                                      "single-process run. 'accelerate launch -m sdaudit audit ...' shards too."),
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""
@@ -163,10 +166,22 @@ def audit_cmd(
                              anomaly_layer=anomaly_layer, batch_size=batch_size)
     start = time.perf_counter()
     try:
-        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
         sources = None if images is None else (images[0] if len(images) == 1 else images)
-        results = audit(loaded, sources, out, settings, store=store, keep_store=keep_store, skip_bad=skip_bad,
-                        compare_paper=compare_paper)
+        if num_processes > 1:
+            from .audit.distributed import audit_multiprocess
+
+            results = audit_multiprocess(model, sources, out, settings, num_processes=num_processes,
+                                         load_kwargs={"device": device, "revision": revision,
+                                                      "local_files_only": local_files_only},
+                                         store=store, keep_store=keep_store, skip_bad=skip_bad,
+                                         compare_paper=compare_paper)
+        else:
+            from .audit.distributed import init_from_env
+
+            init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
+            loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
+            results = audit(loaded, sources, out, settings, store=store, keep_store=keep_store, skip_bad=skip_bad,
+                            compare_paper=compare_paper)
     except _user_errors() as error:
         _fail(str(error))
     console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "

@@ -121,9 +121,89 @@ def _batches(items: Sequence[ImageItem], size: int):
         yield items[start:start + size]
 
 
+class _Feeder:
+    """Feeds extracted batches to the audit state: inline, or (``overlap``) from a background thread one batch
+    behind the extraction, so that the analyses' host-side work and small device-to-host transfers overlap
+    the next batch's forward pass. On CUDA the thread works on its own stream, after an event that marks
+    the batch's outputs as complete; ``record_stream`` keeps their memory until it is done. At most two
+    batches wait (bounded memory). :meth:`drain` waits until the state holds every batch submitted
+    (before a checkpoint or a merge) and re-raises an error of the thread.
+    """
+
+    def __init__(self, overlap: bool, device=None):
+        self.overlap, self.error = overlap, None
+        if not overlap:
+            return
+        import queue
+        import threading
+
+        import torch
+
+        self.cuda = device is not None and torch.device(device).type == "cuda"
+        self.stream = torch.cuda.Stream(device=device) if self.cuda else None
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._work, name="sdaudit-analyses", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn, reps: dict, indices: list[int]) -> None:
+        if not self.overlap:
+            fn(reps, indices)
+            return
+        self._raise()
+        event = None
+        if self.cuda:
+            import torch
+
+            event = torch.cuda.Event()
+            event.record()
+        self.queue.put((fn, reps, indices, event))
+
+    def _work(self) -> None:
+        import torch
+
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                fn, reps, indices, event = item
+                if self.error is not None:
+                    continue
+                with torch.no_grad():
+                    if self.cuda:
+                        with torch.cuda.stream(self.stream):
+                            self.stream.wait_event(event)
+                            for tensor in reps.values():
+                                if tensor.device.type == "cuda":
+                                    tensor.record_stream(self.stream)
+                            fn(reps, indices)
+                    else:
+                        fn(reps, indices)
+            except BaseException as error:  # noqa: BLE001 - handed to the main thread
+                self.error = error
+            finally:
+                del item
+                self.queue.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def drain(self) -> None:
+        if self.overlap:
+            self.queue.join()
+            self._raise()
+
+    def close(self) -> None:
+        if self.overlap and self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+
 def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: Path, *, progress=None,
                checkpoint_seconds: float = 120.0, make_store_writer=None,
-               full_source=None, shard=None) -> tuple[AuditState, Extractor, dict]:
+               full_source=None, shard=None, overlap: bool | None = None) -> tuple[AuditState, Extractor, dict]:
     """Run every pass of the plan, resuming from ``out/.checkpoint.npz`` when it matches.
 
     ``make_store_writer(extractor)`` may return a callback ``(batch, images, reps)`` that keeps the
@@ -136,6 +216,10 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
     statistics are merged) its block of the test images, and the same images in every cropped pass.
     The returned state then holds this shard only; :meth:`Shard.reduce_state` merges the shards.
     Each process checkpoints to its own ``.checkpoint.rank<R>of<K>.npz``.
+
+    On CUDA the representations stay on the GPU (the accumulators work there; only token-norm maps and
+    small statistics come back), and ``overlap`` (default: on for CUDA, off on the CPU, where both
+    cores are busy anyway) runs the analyses in a background thread one batch behind the U-Net.
     """
     settings = settings.validated()
     size = settings.size or model.default_size
@@ -170,9 +254,29 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
     if shard is not None:
         stats["processes"] = shard.world_size
     clock = {"last_save": time.monotonic()}
+    on_gpu = model.device.type == "cuda"
+    device_output = on_gpu and store_writer is None
+    feeder = _Feeder(on_gpu if overlap is None else overlap, model.device)
+
+    def save():
+        feeder.drain()
+        state.save(checkpoint, fingerprint)
+        clock["last_save"] = time.monotonic()
+
+    try:
+        _run_plan(plan, model, base, full, mine, segments, state, settings, size, stats, progress, shard, feeder,
+                  device_output, store_writer, full_source, save, clock, checkpoint_seconds)
+    finally:
+        feeder.close()
+    return state, full, stats
+
+
+def _run_plan(plan, model, base, full, mine, segments, state, settings, size, stats, progress, shard, feeder,
+              device_output, store_writer, full_source, save, clock, checkpoint_seconds) -> None:
     for name, crop, layers in plan:
         extractor = full if crop == 0 else Extractor(
             model, layers, ExtractionSettings(**{**base.to_dict(), "crop_px": crop}))
+        extractor.max_batch = full.max_batch  # a batch size that ran out of GPU memory once is not tried again
         done = state.progress.get(name, 0)
         started = time.perf_counter()
         if not (crop == 0 and full_source is not None):
@@ -182,8 +286,9 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
         position = 0
         for k, segment in enumerate(segments if crop == 0 else [mine]):
             if crop == 0 and k == 1:
+                feeder.drain()
                 shard.sync_probe(state)  # every shard's training statistics, before any test image is scored
-                state.save(checkpoint, fingerprint)
+                save()
             skip = min(max(done - position, 0), len(segment))
             for batch in _batches(segment[skip:], settings.batch_size):
                 indices = [item.index for item in batch]
@@ -191,23 +296,23 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
                     images, reps = None, full_source(indices)
                 else:
                     images = [prepare_for_model(item.load(), size, crop) for item in batch]
-                    reps = extractor.run(images, indices)
+                    reps = extractor.run(images, indices, device_output=True) if device_output \
+                        else extractor.run(images, indices)
                 if crop == 0:
-                    state.update_full(reps, indices)
                     if store_writer is not None:
                         store_writer(batch, images, reps)
+                    feeder.submit(state.update_full, reps, indices)
                 else:
-                    state.update_cropped(reps, indices)
+                    feeder.submit(state.update_cropped, reps, indices)
+                del reps
                 skip += len(batch)
                 state.progress[name] = position + skip
                 if progress:
                     progress.update(task, completed=state.progress[name])
                 if time.monotonic() - clock["last_save"] > checkpoint_seconds:
-                    state.save(checkpoint, fingerprint)
-                    clock["last_save"] = time.monotonic()
+                    save()
             position += len(segment)
         state.progress[name] = len(mine)
-        state.save(checkpoint, fingerprint)
+        save()
         stats["passes"].append({"name": name, "crop_px": crop, "layers": len(layers),
                                 "seconds": round(time.perf_counter() - started, 3), "resumed_at": done})
-    return state, full, stats

@@ -63,6 +63,30 @@ class AnomalyNormStream:
         return self
 
 
+def _on_device(x) -> bool:
+    """True for a torch tensor that is not on the CPU (a GPU batch of the audit)."""
+    return type(x).__module__.startswith("torch") and getattr(x, "device", None) is not None and x.device.type != "cpu"
+
+
+class _NormMaps(dict):
+    """{layer: (B, 1, h, w) float32 CPU map of token norms}, computed on the tensors' device when first asked for.
+
+    The anomaly analyses only use token norms, and the L2 norm over one channel is the value itself,
+    so these maps stand in for the full features without moving them off the GPU.
+    """
+
+    def __init__(self, reps: dict):
+        super().__init__()
+        self.reps = reps
+
+    def __missing__(self, layer: str):
+        import torch
+
+        value = torch.linalg.vector_norm(self.reps[layer].float(), dim=1, keepdim=True).cpu()
+        self[layer] = value
+        return value
+
+
 class AuditState:
     """All accumulators of one audit, the passes' progress, and the layers that failed."""
 
@@ -106,6 +130,8 @@ class AuditState:
             if layer in self.borders:
                 self._guard(layer, lambda: self.borders[layer].update(full=x, image_indices=indices))
         if self.detector is not None and self.anomaly_layer not in self.failed:
+            if _on_device(reps[self.anomaly_layer]):
+                reps = _NormMaps(reps)  # token norms computed on the GPU: only (B, 1, h, w) maps leave it
             batch = AnomalyDetector(layer=self.anomaly_layer, **self.detector.params)
             try:
                 batch.update(reps[self.anomaly_layer], indices)

@@ -98,3 +98,73 @@ def capture_shapes(unet: torch.nn.Module, names: Sequence[str], latent_size: int
     with torch.no_grad(), capture_layers(unet, names, sink):
         run_until_captured(lambda: unet(sample, timestep, encoder_hidden_states=context, **extra))
     return [shapes[n] for n in names]
+
+
+class DeviceToHost:
+    """A :func:`capture_layers` sink for CUDA: copies each captured output to pinned host memory on a side
+    stream, so that the copies overlap the rest of the U-Net's forward pass.
+
+    Each copy is queued on ``stream`` after the work that produced the tensor (``wait_stream``), runs
+    asynchronously into a page-locked buffer (from PyTorch's caching host allocator, so buffers are
+    reused from pass to pass), and ``record_stream`` keeps the GPU memory from being reused before the
+    copy has read it. Outputs are copied in the model's dtype (half the bytes for float16);
+    :meth:`collect` (to be called outside ``torch.inference_mode``) waits for the copies and returns
+    float32 CPU tensors.
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(device=self.device)
+        self.host: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            host.copy_(t, non_blocking=True)
+        t.record_stream(self.stream)
+        self.host[name] = host
+
+    def collect(self) -> dict[str, torch.Tensor]:
+        """Wait for every queued copy; the outputs as float32 CPU tensors."""
+        self.stream.synchronize()
+        # float() / clone() out of inference mode: ordinary tensors, and the pinned buffers go back to the cache
+        out = {name: host.float() if host.dtype != torch.float32 else host.clone() for name, host in self.host.items()}
+        self.host = {}
+        return out
+
+
+def attention_processors(unet: torch.nn.Module) -> dict[str, int]:
+    """How many attention modules use each processor class (``AttnProcessor2_0`` = PyTorch SDPA)."""
+    counts: dict[str, int] = {}
+    for processor in getattr(unet, "attn_processors", {}).values():
+        name = type(processor).__name__
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def compile_layers(unet: torch.nn.Module, names: Sequence[str], **compile_kwargs) -> int:
+    """``torch.compile`` the ``forward`` of each named module, in place and once; returns how many were new.
+
+    Compiling module by module keeps the capture hooks (which run around ``forward``) and the early
+    stop outside the compiled code, so they cause no graph breaks and no recompilation when the
+    hooked layers change from pass to pass. Every resnet and transformer block (where the compute is)
+    is a hookable layer.
+    """
+    import torch._dynamo
+
+    # every resnet (and every transformer block) shares one forward code object, compiled once per
+    # distinct shape: raise dynamo's per-code-object limit (8) above the number of distinct layers
+    for option in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, option):
+            setattr(torch._dynamo.config, option, max(getattr(torch._dynamo.config, option), 8 * len(names)))
+    done = 0
+    for name in names:
+        module = get_module(unet, name)
+        if getattr(module, "_sdaudit_compiled", False):
+            continue
+        module.forward = torch.compile(module.forward, **compile_kwargs)
+        module._sdaudit_compiled = True
+        done += 1
+    return done

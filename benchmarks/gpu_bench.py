@@ -1,0 +1,276 @@
+"""GPU benchmark (run by benchmarks/gpu.sh): images/s of extraction and of the full audit on one GPU, the
+achieved model FLOP/s against the card's peak, and sdhelper 1.0.0's images/s on the same card.
+
+Architecture-only models (``arch:sd15``, ``arch:sd21``: random weights cost the same compute as real ones)
+at 512 px, float16, PyTorch SDPA attention. Each step is time-boxed by ``--budget-s``; what did not fit
+is listed as skipped. Prints a table and one tagged JSON line; with ``--out DIR`` also writes gpu.json.
+
+    python benchmarks/gpu_bench.py [--models arch:sd15,arch:sd21] [--size 512] [--budget-s 270] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import emit, image_folder, machine, photo, quiet  # noqa: E402
+
+# dense (no sparsity) float16/bfloat16 tensor-core peaks, TFLOP/s
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0,
+               "L40S": 362.0, "L4": 121.0, "A10": 125.0, "4090": 165.2, "V100": 125.0}
+
+
+def peak_tflops(name: str) -> float | None:
+    if os.environ.get("PEAK_TFLOPS"):
+        return float(os.environ["PEAK_TFLOPS"])
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_TFLOPS[key]
+    return None
+
+
+def count_flops(model, size: int) -> dict:
+    """FLOPs of one image's U-Net forward and VAE encode (FlopCounterMode; attention through the math
+    backend so that its matrix products are counted whatever kernel runs it for real)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev, dt = model.device, model.dtype
+    unet = model.unet
+    cross = unet.config.cross_attention_dim
+    latent = size // model.vae_scale_factor
+    x = torch.zeros(1, unet.config.in_channels, latent, latent, device=dev, dtype=dt)
+    ctx = torch.zeros(1, 77, cross, device=dev, dtype=dt)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as fc:
+            unet(x, torch.tensor([50], device=dev), encoder_hidden_states=ctx)
+        unet_flops = fc.get_total_flops()
+        px = torch.zeros(1, 3, size, size, device=dev, dtype=model.vae_dtype)
+        with FlopCounterMode(display=False) as fc:
+            model.vae.encode(px)
+        vae_flops = fc.get_total_flops()
+    return {"unet_gflop": unet_flops / 1e9, "vae_encode_gflop": vae_flops / 1e9}
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.skipped: list[str] = []
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def allow(self, step: str, need: float) -> bool:
+        if self.left() >= need:
+            return True
+        self.skipped.append(f"{step} (needs ~{need:.0f} s, {max(self.left(), 0):.0f} s left)")
+        return False
+
+
+def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
+    import torch
+
+    from sdaudit.audit import AuditSettings, audit
+    from sdaudit.extraction import ExtractionSettings, Extractor
+    from sdaudit.extraction.extractor import auto_batch_size
+    from sdaudit.extraction.hooks import attention_processors
+    from sdaudit.layers import PAPER_OMITTED, all_layers
+    from sdaudit.models import load_model
+
+    row: dict = {"model": spec, "size": args.size}
+    t = time.perf_counter()
+    model = load_model(spec, device=args.device)
+    row["load_s"] = round(time.perf_counter() - t, 1)
+    row["dtype"] = str(model.dtype).replace("torch.", "")
+    row["attention"] = attention_processors(model.unet)
+    row["sdpa"] = set(row["attention"]) == {"AttnProcessor2_0"}
+    row.update(count_flops(model, args.size))
+    layers = [n for n in all_layers(model.unet) if n not in PAPER_OMITTED]
+    settings = ExtractionSettings(protocol="paper", size=args.size)  # the published computation, as sdhelper's
+    ex = Extractor(model, layers, settings)
+    clean = Extractor(model, layers, ExtractionSettings(size=args.size))
+    batch = args.batch or min(args.max_batch, auto_batch_size(clean, fraction=0.6, max_batch=args.max_batch))
+    row["batch"] = batch
+    n = max(args.min_images, 3 * batch)
+    row["images"] = n
+    images = [photo(i, args.size) for i in range(n)]
+    idx = list(range(n))
+
+    def extract(extractor, device_output=False):
+        for s in range(0, n, batch):
+            out = extractor.run(images[s:s + batch], idx[s:s + batch], device_output=device_output)
+            del out
+
+    extract(ex)  # warm-up: cuDNN autotuning, allocator, pinned host buffers
+    flops_per_image = (row["unet_gflop"] + row["vae_encode_gflop"]) * 1e9
+    peak = peak_tflops(torch.cuda.get_device_name(0)) if model.device.type == "cuda" else None
+    sec = timed(lambda: extract(ex))
+    row["extract_img_s"] = n / sec
+    sec = timed(lambda: extract(ex, True))
+    row["extract_gpu_resident_img_s"] = n / sec
+    row["model_tflop_s"] = flops_per_image * row["extract_gpu_resident_img_s"] / 1e12
+    row["mfu"] = row["model_tflop_s"] / peak if peak else None
+    row["peak_tflop_s"] = peak
+    if model.device.type == "cuda":
+        row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+    # the full audit (position, borders, anomalies; 45 layers), from image files as a user would run it
+    folder = image_folder(work / f"images{args.size}", n, args.size)
+    if budget.allow(f"{spec} audit", 20 + 6 * n / max(row["extract_img_s"], 1e-9)):
+        out = work / f"audit-{spec.replace(':', '-')}"
+        a_settings = AuditSettings(layers="paper", size=args.size, batch_size=batch,
+                                   analyses=["position", "borders", "anomalies"])
+        sync()
+        t = time.perf_counter()
+        results = audit(model, folder, out, a_settings, report=False, progress=False, checkpoint_seconds=1e9,
+                        shard=None)
+        sync()
+        sec = time.perf_counter() - t
+        row["audit_img_s"] = n / sec
+        row["audit_passes_per_image"] = results["run"]["unet_passes_per_image"]
+        row["audit_pass_seconds"] = {p["name"]: p["seconds"] for p in results["run"]["passes"]}
+        shutil.rmtree(out, ignore_errors=True)
+
+    # sdhelper 1.0.0 on the same card, same images, same layers, same batch
+    if args.sdhelper and budget.allow(f"{spec} sdhelper", 60 + 3 * n / max(row["extract_img_s"], 1e-9)):
+        try:
+            import sdhelper
+
+            pipe_dir = work / f"pipe-{spec.replace(':', '-')}"
+            if not pipe_dir.exists():
+                model.save_pretrained(pipe_dir)
+            sd = sdhelper.SD(str(pipe_dir), device=args.device, local_files_only=True, disable_progress_bar=True)
+            sd.img2repr(images[:batch], layers, step=50, seed=42, batch_size=batch)  # warm-up
+            sec = timed(lambda: sd.img2repr(images, layers, step=50, seed=42, batch_size=batch), repeats=1)
+            row["sdhelper_img_s"] = n / sec
+            row["speedup_vs_sdhelper"] = row["extract_img_s"] / row["sdhelper_img_s"]
+            # equal output check on one batch (the 'paper' protocol reproduces sdhelper)
+            a = ex.run(images[:2], [0, 1])
+            b = sd.img2repr(images[:2], layers, step=50, seed=42, batch_size=2)
+            worst = 0.0
+            for name in layers:
+                hb = torch.stack([r[name][0] for r in b]).float().cpu()
+                worst = max(worst, float((a[name] - hb).abs().max() / hb.abs().max().clamp_min(1e-12)))
+            row["max_rel_diff_vs_sdhelper"] = worst
+            del sd
+        except Exception as error:  # noqa: BLE001 - reported, the rest goes on
+            row["sdhelper_error"] = f"{type(error).__name__}: {error}"
+    if args.channels_last and budget.allow(f"{spec} channels_last", 30):
+        ex_cl = Extractor(model, layers, settings, channels_last=True)
+        extract(ex_cl, True)
+        row["extract_gpu_resident_channels_last_img_s"] = n / timed(lambda: extract(ex_cl, True))
+        model.unet.to(memory_format=torch.contiguous_format)
+
+    if args.compile and budget.allow(f"{spec} torch.compile", 150):
+        ex_c = Extractor(model, layers, settings, compile=True)
+        t = time.perf_counter()
+        extract(ex_c, True)
+        row["compile_s"] = time.perf_counter() - t
+        row["extract_gpu_resident_compiled_img_s"] = n / timed(lambda: extract(ex_c, True))
+
+    del model, ex, clean
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("model", "model"), ("batch", "batch"), ("extract_img_s", "extract img/s (CPU fp32 out)"),
+            ("extract_gpu_resident_img_s", "extract img/s (on GPU)"), ("model_tflop_s", "model TFLOP/s"),
+            ("mfu", "of peak"), ("audit_img_s", "full audit img/s"), ("audit_passes_per_image", "passes/img"),
+            ("sdhelper_img_s", "sdhelper img/s"), ("speedup_vs_sdhelper", "x sdhelper")]
+    out = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for key, _ in cols:
+            v = r.get(key)
+            cells.append("-" if v is None else f"{v:.1%}" if key == "mfu" else f"{v:.2f}" if isinstance(v, float)
+                         else str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="arch:sd15,arch:sd21")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=0, help="images per pass; 0: fill the GPU (auto_batch_size)")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--min-images", type=int, default=64)
+    ap.add_argument("--budget-s", type=float, default=270.0)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation)")
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                    help="skip the channels-last variant")
+    ap.add_argument("--no-sdhelper", dest="sdhelper", action="store_false")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--device", default="cuda", help="'cpu' only to check this script's logic without a GPU")
+    args = ap.parse_args()
+    quiet()
+    import torch
+
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise SystemExit("gpu_bench.py needs a CUDA GPU")
+    torch.backends.cudnn.benchmark = True
+    budget = Budget(args.budget_s)
+    info = machine()
+    cuda = args.device != "cpu"
+    info["gpu"] = torch.cuda.get_device_name(0) if cuda else "none (--device cpu)"
+    info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else 0
+    print(f"{info['date']}  {info['gpu']} ({info['gpu_memory_gib']} GiB), {info['cpu']} x{info['nproc']}, "
+          f"torch {info['torch']}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="sdaudit-gpu-"))
+    rows = []
+    try:
+        for spec in args.models.split(","):
+            if not budget.allow(f"{spec} (all)", 45):
+                continue
+            try:
+                row = bench_model(spec, args, budget, work)
+            except Exception as error:  # noqa: BLE001
+                traceback.print_exc()
+                row = {"model": spec, "error": f"{type(error).__name__}: {error}"}
+            rows.append(row)
+            print(json.dumps(row, default=str), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(table(rows))
+    if budget.skipped:
+        print("skipped (time budget): " + "; ".join(budget.skipped))
+    result = {"machine": info, "rows": rows, "skipped": budget.skipped}
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
