@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 
-def run_demo(out: str | Path = "sdaudit-demo", size: int = 512, console=None) -> Path:
+def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) -> Path:
     """Audit the demo photos with ``tiny`` at ``size`` px (all three analyses and the maps) into ``out``.
 
     Returns the path of ``report.html``. Rerunning resumes or, when finished, recomputes nothing
