@@ -15,6 +15,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULT_TAG = "BENCH_RESULT "
 
+PUBLISHED_PASSES = 1 + 2 * 45 + 1  # probe pass; a full and a cropped pass per layer (crop experiment); anomalies
+
 
 def machine() -> dict:
     """Date, CPU count, CPU model and memory of this machine (``nproc``, ``lscpu``)."""
@@ -56,6 +58,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux ``clear_refs``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def rss_mib() -> float:
     """This process's current resident set size (VmRSS) in MiB."""
     with open("/proc/self/status") as f:
@@ -93,7 +105,11 @@ def emit(result: dict) -> None:
 def run_worker(script: str, *args: str, timeout: float = 3600, env: dict | None = None) -> dict:
     """Run ``benchmarks/<script>`` in a fresh Python process and return its tagged JSON result."""
     cmd = [sys.executable, str(HERE / script), *map(str, args)]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    # import sdaudit from this checkout, whatever the environment's (editable) install points at
+    src = str(HERE.parent / "src")
+    path = os.pathsep.join([src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path,
+                **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):

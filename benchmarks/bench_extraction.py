@@ -96,6 +96,8 @@ def main() -> None:
         st = stats(times[tool])
         out["tools"][tool].update(seconds=st, images_per_s_best=args.n / st["best"],
                                   images_per_s_median=args.n / st["median"])
+    if {"sdaudit", "sdhelper"} <= set(tools):  # each round's sdhelper time over sdaudit's: a paired comparison
+        out["paired_ratios"] = [round(h / a, 4) for a, h in zip(times["sdaudit"], times["sdhelper"])]
     out["peak_rss_mib"] = round(peak_rss_mib(), 1)
     emit(out)
 

@@ -130,6 +130,8 @@ def test_pass_plan_for_sd_at_512():
 
 
 def test_bad_settings_are_refused(tiny, folder, tmp_path):
+    with pytest.raises(ValueError, match="batch_size 0"):
+        audit(tiny, folder, tmp_path, AuditSettings(protocol="paper", batch_size=0), report=False, progress=False)
     with pytest.raises(ValueError, match="unknown analyses"):
         audit(tiny, folder, tmp_path, AuditSettings(analyses=["fourier"]), report=False, progress=False)
     with pytest.raises(ValueError, match="anomaly layer"):
@@ -158,3 +160,10 @@ def test_cli_audit_writes_report_with_one_position_per_layer(folder, tmp_path):
         assert len(axes.get_xticks()) == n_layers
     html = (out / "report.html").read_text()
     assert "tiny" in html and "http://" not in html.replace("http://www.w3.org", "")
+
+
+def test_batch_size_zero_uses_the_automatic_size(tiny, folder, tmp_path):
+    settings = AuditSettings(size=SIZE, layers="mid_block", analyses=["anomalies"], batch_size=0)
+    results = audit(tiny, folder, tmp_path, settings, report=False, progress=False)
+    assert results["run"]["batch_size"] == 4  # the default batch on the CPU
+    assert len(results["images"]) == 6

@@ -115,3 +115,49 @@ def test_paper_protocol_equals_sdhelper(tiny_folder, images5):
         # sdhelper's pipeline holds its weights in freshly cast tensors and BLAS picks other kernels.
         np.testing.assert_allclose(ours[name].numpy(), ref.numpy(), rtol=0, atol=1e-5)
         assert torch.equal(ours[name][:4], ref[:4]), name
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_to_it(tiny, images5, monkeypatch):
+    """A CUDA out-of-memory error splits the batch (clean protocol) and later batches keep the size that fitted."""
+    extractor = Extractor(tiny, LAYERS, ExtractionSettings(size=64))
+    one_by_one = [extractor.run([image], [i]) for i, image in enumerate(images5)]  # computed before faking CUDA
+    sizes = []
+
+    def fits_two(images, indices, device_output):
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return {name: torch.cat([one_by_one[i][name] for i in indices]) for name in LAYERS}
+
+    monkeypatch.setattr(extractor, "_run", fits_two)
+    monkeypatch.setattr(tiny, "device", torch.device("cuda"))  # only run() looks at it; _run is replaced
+    with pytest.warns(RuntimeWarning, match="out of memory with 5 images per pass; going on with 2"):
+        got = extractor.run(images5, list(range(5)))
+    assert sizes == [5, 2, 2, 1] and extractor.max_batch == 2
+    for name in LAYERS:
+        assert torch.equal(got[name], torch.cat([r[name] for r in one_by_one]))
+    sizes.clear()
+    extractor.run(images5[:4], list(range(4)))
+    assert sizes == [2, 2]  # no new failed attempt at 4
+
+
+def test_out_of_memory_under_paper_protocol_names_the_batch_size(tiny, images5, monkeypatch):
+    extractor = Extractor(tiny, ["conv_in"], ExtractionSettings(size=64, protocol="paper"))
+
+    def never_fits(images, indices, device_output):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(extractor, "_run", never_fits)
+    monkeypatch.setattr(tiny, "device", torch.device("cuda"))
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="3 image.*choose a smaller batch size"):
+        extractor.run(images5[:3], [0, 1, 2])
+
+
+def test_batch_size_zero_means_auto_and_is_refused_under_paper(tiny):
+    from sdaudit.extraction.extractor import auto_batch_size, check_batch_size
+
+    assert check_batch_size(0, "clean") == 0 and check_batch_size(3, "paper") == 3
+    for bad, protocol in ((0, "paper"), (-1, "clean")):
+        with pytest.raises(ValueError, match=f"batch_size {bad}"):
+            check_batch_size(bad, protocol)
+    assert auto_batch_size(Extractor(tiny, ["conv_in"], ExtractionSettings(size=64)), default=4) == 4  # CPU

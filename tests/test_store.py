@@ -213,3 +213,16 @@ def test_inputs_are_stored_and_extract_like_appends(tiny, image_folder, tmp_path
     inputs = store.read_inputs()
     assert inputs.shape == (3, 64, 64, 3) and inputs.dtype == np.uint8
     assert np.array_equal(inputs[2], np.asarray(prepare_for_model(load_image(files[2]).image, 64)))
+
+
+def test_batch_size_zero_extracts_with_the_automatic_size(tiny, image_folder, tmp_path):
+    """0 = as many as fit on the GPU; on the CPU the default batch, with the same store as an explicit size."""
+    auto = extract(tiny, image_folder, tmp_path / "auto", layers="conv_in", size=64, batch_size=0, progress=False)
+    explicit = extract(tiny, image_folder, tmp_path / "four", layers="conv_in", size=64, batch_size=4,
+                       progress=False)
+    assert auto.added == explicit.added > 0
+    np.testing.assert_allclose(auto.store.read("conv_in"), explicit.store.read("conv_in"), atol=1e-3)
+    with pytest.raises(ValueError, match="batch_size 0"):
+        extract(tiny, image_folder, tmp_path / "paper", layers="conv_in", size=64, protocol="paper", batch_size=0,
+                progress=False)
+    assert not (tmp_path / "paper").exists()

@@ -26,6 +26,7 @@ err_console = Console(stderr=True)
 
 MODEL_HELP = ("Model: sd15, sd21, sd-turbo (any usual spelling), tiny, arch:sd15, arch:sd21, a Hugging Face repo "
               "id, a local diffusers folder, or a .safetensors/.ckpt file.")
+BATCH_HELP = "Images per U-Net pass; 0: as many as fit in GPU memory (protocol clean; 4 on the CPU)."
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -100,7 +101,7 @@ def extract_cmd(
     seed: int = typer.Option(42, "--seed", help="Seed of all random draws."),
     protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
     prompt: str = typer.Option("", "--prompt", help="Text prompt (the paper used the empty prompt)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images per U-Net pass."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help=BATCH_HELP),
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype: float16 or float32."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
@@ -143,7 +144,7 @@ def audit_cmd(
                                  help="Comma-separated subset of: position, borders, anomalies, maps."),
     anomaly_layer: Optional[str] = typer.Option(None, "--anomaly-layer", help="Layer the anomaly detector runs on "
                                                 "(default: up_blocks[1].upsamplers[0], as in the paper)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Images per U-Net pass."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help=BATCH_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
     local_files_only: bool = typer.Option(False, "--local-files-only", help="Never contact the Hugging Face hub."),

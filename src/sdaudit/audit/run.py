@@ -25,6 +25,7 @@ import numpy as np
 from ..analyses import crop_pixels
 from ..analyses.position import n_train_images
 from ..extraction import ExtractionSettings, Extractor, prepare_for_model
+from ..extraction.extractor import auto_batch_size, check_batch_size
 from .state import AuditState
 
 ANALYSES = ("position", "borders", "anomalies", "maps")
@@ -49,7 +50,7 @@ class AuditSettings:
     resolutions: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     detector: dict = field(default_factory=lambda: {"z_threshold": 3.5, "ratio_threshold": 2.0})
     anomaly_layer: str | None = None
-    batch_size: int = 4
+    batch_size: int = 4  # images per U-Net pass; 0: as many as fit in GPU memory (auto_batch_size; 4 on the CPU)
     n_show: int = 4
 
     def validated(self) -> AuditSettings:
@@ -60,6 +61,7 @@ class AuditSettings:
             raise ValueError("probe_method must be 'lda' or 'ridge' (the trained 'paper' probe is not streamed)")
         if not 0 < self.train_fraction < 1:
             raise ValueError("train_fraction must be in (0, 1)")
+        check_batch_size(self.batch_size, self.protocol)
         return self
 
 
@@ -226,6 +228,7 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
     base = ExtractionSettings(protocol=settings.protocol, timestep=settings.timestep, seed=settings.seed, size=size,
                               prompt=settings.prompt, latent=settings.latent, noise_samples=settings.noise_samples)
     full = Extractor(model, settings.layers, base)
+    batch_size = settings.batch_size or auto_batch_size(full, fraction=0.5, device_output=model.device.type == "cuda")
     grids = _grids(full)
     n = len(items)
     anomaly_layer = choose_anomaly_layer(full.layers, grids, settings.anomaly_layer) \
@@ -250,7 +253,7 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
     state.load(checkpoint, fingerprint)
     plan = pass_plan(grids, size, settings.analyses)
     store_writer = make_store_writer(full) if make_store_writer is not None else None
-    stats = {"passes": [], "unet_passes_per_image": 0}
+    stats = {"passes": [], "unet_passes_per_image": 0, "batch_size": batch_size}
     if shard is not None:
         stats["processes"] = shard.world_size
     clock = {"last_save": time.monotonic()}
@@ -264,15 +267,15 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
         clock["last_save"] = time.monotonic()
 
     try:
-        _run_plan(plan, model, base, full, mine, segments, state, settings, size, stats, progress, shard, feeder,
-                  device_output, store_writer, full_source, save, clock, checkpoint_seconds)
+        _run_plan(plan, model, base, full, mine, segments, state, settings, size, batch_size, stats, progress, shard,
+                  feeder, device_output, store_writer, full_source, save, clock, checkpoint_seconds)
     finally:
         feeder.close()
     return state, full, stats
 
 
-def _run_plan(plan, model, base, full, mine, segments, state, settings, size, stats, progress, shard, feeder,
-              device_output, store_writer, full_source, save, clock, checkpoint_seconds) -> None:
+def _run_plan(plan, model, base, full, mine, segments, state, settings, size, batch_size, stats, progress, shard,
+              feeder, device_output, store_writer, full_source, save, clock, checkpoint_seconds) -> None:
     for name, crop, layers in plan:
         extractor = full if crop == 0 else Extractor(
             model, layers, ExtractionSettings(**{**base.to_dict(), "crop_px": crop}))
@@ -290,7 +293,7 @@ def _run_plan(plan, model, base, full, mine, segments, state, settings, size, st
                 shard.sync_probe(state)  # every shard's training statistics, before any test image is scored
                 save()
             skip = min(max(done - position, 0), len(segment))
-            for batch in _batches(segment[skip:], settings.batch_size):
+            for batch in _batches(segment[skip:], batch_size):
                 indices = [item.index for item in batch]
                 if crop == 0 and full_source is not None:
                     images, reps = None, full_source(indices)

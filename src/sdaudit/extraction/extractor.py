@@ -186,6 +186,17 @@ class Extractor:
         return {n: total[n] for n in self.layers}
 
 
+def check_batch_size(batch_size: int, protocol: str) -> int:
+    """``batch_size`` if valid: >= 1 images per pass, or 0 for "as many as fit" (:func:`auto_batch_size`).
+
+    0 is refused under protocol 'paper', where the batch size is part of the result.
+    """
+    if batch_size < 0 or (batch_size == 0 and protocol == "paper"):
+        raise ValueError(f"batch_size {batch_size}: give >= 1 images per U-Net pass, or 0 (as many as fit in GPU "
+                         "memory) under protocol 'clean' (under 'paper' the batch size changes the result)")
+    return batch_size
+
+
 def auto_batch_size(extractor: Extractor, *, fraction: float = 0.8, max_batch: int = 256, default: int = 4,
                     device_output: bool = False) -> int:
     """Images per pass that fill about ``fraction`` of the free GPU memory; ``default`` off CUDA.

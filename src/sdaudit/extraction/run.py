@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..store import ImageEntry, RepresentationStore, _versions, create_store
-from .extractor import ExtractionSettings, Extractor
+from .extractor import ExtractionSettings, Extractor, auto_batch_size, check_batch_size
 
 STORAGE_DTYPES = ("float16", "float32")
 
@@ -73,7 +73,9 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
         size, timestep, seed, protocol, prompt, latent, noise_samples, crop_px: see
             :class:`~sdaudit.extraction.ExtractionSettings`; ``size`` defaults to the model's size.
         batch_size: images per U-Net pass. Changes nothing under 'clean'; under 'paper' it is part
-            of the configuration, since the published code shares noise within a batch.
+            of the configuration, since the published code shares noise within a batch. 0 (under
+            'clean'): as many as fit in GPU memory (:func:`~sdaudit.extraction.extractor.auto_batch_size`;
+            4 on the CPU).
         dtype: storage dtype, 'float16' (default) or 'float32'.
         skip_bad: skip unreadable or invalid images (listed in the report) instead of stopping.
         progress: show a progress bar.
@@ -83,13 +85,13 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
 
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"unknown storage dtype '{dtype}'; choose one of {', '.join(STORAGE_DTYPES)}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+    check_batch_size(batch_size, protocol)
     if isinstance(model, str):
         model = load_model(model)
     settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size or model.default_size,
                                   prompt=prompt, latent=latent, noise_samples=noise_samples, crop_px=crop_px)
     extractor = Extractor(model, layers, settings)
+    batch_size = batch_size or auto_batch_size(extractor)
     config = store_config(model, extractor, dtype, batch_size)
     store = create_store(out, config, extractor.shapes, dtype=dtype, capacity=max(count_images(images) or 16, 1))
     if store.manifest["versions"] != _versions():
