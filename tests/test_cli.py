@@ -113,3 +113,23 @@ def test_demo_runs_offline(tmp_path):
     assert len(results["images"]) == 9 and len(results["layers"]) == 45
     assert (tmp_path / "demo" / "report.html").is_file() and "report.html" in text
     assert all(np.isfinite(r["probe_acc_8"]) for r in results["table"])
+
+
+def test_audit_under_a_launcher_prints_one_summary(tmp_path, monkeypatch):
+    """Under torchrun / accelerate every rank runs the CLI; only rank 0 prints the summary."""
+    import sdaudit.audit
+    import sdaudit.audit.distributed
+    import sdaudit.models
+
+    class Rank:
+        def __init__(self, rank):
+            self.rank = rank
+
+    results = {"images": [{}] * 3, "layers": [{}] * 45, "run": {"unet_passes_per_image": 4}, "skipped_images": []}
+    monkeypatch.setattr(sdaudit.models, "load_model", lambda *a, **k: "model")
+    monkeypatch.setattr(sdaudit.audit, "audit", lambda *a, **k: results)
+    (tmp_path / "imgs").mkdir()
+    for rank, printed in ((1, False), (0, True)):
+        monkeypatch.setattr(sdaudit.audit.distributed, "init_from_env", lambda rank=rank: Rank(rank))
+        code, out = invoke("audit", "--model", "tiny", "--images", tmp_path / "imgs", "--out", tmp_path / "out")
+        assert code == 0 and ("audited 3 images x 45 layers" in out) == printed, out

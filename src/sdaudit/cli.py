@@ -166,6 +166,7 @@ def audit_cmd(
                              analyses=[a.strip() for a in analyses.split(",") if a.strip()],
                              anomaly_layer=anomaly_layer, batch_size=batch_size)
     start = time.perf_counter()
+    shard = None
     try:
         sources = None if images is None else (images[0] if len(images) == 1 else images)
         if num_processes > 1:
@@ -179,12 +180,14 @@ def audit_cmd(
         else:
             from .audit.distributed import init_from_env
 
-            init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
+            shard = init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
             loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
             results = audit(loaded, sources, out, settings, store=store, keep_store=keep_store, skip_bad=skip_bad,
                             compare_paper=compare_paper)
     except _user_errors() as error:
         _fail(str(error))
+    if shard is not None and shard.rank != 0:
+        return  # every process of a launched group returns the results; one summary is enough
     console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "
                   f"with {results['run']['unet_passes_per_image']} U-Net passes per image "
                   f"in {time.perf_counter() - start:.1f} s")
