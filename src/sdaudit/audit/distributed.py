@@ -17,9 +17,10 @@ statistics, which every process holds after the sync, count once.
 Ways to start it:
 
 * ``accelerate launch --multi_gpu --num_processes K -m sdaudit audit ...`` or ``torchrun --nproc-per-node K
-  -m sdaudit audit ...`` (``accelerate launch --cpu`` starts a single process): the launcher sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/
-  ``MASTER_PORT``; :func:`init_from_env` joins the group and puts each process on GPU ``LOCAL_RANK``
-  (when there are GPUs), and :func:`sdaudit.audit.audit` shards automatically.
+  -m sdaudit audit ...`` (``accelerate launch --cpu`` starts a single process): the launcher sets
+  ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``; :func:`init_from_env` joins the
+  group and puts each process on GPU ``LOCAL_RANK`` (when there are GPUs), and :func:`sdaudit.audit.audit`
+  shards automatically.
 * ``sdaudit audit --num-processes K ...`` or :func:`audit_multiprocess`: spawns K local processes
   (``torch.multiprocessing``, gloo over a free localhost TCP port), one per GPU when there are at
   least K GPUs, else on the CPU with ``cores / K`` threads each.
