@@ -201,6 +201,35 @@ def test_store_errors(tmp_path):
         open_store(tmp_path / "ok").write_batch(0, {}, [])
 
 
+def test_a_creation_killed_midway_leaves_no_half_store(tmp_path, monkeypatch):
+    """Regression: a SIGKILL while the store was being created left a folder without a manifest, which every
+    rerun refused ("not an sdaudit store"). Creation is now built aside and renamed into place."""
+    import sdaudit.store as store_module
+
+    real, calls = store_module._write_empty_store, []
+
+    def dies_midway(path, *args):
+        calls.append(path)
+        path.mkdir(parents=True)
+        (path / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+        raise KeyboardInterrupt  # stands for the kill: nothing after this point runs
+
+    target = tmp_path / "reps.zarr"
+    monkeypatch.setattr(store_module, "_write_empty_store", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        create_store(target, {"protocol": "clean"}, {"conv_in": (4, 8, 8)})
+    assert not target.exists() and calls[0].parent == tmp_path and calls[0].name.startswith(".reps.zarr.")
+    # a scratch folder abandoned by a killed process (no cleanup ran) is removed by the next creation
+    abandoned = tmp_path / ".reps.zarr.creating-999999999"
+    abandoned.mkdir()
+    monkeypatch.setattr(store_module, "_write_empty_store", real)
+    store = create_store(target, {"protocol": "clean"}, {"conv_in": (4, 8, 8)})
+    assert store.num_images == 0 and store.layers == ["conv_in"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reps.zarr"]
+    (tmp_path / "empty").mkdir()  # an existing empty folder is filled, as before
+    assert create_store(tmp_path / "empty", {"protocol": "clean"}, {"conv_in": (4, 8, 8)}).num_images == 0
+
+
 def test_inputs_are_stored_and_extract_like_appends(tiny, image_folder, tmp_path):
     from sdaudit.extraction import extract_like
 

@@ -15,13 +15,15 @@ protocol, timestep, seed, size, dtype, layers, prompt, ...), the package version
 first every layer's chunks are written, then their ``images.jsonl`` lines, then ``num_images`` is
 raised. zarr writes every file atomically (temporary file + rename), so a process killed at any
 point leaves either the old or the new ``num_images``; anything past it is ignored when reading
-and overwritten when the extraction resumes.
+and overwritten when the extraction resumes. A new store is built in a scratch folder beside its
+final place and renamed into it, so a store folder is never half created either.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,8 +273,6 @@ def create_store(path: str | Path, config: dict, layer_shapes: dict[str, tuple[i
     An existing store with a different configuration raises :class:`StoreConfigMismatch` and is
     left untouched.
     """
-    from .layers import store_key
-
     path = Path(path)
     if path.exists() and (path / "zarr.json").exists():
         store = RepresentationStore(path, mode="r+")
@@ -284,6 +284,25 @@ def create_store(path: str | Path, config: dict, layer_shapes: dict[str, tuple[i
         return store
     if path.exists() and any(path.iterdir()):
         raise StoreError(f"'{path}' exists and is not an sdaudit store; refusing to write into it")
+    # Built beside its final place and renamed into it: a process killed while creating leaves no half
+    # store at ``path`` (which a rerun would refuse to open), only a scratch folder the next run removes.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_scratch(path)
+    scratch = path.parent / f".{path.name}.creating-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        _write_empty_store(scratch, config, layer_shapes, dtype, capacity)
+        os.rename(scratch, path)  # atomic; replaces an empty folder at ``path``
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return RepresentationStore(path, mode="r+")
+
+
+def _write_empty_store(path: Path, config: dict, layer_shapes: dict[str, tuple[int, int, int]], dtype: str,
+                       capacity: int) -> None:
+    from .layers import store_key
+
     zarr = _zarr()
     group = zarr.open_group(str(path), mode="w")
     layers_group = group.create_group("layers")
@@ -301,7 +320,24 @@ def create_store(path: str | Path, config: dict, layer_shapes: dict[str, tuple[i
                 "layers": layers_meta, "num_images": 0}
     group.attrs[MANIFEST_ATTR] = manifest
     (path / "images.jsonl").touch()
-    return RepresentationStore(path, mode="r+")
+
+
+def _remove_abandoned_scratch(path: Path) -> None:
+    """Delete scratch folders of ``path`` left by store creations whose process no longer runs."""
+    for scratch in path.parent.glob(f".{path.name}.creating-*"):
+        pid = scratch.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_store(path: str | Path, mode: str = "r") -> RepresentationStore:
