@@ -242,6 +242,25 @@ def test_summary_flags():
     assert s["n_usable"] + s["n_caution"] + s["n_affected"] == 45
 
 
+def test_ratio_over_a_near_zero_reference_raises_no_flag():
+    """Regression: on the tiny model conv_out's corner tokens are near-orthogonal in the full image (reference
+    0.0007), so the corner ratio was 533, flagged as the strongest border artifact and listed as the peak."""
+    from sdaudit.report.html import THRESHOLDS, layer_verdicts
+
+    r = fake_results("sd15")
+    last = r["table"][-1]["layer"]
+    r["table"][-1]["corner_rel_sim"], r["table"][-1]["border_rel_sim"] = 533.1, 0.98
+    r["borders"] = {last: {"full": {"corner": 0.0007, "border": 0.12, "other": 0.12}},
+                    "mid_block.resnets[1]": {"full": {"corner": THRESHOLDS["border_min_reference"], "border": 0.3}}}
+    v = {x["layer"]: x for x in layer_verdicts(r)}
+    assert not v[last]["corner_ok"] and v[last]["border_ok"] and v[last]["ill"]
+    assert v[last]["border_level"] == 0 and "not meaningful" in v[last]["notes"]
+    assert v[last]["verdict"] == "caution"  # not assessed is not a pass
+    assert v["mid_block.resnets[1]"]["corner_ok"]  # at the threshold: readable
+    s = summarize(r)
+    assert s["borders"]["top_corner"][0][0] == "mid_block.resnets[1]" and s["borders"]["ill"] == [last]
+
+
 def test_verdicts_failed_layer_and_no_anomalies():
     from sdaudit.report.html import layer_verdicts
 

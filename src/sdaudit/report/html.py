@@ -35,6 +35,9 @@ THRESHOLDS: dict[str, float] = {
     "corner_mild": 1.5,
     "border_strong": 1.2,
     "border_mild": 1.1,
+    # a relative similarity divides by the group's mean cosine in the full image; where that reference is
+    # near zero (near-orthogonal tokens, e.g. a 4-channel conv_out) the ratio is arbitrary, not an artifact
+    "border_min_reference": 0.05,
     "anomaly_strong": 2.0,
     "anomaly_mild": 1.5,
 }
@@ -134,6 +137,12 @@ def _level(value: float | None, mild: float, strong: float) -> int:
     return 2 if value >= strong else 1 if value >= mild else 0
 
 
+def _meaningful(ratio: float | None, reference: float | None) -> bool:
+    """Whether a relative similarity can be read: positive, over a reference similarity (the full image's
+    group mean cosine, its denominator) of at least ``border_min_reference``, where that is known."""
+    return ratio is not None and ratio > 0 and (reference is None or reference >= THRESHOLDS["border_min_reference"])
+
+
 def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per layer: the three flags (level -1 not measured, 0 none, 1 mild, 2 strong) and a verdict."""
     table = results["table"]
@@ -146,6 +155,7 @@ def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         if row.get("error"):
             out.append({"layer": row.get("layer"), "grid": row.get("grid"), "kind": row.get("kind"), "acc": None,
                         "chance": None, "skill": None, "pos_level": -1, "corner": None, "border": None,
+                        "corner_ok": False, "border_ok": False,
                         "border_level": -1, "ill": False, "anomaly": None, "anomaly_std": None, "anomaly_level": -1,
                         "anomaly_text": "—", "overall": -1, "verdict": "failed",
                         "notes": f"analysis failed: {row['error']}"})
@@ -156,9 +166,12 @@ def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         corner, border = _num(row.get("corner_rel_sim")), _num(row.get("border_rel_sim"))
         anomaly = _num(row.get("anomaly_rel_norm_mean"))
         pos_level = _level(skill, t["position_mild"], t["position_strong"])
-        b_level = max(_level(corner, t["corner_mild"], t["corner_strong"]),
-                      _level(border, t["border_mild"], t["border_strong"]))
-        ill = (corner is not None and corner <= 0) or (border is not None and border <= 0)
+        reference = ((results.get("borders") or {}).get(row.get("layer")) or {}).get("full") or {}
+        corner_ok = _meaningful(corner, _num(reference.get("corner")))
+        border_ok = _meaningful(border, _num(reference.get("border")))
+        b_level = max(_level(corner if corner_ok else None, t["corner_mild"], t["corner_strong"]),
+                      _level(border if border_ok else None, t["border_mild"], t["border_strong"]))
+        ill = (corner is not None and not corner_ok) or (border is not None and not border_ok)
         a_level = _level(anomaly, t["anomaly_mild"], t["anomaly_strong"])
         if anomaly is None and none_found:
             a_level, a_text = 0, "none found"
@@ -174,17 +187,19 @@ def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         elif b_level == 1:
             notes.append("mild border/corner artifact")
         if ill:
-            notes.append("border ratio ≤ 0: not meaningful")
+            notes.append("border/corner ratio not meaningful (reference similarity near zero)")
         if a_level == 2:
             notes.append("high-norm anomalies")
         elif a_level == 1:
             notes.append("raised norm at anomalies")
         # position alone is expected in a U-Net: at most "caution"; artifacts can make a layer "affected"
-        overall = max(min(pos_level, 1), b_level, a_level, 0)
+        # a border test that could not be read is no pass either: at least "caution"
+        overall = max(min(pos_level, 1), b_level, a_level, 1 if ill else 0)
         out.append({
             "layer": row.get("layer"), "grid": row.get("grid"), "kind": row.get("kind"),
             "acc": acc, "chance": chance, "skill": skill, "pos_level": pos_level,
-            "corner": corner, "border": border, "border_level": b_level, "ill": ill,
+            "corner": corner, "border": border, "corner_ok": corner_ok, "border_ok": border_ok,
+            "border_level": b_level, "ill": ill,
             "anomaly": anomaly, "anomaly_std": _num(row.get("anomaly_rel_norm_std")), "anomaly_level": a_level,
             "anomaly_text": a_text,
             "overall": overall, "verdict": ["usable", "caution", "affected"][overall],
@@ -225,11 +240,10 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
             "n_strong": sum(v["pos_level"] == 2 for v in measured), "n_measured": len(measured),
         }
 
-    corners = [(r.get("layer"), _num(r.get("corner_rel_sim"))) for r in table]
-    corners = [(n, c) for n, c in corners if c is not None]
-    borders = [(r.get("layer"), _num(r.get("border_rel_sim"))) for r in table]
-    borders = [(n, b) for n, b in borders if b is not None]
-    if not corners and not borders:
+    # the readable ratios only: an arbitrary one (see _meaningful) would top these lists
+    corners = [(v["layer"], v["corner"]) for v in verdicts if v["corner_ok"]]
+    borders = [(v["layer"], v["border"]) for v in verdicts if v["border_ok"]]
+    if not corners and not borders and not any(v["ill"] for v in verdicts):
         out["borders"] = None
     else:
         out["borders"] = {
@@ -549,7 +563,7 @@ _REPORT_TEMPLATE = _BADGES + """<!DOCTYPE html>
   <p>Tokens at the image edge become more alike than the same content away from the edge where the relative similarity is above 1. Corner tokens: <b>{{ b.n_corner_above_1 }}</b> of {{ b.n_corner }} layers above 1; border tokens: {{ b.n_border_above_1 }} of {{ b.n_border }}.</p>
   <ul>{% for name, v in b.top_corner %}<li><code>{{ name }}</code>: corner <b>{{ v|ratio }}</b></li>{% endfor %}
   {% for name, v in b.top_border[:1] %}<li><code>{{ name }}</code>: border <b>{{ v|ratio }}</b> (highest)</li>{% endfor %}</ul>
-  {% if b.ill %}<p class="muted">Ratio ≤ 0 (reference similarity near zero; not meaningful): {% for n in b.ill %}<code>{{ n }}</code>{% if not loop.last %}, {% endif %}{% endfor %}.</p>{% endif %}
+  {% if b.ill %}<p class="muted">Ratio not meaningful (the full image's reference similarity is below {{ t.border_min_reference }}, or the ratio ≤ 0), left out above: {% for n in b.ill %}<code>{{ n }}</code>{% if not loop.last %}, {% endif %}{% endfor %}.</p>{% endif %}
 {% else %}<p class="muted">The border analysis was not run.</p>{% endif %}
 </div>
 <div class="card"><h3>High-norm anomalies</h3>
@@ -566,9 +580,9 @@ _REPORT_TEMPLATE = _BADGES + """<!DOCTYPE html>
 <h2 id="verdicts">Can I trust this layer's features?</h2>
 <p>Flags per layer. <b>Position</b>: above-chance skill of the probe at s = {{ finest or "—" }}, (acc − chance) / (1 − chance); strong ≥ {{ t.position_strong }}, mild ≥ {{ t.position_mild }}. A positional code is expected in a U-Net, but similarity between tokens then partly reflects where they are, not what they show: at most <i>caution</i>.
 Position badges are blue: information, not an artifact.
-<b>Border</b>: strong if corner ≥ {{ t.corner_strong }} or border ≥ {{ t.border_strong }}; mild if corner ≥ {{ t.corner_mild }} or border ≥ {{ t.border_mild }} (relative similarity).
+<b>Border</b>: strong if corner ≥ {{ t.corner_strong }} or border ≥ {{ t.border_strong }}; mild if corner ≥ {{ t.corner_mild }} or border ≥ {{ t.border_mild }} (relative similarity; a ratio whose reference similarity in the full image is below {{ t.border_min_reference }} is not meaningful and raises no flag).
 <b>Anomalies</b>: relative norm of the anomaly patches strong ≥ {{ t.anomaly_strong }}, mild ≥ {{ t.anomaly_mild }}.
-Verdict: <span class="badge l2">affected</span> if a strong border or anomaly flag, <span class="badge l1">caution</span> if any other flag, else <span class="badge l0">usable</span>.</p>
+Verdict: <span class="badge l2">affected</span> if a strong border or anomaly flag, <span class="badge l1">caution</span> if any other flag or a border ratio that is not meaningful, else <span class="badge l0">usable</span>.</p>
 <div class="tablewrap"><table>
 <thead><tr><th>#</th><th>layer</th><th>grid</th><th>position</th><th>border</th><th>anomalies</th><th>verdict</th><th>why</th></tr></thead>
 <tbody>
