@@ -47,12 +47,23 @@ def machine() -> dict:
     return info
 
 
+def _proc_status_mib(field: str) -> float | None:
+    """A kB field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in MiB; None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size (VmHWM) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+    peak = _proc_status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -70,11 +81,8 @@ def reset_peak_rss() -> bool:
 
 def rss_mib() -> float:
     """This process's current resident set size (VmRSS) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    rss = _proc_status_mib("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 def photo(seed: int, size: int):

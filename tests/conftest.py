@@ -37,14 +37,18 @@ def random_photo(seed: int, size=(80, 64)) -> Image.Image:
     return Image.fromarray(small).resize(size, Image.BILINEAR)
 
 
+def photo_folder(folder, count: int, first_seed: int = 0, height: int = 64, widen: int = 16, prefix: str = "img"):
+    """Save ``count`` random photos of mixed widths (``height + widen * i`` x ``height``) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        random_photo(first_seed + i, size=(height + widen * i, height)).save(folder / f"{prefix}{i}.png")
+    return folder
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """A folder of 5 small RGB images of mixed sizes."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(5):
-        random_photo(i, size=(64 + 16 * i, 64)).save(folder / f"img{i}.png")
-    return folder
+    return photo_folder(tmp_path / "images", 5)
 
 
 @pytest.fixture

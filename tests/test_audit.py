@@ -18,12 +18,9 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from tests.conftest import random_photo
+    from tests.conftest import photo_folder
 
-    path = tmp_path_factory.mktemp("audit-images")
-    for i in range(6):
-        random_photo(10 + i, size=(96 + 8 * i, 96)).save(path / f"photo{i}.png")
-    return path
+    return photo_folder(tmp_path_factory.mktemp("audit-images"), 6, first_seed=10, height=96, widen=8, prefix="photo")
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +81,11 @@ def test_interrupted_audit_resumes_without_recomputing(tiny, folder, tmp_path, m
     calls = {"n": 0}
     original = Extractor.run
 
-    def failing_run(self, images, indices):
+    def failing_run(self, images, indices, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt("simulated interruption")
-        return original(self, images, indices)
+        return original(self, images, indices, **kwargs)
 
     monkeypatch.setattr(Extractor, "run", failing_run)
     settings = AuditSettings(size=SIZE, layers="all", batch_size=2)

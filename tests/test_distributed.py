@@ -108,12 +108,9 @@ def test_sharded_states_merge_to_the_single_state():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from tests.conftest import random_photo
+    from tests.conftest import photo_folder
 
-    path = tmp_path_factory.mktemp("dist-images")
-    for i in range(6):
-        random_photo(20 + i, size=(96 + 8 * i, 96)).save(path / f"p{i}.png")
-    return path
+    return photo_folder(tmp_path_factory.mktemp("dist-images"), 6, first_seed=20, height=96, widen=8, prefix="p")
 
 
 def test_two_processes_equal_one_process(tiny, images, tmp_path):

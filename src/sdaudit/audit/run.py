@@ -299,8 +299,7 @@ def _run_plan(plan, model, base, full, mine, segments, state, settings, size, ba
                     images, reps = None, full_source(indices)
                 else:
                     images = [prepare_for_model(item.load(), size, crop) for item in batch]
-                    reps = extractor.run(images, indices, device_output=True) if device_output \
-                        else extractor.run(images, indices)
+                    reps = extractor.run(images, indices, device_output=device_output)
                 if crop == 0:
                     if store_writer is not None:
                         store_writer(batch, images, reps)
