@@ -36,13 +36,14 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_errors():
     """The exception types that are the user's to fix: printed as one clear message, no traceback."""
+    from .errors import SdauditError
     from .images import BadImageError
     from .layers import LayerError
     from .models import ModelNotAvailableError, ModelSpecError
     from .store import StoreError
 
-    return (BadImageError, LayerError, ModelNotAvailableError, ModelSpecError, StoreError, FileNotFoundError,
-            ValueError)
+    return (SdauditError, BadImageError, LayerError, ModelNotAvailableError, ModelSpecError, StoreError,
+            FileNotFoundError, ValueError)
 
 
 @app.command("models")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SdauditError
+
 FORMAT_VERSION = 1
 MANIFEST_ATTR = "sdaudit"
 # Fields of the configuration that must match for two extractions to share a store.
@@ -37,7 +39,7 @@ IDENTITY_FIELDS = ("model", "protocol", "timestep", "seed", "size", "dtype", "la
                    "noise_samples", "batch_size", "crop_px")
 
 
-class StoreError(RuntimeError):
+class StoreError(SdauditError, RuntimeError):
     """A store that cannot be opened, or a request that does not fit its contents."""
 
 
