@@ -61,8 +61,8 @@ CALLS = {
     "position_probe": lambda x: position_probe(x, layer="L"),
     "position_probe_paper": lambda x: position_probe(x, layer="L", method="paper", epochs=1),
     "group_similarity": lambda x: group_similarity(x, layer="L"),
-    "border_full": lambda x: border_artifacts(x, np.ones_like(x), layer="L"),
-    "border_cropped": lambda x: border_artifacts(np.ones_like(x), x, layer="L"),
+    "border_full": lambda x: border_artifacts(x, np.ones_like(x[:, :, 1:-1, 1:-1]), layer="L"),
+    "border_cropped": lambda x: border_artifacts(np.ones((*x.shape[:2], x.shape[2] + 2, x.shape[3] + 2)), x, layer="L"),
     "detect_anomalies": lambda x: detect_anomalies(x, layer="L"),
     "anomaly_relative_norms": lambda x: anomaly_relative_norms({"L": x}, [[1, 0, 0]], ref_grid=6),
 }

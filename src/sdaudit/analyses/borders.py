@@ -28,7 +28,8 @@ import numpy as np
 
 from ._arrays import NonFiniteInputError, as_float32, check_finite, is_torch, resolve_indices
 from ._base import Accumulator
-from .results import GROUPS, BorderArtifactsResult, GroupSimilarityResult
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, bootstrap_interval
+from .results import GROUPS, UNDEFINED_SMALL_GRID, BorderArtifactsResult, GroupSimilarityResult
 
 _CHUNK_VALUES = 1 << 24  # images are processed in chunks of about this many float32 values
 
@@ -115,7 +116,7 @@ def _check_ring_finite(x: Any, layer: str | None, name: str, image_indices: Sequ
 
 def _group_stats(x: np.ndarray, masks: np.ndarray, layer: str | None = None, name: str = "features",
                  image_indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Summed 3x3 Gram of per-image group sums of unit vectors, and summed |u|^2 per group.
+    """Per image: the 3x3 Gram of group sums of unit vectors (N, 3, 3) and |u|^2 summed per group (N, 3).
 
     ``x`` is float32 (N, C, rows, cols), not yet checked for NaN/Inf: a non-finite value makes its
     token's norm non-finite, so the finiteness check costs nothing extra (on such a norm the whole
@@ -129,8 +130,8 @@ def _group_stats(x: np.ndarray, masks: np.ndarray, layer: str | None = None, nam
     n, c, h, w = x.shape
     standard = h >= 3 and w >= 3 and masks.shape == (3, h, w) and np.array_equal(masks, group_masks(h, w))
     m = masks.reshape(3, h * w).T.astype(np.float32)  # (hw, 3)
-    gram = np.zeros((3, 3))
-    q = np.zeros(3)
+    gram = np.zeros((n, 3, 3))
+    q = np.zeros((n, 3))
     step = max(1, _CHUNK_VALUES // max(1, c * h * w))
     for s in range(0, n, step):
         x4 = x[s:s + step]
@@ -146,8 +147,8 @@ def _group_stats(x: np.ndarray, masks: np.ndarray, layer: str | None = None, nam
             sums = _standard_group_sums(x4, xi, inv.reshape(b, h, w))
         else:
             sums = np.matmul(xi * inv[:, None, :], m).astype(np.float64)  # (b, c, 3)
-        gram += np.einsum("bci,bcj->ij", sums, sums)
-        q += (nonzero @ m.astype(np.float64)).sum(axis=0)
+        gram[s:s + b] = np.einsum("bci,bcj->bij", sums, sums)
+        q[s:s + b] = nonzero @ m.astype(np.float64)
     return gram, q
 
 
@@ -169,7 +170,7 @@ def _standard_group_sums(x4: np.ndarray, xi: np.ndarray, inv: np.ndarray) -> np.
 def _group_stats_torch(x, masks: np.ndarray, layer: str | None = None, name: str = "features",
                        image_indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_group_stats` for a torch tensor on its own device (e.g. a GPU): same formulas, float32
-    products, float64 accumulation; only the 3x3 result leaves the device. Checks finiteness."""
+    products, float64 accumulation; only the per-image 3x3 results leave the device. Checks finiteness."""
     import torch
 
     n, c, h, w = x.shape
@@ -185,8 +186,8 @@ def _group_stats_torch(x, masks: np.ndarray, layer: str | None = None, name: str
     inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
     m = torch.as_tensor(masks.reshape(3, h * w).T, dtype=torch.float32, device=xf.device)
     sums = torch.bmm(xf, inv[:, :, None] * m).double()  # (n, c, 3)
-    gram = torch.einsum("bci,bcj->ij", sums, sums)
-    q = ((norms > 0).double() @ m.double()).sum(0)
+    gram = torch.einsum("bci,bcj->bij", sums, sums)
+    q = (norms > 0).double() @ m.double()
     return gram.cpu().numpy(), q.cpu().numpy()
 
 
@@ -201,7 +202,8 @@ def _finish(gram: np.ndarray, q: np.ndarray, n_images: int, grid: tuple[int, int
 
 
 class GroupSimilarityAccumulator(Accumulator):
-    """Streamed :func:`group_similarity`; state = a 3x3 matrix, 3 numbers and the image count.
+    """Streamed :func:`group_similarity`; state = a 3x3 matrix, 3 numbers and the image count, plus per image
+    the three within-group numerators |S_g|^2 - q_g (for bootstrap intervals; 3 floats per image).
 
     ``inner=True`` drops the outer ring of every map first (used for (b) of border artifacts).
     """
@@ -214,6 +216,7 @@ class GroupSimilarityAccumulator(Accumulator):
         self._q = np.zeros(3)
         self._n = 0
         self._grid: tuple[int, int] | None = None
+        self.per_image = PerImageStats(3)
 
     def update(self, batch: Any, image_indices: Sequence[int] | None = None) -> None:
         self._update(batch, image_indices)
@@ -233,9 +236,10 @@ class GroupSimilarityAccumulator(Accumulator):
             g, q = _group_stats(x, group_masks(*grid), self.layer, name, idx)
         self._next_index = max(self._next_index, int(idx.max()) + 1) if len(idx) else self._next_index
         self._grid = grid
-        self._gram += g
-        self._q += q
+        self._gram += g.sum(axis=0)
+        self._q += q.sum(axis=0)
         self._n += x.shape[0]
+        self.per_image.add(idx, np.diagonal(g, axis1=1, axis2=2) - q)
 
     def merge(self, other: "GroupSimilarityAccumulator") -> "GroupSimilarityAccumulator":
         self._check_mergeable(other)
@@ -246,6 +250,7 @@ class GroupSimilarityAccumulator(Accumulator):
             self._gram += other._gram
             self._q += other._q
             self._n += other._n
+            self.per_image.merge(other.per_image)
         return self
 
     def result(self) -> GroupSimilarityResult:
@@ -255,13 +260,14 @@ class GroupSimilarityAccumulator(Accumulator):
 
     def _state_arrays(self):
         return {"gram": self._gram, "q": self._q, "n": np.array(self._n),
-                "grid": np.array(self._grid if self._grid else (0, 0))}
+                "grid": np.array(self._grid if self._grid else (0, 0)), **self.per_image.state("per_image.")}
 
     def _load_state_arrays(self, state):
         self._gram, self._q = state["gram"].astype(float), state["q"].astype(float)
         self._n = int(state["n"])
         g = tuple(int(v) for v in state["grid"])
         self._grid = g if self._n else None
+        self.per_image.load(state, "per_image.")
 
 
 def group_similarity(features: Any, *, layer: str | None = None, provenance: dict | None = None) -> GroupSimilarityResult:
@@ -276,12 +282,20 @@ def group_similarity(features: Any, *, layer: str | None = None, provenance: dic
 
 class BorderArtifactsAccumulator(Accumulator):
     """Streamed :func:`border_artifacts`. Full and cropped batches may come separately (e.g. from
-    different extraction passes): ``update(full=..., cropped=...)``; either may be None."""
+    different extraction passes): ``update(full=..., cropped=...)``; either may be None. The full grid
+    is n x n, the cropped one (n-2) x (n-2) (the crop extracted at its own size, as published).
 
-    def __init__(self, layer: str | None = None, provenance: dict | None = None):
+    ``n_boot``, ``level``, ``seed``: the bootstrap interval of each relative similarity, over the images
+    seen in both passes (see :mod:`sdaudit.analyses.intervals`).
+    """
+
+    def __init__(self, layer: str | None = None, provenance: dict | None = None, n_boot: int = DEFAULT_BOOT,
+                 level: float = DEFAULT_LEVEL, seed: int = 0):
         super().__init__()
         self.layer, self.provenance = layer, dict(provenance or {})
-        self._config = {"layer": layer, "provenance": self.provenance}
+        self.n_boot, self.level, self.seed = int(n_boot), float(level), int(seed)
+        self._config = {"layer": layer, "provenance": self.provenance, "n_boot": self.n_boot, "level": self.level,
+                        "seed": self.seed}
         self.cropped = GroupSimilarityAccumulator(layer=layer)
         self.full = GroupSimilarityAccumulator(layer=layer, inner=True)
         self._full_grid: tuple[int, int] | None = None
@@ -289,20 +303,23 @@ class BorderArtifactsAccumulator(Accumulator):
     def update(self, full: Any = None, cropped: Any = None, image_indices: Sequence[int] | None = None) -> None:
         if full is not None:
             x = _features(full, layer=self.layer, name="full", image_indices=image_indices, min_grid=3)
-            self._check_grid(x.shape[2:], "full")
+            self._check_grid(tuple(x.shape[2:]), "full")
             self.full._update(x, image_indices, "full")
         if cropped is not None:
-            x = _features(cropped, layer=self.layer, name="cropped", image_indices=image_indices, min_grid=3)
-            self._check_grid(x.shape[2:], "cropped")
+            x = _features(cropped, layer=self.layer, name="cropped", image_indices=image_indices, min_grid=1)
+            g = tuple(int(v) for v in x.shape[2:])
+            self._check_grid((g[0] + 2, g[1] + 2), "cropped")
             self.cropped._update(x, image_indices, "cropped")
 
-    def _check_grid(self, grid: Iterable[int], what: str) -> None:
+    def _check_grid(self, grid: tuple[int, int], what: str) -> None:
+        """``grid``: the full grid this batch implies (a cropped batch of (n-2) implies n)."""
         grid = tuple(int(v) for v in grid)
         if self._full_grid is None:
             self._full_grid = grid
         elif grid != self._full_grid:
-            raise ValueError(f"layer {self.layer!r}: {what} grid {grid} differs from {self._full_grid}; "
-                             "the cropped image must be re-extracted at the same model size")
+            n = self._full_grid
+            raise ValueError(f"layer {self.layer!r}: {what} batch implies a full grid of {grid}, not {n}; the "
+                             f"crop must be extracted at its own size, giving a {n[0] - 2}x{n[1] - 2} grid")
 
     def merge(self, other: "BorderArtifactsAccumulator") -> "BorderArtifactsAccumulator":
         self._check_mergeable(other)
@@ -314,12 +331,34 @@ class BorderArtifactsAccumulator(Accumulator):
 
     def result(self) -> BorderArtifactsResult:
         a, b = self.cropped.result(), self.full.result()
+        if min(self._full_grid) - 2 < 3:
+            nan = {g: float("nan") for g in GROUPS}
+            return BorderArtifactsResult(relative=dict(nan), cropped=dict(nan), full=dict(nan), cropped_result=a,
+                                         full_result=b, grid=self._full_grid, layer=self.layer,
+                                         provenance=dict(self.provenance), undefined=UNDEFINED_SMALL_GRID)
         ca, cb = a.within, b.within
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = {g: float(np.float64(ca[g]) / np.float64(cb[g])) if cb[g] != 0 else float("nan")
                    for g in GROUPS}
         return BorderArtifactsResult(relative=rel, cropped=ca, full=cb, cropped_result=a, full_result=b,
-                                     grid=self._full_grid, layer=self.layer, provenance=dict(self.provenance))
+                                     grid=self._full_grid, layer=self.layer, provenance=dict(self.provenance),
+                                     intervals=self._intervals(a, b))
+
+    def _intervals(self, a: GroupSimilarityResult, b: GroupSimilarityResult) -> dict[str, Interval]:
+        """Bootstrap intervals of the relative similarities over the images seen in both passes."""
+        ia, ra = self.cropped.per_image.arrays()
+        ib, rb = self.full.per_image.arrays()
+        common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
+        rows = np.concatenate([ra[pa], rb[pb]], axis=1)  # (N, 6): cropped numerators, full numerators
+        # per-image pair counts: relative = (sum a_g / (N ka_g)) / (sum b_g / (N kb_g))
+        ka = np.diag(a.pair_counts) / max(a.n_images, 1)
+        kb = np.diag(b.pair_counts) / max(b.n_images, 1)
+        out = {}
+        for i, g in enumerate(GROUPS):
+            factor = kb[i] / ka[i] if ka[i] else float("nan")
+            stat = (lambda s, i=i, f=factor: s[..., i] / s[..., 3 + i] * f)
+            out[g] = bootstrap_interval(rows, stat, n_boot=self.n_boot, level=self.level, seed=self.seed)
+        return out
 
     def _state_arrays(self):
         s = {f"cropped.{k}": v for k, v in self.cropped._state_arrays().items()}
@@ -334,14 +373,16 @@ class BorderArtifactsAccumulator(Accumulator):
         self._full_grid = g if g != (0, 0) else None
 
 
-def border_artifacts(full: Any, cropped: Any, *, layer: str | None = None,
-                     provenance: dict | None = None) -> BorderArtifactsResult:
-    """Relative within-group similarity of edge tokens, (a) cropped / (b) full-interior.
+def border_artifacts(full: Any, cropped: Any, *, layer: str | None = None, provenance: dict | None = None,
+                     n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> BorderArtifactsResult:
+    """Relative within-group similarity of edge tokens, (a) cropped / (b) full-interior, with bootstrap intervals.
 
     ``full``: the layer for the original images, (N, C, n, n). ``cropped``: the same layer for the
-    images cropped by :func:`crop_pixels` on each side and re-extracted at the same model size
-    (so again (N', C, n, n)). See the module docstring.
+    images cropped by :func:`crop_pixels` on each side and extracted at their own size (no resize),
+    so (N, C, n-2, n-2), aligned token for token with the full grid's interior. See the module
+    docstring. For n - 2 < 3 the groups are not defined: the result's ``undefined`` says so and
+    every ratio is NaN.
     """
-    acc = BorderArtifactsAccumulator(layer=layer, provenance=provenance)
+    acc = BorderArtifactsAccumulator(layer=layer, provenance=provenance, n_boot=n_boot, level=level, seed=seed)
     acc.update(full=full, cropped=cropped)
     return acc.result()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 GROUPS = ("corner", "border", "other")
+UNDEFINED_SMALL_GRID = "not defined (grid too small)"
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -158,12 +159,18 @@ class BorderArtifactsResult(_Result):
     grid: tuple[int, int]
     layer: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)  # group -> Interval of ``relative``
+    undefined: str | None = None  # why no ratio is given (e.g. the cropped grid is under 3x3)
     kind = "border_artifacts"
 
     @classmethod
     def _convert(cls, kw):
+        from .intervals import Interval
+
         for k in ("relative", "cropped", "full"):
             kw[k] = {g: _nan(v) for g, v in kw[k].items()}
+        kw["intervals"] = {g: v if isinstance(v, Interval) else Interval.from_dict(v)
+                           for g, v in (kw.get("intervals") or {}).items()}
         for k in ("cropped_result", "full_result"):
             if isinstance(kw[k], dict):
                 kw[k] = GroupSimilarityResult.from_dict(kw[k])

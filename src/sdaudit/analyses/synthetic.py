@@ -72,8 +72,9 @@ def border_features(n_images: int = 50, channels: int = 256, n: int = 16, corner
     Every token of image i is a*m_i + eps (+ b_g*e_{g,i} on the outer ring, g = corner/border),
     with m_i, e_{g,i} orthogonal per-image directions and eps orthogonal to them, all of norm
     sqrt(C) -- so the expected cosine of two interior tokens is ``base_similarity`` and that of two
-    ring tokens of group g is ratio_g * base_similarity. ``cropped`` is a fresh map of the same
-    images (new eps, same m_i), again with the ring boosted; the full map's interior is not. Hence
+    ring tokens of group g is ratio_g * base_similarity. ``cropped`` is a fresh (n-2) x (n-2) map of
+    the same images (new eps, same m_i: the crop extracted at its own size), again with its ring
+    boosted; the full map's interior is not. Hence
     ``border_artifacts(features, cropped).relative`` is (corner_ratio, border_ratio, 1) in
     expectation (``info["expected"]``).
     """
@@ -88,13 +89,13 @@ def border_features(n_images: int = 50, channels: int = 256, n: int = 16, corner
         v = r * c0 / (1 - r * c0)
         b2[g] = v - a2
     rng = np.random.default_rng(seed)
-    ring = np.zeros((n, n), bool)
-    ring[[0, -1], :] = ring[:, [0, -1]] = True
-    corner = np.zeros((n, n), bool)
-    corner[[0, 0, -1, -1], [0, -1, 0, -1]] = True
-    boost = {"corner": corner, "border": ring & ~corner}
 
-    def one_map(q: np.ndarray) -> np.ndarray:
+    def one_map(q: np.ndarray, n: int) -> np.ndarray:
+        ring = np.zeros((n, n), bool)
+        ring[[0, -1], :] = ring[:, [0, -1]] = True
+        corner = np.zeros((n, n), bool)
+        corner[[0, 0, -1, -1], [0, -1, 0, -1]] = True
+        boost = {"corner": corner, "border": ring & ~corner}
         eps = rng.standard_normal((n * n, channels))
         eps -= (eps @ q.T) @ q
         eps *= np.sqrt(channels) / np.linalg.norm(eps, axis=1, keepdims=True)
@@ -104,11 +105,11 @@ def border_features(n_images: int = 50, channels: int = 256, n: int = 16, corner
         return tok.T.reshape(channels, n, n)
 
     full = np.empty((n_images, channels, n, n), np.float32)
-    crop = np.empty_like(full)
+    crop = np.empty((n_images, channels, n - 2, n - 2), np.float32)
     for i in range(n_images):
         q = _orthonormal(3, channels, rng)
-        full[i] = one_map(q)
-        crop[i] = one_map(q)
+        full[i] = one_map(q, n)
+        crop[i] = one_map(q, n - 2)
     expected = {"corner": float(corner_ratio), "border": float(border_ratio), "other": 1.0}
     return Synthetic(full.astype(dtype), cropped=crop.astype(dtype),
                      info={"expected": expected, "base_similarity": c0})

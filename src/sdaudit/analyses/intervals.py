@@ -1,0 +1,170 @@
+"""Uncertainty of per-layer numbers: a bootstrap over images from per-image statistics.
+
+Every audited number is a smooth function of sums over images: a probe accuracy is
+sum(hits) / sum(test tokens), a group similarity sum(pair-cosine sums) / sum(pair counts), a
+relative similarity the ratio of two such ratios, an anomaly relative norm sum(per-anomaly ratios)
+/ sum(anomalies). So an accumulator needs only a short row of numbers per image (``m`` floats,
+never the features) to give an interval: :class:`PerImageStats` keeps those rows by image index
+(memory N x m floats, about 100 bytes per image and layer; the features are never kept), and
+:func:`bootstrap_interval` resamples images with replacement:
+
+    sums_b = sum_i w_bi * row_i      w_b ~ Multinomial(N, 1/N)   (b = 1 .. n_boot)
+    value_b = statistic(sums_b)
+
+and reports the percentile interval [q_(1-level)/2, q_(1+level)/2] of the finite value_b around the
+point estimate statistic(sum_i row_i). Images are the resampling unit because they are the
+independent draws (tokens of one image are not). The resampling is seeded (``seed``), so the same
+rows give the same interval, and it does not depend on the order the rows arrived in (rows are
+sorted by image index first), so sharded and resumed audits give the same interval as one pass.
+
+Known limits, stated in reports: the percentile bootstrap under-covers a little at small N (about
+90 % for a nominal 95 % at N = 20 on skewed data), and for the probe it holds the fitted probe
+fixed (test-image variability only, not the variability of training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_BOOT = 2000
+DEFAULT_LEVEL = 0.95
+_MAX_WEIGHTS = 1 << 22  # resampling weights are drawn in blocks of at most this many entries
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap interval (NaN bounds when it cannot be estimated)."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = DEFAULT_LEVEL
+    n: int = 0  # images resampled
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+    def excludes(self, value: float) -> bool:
+        """Whether the whole interval lies on one side of ``value`` (False for an undefined interval)."""
+        return bool(np.isfinite(self.low) and np.isfinite(self.high) and (self.low > value or self.high < value))
+
+    def to_dict(self) -> dict:
+        from .results import to_jsonable
+
+        return to_jsonable({"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level,
+                            "n": self.n})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Interval":
+        nan = float("nan")
+        return cls(*(nan if d.get(k) is None else float(d[k]) for k in ("estimate", "low", "high")),
+                   level=float(d.get("level", DEFAULT_LEVEL)), n=int(d.get("n", 0)))
+
+
+def resample_sums(rows: np.ndarray, *, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> np.ndarray:
+    """(n_boot, m) sums of ``rows`` (N, m) over bootstrap resamples of the N images (float64)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    n = rows.shape[0]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, rows.shape[1]))
+    block = max(1, _MAX_WEIGHTS // max(n, 1))
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
+        out[start:start + b] = weights @ rows
+    return out
+
+
+def bootstrap_interval(rows: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *,
+                       n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of ``statistic(sums of rows)`` over images.
+
+    Parameters:
+        rows: (N, m) per-image statistics, one row per image.
+        statistic: maps sums of shape (..., m) to values of shape (...); must accept a batch.
+        n_boot: resamples; level: coverage (0.95); seed: of the resampling.
+
+    With fewer than 2 images, or when fewer than half the resamples give a finite value (e.g.
+    a denominator that is 0 in most resamples), the bounds are NaN.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be (N, m), got shape {rows.shape}")
+    n = rows.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = float(statistic(rows.sum(axis=0)[None])[0]) if n else float("nan")
+        if n < 2:
+            return Interval(estimate, float("nan"), float("nan"), level, n)
+        values = np.asarray(statistic(resample_sums(rows, n_boot=n_boot, seed=seed)), dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size < n_boot / 2:
+        return Interval(estimate, float("nan"), float("nan"), level, n)
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(estimate, float(low), float(high), level, n)
+
+
+def ratio(num: int, den: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Statistic sums[num] / sums[den]."""
+    return lambda s: s[..., num] / s[..., den]
+
+
+def ratio_of_ratios(a: tuple[int, int], b: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """Statistic (sums[a0] / sums[a1]) / (sums[b0] / sums[b1])."""
+    return lambda s: (s[..., a[0]] / s[..., a[1]]) / (s[..., b[0]] / s[..., b[1]])
+
+
+class PerImageStats:
+    """Rows of ``m`` per-image numbers keyed by image index: the state an interval needs.
+
+    Mergeable (shards hold disjoint images; an image given twice is an error, since counting an
+    image twice would shrink the interval) and saved as two arrays in a state dict.
+    """
+
+    def __init__(self, width: int):
+        self.width = int(width)
+        self._index: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return int(sum(len(i) for i in self._index))
+
+    def add(self, indices: Sequence[int], rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64).reshape(len(indices), self.width)
+        self._index.append(np.asarray(indices, dtype=np.int64).reshape(-1))
+        self._rows.append(rows)
+
+    def merge(self, other: "PerImageStats") -> "PerImageStats":
+        if other.width != self.width:
+            raise ValueError(f"cannot merge per-image statistics of width {other.width} into {self.width}")
+        self._index.extend(other._index)
+        self._rows.extend(other._rows)
+        return self
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices (N,), rows (N, m)) sorted by image index; raises if an image appears twice."""
+        index = np.concatenate(self._index) if self._index else np.zeros(0, np.int64)
+        rows = np.concatenate(self._rows) if self._rows else np.zeros((0, self.width))
+        order = np.argsort(index, kind="stable")
+        index, rows = index[order], rows[order]
+        if len(index) > 1 and (np.diff(index) == 0).any():
+            dup = index[1:][np.diff(index) == 0]
+            raise ValueError(f"image(s) {dup[:5].tolist()} counted twice in per-image statistics")
+        self._index, self._rows = [index], [rows]  # compact
+        return index, rows
+
+    def interval(self, statistic: Callable[[np.ndarray], np.ndarray], **kwargs) -> Interval:
+        return bootstrap_interval(self.arrays()[1], statistic, **kwargs)
+
+    def state(self, prefix: str) -> dict[str, np.ndarray]:
+        index, rows = self.arrays()
+        return {f"{prefix}index": index, f"{prefix}rows": rows}
+
+    def load(self, state: dict[str, np.ndarray], prefix: str) -> None:
+        self._index = [np.asarray(state[f"{prefix}index"], dtype=np.int64)]
+        self._rows = [np.asarray(state[f"{prefix}rows"], dtype=np.float64).reshape(-1, self.width)]
