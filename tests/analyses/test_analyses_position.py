@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sdaudit.analyses import PositionProbeAccumulator, position_probe
-from sdaudit.analyses.position import _axis_hits
+from sdaudit.analyses.position import _image_hits
 from sdaudit.analyses.synthetic import positional_features
 
 RES = (4, 8, 16)
@@ -56,8 +56,10 @@ def test_paper_probe_settings_and_history():
 def test_resolution_rule():
     pred, label = np.array([0, 1, 5, 7, 15]), np.array([1, 1, 4, 6, 0])
     # n = 16: at s = 8 pairs (0,1), (1,1), (5,4), (7,6) share a bin; at s = 16 only (1,1); at s = 64 exact
-    assert _axis_hits(pred, label, 16, (8, 16, 64)).tolist() == [4, 1, 1]
-    assert _axis_hits(pred, label, 16, (2,)).tolist() == [4]
+    assert _image_hits(pred[None], label[None], 16, (8, 16, 64)).tolist() == [[4, 1, 1]]
+    assert _image_hits(pred[None], label[None], 16, (2,)).tolist() == [[4]]
+    two = _image_hits(np.stack([pred, label]), np.stack([label, label]), 16, (8, 64))
+    assert two.tolist() == [[4, 1], [5, 5]]  # per image
 
 
 @pytest.mark.parametrize("method", ["lda", "ridge", "paper"])
@@ -115,3 +117,18 @@ def test_probe_errors():
         acc.update(x[:2], image_indices=[0, 1])
     with pytest.raises(ValueError, match="unknown probe method"):
         position_probe(x, method="svm")
+
+
+def test_probe_interval_covers_the_accuracy_and_shrinks_with_test_images():
+    from sdaudit.analyses.synthetic import positional_features
+
+    widths = []
+    for n in (20, 80, 320):
+        s = positional_features(n, 16, 8, strength=0.2, seed=3)
+        r = position_probe(s.features, resolutions=(8,))
+        iv = r.intervals[8]
+        assert iv.low <= r.accuracy[8] <= iv.high and iv.n == r.n_test_images
+        widths.append(iv.width)
+    assert widths[0] > 1.4 * widths[1] > 1.4 * 1.4 * widths[2], widths  # about 2x per 4x images
+    paper = position_probe(s.features[:40], resolutions=(8,), method="paper", epochs=1, threads=1)
+    assert paper.intervals[8].low <= paper.accuracy[8] <= paper.intervals[8].high

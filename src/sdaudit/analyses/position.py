@@ -31,23 +31,30 @@ import numpy as np
 
 from ._arrays import check_features, check_finite, is_torch, resolve_indices, NonFiniteInputError
 from ._base import Accumulator
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, bootstrap_interval
 from .results import ProbeResult
 
 CLOSED_FORM = ("lda", "ridge")
 DEFAULT_SHRINKAGE = 1e-2
 
 
-def _axis_hits(pred: np.ndarray, label: np.ndarray, n: int, resolutions: Sequence[int]) -> np.ndarray:
-    """Correct-prediction counts per resolution for one axis with n classes."""
-    return np.array([int(np.sum((pred * s) // n == (label * s) // n)) for s in resolutions], dtype=np.int64)
-
-
 def _chance(s: int, grid: tuple[int, int]) -> float:
     return 0.5 * (1.0 / min(s, grid[0]) + 1.0 / min(s, grid[1]))
 
 
+def _image_hits(pred: np.ndarray, label: np.ndarray, n: int, resolutions: Sequence[int]) -> np.ndarray:
+    """(B, R) correct predictions per image and resolution; ``pred``, ``label``: (B, tokens)."""
+    return np.stack([((pred * s) // n == (label * s) // n).sum(axis=1) for s in resolutions], axis=1)
+
+
+def accuracy_interval(rows: np.ndarray, k: int, n_res: int, **kwargs) -> Interval:
+    """Interval of the mean row/column accuracy at resolution number ``k`` from per-test-image rows
+    [row hits (R), column hits (R), tokens]."""
+    return bootstrap_interval(rows, lambda t: 0.5 * (t[..., k] + t[..., n_res + k]) / t[..., 2 * n_res], **kwargs)
+
+
 def _make_result(method, resolutions, grid, hits_r, hits_c, n_test_tok, n_tr_img, n_te_img, n_tr_tok,
-                 layer, provenance, details) -> ProbeResult:
+                 layer, provenance, details, intervals=None) -> ProbeResult:
     res = [int(s) for s in resolutions]
     acc_r = {s: float(h) / n_test_tok if n_test_tok else float("nan") for s, h in zip(res, hits_r)}
     acc_c = {s: float(h) / n_test_tok if n_test_tok else float("nan") for s, h in zip(res, hits_c)}
@@ -57,7 +64,8 @@ def _make_result(method, resolutions, grid, hits_r, hits_c, n_test_tok, n_tr_img
                        chance={s: _chance(s, grid) for s in res}, grid=tuple(int(g) for g in grid),
                        n_train_images=int(n_tr_img), n_test_images=int(n_te_img),
                        n_train_tokens=int(n_tr_tok), n_test_tokens=int(n_test_tok),
-                       layer=layer, provenance=dict(provenance or {}), details=details)
+                       layer=layer, provenance=dict(provenance or {}), details=details,
+                       intervals=dict(intervals or {}))
 
 
 def n_train_images(n_images: int, train_fraction: float) -> int:
@@ -86,7 +94,8 @@ class PositionProbeAccumulator(Accumulator):
 
     def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64),
                  method: str = "lda", shrinkage: float = DEFAULT_SHRINKAGE, n_train: int | None = None,
-                 layer: str | None = None, provenance: dict | None = None):
+                 layer: str | None = None, provenance: dict | None = None, n_boot: int = DEFAULT_BOOT,
+                 level: float = DEFAULT_LEVEL, seed: int = 0):
         super().__init__()
         if method not in CLOSED_FORM:
             raise ValueError(f"streamed probe method must be one of {CLOSED_FORM}, got {method!r} "
@@ -99,7 +108,10 @@ class PositionProbeAccumulator(Accumulator):
         self.shrinkage, self.layer, self.provenance = float(shrinkage), layer, dict(provenance or {})
         self._config = {"n_images": self.n_images, "train_fraction": self.train_fraction,
                         "resolutions": self.resolutions, "method": method, "shrinkage": self.shrinkage,
-                        "n_train": n_train, "layer": layer, "provenance": self.provenance}
+                        "n_train": n_train, "layer": layer, "provenance": self.provenance, "n_boot": int(n_boot),
+                        "level": float(level), "seed": int(seed)}
+        self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(seed)}
+        self.per_image = PerImageStats(2 * len(self.resolutions) + 1)  # test images: row hits, col hits, tokens
         self._grid: tuple[int, int] | None = None
         self._c = 0
         self._shift: np.ndarray | None = None
@@ -130,7 +142,7 @@ class PositionProbeAccumulator(Accumulator):
             sel = np.nonzero(~train)[0]
             xt = _to_numpy(_take(x, sel))
             if self.train_complete:
-                self._score(xt)
+                self._score(xt, idx[sel])
             else:
                 self._pending.append((np.asarray(xt, np.float32), idx[sel]))
 
@@ -186,23 +198,26 @@ class PositionProbeAccumulator(Accumulator):
         self._n_tr_img += n_img
         self._fit = None
 
-    def _score(self, x: np.ndarray) -> None:
+    def _score(self, x: np.ndarray, idx: np.ndarray) -> None:
         h, w = self._grid
+        b = x.shape[0]
         wr, br, wc, bc = self._weights()
         tok = (x.transpose(0, 2, 3, 1) - self._shift.astype(np.float32)).reshape(-1, self._c)
-        pr = np.argmax(tok @ wr + br, axis=1)
-        pc = np.argmax(tok @ wc + bc, axis=1)
-        rows = np.tile(np.repeat(np.arange(h), w), x.shape[0])
-        cols = np.tile(np.tile(np.arange(w), h), x.shape[0])
-        self._hits_r += _axis_hits(pr, rows, h, self.resolutions)
-        self._hits_c += _axis_hits(pc, cols, w, self.resolutions)
+        pr = np.argmax(tok @ wr + br, axis=1).reshape(b, h * w)
+        pc = np.argmax(tok @ wc + bc, axis=1).reshape(b, h * w)
+        rows = np.broadcast_to(np.repeat(np.arange(h), w), (b, h * w))
+        cols = np.broadcast_to(np.tile(np.arange(w), h), (b, h * w))
+        hr, hc = _image_hits(pr, rows, h, self.resolutions), _image_hits(pc, cols, w, self.resolutions)
+        self._hits_r += hr.sum(axis=0)
+        self._hits_c += hc.sum(axis=0)
         self._n_te_tok += tok.shape[0]
-        self._n_te_img += x.shape[0]
+        self._n_te_img += b
+        self.per_image.add(idx, np.concatenate([hr, hc, np.full((b, 1), h * w)], axis=1))
 
     def _flush(self) -> None:
         if self._pending and self.train_complete:
-            for x, _ in self._pending:
-                self._score(x)
+            for x, idx in self._pending:
+                self._score(x, idx)
             self._pending = []
 
     # -- closed-form fit -----------------------------------------------------------------------
@@ -261,6 +276,7 @@ class PositionProbeAccumulator(Accumulator):
         self._hits_c += other._hits_c
         self._n_te_tok += other._n_te_tok
         self._n_te_img += other._n_te_img
+        self.per_image.merge(other.per_image)
         self._pending += [(x.copy(), i.copy()) for x, i in other._pending]
         self._next_index = max(self._next_index, other._next_index)
         return self
@@ -272,9 +288,12 @@ class PositionProbeAccumulator(Accumulator):
         self._flush()
         if not self._n_te_img:
             raise ValueError(f"layer {self.layer!r}: no test images seen")
+        rows = self.per_image.arrays()[1]
+        r = len(self.resolutions)
+        intervals = {s: accuracy_interval(rows, k, r, **self._boot) for k, s in enumerate(self.resolutions)}
         return _make_result(self.method, self.resolutions, self._grid, self._hits_r, self._hits_c,
                             self._n_te_tok, self._n_tr_img, self._n_te_img, self._n_tok, self.layer,
-                            self.provenance, {"shrinkage": self.shrinkage})
+                            self.provenance, {"shrinkage": self.shrinkage}, intervals)
 
     def _state_arrays(self):
         z = np.zeros(0)
@@ -286,7 +305,8 @@ class PositionProbeAccumulator(Accumulator):
                 "rs": z if self._rs is None else self._rs, "rc": z if self._rc is None else self._rc,
                 "cs": z if self._cs is None else self._cs, "cc": z if self._cc is None else self._cc,
                 "counts": np.array([self._n_tr_img, self._n_te_img, self._n_te_tok]),
-                "hits_r": self._hits_r, "hits_c": self._hits_c, "pending_x": pend_x, "pending_i": pend_i}
+                "hits_r": self._hits_r, "hits_c": self._hits_c, "pending_x": pend_x, "pending_i": pend_i,
+                **self.per_image.state("per_image.")}
 
     def _load_state_arrays(self, st):
         g = tuple(int(v) for v in st["grid"])
@@ -298,6 +318,7 @@ class PositionProbeAccumulator(Accumulator):
         self._n_tr_img, self._n_te_img, self._n_te_tok = (int(v) for v in st["counts"])
         self._hits_r, self._hits_c = st["hits_r"].astype(np.int64), st["hits_c"].astype(np.int64)
         self._pending = [(st["pending_x"], st["pending_i"])] if st["pending_i"].size else []
+        self.per_image.load(st, "per_image.")
 
 
 def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -368,15 +389,16 @@ def _paper_probe(x: Any, n_train: int, resolutions: Sequence[int], *, epochs: in
         return history
 
     def evaluate(clf):
+        """(test images, R) row and column hits per test image."""
         clf.eval()
-        hr = np.zeros(len(resolutions), np.int64)
-        hc = np.zeros(len(resolutions), np.int64)
+        step = max(1, 65536 // (h * w)) * h * w  # whole images per chunk
+        hr, hc = [], []
         with torch.no_grad():
-            for i in range(ntr, tokens.shape[0], 65536):
-                pr, pc = (v.argmax(1).cpu().numpy() for v in split(clf(tokens[i:i + 65536].float())))
-                hr += _axis_hits(pr, rows[i:i + 65536].cpu().numpy(), h, resolutions)
-                hc += _axis_hits(pc, cols[i:i + 65536].cpu().numpy(), w, resolutions)
-        return hr, hc
+            for i in range(ntr, tokens.shape[0], step):
+                pr, pc = (v.argmax(1).cpu().numpy().reshape(-1, h * w) for v in split(clf(tokens[i:i + step].float())))
+                hr.append(_image_hits(pr, rows[i:i + step].cpu().numpy().reshape(-1, h * w), h, resolutions))
+                hc.append(_image_hits(pc, cols[i:i + step].cpu().numpy().reshape(-1, h * w), w, resolutions))
+        return np.concatenate(hr), np.concatenate(hc)
 
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -390,8 +412,10 @@ def _paper_probe(x: Any, n_train: int, resolutions: Sequence[int], *, epochs: in
 def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64),
                    method: str = "lda", *, shrinkage: float = DEFAULT_SHRINKAGE, epochs: int = 5,
                    lr: float = 1e-3, batch_size: int = 512, seed: int = 42, device: str | None = None,
-                   threads: int | None = None, layer: str | None = None, provenance: dict | None = None) -> ProbeResult:
-    """Test accuracy of a linear position probe per comparison resolution, with chance level.
+                   threads: int | None = None, layer: str | None = None, provenance: dict | None = None,
+                   n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, boot_seed: int = 0) -> ProbeResult:
+    """Test accuracy of a linear position probe per comparison resolution, with chance level and a
+    bootstrap interval over test images (``n_boot``, ``level``, ``boot_seed``; the probe is held fixed).
 
     ``features``: (N, C, rows, cols) numpy or torch (float16/32). ``method``: "lda" (default),
     "ridge" or "paper" (see the module docstring; ``epochs``, ``lr``, ``batch_size``, ``seed``,
@@ -403,7 +427,7 @@ def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequ
     if method in CLOSED_FORM:
         n = len(features)
         acc = PositionProbeAccumulator(n, train_fraction, resolutions, method, shrinkage, layer=layer,
-                                       provenance=provenance)
+                                       provenance=provenance, n_boot=n_boot, level=level, seed=boot_seed)
         acc.update(features)
         return acc.result()
     if method != "paper":
@@ -431,7 +455,11 @@ def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequ
     n_te_tok = (n - n_tr) * h * w
     hr, hc, loss = hist[-1]
     details = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "final_train_loss": loss,
-               "history": [{"epoch": e + 1, "accuracy": {s: 0.5 * (r[i] + c[i]) / n_te_tok for i, s in enumerate(res)}}
+               "history": [{"epoch": e + 1, "accuracy": {s: 0.5 * (r[:, i].sum() + c[:, i].sum()) / n_te_tok
+                                                         for i, s in enumerate(res)}}
                            for e, (r, c, _) in enumerate(hist)]}
-    return _make_result("paper", res, (h, w), hr, hc, n_te_tok, n_tr, n - n_tr, n_tr * h * w, layer,
-                        provenance, details)
+    rows = np.concatenate([hr, hc, np.full((len(hr), 1), h * w)], axis=1)
+    intervals = {s: accuracy_interval(rows, k, len(res), n_boot=n_boot, level=level, seed=boot_seed)
+                 for k, s in enumerate(res)}
+    return _make_result("paper", res, (h, w), hr.sum(axis=0), hc.sum(axis=0), n_te_tok, n_tr, n - n_tr,
+                        n_tr * h * w, layer, provenance, details, intervals)

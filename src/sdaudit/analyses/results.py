@@ -100,12 +100,17 @@ class ProbeResult(_Result):
     layer: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[int, Any] = field(default_factory=dict)  # s -> Interval of ``accuracy[s]`` (over test images)
     kind = "position_probe"
 
     @classmethod
     def _convert(cls, kw):
+        from .intervals import Interval
+
         for k in ("accuracy", "row_accuracy", "col_accuracy", "chance"):
             kw[k] = {int(s): _nan(v) for s, v in kw[k].items()}
+        kw["intervals"] = {int(s): v if isinstance(v, Interval) else Interval.from_dict(v)
+                           for s, v in (kw.get("intervals") or {}).items()}
         kw["grid"] = tuple(kw["grid"])
         return kw
 
