@@ -113,3 +113,26 @@ def test_anomaly_norm_errors():
     assert np.isnan(anomaly_relative_norms({"z": np.zeros((1, 2, 4, 4))}, [[0, 1, 1]]).mean("z"))
     assert anomaly_relative_norms({"z": np.zeros((1, 2, 4, 4))}, [[0, 1, 1]]).stats["z"]["undefined"] == 1
     assert norm_map(np.zeros((1, 2, 4, 4))).shape == (1, 4, 4)
+
+
+def test_relative_norm_interval_covers_the_planted_mean_90_to_99_percent_of_the_time():
+    from sdaudit.analyses.synthetic import anomaly_features
+
+    hits, widths = 0, []
+    for rep in range(200):
+        s = anomaly_features(30, 4, 12, ratio=(2.0, 6.0), seed=500 + rep)
+        stats = anomaly_relative_norms({"L": s.features}, s.anomalies, ref_grid=12).stats["L"]
+        hits += stats["low"] <= 4.0 <= stats["high"]  # the planted ratios' population mean
+        widths.append(stats["high"] - stats["low"])
+        assert stats["n_images"] == len(np.unique(s.anomalies[:, 0]))
+    assert 180 <= hits <= 198, hits
+
+
+def test_relative_norm_interval_is_the_same_streamed_and_merged(planted):
+    x, an = planted.features[:50], planted.anomalies[planted.anomalies[:, 0] < 50]
+    whole = anomaly_relative_norms({"L": x}, an).stats["L"]
+    a, b = AnomalyNormAccumulator(an, layer="L"), AnomalyNormAccumulator(an, layer="L")
+    a.update(x[:20], image_indices=range(20))
+    b.update(x[20:], image_indices=range(20, 50))
+    got = b.merge(a).result().stats["L"]
+    assert (got["low"], got["high"]) == (whole["low"], whole["high"]) and whole["low"] < whole["mean"] < whole["high"]

@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from ._arrays import check_features, resolve_indices, token_norms
 from ._base import Accumulator
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, bootstrap_interval, ratio
 from .labels import validate_labels
 from .results import AnomalyDetectionResult, AnomalyNormResult
 
@@ -204,17 +205,21 @@ class AnomalyNormAccumulator(Accumulator):
     """Streamed relative norm of labelled anomalies on one layer.
 
     ``anomalies``: (K, 3) rows [global image index, x, y] on the ``ref_grid``. ``update`` takes
-    batches with their global image indices; state = one value per anomaly (bounded by K).
+    batches with their global image indices; state = one value per anomaly (bounded by K). The mean's
+    interval is a bootstrap over images (an image's anomalies are resampled together: they are not
+    independent), ``n_boot`` / ``level`` / ``seed`` as in :mod:`sdaudit.analyses.intervals`.
     """
 
     def __init__(self, anomalies: Any, ref_grid: int | Sequence[int] = 32, layer: str | None = None,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
+                 seed: int = 0):
         super().__init__()
         self.ref = (int(ref_grid), int(ref_grid)) if np.isscalar(ref_grid) else tuple(int(v) for v in ref_grid)
         self.anomalies = validate_labels(getattr(anomalies, "rows", anomalies), grid=self.ref, source="anomalies")
         self.layer, self.provenance = layer, dict(provenance or {})
+        self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(seed)}
         self._config = {"anomalies": self.anomalies.tolist(), "ref_grid": list(self.ref), "layer": layer,
-                        "provenance": self.provenance}
+                        "provenance": self.provenance, **self._boot}
         k = len(self.anomalies)
         self._values = np.full(k, np.nan)
         self._seen = np.zeros(k, bool)
@@ -256,9 +261,19 @@ class AnomalyNormAccumulator(Accumulator):
                  "std": float(v.std()) if v.size else float("nan"), "count": int(v.size),
                  "missing": int((~self._seen).sum()), "undefined": int((self._seen & ~ok).sum()),
                  "grid": list(self._grid) if self._grid else None}
+        iv = self._interval(ok)
+        stats.update(low=iv.low, high=iv.high, level=iv.level, n_images=iv.n)
         return AnomalyNormResult(stats={name: stats}, values={name: self._values.copy()},
                                  anomalies=self.anomalies, ref_grid=self.ref[0] if self.ref[0] == self.ref[1]
                                  else list(self.ref), provenance=dict(self.provenance))
+
+    def _interval(self, ok: np.ndarray) -> Interval:
+        """Bootstrap interval of the mean over images: per image, (sum of its anomalies' values, count)."""
+        images, inverse = np.unique(self.anomalies[ok, 0], return_inverse=True)
+        rows = np.zeros((len(images), 2))
+        np.add.at(rows, (inverse, 0), self._values[ok])
+        np.add.at(rows, (inverse, 1), 1.0)
+        return bootstrap_interval(rows, ratio(0, 1), **self._boot)
 
     def _state_arrays(self):
         return {"values": self._values, "seen": self._seen, "grid": np.array(self._grid or (0, 0))}

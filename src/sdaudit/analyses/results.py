@@ -217,10 +217,12 @@ class AnomalyDetectionResult(_Result):
 class AnomalyNormResult(_Result):
     """Relative norm of labelled anomalies per layer.
 
-    ``stats[layer]`` = {"mean", "std", "count", "missing", "undefined", "grid"}: mean and
+    ``stats[layer]`` = {"mean", "std", "count", "missing", "undefined", "grid", "low", "high", "level",
+    "n_images"}: mean and
     (population, ddof=0) std over the anomalies' relative norms (mean patch norm / mean map
     norm of that image); ``missing`` = anomalies whose image was not in the data, ``undefined``
-    = anomalies whose map has zero mean norm (excluded, counted). ``values[layer]`` = one value
+    = anomalies whose map has zero mean norm (excluded, counted); ``low``/``high`` the bootstrap
+    interval of the mean over the ``n_images`` images holding anomalies. ``values[layer]`` = one value
     per anomaly row (NaN where missing/undefined). Layers keep the caller's order.
     """
 
