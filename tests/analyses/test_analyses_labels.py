@@ -8,23 +8,24 @@ import pytest
 
 from sdaudit.analyses import LabelFileError, load_labels, save_labels
 
-LABELS = "/work/shared/paper_labels"
 PUBLISHED = {"sd15": (196, 144), "sd21": (93, 76), "sdturbo": (457, 438)}
 
 
-@pytest.mark.skipif(not os.path.isdir(LABELS), reason="published label folder missing")
 @pytest.mark.parametrize("model", sorted(PUBLISHED))
 def test_published_labels_round_trip(model, tmp_path):
-    path = os.path.join(LABELS, f"high_norm_anomalies_{model}.npy")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} missing")
-    rows = load_labels(path, grid=32, n_images=500)
+    """The published files (shipped as package data) load, keep their counts and dtype, and round-trip."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("sdaudit") / "data" / "paper_labels"
+                           / f"high_norm_anomalies_{model}.npy") as path:
+        rows = load_labels(path, grid=32, n_images=500)
+        original = np.load(path)
     assert rows.dtype == np.int64 and rows.shape == (PUBLISHED[model][0], 3)
     assert len(np.unique(rows[:, 0])) == PUBLISHED[model][1]
     out = tmp_path / "x.npy"
     save_labels(out, rows)
-    np.testing.assert_array_equal(load_labels(out), np.load(path))
-    assert np.load(out).dtype == np.load(path).dtype
+    np.testing.assert_array_equal(load_labels(out), original)
+    assert np.load(out).dtype == original.dtype
 
 
 def test_round_trip_and_empty(tmp_path):
@@ -86,3 +87,25 @@ def test_save_validates(tmp_path):
     with pytest.raises(LabelFileError, match="image"):
         save_labels(tmp_path / "a.npy", [[9, 1, 1]], n_images=5)
     assert not (tmp_path / "a.npy").exists()
+
+
+def test_published_labels_ship_with_the_package():
+    """The paper's three label files load by name and hold the published statistics (design.md section 4)."""
+    from sdaudit.analyses import resolve_labels
+
+    published = {"paper:sd15": (196, 144), "paper:SD-2.1": (93, 76), "paper:sd-turbo": (457, 438)}
+    for spec, (count, images) in published.items():
+        rows = resolve_labels(spec, grid=32, n_images=500)
+        assert rows.shape == (count, 3) and len(np.unique(rows[:, 0])) == images
+        assert rows[:, 0].max() < 500 and rows[:, 1:].max() <= 30
+
+
+def test_published_labels_refuse_another_image_set_or_grid():
+    from sdaudit.analyses import LabelFileError, resolve_labels
+
+    with pytest.raises(LabelFileError, match="500 images in their order, this audit has 9"):
+        resolve_labels("paper:sd15", grid=32, n_images=9)
+    with pytest.raises(LabelFileError, match="32x32 grid .* is 16x16"):
+        resolve_labels("paper:sd21", grid=16, n_images=500)
+    with pytest.raises(LabelFileError, match="no published labels"):
+        resolve_labels("paper:sdxl")

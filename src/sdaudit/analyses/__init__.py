@@ -11,8 +11,10 @@ from .anomalies import (AnomalyDetector, AnomalyNormAccumulator, anomaly_relativ
                         detect_anomalies, detect_in_map)
 from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts, crop_box,
                       crop_pixels, crop_plan, group_masks, group_similarity)
-from .labels import LabelFileError, load_labels, save_labels, validate_labels
+from .intervals import Interval, PerImageStats, bootstrap_interval
+from .labels import LabelFileError, load_labels, resolve_labels, save_labels, validate_labels
 from .position import PositionProbeAccumulator, position_probe
+from .recurrence import RecurrenceResult, position_recurrence
 from .results import (GROUPS, AnomalyDetectionResult, AnomalyNormResult, BorderArtifactsResult,
                       GroupSimilarityResult, ProbeResult, to_jsonable)
 from .similarity import (MEASURES, SimilarityMapAccumulator, TokenMeanAccumulator, norm_map, reference_token,
@@ -28,6 +30,7 @@ __all__ = [
     "BorderArtifactsResult", "GROUPS",
     "detect_anomalies", "detect_in_map", "compare_labels", "anomaly_relative_norms", "AnomalyDetector",
     "AnomalyNormAccumulator", "AnomalyDetectionResult", "AnomalyNormResult",
-    "load_labels", "save_labels", "validate_labels", "LabelFileError",
+    "load_labels", "save_labels", "validate_labels", "resolve_labels", "LabelFileError",
+    "Interval", "PerImageStats", "bootstrap_interval", "position_recurrence", "RecurrenceResult",
     "to_jsonable",
 ]

@@ -3,11 +3,17 @@
 A label file is a ``.npy`` array of integers, shape (K, 3), one row ``[image_index, x, y]`` per
 anomaly: x = column, y = row of the upper-left token of the 2x2 patch on the labelling grid
 (32 x 32 for SD at 512 px, layer ``up_blocks[1].upsamplers[0]``). The published files are int64.
+
+The authors' three label files ship with sdaudit: ``resolve_labels("paper:sd15")`` (also ``paper:sd21``,
+``paper:sd-turbo``) loads them; they index the paper's 500 images (ImageNet classes 235, 242, 282, 717,
+980, 100 each, in the published order) on the 32 x 32 grid.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -79,3 +85,33 @@ def save_labels(path: str | os.PathLike, rows: Any, *, grid: int | tuple[int, in
     with open(path, "wb") as f:
         np.save(f, out)
     return out
+
+
+PUBLISHED_LABELS = {"sd15": "high_norm_anomalies_sd15.npy", "sd21": "high_norm_anomalies_sd21.npy",
+                    "sd-turbo": "high_norm_anomalies_sdturbo.npy"}
+PUBLISHED_GRID = 32
+PUBLISHED_IMAGES = 500
+
+
+def resolve_labels(spec: str | os.PathLike, *, grid: int | tuple[int, int] | None = None,
+                   n_images: int | None = None) -> np.ndarray:
+    """Labels from ``paper:sd15`` / ``paper:sd21`` / ``paper:sd-turbo`` (the published files, 32 x 32 grid,
+    500 images) or from a label file path. ``grid`` / ``n_images`` check them against the audit's: the
+    published labels fit only the paper's 500 images on a 32 x 32 grid, and anything else is refused."""
+    text = os.fspath(spec)
+    if not text.startswith("paper:"):
+        return load_labels(text, grid=grid, n_images=n_images)
+    key = {"sd15": "sd15", "sd21": "sd21", "sdturbo": "sd-turbo"}.get(re.sub(r"[\s._\-]", "", text[6:]).lower())
+    if key not in PUBLISHED_LABELS:
+        raise LabelFileError(f"{text}: no published labels for that model; choose paper:"
+                             + ", paper:".join(PUBLISHED_LABELS))
+    want_grid = (grid, grid) if np.isscalar(grid) else tuple(grid) if grid is not None else None
+    if want_grid is not None and want_grid != (PUBLISHED_GRID, PUBLISHED_GRID):
+        raise LabelFileError(f"{text}: the published labels are on a {PUBLISHED_GRID}x{PUBLISHED_GRID} grid "
+                             f"(up_blocks[1] at 512 px), this audit's anomaly layer is {want_grid[0]}x{want_grid[1]}")
+    if n_images is not None and n_images != PUBLISHED_IMAGES:
+        raise LabelFileError(f"{text}: the published labels index the paper's {PUBLISHED_IMAGES} images in their "
+                             f"order, this audit has {n_images}; build them with 'sdaudit dataset imagenet-subset'")
+    path = resources.files("sdaudit") / "data" / "paper_labels" / PUBLISHED_LABELS[key]
+    with resources.as_file(path) as real:
+        return load_labels(real, grid=PUBLISHED_GRID, n_images=PUBLISHED_IMAGES)
