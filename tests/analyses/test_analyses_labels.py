@@ -1,6 +1,5 @@
 """Label file IO: published files round trip, bad files give clear errors."""
 
-import os
 import pickle
 
 import numpy as np
