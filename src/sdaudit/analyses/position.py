@@ -343,72 +343,6 @@ def _take(x: Any, sel: np.ndarray) -> Any:
     return x[torch.as_tensor(sel, device=x.device)]
 
 
-# -- the published trained probe -----------------------------------------------------------------
-def _paper_probe(x: Any, n_train: int, resolutions: Sequence[int], *, epochs: int, lr: float,
-                 batch_size: int, seed: int, device: str | None, threads: int | None = None):
-    import torch
-    import torch.nn.functional as F
-
-    xt = x.detach() if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))
-    if not xt.is_floating_point():
-        xt = xt.float()
-    dev = torch.device(device) if device is not None else xt.device
-    n, c, h, w = xt.shape
-    tokens = xt.permute(0, 2, 3, 1).reshape(-1, c).to(dev)  # input dtype kept; upcast per batch
-    rows = torch.arange(h, device=dev).repeat_interleave(w).repeat(n)
-    cols = torch.arange(w, device=dev).repeat(h * n)
-    ntr = n_train * h * w
-    square = h == w
-
-    def split(logits):
-        if square:  # the published layout: logits.view(-1, n, 2)
-            v = logits.view(-1, h, 2)
-            return v[..., 0], v[..., 1]
-        return logits[:, :h], logits[:, h:]
-
-    def run():
-        history = []
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(seed)
-            clf = torch.nn.Linear(c, h + w).to(dev)
-            opt = torch.optim.Adam(clf.parameters(), lr=lr)
-            for _ in range(epochs):
-                clf.train()
-                perm = torch.randperm(ntr).to(dev)
-                for i in range(0, ntr, batch_size):
-                    b = perm[i:i + batch_size]
-                    lr_, lc_ = split(clf(tokens[b].float()))
-                    if square:
-                        loss = F.cross_entropy(torch.stack([lr_, lc_], -1), torch.stack([rows[b], cols[b]], -1))
-                    else:
-                        loss = 0.5 * (F.cross_entropy(lr_, rows[b]) + F.cross_entropy(lc_, cols[b]))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                history.append((*evaluate(clf), float(loss.item())))
-        return history
-
-    def evaluate(clf):
-        """(test images, R) row and column hits per test image."""
-        clf.eval()
-        step = max(1, 65536 // (h * w)) * h * w  # whole images per chunk
-        hr, hc = [], []
-        with torch.no_grad():
-            for i in range(ntr, tokens.shape[0], step):
-                pr, pc = (v.argmax(1).cpu().numpy().reshape(-1, h * w) for v in split(clf(tokens[i:i + step].float())))
-                hr.append(_image_hits(pr, rows[i:i + step].cpu().numpy().reshape(-1, h * w), h, resolutions))
-                hc.append(_image_hits(pc, cols[i:i + step].cpu().numpy().reshape(-1, h * w), w, resolutions))
-        return np.concatenate(hr), np.concatenate(hc)
-
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
-        return run()
-    finally:
-        torch.set_num_threads(old_threads)
-
-
 def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64),
                    method: str = "lda", *, shrinkage: float = DEFAULT_SHRINKAGE, epochs: int = 5,
                    lr: float = 1e-3, batch_size: int = 512, seed: int = 42, device: str | None = None,
@@ -450,8 +384,10 @@ def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequ
     n, _, h, w = x.shape
     n_tr = n_train_images(n, train_fraction)
     res = [int(s) for s in resolutions]
-    hist = _paper_probe(x, n_tr, res, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                        threads=threads)
+    from .probe_paper import paper_probe_history
+
+    hist = paper_probe_history(x, n_tr, res, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                               threads=threads)
     n_te_tok = (n - n_tr) * h * w
     hr, hc, loss = hist[-1]
     details = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "final_train_loss": loss,
