@@ -261,6 +261,10 @@ def explore_cmd(
                                         "(extracted with each store's own settings). " + MODEL_HELP),
     port: int = typer.Option(8765, "--port", "-p", help="TCP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (default: this machine only)."),
+    allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="A further name the explorer "
+                                                     "answers to (the Host header of requests; repeatable). Other "
+                                                     "names are refused (DNS rebinding); with --host 0.0.0.0 this "
+                                                     "machine's names and addresses are accepted."),
     labels: Optional[list[Path]] = typer.Option(None, "--labels", help="Anomaly label file (.npy, published "
                                                 "format), one per store in order; default STORE/anomaly_labels.npy."),
 ) -> None:
@@ -269,7 +273,7 @@ def explore_cmd(
     from .explorer import serve
 
     try:
-        serve(stores, model=model, host=host, port=port, labels_path=labels or None,
+        serve(stores, model=model, host=host, port=port, labels_path=labels or None, allowed_hosts=allowed_host or [],
               echo=lambda text: console.print(text, markup=False, highlight=False))
     except (*_user_errors(), LabelFileError, OSError) as error:
         _fail(str(error))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analyses import LabelFileError, detect_anomalies, load_labels, validate_labels
+from ..analyses import LabelFileError, NonFiniteInputError, detect_anomalies, load_labels, validate_labels
 from ..layers import block_of, kind_of, normalize_name
 from ..store import RepresentationStore, StoreError, open_store
 
@@ -514,10 +514,10 @@ class ExplorerState:
             part = part.strip()
             if not part:
                 continue
-            try:
-                i = int(part)
-            except ValueError:
+            # plain ASCII digits only: int() would also take '+1', '1_0' and other scripts' digits
+            if not (part.isascii() and part.isdigit() and len(part) <= 12):
                 raise ExplorerError(400, f"bad image index '{part[:20]}' (expected integers separated by commas)")
+            i = int(part)
             self.image(h, i)
             if i not in out:
                 out.append(i)
@@ -563,9 +563,15 @@ class ExplorerState:
         return np.stack(parts)
 
     def norms(self, h: StoreHandle, layer: str, i: int) -> np.ndarray:
+        """The (h, w) token norm map; NonFiniteInputError (409) if the layer holds NaN/Inf for the image
+        (a NaN cannot be sent as JSON, and a norm map over it would mislead)."""
         tm, (c, gh, gw) = self.features(h, layer, i)
         t = tm.astype(np.float32)
-        return np.sqrt(np.einsum("pc,pc->p", t, t)).reshape(gh, gw)
+        out = np.sqrt(np.einsum("pc,pc->p", t, t)).reshape(gh, gw)
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        if bad:
+            raise NonFiniteInputError(layer, bad, [i], name="token norms")
+        return out
 
     def thumbnail(self, h: StoreHandle, i: int, size: int | None) -> bytes:
         from PIL import Image
