@@ -271,10 +271,10 @@ def test_large_upload_peak_memory_is_bounded(tiny, tiny_store_copy, tmp_path):
         finally:
             tracemalloc.stop()
         assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["added"] is True and "downscaled" in body["message"] and "4000x4000" in body["message"]
         # the old pipeline copied the 16-megapixel picture several times (57 bytes per pixel at peak)
         assert peak < 16 * 2**20, peak
+        body = r.json()
+        assert body["added"] is True and "downscaled" in body["message"] and "4000x4000" in body["message"]
         entry = open_store(path).images[-1]
         assert max(entry.width, entry.height) <= 4 * 64 and min(entry.width, entry.height) >= 2 * 64
         kept = Image.open(entry.source)
@@ -285,28 +285,31 @@ def test_large_upload_peak_memory_is_bounded(tiny, tiny_store_copy, tmp_path):
 
 
 def test_large_jpeg_upload_is_decoded_in_draft_mode(tiny, tiny_store_copy, tmp_path, monkeypatch):
-    from sdaudit.explorer import uploads
+    from PIL import ImageFile
 
     path = tmp_path / "store"
     shutil.copytree(tiny_store_copy, path)
+    halves = np.zeros((2000, 3000, 3), np.uint8)
+    halves[:, 1500:] = 255  # left half black, right half white, as stored
     buf = io.BytesIO()
-    Image.open(io.BytesIO(smooth_png(3000, 2000))).save(buf, format="JPEG", quality=85, exif=_exif_rotated())
+    Image.fromarray(halves).save(buf, format="JPEG", quality=85, exif=_exif_rotated())
     decoded = []
-    real_load = Image.Image.load
+    real_load = ImageFile.ImageFile.load
 
     def spy(img):
         decoded.append(img.size)
         return real_load(img)
 
-    monkeypatch.setattr(Image.Image, "load", spy)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
     with TestClient(create_app([path], model=tiny), base_url=BASE) as c:
         r = c.post("/api/stores/0/images?name=big.jpg", content=buf.getvalue(), headers=MUTATE)
     assert r.status_code == 200, r.text
     monkeypatch.undo()
     assert max(w * h for w, h in decoded) <= 3000 * 2000 // 4  # libjpeg scaled the picture while decoding
-    entry = open_store(path).images[-1]
-    assert (entry.width, entry.height)[0] < (entry.width, entry.height)[1]  # EXIF rotation (90) applied
-    assert uploads.DOWNSCALE_KEEP == 2
+    assert "downscaled from 3000x2000" in r.json()["message"]
+    kept = np.asarray(Image.open(open_store(path).images[-1].source).convert("L"), dtype=np.float32)
+    # EXIF orientation 6 applied (a quarter turn clockwise): the black half is now on top
+    assert kept[: kept.shape[0] // 4].mean() < 40 and kept[-kept.shape[0] // 4:].mean() > 215
 
 
 def _exif_rotated() -> bytes:

@@ -29,6 +29,7 @@ import numpy as np
 from ..analyses import LabelFileError, NonFiniteInputError, detect_anomalies, load_labels, validate_labels
 from ..layers import block_of, kind_of, normalize_name
 from ..store import RepresentationStore, StoreError, open_store
+from .uploads import shrink_upload
 
 #: The layer the published labels were made on (32x32 for SD at 512 px).
 REFERENCE_LAYER = "up_blocks[1].upsamplers[0]"
@@ -640,13 +641,17 @@ class ExplorerState:
 
         if self._model_spec is None:
             raise ExplorerError(400, h.upload_error or "adding images is off (no --model)")
+        # a picture far larger than the model's input is shrunk first (memory), then checked as usual
+        note = shrink_upload(tmp_path, size=int(h.store.config.get("size") or 512), max_pixels=self.upload_max_pixels)
         try:
             record = load_image(tmp_path, max_pixels=self.upload_max_pixels)
         except BadImageError as e:
             status = 413 if e.code == "too_large" else 400
             raise ExplorerError(status, f"'{name}' was refused: {e.reason}") from e
+        sha256 = record.sha256
+        del record  # extraction reads the file again; keep no decoded copy meanwhile
         for entry in h.store.images:
-            if entry.sha256 == record.sha256:
+            if entry.sha256 == sha256:
                 return {"added": False, "image": image_summary(entry), "store": h.summary(),
                         "message": f"'{name}' is already in the store as image {entry.index}"}
         try:
@@ -656,10 +661,10 @@ class ExplorerState:
         if h.upload_error:
             raise ExplorerError(409, h.upload_error)
         stem, ext = os.path.splitext(name)
-        ext = ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".img"
+        ext = ".png" if note else ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".img"
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60] or "upload"
         with h.write_lock:
-            folder = h.path / "uploads" / record.sha256[:16]  # one folder per picture: names never collide
+            folder = h.path / "uploads" / sha256[:16]  # one folder per picture: names never collide
             folder.mkdir(parents=True, exist_ok=True)
             final = folder / f"{safe}{ext}"
             if not final.exists():
@@ -672,8 +677,8 @@ class ExplorerState:
                 h.reopen()
             if report.errors:
                 raise ExplorerError(400, f"'{name}' was refused: {report.errors[0][1]}")
-        entry = next((e for e in h.store.images if e.sha256 == record.sha256), None)
+        entry = next((e for e in h.store.images if e.sha256 == sha256), None)
         if entry is None:  # pragma: no cover - extract_like adds it or raises
             raise ExplorerError(409, f"'{name}' was not added")
         return {"added": True, "image": image_summary(entry), "store": h.summary(),
-                "message": f"added '{name}' as image {entry.index}"}
+                "message": f"added '{name}' as image {entry.index}" + (f"; {note}" if note else "")}
