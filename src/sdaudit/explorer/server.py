@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..errors import UsageError
+from .guard import LOOPBACK_HOSTS, host_of
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 #: Seconds an idle keep-alive connection is kept open.
@@ -117,14 +120,19 @@ def allowed_host_names(host: str, extra: Sequence[str] = ()) -> list[str]:
     """The Host names the explorer answers besides the loopback ones: the listening address, or this
     machine's names and addresses when listening everywhere, plus ``extra`` (``--allowed-host``).
     A request addressed to any other name is refused (DNS rebinding)."""
-    from ..errors import UsageError
-    from .guard import host_of
-
     for name in extra:
         if host_of(_as_host(name)) != _as_host(name):
             raise UsageError(f"--allowed-host '{name[:100]}': not a host name or address (give it without a port)")
     names = _machine_names() if host in _EVERYWHERE else {host}
     return sorted({_as_host(n) for n in (*names, *extra)} - {""})
+
+
+def _hosts_line(allowed: Sequence[str]) -> str:
+    """The start-up line saying which Host names are answered (the DNS-rebinding guard)."""
+    others = [n for n in allowed if n not in LOOPBACK_HOSTS]
+    shown = ", ".join(others[:12]) + (f" and {len(others) - 12} more" if len(others) > 12 else "")
+    return (f"  answering requests whose Host is {', '.join(LOOPBACK_HOSTS)}" + (f" or {shown}" if others else "")
+            + "; others are refused (add a name with --allowed-host)")
 
 
 def build(stores: Sequence[str | os.PathLike], *, model: Any = None, host: str = DEFAULT_HOST,
@@ -173,11 +181,6 @@ def serve(stores: Sequence[str | os.PathLike], *, model: Any = None, host: str =
     if not _is_loopback(host):
         echo(f"warning: listening on {host}: anyone who can reach this machine can read the stores"
              + (" and add images" if model is not None else "") + ".")
-    from .guard import LOOPBACK_HOSTS
-
-    shown_names = [n for n in app.state.allowed_hosts if n not in LOOPBACK_HOSTS]
-    echo(f"  answering requests whose Host is localhost, 127.0.0.1, [::1]"
-         + (f" or {', '.join(shown_names[:12])}{' ...' if len(shown_names) > 12 else ''}" if shown_names else "")
-         + " (add a name with --allowed-host)")
+    echo(_hosts_line(app.state.allowed_hosts))
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level=log_level, http=TimedH11Protocol,
                 timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEAD_BYTES)
