@@ -37,6 +37,8 @@ REFERENCE_LAYER = "up_blocks[1].upsamplers[0]"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Decompression-bomb guard for uploads, in pixels (about 8000 x 8000).
 UPLOAD_MAX_PIXELS = 64_000_000
+#: Uploads decoded at the same time (each may hold one full-size picture for a moment).
+DECODE_SLOTS = 2
 #: At most this many images in one request.
 MAX_IMAGES_PER_REQUEST = 64
 #: Images scanned for presets: positional/corner statistics, anomaly search.
@@ -468,6 +470,8 @@ class ExplorerState:
         self._model_spec = model
         self._model = None if isinstance(model, (str, type(None))) else model
         self._model_lock = threading.Lock()
+        # at most this many uploads are decoded at once: each may briefly hold one full-size picture
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         self.model_name: str | None = None
         if isinstance(model, str):
             from ..models import parse_model_spec
@@ -642,12 +646,14 @@ class ExplorerState:
         if self._model_spec is None:
             raise ExplorerError(400, h.upload_error or "adding images is off (no --model)")
         # a picture far larger than the model's input is shrunk first (memory), then checked as usual
-        note = shrink_upload(tmp_path, size=int(h.store.config.get("size") or 512), max_pixels=self.upload_max_pixels)
-        try:
-            record = load_image(tmp_path, max_pixels=self.upload_max_pixels)
-        except BadImageError as e:
-            status = 413 if e.code == "too_large" else 400
-            raise ExplorerError(status, f"'{name}' was refused: {e.reason}") from e
+        with self._decode_slots:
+            note = shrink_upload(tmp_path, size=int(h.store.config.get("size") or 512),
+                                 max_pixels=self.upload_max_pixels)
+            try:
+                record = load_image(tmp_path, max_pixels=self.upload_max_pixels)
+            except BadImageError as e:
+                status = 413 if e.code == "too_large" else 400
+                raise ExplorerError(status, f"'{name}' was refused: {e.reason}") from e
         sha256 = record.sha256
         del record  # extraction reads the file again; keep no decoded copy meanwhile
         for entry in h.store.images:
