@@ -84,8 +84,6 @@ def _static_files() -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
-
-
 def create_app(stores: Sequence[str | os.PathLike], model: Any = None,
                labels_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, *,
                allowed_hosts: Sequence[str] | None = None, max_upload_bytes: int | None = None,

@@ -667,7 +667,9 @@ class ExplorerState:
         if h.upload_error:
             raise ExplorerError(409, h.upload_error)
         stem, ext = os.path.splitext(name)
-        ext = ".png" if note else ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".img"
+        ext = ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".img"
+        if note:
+            ext = ".png"  # the shrunk picture
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60] or "upload"
         with h.write_lock:
             folder = h.path / "uploads" / sha256[:16]  # one folder per picture: names never collide
