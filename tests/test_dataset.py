@@ -130,9 +130,8 @@ def test_too_few_eligible_errors_or_allow_fewer(tmp_path):
 def test_rerun_replaces_and_removes_stale_files(tmp_path):
     root = fake_imagenet(tmp_path / "train")
     out = tmp_path / "out"
-    (tmp_path / "out").mkdir()
-    (out / "mine.txt").write_text("user file")
     first = run(root, out, per_class=3)
+    (out / "mine.txt").write_text("user file")  # added to a folder sdaudit built: kept
     second = run(root, out, per_class=2)
     assert [p.name for p in second] == [p.name for p in first if not p.name.endswith("2.png")]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in second)
