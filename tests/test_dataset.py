@@ -243,3 +243,74 @@ def test_thousand_wnid_folders_give_sorted_index_mapping(tmp_path):
                                   min_side=40, size=16, progress=lambda d, t: calls.append((d, t)))
     assert [p.name for p in paths] == ["7_n00000021_000.png"]
     assert calls == [(1, 1)]
+
+
+def test_foreign_manifest_never_deletes_its_files(tmp_path):
+    """Another tool's manifest.json listing the user's files: the folder is refused, nothing deleted."""
+    from typer.testing import CliRunner
+
+    from sdaudit.cli import app
+    from sdaudit.errors import OutputPathError
+
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.pdf").write_bytes(b"%PDF years of work")
+    foreign = json.dumps({"files": [{"file": "thesis.pdf"}], "tool": "latexmk"})
+    (out / "manifest.json").write_text(foreign)
+    result = CliRunner().invoke(app, ["dataset", "imagenet-subset", str(root), "--out", str(out), "--per-class", "1",
+                                      "--size", "32", "--min-side", "40"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len([line for line in result.output.splitlines() if str(out) in line]) == 1
+    assert "not an image set built by sdaudit" in result.output
+    with pytest.raises(OutputPathError, match="thesis.pdf"):
+        run(root, out)
+    assert (out / "thesis.pdf").read_bytes() == b"%PDF years of work"
+    assert (out / "manifest.json").read_text() == foreign and sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "thesis.pdf"]
+
+
+def test_own_manifest_deletes_only_names_sdaudit_writes(tmp_path):
+    """Even a manifest with sdaudit's format tag only gets regular files named <class>_<wnid>_<k>.png
+    inside the folder removed: not other names, paths leading out, or links."""
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    run(root, out, per_class=2)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"keep")
+    (out / "thesis.pdf").write_bytes(b"keep")
+    (out / "235_n02106662_007.png").write_bytes(b"stale, ours")
+    (out / "235_n02106662_008.png").symlink_to(outside)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] += [{"file": name} for name in (
+        "thesis.pdf", "../outside.png", str(outside), "235_n02106662_007.png", "235_n02106662_008.png",
+        "sub/235_n02106662_009.png")] + ["not a dict", {"file": 3}]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    run(root, out, per_class=1)
+    assert (out / "thesis.pdf").read_bytes() == b"keep" and outside.read_bytes() == b"keep"
+    assert (out / "235_n02106662_008.png").is_symlink()
+    assert not (out / "235_n02106662_007.png").exists() and not (out / "235_n02106662_001.png").exists()
+    assert (out / "235_n02106662_000.png").is_file()
+
+
+def test_non_empty_folder_without_manifest_is_refused_before_any_work(tmp_path):
+    from sdaudit.errors import OutputPathError
+
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "235_n02106662_000.png").write_bytes(b"someone else's")
+    with pytest.raises(OutputPathError, match="not an image set built by sdaudit"):
+        run(root, out)
+    assert [p.name for p in out.iterdir()] == ["235_n02106662_000.png"]
+    assert (out / "235_n02106662_000.png").read_bytes() == b"someone else's"
+
+
+def test_temporary_files_of_an_interrupted_first_build_do_not_block(tmp_path):
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".235_n02106662_000.png.partial").write_bytes(b"half a png")
+    (out / ".manifest.json.partial").write_text("{")
+    paths = run(root, out)
+    assert len(paths) == 6 and not list(out.glob(".*"))
