@@ -177,9 +177,10 @@ def audit_cmd(
     keep_store: bool = typer.Option(False, "--keep-store", help="Also keep the full pass's representations in OUT/store."),
     compare_paper: bool = typer.Option(False, "--compare-paper", help="Overlay the published SD-1.5/2.1/Turbo curves."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid images and list them."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Shard the images over this many local processes "
-                                      "(one GPU each when there are enough, else CPU cores); the results equal a "
-                                      "single-process run. 'accelerate launch -m sdaudit audit ...' shards too."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1,
+                                      help="Shard the images over this many local processes (one GPU each when "
+                                      "there are enough, else CPU cores); the results equal a single-process run. "
+                                      "'accelerate launch -m sdaudit audit ...' shards too."),
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""

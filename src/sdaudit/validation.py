@@ -30,7 +30,7 @@ _PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
 def check_size(size: int, *, name: str = "size", factor: int = SIZE_FACTOR, maximum: int = MAX_SIZE) -> int:
-    """``size`` if it is a positive multiple of ``factor`` of at most ``maximum`` px, else a UsageError naming ``name``."""
+    """``size`` if a multiple of ``factor`` from ``factor`` to ``maximum`` px, else a UsageError naming ``name``."""
     if not factor <= size <= maximum or size % factor:
         raise UsageError(f"{name} {size}: give a multiple of {factor} px between {factor} and {maximum} "
                          f"(8 px per latent token, 3 U-Net downsamplings)")
