@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -314,3 +315,33 @@ def test_temporary_files_of_an_interrupted_first_build_do_not_block(tmp_path):
     (out / ".manifest.json.partial").write_text("{")
     paths = run(root, out)
     assert len(paths) == 6 and not list(out.glob(".*"))
+
+
+def test_crash_while_renaming_leaves_every_png_listed_and_the_set_marked_incomplete(tmp_path, monkeypatch):
+    """Killed between the renames: the manifest on disk is sdaudit's, says incomplete, and lists every
+    PNG now in the folder (new and previous), so the rerun replaces or removes each of them."""
+    import sdaudit.dataset
+
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    run(root, out, per_class=3)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    real_replace, renamed = os.replace, []
+
+    def crash_after_two_pngs(src, dst):
+        if str(dst).endswith(".png") and len(renamed) == 2:
+            raise KeyboardInterrupt
+        renamed.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(sdaudit.dataset.os, "replace", crash_after_two_pngs)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, out, per_class=1, size=16)
+    monkeypatch.setattr(sdaudit.dataset.os, "replace", real_replace)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["size"] == 16
+    assert {p.name for p in out.glob("*.png")} <= {e["file"] for e in manifest["files"]}
+    paths = run(root, out, per_class=1, size=16)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in paths)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    assert not list(out.glob(".*"))

@@ -13,9 +13,10 @@ are kept. Ineligible images are listed in ``manifest.json``: ``skipped_small`` (
 ``<class>_<wnid>_<k>.png`` with ``k`` = 0, 1, ... zero-padded to at least 3 digits.
 
 Crash safety: every PNG is first written to a hidden temporary file in ``out_dir``; only when
-the whole selection succeeded are they renamed into place (``os.replace``, atomic) and
-``manifest.json`` written (also atomically). A failed or interrupted run leaves no partial
-PNGs under final names; rerunning rebuilds the same set.
+the whole selection succeeded are they renamed into place (``os.replace``, atomic), between two
+atomic writes of ``manifest.json``: before, marked ``"complete": false`` and listing the new and the
+previous files; after, ``"complete": true``. A failed or interrupted run leaves no partial PNGs under
+final names and no file of its own unlisted; rerunning rebuilds the same set.
 
 Ownership: ``out_dir`` must be new, empty, or a folder this function built before, recognised by
 its ``manifest.json`` with ``"format": "sdaudit-imagenet-subset/1"``; any other non-empty folder
@@ -394,19 +395,18 @@ def build_imagenet_subset(
 
 def _commit(sel: _Selection, out_dir: Path, previous: list[str], kind: str, src: Any, classes: tuple[int, ...],
             wnids: dict[int, str], provenance: str, params: dict) -> list[Path]:
-    """Rename the temporary PNGs into place, drop stale files, write the manifest."""
+    """Rename the temporary PNGs into place, drop stale files, write the manifest.
+
+    A manifest marked ``"complete": false`` that lists the new and the previous files goes first: a
+    crash at any moment then leaves every PNG written here listed in an sdaudit manifest (so a rerun
+    may replace or remove it) and the folder marked unfinished, never an old manifest over new PNGs.
+    """
     order = {c: i for i, c in enumerate(classes)}
     sel.files.sort(key=lambda e: (order[e["class"]], e["k"]))
-    by_name = {final.name: (tmp, final) for tmp, final in sel.temps}
-    paths = []
-    for entry in sel.files:
-        tmp, final = by_name[entry["file"]]
-        os.replace(tmp, final)
-        paths.append(final)
-    _remove_stale(out_dir, previous, {e["file"] for e in sel.files})
+    keep = {e["file"] for e in sel.files}
     source_name = os.path.abspath(src) if kind == "folder" else src.name
     manifest = {
-        "format": MANIFEST_FORMAT,
+        "format": MANIFEST_FORMAT, "complete": False,
         "source": source_name, "source_kind": kind, "wnid_mapping": provenance,
         "classes": list(classes), "wnids": {str(c): wnids[c] for c in classes},
         **params,
@@ -415,5 +415,15 @@ def _commit(sel: _Selection, out_dir: Path, previous: list[str], kind: str, src:
         "counts": {str(c): sel.counts[c] for c in classes},
         "files": sel.files, "skipped_small": sel.skipped_small, "skipped_bad": sel.skipped_bad,
     }
+    _write_json_atomic(out_dir / MANIFEST_NAME,
+                       {**manifest, "files": sel.files + [{"file": n} for n in previous if n not in keep]})
+    by_name = {final.name: (tmp, final) for tmp, final in sel.temps}
+    paths = []
+    for entry in sel.files:
+        tmp, final = by_name[entry["file"]]
+        os.replace(tmp, final)
+        paths.append(final)
+    _remove_stale(out_dir, previous, keep)
+    manifest["complete"] = True
     _write_json_atomic(out_dir / MANIFEST_NAME, manifest)
     return paths
