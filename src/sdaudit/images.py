@@ -626,7 +626,14 @@ def open_dataset_source(source: Any, *, split: str | None = None,
             ds, name = datasets.load_from_disk(str(local)), os.path.abspath(local)
         else:
             split = split or "train"
-            ds = datasets.load_dataset(name, split=split)
+            try:
+                ds = datasets.load_dataset(name, split=split)
+            except ConnectionError as error:  # offline, or the Hub unreachable: datasets found no local copy
+                from .errors import SdauditError
+
+                raise SdauditError(f"dataset '{source}' is not in the local Hugging Face cache and the Hub cannot "
+                                   f"be reached ({error}); load it once with internet access or pass a "
+                                   "save_to_disk folder") from None
     elif _is_datasets_object(source):
         ds = source
         name = getattr(getattr(ds, "info", None), "dataset_name", None) or (
