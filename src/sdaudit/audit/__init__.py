@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store import _versions
+from .checks import check_store_model
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
 from .outputs import layer_results, now_iso, write_anomalies, write_json_atomic, write_tidy_csv
 from .run import ANALYSES, AuditSettings, pass_plan, run_passes
@@ -74,15 +75,16 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     if shard is not None and keep_store:
         raise ValueError("keep_store is not supported with several processes")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, str):
         model = load_model(model)
     errors: list = []
-    opened = None
+    opened, provenance = None, {}
     if store is not None:
         from ..store import open_store
 
         opened = open_store(store)
+        # before anything is computed: another model's store would mix two models' numbers
+        provenance["store"] = {"path": str(opened.path), "model_check": check_store_model(opened, model)}
         items = store_images(opened)
         settings.size = settings.size or opened.config["size"]
         if opened.config["protocol"] == "paper":
@@ -93,6 +95,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
         raise ValueError("give images or a store to audit")
     size = settings.size or model.default_size
     settings.size = size
+    out.mkdir(parents=True, exist_ok=True)
     make_writer = (lambda extractor: _store_writer(out, model, extractor, settings, size)) if keep_store else None
     full_source = _store_source(opened, settings, model) if store is not None else None
     with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
@@ -100,7 +103,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
                                         checkpoint_seconds=checkpoint_seconds, make_store_writer=make_writer,
                                         full_source=full_source, shard=shard)
     if shard is None:
-        return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper)
+        return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper, provenance)
     state = shard.reduce_state(state)
     if shard.rank != 0:
         results = shard.broadcast(None)
@@ -108,7 +111,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
             raise RuntimeError(f"rank 0 failed to write the results: {results['__error__']}")
         return results
     try:
-        results = _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper)
+        results = _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper, provenance)
     except BaseException as error:
         shard.broadcast({"__error__": repr(error)})
         raise
@@ -116,7 +119,8 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     return results
 
 
-def _finish(model, items, errors, settings, state, full, stats, out: Path, report: bool, compare_paper: bool) -> dict:
+def _finish(model, items, errors, settings, state, full, stats, out: Path, report: bool, compare_paper: bool,
+            provenance: dict) -> dict:
     """Results of the final state: results.json, results.csv, anomalies.npy, maps.npz and the report."""
     grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
     position, borders, table = layer_results(state, grids)
@@ -138,6 +142,7 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
         "borders": borders,
         "non_finite": state.failed,
         "run": stats,
+        **provenance,
     }
     if detection is not None:
         results["anomalies"] = {"layer": state.anomaly_layer, "grid": list(detection.grid),
