@@ -124,7 +124,9 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
     """Results of the final state: results.json, results.csv, anomalies.npy, maps.npz and the report."""
     grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
     position, borders, table = layer_results(state, grids)
-    detection = state.detector.result() if state.detector is not None else None
+    # a non-finite anomaly layer has no detection (its rows would cover only the batches before the NaN)
+    detection = state.detector.result() if state.detector is not None and state.anomaly_layer not in state.failed \
+        else None
     results = {
         "format": "sdaudit-audit/1",
         "created": now_iso(),
@@ -150,8 +152,10 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
                                 "n_images": len(items), "params": detection.params,
                                 "rows": detection.rows.tolist(), "scores": detection.scores.tolist()}
         write_anomalies(out / "anomalies.npy", detection)
-    if "maps" in settings.analyses:
-        results["maps"] = _write_maps(model, full, items, settings, state, detection, table, grids, out)
+    maps = _write_maps(model, full, items, settings, state, detection, table, grids, out) \
+        if "maps" in settings.analyses else None
+    if maps is not None:
+        results["maps"] = maps
     write_json_atomic(out / "results.json", results)
     write_tidy_csv(out / "results.csv", table, model.identity()["name"])
     if report:
@@ -189,10 +193,18 @@ def _store_source(store, settings: AuditSettings, model):
     return read
 
 
-def _write_maps(model, full, items, settings, state, detection, table, grids, out: Path) -> dict:
-    """Extract the shown images once more (all layers) and save their maps to maps.npz."""
+def _write_maps(model, full, items, settings, state, detection, table, grids, out: Path) -> dict | None:
+    """Extract the shown images once more (all layers) and save their maps to maps.npz.
+
+    Layers with non-finite values are never shown; None (and no maps.npz) when every layer has them.
+    """
     from ..extraction import prepare_for_model
 
+    finite = [r for r in table if "error" not in r]
+    if not finite:
+        (out / "maps.npz").unlink(missing_ok=True)  # an older run's maps would describe other numbers
+        return None
+    anomaly_layer = state.anomaly_layer if state.anomaly_layer not in state.failed else None
     rows = detection.rows if detection is not None else np.zeros((0, 3), int)
     scores = detection.scores if detection is not None else np.zeros(0)
     shown = choose_shown_images(len(items), rows, scores, settings.n_show)
@@ -200,18 +212,23 @@ def _write_maps(model, full, items, settings, state, detection, table, grids, ou
     if len(rows):
         best = rows[int(np.argmax(scores))]
         top = (int(best[1]), int(best[2]))
-    examples = choose_examples([r for r in table if "error" not in r], state.anomaly_layer, top, grids)
-    shown_norms = norm_layers([r for r in table if "error" not in r], state.anomaly_layer)
+    examples = choose_examples(finite, anomaly_layer, top, grids)
+    shown_norms = norm_layers(finite, anomaly_layer)
     prepared = [prepare_for_model(items[i].load(), settings.size) for i in shown]
     reps = {name: t.numpy() for name, t in full.run(prepared, shown).items()}
     position_of = {img: k for k, img in enumerate(shown)}
     anomaly_rows = [[position_of[int(r[0])], int(r[1]), int(r[2])] for r in rows if int(r[0]) in position_of]
+    skipped: dict[str, str] = {}
     arrays = compute_maps(reps, examples, shown_norms, np.stack([np.asarray(p) for p in prepared]),
-                          np.asarray(anomaly_rows, dtype=np.int64).reshape(-1, 3))
+                          np.asarray(anomaly_rows, dtype=np.int64).reshape(-1, 3), skipped=skipped)
     tmp = out / "maps.partial.npz"
     np.savez_compressed(tmp, **arrays)
     tmp.replace(out / "maps.npz")
-    return {"images": shown, "examples": examples, "norm_layers": shown_norms, "anomaly_layer": state.anomaly_layer}
+    info = {"images": shown, "examples": [e for e in examples if e["key"] in arrays],
+            "norm_layers": [n for n in shown_norms if n not in skipped], "anomaly_layer": anomaly_layer}
+    if skipped:
+        info["non_finite"] = skipped
+    return info
 
 
 class _progress_bar:
