@@ -615,3 +615,32 @@ def test_demo_image_paths_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(images, "_skimage_data_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="astronaut.png"):
         demo_image_paths()
+
+
+# --------------------------------------------------------------------------- file names and special files
+
+
+def test_non_utf8_file_name_is_loaded_and_recorded_losslessly(tmp_path):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"
+    with open(raw, "wb") as f:
+        Image.fromarray(rand_rgb()).save(f, format="PNG")
+    records = {r.source: r for r in iter_images(tmp_path)}
+    odd = records[str(tmp_path / "caf\\xe9.png")]  # printable: the undecodable byte as a backslash escape
+    odd.source.encode("utf-8")  # writable to JSON / UTF-8 files as it is
+    assert bytes.fromhex(odd.source_bytes) == raw and os.fsencode(odd.path) == raw
+    assert records[str(tmp_path / "ok.png")].source_bytes is None
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(raw + b"\n")  # a list file naming it in the file system's bytes
+    assert [r.sha256 for r in iter_images(listed)] == [odd.sha256]
+
+
+def test_bad_non_utf8_file_is_skipped_with_a_printable_name(tmp_path):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    with open(os.fsencode(tmp_path) + b"/bad\xff.png", "wb") as f:
+        f.write(b"not an image")
+    errors = []
+    assert len(list(iter_images(tmp_path, skip_bad=True, errors=errors))) == 1
+    assert errors[0][0] == str(tmp_path / "bad\\xff.png") and "not an image" in errors[0][1]
+    with pytest.raises(BadImageError, match=r"bad\\xff\.png"):
+        list(iter_images(tmp_path))

@@ -55,6 +55,7 @@ The same picture therefore hashes the same whatever the container (PNG, lossless
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -80,6 +81,7 @@ __all__ = [
     "decode_dataset_value",
     "to_rgb",
     "pixel_sha256",
+    "printable_path",
     "iter_images",
     "count_images",
     "scan_folder",
@@ -132,7 +134,9 @@ class BadImageError(ValueError):
 class ImageRecord:
     """One validated image: 8-bit RGB at original (upright) size, plus provenance.
 
-    ``notes`` lists the conversions applied (e.g. ``"alpha composited over white"``).
+    ``notes`` lists the conversions applied (e.g. ``"alpha composited over white"``). ``source`` is
+    always printable UTF-8 (see :func:`printable_path`); for a file whose name is not valid UTF-8,
+    ``source_bytes`` holds the hex of the path's exact bytes (else None) and ``path`` the path to reopen.
     """
 
     source: str
@@ -142,6 +146,22 @@ class ImageRecord:
     width: int
     height: int
     notes: tuple[str, ...] = field(default=())
+    source_bytes: str | None = None
+    path: str | None = None
+
+
+def printable_path(path: str | os.PathLike | bytes) -> tuple[str, str | None]:
+    """(printable UTF-8 text, hex of the exact bytes or None) of any path the OS allows.
+
+    A name that is not valid UTF-8 (e.g. Latin-1 ``caf\\xe9.png``) cannot be written to JSON/UTF-8 files
+    as it is: its undecodable bytes are shown as backslash escapes (``caf\\xe9.png``), and the hex of
+    the whole path is returned so that it can be recovered exactly (``os.fsdecode(bytes.fromhex(hex))``).
+    """
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), raw.hex()
 
 
 # --------------------------------------------------------------------------- conversion
@@ -346,15 +366,16 @@ def load_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
     ``min_side``: minimum short side in pixels; ``max_pixels``: bomb guard in pixels.
     Raises :class:`BadImageError` naming the file and the reason.
     """
-    p = Path(path)
-    source = os.path.abspath(p)
+    p = Path(os.fsdecode(path))
+    source, source_bytes = printable_path(os.path.abspath(p))
     _check_file(p, source)
     try:
         fh = open(p, "rb")
     except OSError as e:
         raise BadImageError(source, f"cannot open file ({e.strerror or e})", "unreadable") from e
     with fh:
-        return _decode(fh, source, min_side, max_pixels, exif=True)
+        record = _decode(fh, source, min_side, max_pixels, exif=True)
+    return dataclasses.replace(record, source_bytes=source_bytes, path=os.path.abspath(p))
 
 
 def decode_dataset_value(value: Any, source: str, *, min_side: int = DEFAULT_MIN_SIDE,
@@ -442,7 +463,8 @@ def is_saved_dataset(path: str | os.PathLike) -> bool:
 def _read_list_file(path: Path) -> list[Path]:
     """Paths listed one per line (blank lines and '#' comments skipped), relative to the file."""
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # bytes decoded as the OS decodes file names, so that a listed non-UTF-8 name still opens
+    for line in os.fsdecode(path.read_bytes()).splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line).expanduser()
@@ -461,7 +483,7 @@ class _Candidates:
 def _file_candidates(paths: list[Path]) -> _Candidates:
     def items():
         for p in paths:
-            yield os.path.abspath(p), partial(_load_file, p)
+            yield printable_path(os.path.abspath(p))[0], partial(_load_file, p)
     return _Candidates(len(paths), items)
 
 
@@ -494,13 +516,13 @@ def _resolve(source: Any) -> _Candidates:
         raise TypeError(f"unsupported image source of type {type(source).__name__}")
     p = Path(source).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"image source not found: {os.path.abspath(p)}")
+        raise FileNotFoundError(f"image source not found: {printable_path(os.path.abspath(p))[0]}")
     if is_saved_dataset(p):
         return _dataset_candidates(open_dataset_source(p))
     if p.is_dir():
         files = scan_folder(p)
         if not files:
-            raise ValueError(f"no image files found in folder {os.path.abspath(p)} "
+            raise ValueError(f"no image files found in folder {printable_path(os.path.abspath(p))[0]} "
                              f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return _file_candidates(files)
     if p.suffix.lower() in _LIST_FILE_EXTENSIONS:
@@ -517,7 +539,7 @@ def iter_images(source: Any, *, skip_bad: bool = False, errors: list | None = No
     file listing paths (relative to it), a list/tuple of paths (folders expanded), a
     ``datasets.Dataset``/``DatasetDict``/``IterableDataset``, a ``save_to_disk`` folder, or
     ``"hf:NAME[:SPLIT[:IMAGE_COLUMN]]"`` (see :func:`open_dataset_source`). Record sources are
-    absolute paths, or ``"hf:NAME[SPLIT]#INDEX"`` for dataset items (SPLIT is ``all`` for a
+    absolute paths (printable: see :func:`printable_path`), or ``"hf:NAME[SPLIT]#INDEX"`` for dataset items (SPLIT is ``all`` for a
     dataset without a split; NAME is the dataset name, the absolute ``save_to_disk`` path, or
     ``dataset-<fingerprint>`` for an unnamed in-memory dataset).
     A missing top-level path or an unusable dataset raises at once (not a bad image). With

@@ -134,8 +134,7 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
         "settings": {**asdict(settings), "layers": settings.layers if isinstance(settings.layers, str)
                      else list(settings.layers)},
         "versions": _versions(),
-        "images": [{"index": i.index, "source": i.source, "sha256": i.sha256, "width": i.width, "height": i.height}
-                   for i in items],
+        "images": [_image_entry(i) for i in items],
         "skipped_images": [{"source": s, "reason": r} for s, r in errors],
         "layers": [{"name": n, "block": r["block"], "kind": r["kind"], "channels": full.shapes[n][0],
                     "height": grids[n][0], "width": grids[n][1]} for n, r in zip(full.layers, table)],
@@ -163,6 +162,15 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
 
         build_report([out], compare_paper=compare_paper)
     return results
+
+
+def _image_entry(item) -> dict:
+    """An image's record in results.json; ``source_bytes`` (hex) only for a name that is not valid UTF-8."""
+    entry = {"index": item.index, "source": item.source, "sha256": item.sha256, "width": item.width,
+             "height": item.height}
+    if item.source_bytes:
+        entry["source_bytes"] = item.source_bytes
+    return entry
 
 
 def _store_source(store, settings: AuditSettings, model):

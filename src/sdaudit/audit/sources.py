@@ -6,8 +6,6 @@ are read by index, and ``datasets`` sources are iterated again for each pass.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .run import ImageItem
 
 
@@ -42,12 +40,13 @@ def scan_images(source, *, skip_bad: bool = False, errors: list | None = None) -
         if record.sha256 in seen:
             continue
         seen.add(record.sha256)
-        items.append(ImageItem(len(items), record.source, record.sha256, record.width, record.height, None))
+        items.append(ImageItem(len(items), record.source, record.sha256, record.width, record.height, record.path,
+                               source_bytes=record.source_bytes))
     if not items:
         raise ValueError(f"no usable images in '{source}'")
-    if all(Path(item.source).is_file() for item in items):
+    if all(item.load is not None for item in items):  # files: reopened by their exact path
         for item in items:
-            item.load = (lambda path=item.source: load_image(path).image)
+            item.load = (lambda path=item.load: load_image(path).image)
     else:
         sequential = _SequentialSource(source, {item.index: item.sha256 for item in items})
         for item in items:
