@@ -59,6 +59,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -85,6 +86,8 @@ __all__ = [
     "iter_images",
     "count_images",
     "scan_folder",
+    "is_sdaudit_output",
+    "OTHER_IMAGE_EXTENSIONS",
     "open_dataset_source",
     "is_saved_dataset",
     "center_crop_square",
@@ -106,6 +109,12 @@ DEMO_IMAGE_NAMES = (
     "astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
     "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
 )
+#: Image formats a folder scan does not take as they are: read when Pillow here can (a plugin such as
+#: pillow-heif, or Pillow's own AVIF support), else listed as skipped (never dropped silently).
+OTHER_IMAGE_EXTENSIONS = frozenset(
+    {".avif", ".avifs", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".jpx", ".jpf", ".apng", ".qoi", ".psd", ".ico",
+     ".svg", ".exr", ".hdr", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raw"}
+)
 _LIST_FILE_EXTENSIONS = frozenset({".txt", ".lst"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
                   KeyError, ZeroDivisionError, MemoryError, Image.DecompressionBombError)
@@ -117,7 +126,8 @@ class BadImageError(ValueError):
 
     Attributes: ``source`` (path or ``hf:`` item name), ``reason`` (human-readable), ``code``
     (machine-readable category: ``missing``, ``unreadable``, ``empty``, ``not_image``,
-    ``too_large``, ``too_small``, ``corrupt``, ``unsupported``).
+    ``too_large``, ``too_small``, ``corrupt``, ``unsupported``; for what a folder scan leaves out:
+    ``unreadable_folder``, ``unsupported_format``, ``sdaudit_output``).
     """
 
     def __init__(self, source: Any, reason: str, code: str = "corrupt"):
@@ -347,12 +357,27 @@ def _decode(fp: Any, source: str, min_side: int, max_pixels: int, exif: bool) ->
                        notes=tuple(notes))
 
 
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
 def _check_file(path: Path, source: str) -> None:
-    """Errors for a path that cannot be an image file: missing, directory, unreadable, empty."""
-    if not path.exists():
-        raise BadImageError(source, "file not found", "missing")
-    if path.is_dir():
+    """Errors for a path that cannot be an image file: missing, directory, special file, unreadable, empty.
+
+    Checked on ``stat`` before anything opens it: opening a FIFO would block, and a special file's
+    size of 0 does not mean it is empty.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise BadImageError(source, "file not found", "missing") from None
+    except OSError as e:
+        raise BadImageError(source, f"cannot read file status ({e.strerror or e})", "unreadable") from e
+    if stat.S_ISDIR(mode):
         raise BadImageError(source, "is a directory, not an image file", "unreadable")
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            raise BadImageError(source, f"is {kind}, not a regular file", "unreadable")
     if not os.access(path, os.R_OK):
         raise BadImageError(source, "permission denied (file is not readable)", "unreadable")
     if path.stat().st_size == 0:
@@ -435,22 +460,70 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def scan_folder(root: str | os.PathLike) -> list[Path]:
+def scan_folder(root: str | os.PathLike, *, skipped: list | None = None) -> list[Path]:
     """Image files under ``root`` (recursive), hidden files/folders skipped, image extensions
-    only (case-insensitive), sorted by relative path (component-wise) for determinism."""
-    root = Path(root)
+    only (case-insensitive), sorted by relative path (component-wise) for determinism.
 
-    def fail(err: OSError) -> None:
-        raise OSError(f"cannot list folder {err.filename}: {err.strerror or err}") from err
+    Left out, and appended to ``skipped`` as :class:`BadImageError` (code in parentheses): sub-folders
+    that hold an sdaudit audit's outputs (``sdaudit_output``, see :func:`is_sdaudit_output`), files of
+    an image format Pillow cannot read here (``unsupported_format``, see :data:`OTHER_IMAGE_EXTENSIONS`)
+    and folders that cannot be listed (``unreadable_folder``). Without ``skipped``, an unreadable
+    folder raises that error; the rest is left out silently. Other files (.txt, .json...) are ignored.
+    """
+    root = Path(root)
+    readable = IMAGE_EXTENSIONS | (OTHER_IMAGE_EXTENSIONS & frozenset(Image.registered_extensions()))
+    notes: list = []
+
+    def note(path: Any, reason: str, code: str) -> None:
+        notes.append(BadImageError(printable_path(path)[0], reason, code))
+
+    def unreadable(err: OSError) -> None:
+        note(err.filename, f"cannot list this folder ({err.strerror or err}); its images are not read",
+             "unreadable_folder")
+        if skipped is None:
+            raise notes[-1] from err
 
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        kept = []
+        for d in dirnames:
+            if _hidden(d):
+                continue
+            if is_sdaudit_output(Path(dirpath, d)):
+                note(Path(dirpath, d), "folder of an sdaudit audit's outputs (its figures are not inputs)",
+                     "sdaudit_output")
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for name in filenames:
-            if not _hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            ext = os.path.splitext(name)[1].lower()
+            if _hidden(name):
+                continue
+            if ext in readable:
                 found.append(Path(dirpath, name))
+            elif ext in OTHER_IMAGE_EXTENSIONS:
+                note(Path(dirpath, name), f"'{ext}' is not a supported image format here; convert it to PNG "
+                     "or JPEG", "unsupported_format")
     found.sort(key=lambda p: p.relative_to(root).parts)
+    if skipped is not None:
+        skipped.extend(sorted(notes, key=lambda e: e.source))
     return found
+
+
+def is_sdaudit_output(folder: str | os.PathLike) -> bool:
+    """True for a folder an sdaudit audit wrote (its ``results.json``), or the ``figures`` folder in one,
+    so that an audit whose output lies inside its image folder never audits its own figures."""
+    folder = Path(folder)
+    return _has_audit_results(folder) or (folder.name == "figures" and _has_audit_results(folder.parent))
+
+
+def _has_audit_results(folder: Path) -> bool:
+    try:
+        with open(folder / "results.json", "rb") as f:
+            head = f.read(256)  # results.json starts with its format; the rest can be megabytes
+    except OSError:
+        return False
+    return b'"format": "sdaudit-audit/' in head
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:
@@ -478,25 +551,26 @@ class _Candidates:
 
     count: int | None
     items: Callable[[], Iterator[tuple[str, Callable[[int, int], ImageRecord]]]]
+    skipped: list = field(default_factory=list)  # BadImageError of what a folder scan left out
 
 
-def _file_candidates(paths: list[Path]) -> _Candidates:
+def _file_candidates(paths: list[Path], skipped: list | None = None) -> _Candidates:
     def items():
         for p in paths:
             yield printable_path(os.path.abspath(p))[0], partial(_load_file, p)
-    return _Candidates(len(paths), items)
+    return _Candidates(len(paths), items, skipped or [])
 
 
 def _load_file(path: Path, min_side: int, max_pixels: int) -> ImageRecord:
     return load_image(path, min_side=min_side, max_pixels=max_pixels)
 
 
-def _expand_paths(entries: Iterable[Any]) -> list[Path]:
+def _expand_paths(entries: Iterable[Any], skipped: list) -> list[Path]:
     """Expand a list of paths: folders are scanned, everything else is taken as an image file."""
     out: list[Path] = []
     for entry in entries:
         p = Path(entry).expanduser()
-        out.extend(scan_folder(p) if p.is_dir() else [p])
+        out.extend(scan_folder(p, skipped=skipped) if p.is_dir() else [p])
     return out
 
 
@@ -511,7 +585,8 @@ def _resolve(source: Any) -> _Candidates:
     if isinstance(source, str) and source.startswith("hf:"):
         return _dataset_candidates(open_dataset_source(source))
     if isinstance(source, (list, tuple)):
-        return _file_candidates(_expand_paths(source))
+        skipped: list = []
+        return _file_candidates(_expand_paths(source, skipped), skipped)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"unsupported image source of type {type(source).__name__}")
     p = Path(source).expanduser()
@@ -520,11 +595,16 @@ def _resolve(source: Any) -> _Candidates:
     if is_saved_dataset(p):
         return _dataset_candidates(open_dataset_source(p))
     if p.is_dir():
-        files = scan_folder(p)
+        skipped = []
+        files = scan_folder(p, skipped=skipped)
         if not files:
+            unreadable = [e for e in skipped if e.code == "unreadable_folder"]
+            if unreadable:
+                raise unreadable[0]
+            left_out = f"; left out: {'; '.join(str(e) for e in skipped[:3])}" if skipped else ""
             raise ValueError(f"no image files found in folder {printable_path(os.path.abspath(p))[0]} "
-                             f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        return _file_candidates(files)
+                             f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}){left_out}")
+        return _file_candidates(files, skipped)
     if p.suffix.lower() in _LIST_FILE_EXTENSIONS:
         return _file_candidates(_read_list_file(p))
     return _file_candidates([p])
@@ -553,6 +633,12 @@ def iter_images(source: Any, *, skip_bad: bool = False, errors: list | None = No
 
 def _generate(candidates: _Candidates, skip_bad: bool, errors: list | None, min_side: int,
               max_pixels: int) -> Iterator[ImageRecord]:
+    # what the scan left out is listed first; a folder that cannot be listed stops the run without skip_bad
+    for e in candidates.skipped:
+        if e.code == "unreadable_folder" and not skip_bad:
+            raise BadImageError(e.source, f"{e.reason} (skip_bad / --skip-bad lists it and goes on)", e.code)
+        if errors is not None:
+            errors.append((e.source, e.reason))
     for _name, loader in candidates.items():
         try:
             record = loader(min_side, max_pixels)
