@@ -6,7 +6,28 @@ are read by index, and ``datasets`` sources are iterated again for each pass.
 
 from __future__ import annotations
 
+from ..errors import SdauditError
 from .run import ImageItem
+
+
+class SourceChangedError(SdauditError, RuntimeError):
+    """An image that changed (or vanished) between the audit's scan and a later pass over it."""
+
+
+def _reread(path: str, item: ImageItem):
+    """The image of ``item`` read again, after checking its pixels are those the scan hashed (else the
+    numbers would mix two pictures under one recorded sha256)."""
+    from ..images import BadImageError, load_image
+
+    try:
+        record = load_image(path)
+    except BadImageError as error:
+        raise SourceChangedError(f"{item.source}: image changed during the audit ({error.reason}); "
+                                 "rerun the audit") from error
+    if record.sha256 != item.sha256:
+        raise SourceChangedError(f"{item.source}: image changed during the audit (sha256 {record.sha256[:12]}... "
+                                 f"now, {item.sha256[:12]}... when scanned); rerun the audit")
+    return record.image
 
 
 class _SequentialSource:
@@ -27,12 +48,13 @@ class _SequentialSource:
                 self._pos += 1
                 if self._pos - 1 == index:
                     return record.image
-        raise RuntimeError(f"image {index} of '{self.source}' is no longer there: the source changed during the audit")
+        raise SourceChangedError(f"image {index} of '{self.source}' is no longer there: the source changed during "
+                                 "the audit; rerun the audit")
 
 
 def scan_images(source, *, skip_bad: bool = False, errors: list | None = None) -> list[ImageItem]:
     """Validate and hash every image of ``source`` once; duplicates (same pixels) are dropped."""
-    from ..images import iter_images, load_image
+    from ..images import iter_images
 
     items: list[ImageItem] = []
     seen: set[str] = set()
@@ -44,9 +66,9 @@ def scan_images(source, *, skip_bad: bool = False, errors: list | None = None) -
                                source_bytes=record.source_bytes))
     if not items:
         raise ValueError(f"no usable images in '{source}'")
-    if all(item.load is not None for item in items):  # files: reopened by their exact path
+    if all(item.load is not None for item in items):  # files: reopened by their exact path, checked
         for item in items:
-            item.load = (lambda path=item.load: load_image(path).image)
+            item.load = (lambda path=item.load, item=item: _reread(path, item))
     else:
         sequential = _SequentialSource(source, {item.index: item.sha256 for item in items})
         for item in items:
