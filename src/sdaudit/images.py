@@ -7,7 +7,7 @@ naming the source and the reason. Cropping and resizing happen later, in :func:`
 
 Validation, in the order it is applied
 --------------------------------------
-* missing path, a directory, no read permission, an empty (0-byte) file: error.
+* missing path, a directory, a FIFO/socket/device, no read permission, an empty (0-byte) file: error.
 * not an image Pillow can identify (e.g. text renamed ``.png``): error.
 * decompression-bomb guard: width * height is read from the header, before any pixel is
   decoded, and must not exceed ``max_pixels`` (default 178,956,970 = Pillow's own hard
