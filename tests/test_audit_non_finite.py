@@ -73,3 +73,23 @@ def test_cli_audit_names_the_non_finite_layers(tiny, folder, tmp_path, monkeypat
             handle.remove()
     assert result.exit_code == 0, result.output
     assert "NaN/Inf" in result.output and FIRST_BAD in result.output and "conv_out" in result.output
+
+
+def test_anomaly_layer_turning_non_finite_late_reports_no_partial_anomalies(tiny, folder, tmp_path):
+    module = dict(tiny.unet.named_modules())["up_blocks.1.upsamplers.0"]
+    calls = {"n": 0}
+
+    def second_batch_nan(_module, _inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 2 else output  # the full pass's second batch only
+
+    handle = module.register_forward_hook(second_batch_nan)
+    # a low threshold: the first batch surely has detections (and so anomaly norms on every layer)
+    settings = AuditSettings(size=SIZE, layers="all", batch_size=2, analyses=["anomalies"],
+                             detector={"z_threshold": 0.5, "ratio_threshold": 1.0})
+    try:
+        saved = audit(tiny, folder, tmp_path, settings, report=False, progress=False)
+    finally:
+        handle.remove()
+    assert FIRST_BAD in saved["non_finite"] and "anomalies" not in saved
+    assert all(row.get("anomaly_rel_norm_mean") is None for row in saved["table"])
