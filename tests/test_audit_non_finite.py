@@ -93,3 +93,15 @@ def test_anomaly_layer_turning_non_finite_late_reports_no_partial_anomalies(tiny
         handle.remove()
     assert FIRST_BAD in saved["non_finite"] and "anomalies" not in saved
     assert all(row.get("anomaly_rel_norm_mean") is None for row in saved["table"])
+
+
+def test_audit_with_every_layer_non_finite_still_writes_results_and_report(tiny, folder, tmp_path):
+    handle = dict(tiny.unet.named_modules())["conv_in"].register_forward_hook(
+        lambda _module, _inputs, output: output * float("inf"))
+    try:
+        saved = audit(tiny, folder, tmp_path, AuditSettings(size=SIZE, layers="mid_block"), progress=False)
+    finally:
+        handle.remove()
+    assert sorted(saved["non_finite"]) == sorted(layer["name"] for layer in saved["layers"])
+    assert "maps" not in saved and not (tmp_path / "maps.npz").exists()
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "report.html").is_file()
