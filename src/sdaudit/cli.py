@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -195,7 +196,7 @@ def audit_cmd(
     _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
     if results.get("non_finite"):  # named here too: these layers have no numbers, maps or figures
         err_console.print(f"[yellow]{len(results['non_finite'])} layer(s) with NaN/Inf values, not analysed:[/] "
-                          + ", ".join(results["non_finite"]), highlight=False)
+                          + escape(", ".join(results["non_finite"])), highlight=False)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
 
 

@@ -57,18 +57,20 @@ def scan_images(source, *, skip_bad: bool = False, errors: list | None = None) -
     from ..images import iter_images
 
     items: list[ImageItem] = []
+    paths: list[str | None] = []  # the exact path of each file (its source is only printable)
     seen: set[str] = set()
     for record in iter_images(source, skip_bad=skip_bad, errors=errors):
         if record.sha256 in seen:
             continue
         seen.add(record.sha256)
-        items.append(ImageItem(len(items), record.source, record.sha256, record.width, record.height, record.path,
+        items.append(ImageItem(len(items), record.source, record.sha256, record.width, record.height, None,
                                source_bytes=record.source_bytes))
+        paths.append(record.path)
     if not items:
         raise ValueError(f"no usable images in '{source}'")
-    if all(item.load is not None for item in items):  # files: reopened by their exact path, checked
-        for item in items:
-            item.load = (lambda path=item.load, item=item: _reread(path, item))
+    if all(path is not None for path in paths):  # files: reopened by their exact path, checked against the scan
+        for item, path in zip(items, paths):
+            item.load = (lambda path=path, item=item: _reread(path, item))
     else:
         sequential = _SequentialSource(source, {item.index: item.sha256 for item in items})
         for item in items:
