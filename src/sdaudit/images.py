@@ -619,13 +619,14 @@ def iter_images(source: Any, *, skip_bad: bool = False, errors: list | None = No
     file listing paths (relative to it), a list/tuple of paths (folders expanded), a
     ``datasets.Dataset``/``DatasetDict``/``IterableDataset``, a ``save_to_disk`` folder, or
     ``"hf:NAME[:SPLIT[:IMAGE_COLUMN]]"`` (see :func:`open_dataset_source`). Record sources are
-    absolute paths (printable: see :func:`printable_path`), or ``"hf:NAME[SPLIT]#INDEX"`` for dataset items (SPLIT is ``all`` for a
-    dataset without a split; NAME is the dataset name, the absolute ``save_to_disk`` path, or
-    ``dataset-<fingerprint>`` for an unnamed in-memory dataset).
+    absolute paths (printable: see :func:`printable_path`), or ``"hf:NAME[SPLIT]#INDEX"`` for
+    dataset items (SPLIT is ``all`` for a dataset without a split; NAME is the dataset name, the
+    absolute ``save_to_disk`` path, or ``dataset-<fingerprint>`` for an unnamed in-memory dataset).
     A missing top-level path or an unusable dataset raises at once (not a bad image). With
     ``skip_bad=False`` the first bad image raises :class:`BadImageError`; with ``skip_bad=True``
-    it is skipped and ``(source, reason)`` is appended to ``errors``. One image is decoded at
-    a time.
+    it is skipped and ``(source, reason)`` is appended to ``errors``. What a folder scan left out
+    (see :func:`scan_folder`) is appended to ``errors`` first; a folder that cannot be listed raises
+    unless ``skip_bad``. One image is decoded at a time.
     """
     candidates = _resolve(source)
     return _generate(candidates, skip_bad, errors, min_side, max_pixels)
