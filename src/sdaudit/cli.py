@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .validation import MAX_SEED, output_errors
@@ -222,6 +223,9 @@ def audit_cmd(
                   f"with {results['run']['unet_passes_per_image']} U-Net passes per image "
                   f"in {time.perf_counter() - start:.1f} s")
     _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
+    if results.get("non_finite"):  # named here too: these layers have no numbers, maps or figures
+        err_console.print(f"[yellow]{len(results['non_finite'])} layer(s) with NaN/Inf values, not analysed:[/] "
+                          + escape(", ".join(results["non_finite"])), highlight=False)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
 
 

@@ -82,6 +82,7 @@ class ImageItem:
     width: int
     height: int
     load: object  # callable -> PIL image (original size) or prepared input
+    source_bytes: str | None = None  # hex of the exact path bytes when ``source`` (printable) is not the exact name
 
 
 def _fingerprint(model_identity: dict, settings: AuditSettings, items: Sequence[ImageItem]) -> str:
