@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -130,9 +131,8 @@ def test_too_few_eligible_errors_or_allow_fewer(tmp_path):
 def test_rerun_replaces_and_removes_stale_files(tmp_path):
     root = fake_imagenet(tmp_path / "train")
     out = tmp_path / "out"
-    (tmp_path / "out").mkdir()
-    (out / "mine.txt").write_text("user file")
     first = run(root, out, per_class=3)
+    (out / "mine.txt").write_text("user file")  # added to a folder sdaudit built: kept
     second = run(root, out, per_class=2)
     assert [p.name for p in second] == [p.name for p in first if not p.name.endswith("2.png")]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in second)
@@ -244,3 +244,104 @@ def test_thousand_wnid_folders_give_sorted_index_mapping(tmp_path):
                                   min_side=40, size=16, progress=lambda d, t: calls.append((d, t)))
     assert [p.name for p in paths] == ["7_n00000021_000.png"]
     assert calls == [(1, 1)]
+
+
+def test_foreign_manifest_never_deletes_its_files(tmp_path):
+    """Another tool's manifest.json listing the user's files: the folder is refused, nothing deleted."""
+    from typer.testing import CliRunner
+
+    from sdaudit.cli import app
+    from sdaudit.errors import OutputPathError
+
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.pdf").write_bytes(b"%PDF years of work")
+    foreign = json.dumps({"files": [{"file": "thesis.pdf"}], "tool": "latexmk"})
+    (out / "manifest.json").write_text(foreign)
+    result = CliRunner().invoke(app, ["dataset", "imagenet-subset", str(root), "--out", str(out), "--per-class", "1",
+                                      "--size", "32", "--min-side", "40"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len([line for line in result.output.splitlines() if str(out) in line]) == 1
+    assert "not an image set built by sdaudit" in result.output
+    with pytest.raises(OutputPathError, match="thesis.pdf"):
+        run(root, out)
+    assert (out / "thesis.pdf").read_bytes() == b"%PDF years of work"
+    assert (out / "manifest.json").read_text() == foreign and sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "thesis.pdf"]
+
+
+def test_own_manifest_deletes_only_names_sdaudit_writes(tmp_path):
+    """Even a manifest with sdaudit's format tag only gets regular files named <class>_<wnid>_<k>.png
+    inside the folder removed: not other names, paths leading out, or links."""
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    run(root, out, per_class=2)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"keep")
+    (out / "thesis.pdf").write_bytes(b"keep")
+    (out / "235_n02106662_007.png").write_bytes(b"stale, ours")
+    (out / "235_n02106662_008.png").symlink_to(outside)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] += [{"file": name} for name in (
+        "thesis.pdf", "../outside.png", str(outside), "235_n02106662_007.png", "235_n02106662_008.png",
+        "sub/235_n02106662_009.png")] + ["not a dict", {"file": 3}]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    run(root, out, per_class=1)
+    assert (out / "thesis.pdf").read_bytes() == b"keep" and outside.read_bytes() == b"keep"
+    assert (out / "235_n02106662_008.png").is_symlink()
+    assert not (out / "235_n02106662_007.png").exists() and not (out / "235_n02106662_001.png").exists()
+    assert (out / "235_n02106662_000.png").is_file()
+
+
+def test_non_empty_folder_without_manifest_is_refused_before_any_work(tmp_path):
+    from sdaudit.errors import OutputPathError
+
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "235_n02106662_000.png").write_bytes(b"someone else's")
+    with pytest.raises(OutputPathError, match="not an image set built by sdaudit"):
+        run(root, out)
+    assert [p.name for p in out.iterdir()] == ["235_n02106662_000.png"]
+    assert (out / "235_n02106662_000.png").read_bytes() == b"someone else's"
+
+
+def test_temporary_files_of_an_interrupted_first_build_do_not_block(tmp_path):
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".235_n02106662_000.png.partial").write_bytes(b"half a png")
+    (out / ".manifest.json.partial").write_text("{")
+    paths = run(root, out)
+    assert len(paths) == 6 and not list(out.glob(".*"))
+
+
+def test_crash_while_renaming_leaves_every_png_listed_and_the_set_marked_incomplete(tmp_path, monkeypatch):
+    """Killed between the renames: the manifest on disk is sdaudit's, says incomplete, and lists every
+    PNG now in the folder (new and previous), so the rerun replaces or removes each of them."""
+    import sdaudit.dataset
+
+    root = fake_imagenet(tmp_path / "train")
+    out = tmp_path / "out"
+    run(root, out, per_class=3)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    real_replace, renamed = os.replace, []
+
+    def crash_after_two_pngs(src, dst):
+        if str(dst).endswith(".png") and len(renamed) == 2:
+            raise KeyboardInterrupt
+        renamed.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(sdaudit.dataset.os, "replace", crash_after_two_pngs)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, out, per_class=1, size=16)
+    monkeypatch.setattr(sdaudit.dataset.os, "replace", real_replace)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["size"] == 16
+    assert {p.name for p in out.glob("*.png")} <= {e["file"] for e in manifest["files"]}
+    paths = run(root, out, per_class=1, size=16)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in paths)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    assert not list(out.glob(".*"))

@@ -615,3 +615,115 @@ def test_demo_image_paths_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(images, "_skimage_data_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="astronaut.png"):
         demo_image_paths()
+
+
+# --------------------------------------------------------------------------- file names and special files
+
+
+def test_non_utf8_file_name_is_loaded_and_recorded_losslessly(tmp_path):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"
+    with open(raw, "wb") as f:
+        Image.fromarray(rand_rgb()).save(f, format="PNG")
+    records = {r.source: r for r in iter_images(tmp_path)}
+    odd = records[str(tmp_path / "caf\\xe9.png")]  # printable: the undecodable byte as a backslash escape
+    odd.source.encode("utf-8")  # writable to JSON / UTF-8 files as it is
+    assert bytes.fromhex(odd.source_bytes) == raw and os.fsencode(odd.path) == raw
+    assert records[str(tmp_path / "ok.png")].source_bytes is None
+    listed = tmp_path / "list.txt"
+    listed.write_bytes(raw + b"\n")  # a list file naming it in the file system's bytes
+    assert [r.sha256 for r in iter_images(listed)] == [odd.sha256]
+
+
+def test_bad_non_utf8_file_is_skipped_with_a_printable_name(tmp_path):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    with open(os.fsencode(tmp_path) + b"/bad\xff.png", "wb") as f:
+        f.write(b"not an image")
+    errors = []
+    assert len(list(iter_images(tmp_path, skip_bad=True, errors=errors))) == 1
+    assert errors[0][0] == str(tmp_path / "bad\\xff.png") and "not an image" in errors[0][1]
+    with pytest.raises(BadImageError, match=r"bad\\xff\.png"):
+        list(iter_images(tmp_path))
+
+
+def test_fifo_is_named_a_fifo_not_an_empty_file(tmp_path):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would block: it must be refused from its status
+    err = assert_bad(tmp_path / "pipe.png", "fifo", code="unreadable")
+    assert "not a regular file" in err.reason and "empty" not in err.reason
+    errors = []
+    assert len(list(iter_images(tmp_path, skip_bad=True, errors=errors))) == 1
+    assert errors == [(str(tmp_path / "pipe.png"), err.reason)]
+
+
+def _deny_listing(monkeypatch, folder):
+    """Listing ``folder`` raises PermissionError, as for a folder without read permission (tests run as root)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_unreadable_sub_folder_is_named_or_listed_with_skip_bad(tmp_path, monkeypatch):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    (tmp_path / "locked").mkdir()
+    Image.fromarray(rand_rgb()).save(tmp_path / "locked" / "hidden.png")
+    _deny_listing(monkeypatch, tmp_path / "locked")
+    with pytest.raises(BadImageError) as info:
+        list(iter_images(tmp_path))
+    assert info.value.source == str(tmp_path / "locked") and "Permission denied" in str(info.value)
+    assert "\n" not in str(info.value) and info.value.code == "unreadable_folder"
+    errors = []
+    assert [os.path.basename(r.source) for r in iter_images(tmp_path, skip_bad=True, errors=errors)] == ["ok.png"]
+    assert errors[0][0] == str(tmp_path / "locked") and "cannot list this folder" in errors[0][1]
+
+
+def test_unreadable_image_folder_fails_in_one_line_in_the_cli(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sdaudit.cli import app
+
+    (tmp_path / "images").mkdir()
+    _deny_listing(monkeypatch, tmp_path / "images")
+    result = CliRunner().invoke(app, ["extract", "--model", "tiny", "--images", str(tmp_path / "images"),
+                                      "--out", str(tmp_path / "store"), "--size", "64"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert str(tmp_path / "images") in result.output.replace("\n", "") and "Permission denied" in result.output
+
+
+def test_unsupported_image_format_is_listed_as_skipped(tmp_path, monkeypatch):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    Image.fromarray(rand_rgb()).save(tmp_path / "photo.heic", format="PNG")  # HEIC bytes or not: same listing
+    (tmp_path / "notes.txt").write_text("not an image, ignored silently")
+    registered = {k: v for k, v in Image.registered_extensions().items() if k != ".heic"}
+    monkeypatch.setattr(Image, "registered_extensions", lambda: registered)  # no HEIC plugin installed
+    errors = []
+    assert [os.path.basename(r.source) for r in iter_images(tmp_path, errors=errors)] == ["ok.png"]
+    assert errors == [(str(tmp_path / "photo.heic"),
+                       "'.heic' is not a supported image format here; convert it to PNG or JPEG")]
+    # with a plugin that reads it (e.g. pillow-heif registers '.heic'), it is an image like any other
+    monkeypatch.setattr(Image, "registered_extensions", lambda: {**registered, ".heic": "HEIF"})
+    errors = []
+    assert len(list(iter_images(tmp_path, errors=errors))) == 2 and errors == []
+
+
+def test_sdaudit_output_folders_are_left_out_of_scans(tmp_path):
+    Image.fromarray(rand_rgb()).save(tmp_path / "ok.png")
+    out = tmp_path / "audit-out"
+    (out / "figures").mkdir(parents=True)
+    (out / "results.json").write_text('{\n "format": "sdaudit-audit/1",\n "created": "now"\n}')
+    Image.fromarray(rand_rgb()).save(out / "figures" / "quantitative.png")
+    errors = []
+    assert [os.path.basename(r.source) for r in iter_images(tmp_path, errors=errors)] == ["ok.png"]
+    assert errors[0][0] == str(out) and "sdaudit" in errors[0][1]
+    # an audit written into the image folder itself: its figures folder is left out
+    (tmp_path / "results.json").write_text('{\n "format": "sdaudit-audit/1"\n}')
+    (tmp_path / "figures").mkdir()
+    Image.fromarray(rand_rgb()).save(tmp_path / "figures" / "qualitative.png")
+    errors = []
+    assert [os.path.basename(r.source) for r in iter_images(tmp_path, errors=errors)] == ["ok.png"]
+    assert sorted(e[0] for e in errors) == [str(out), str(tmp_path / "figures")]

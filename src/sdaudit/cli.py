@@ -10,7 +10,11 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from .validation import MAX_SEED, output_errors
+from .validation import MAX_SIZE as MAX_SIDE
 
 app = typer.Typer(
     help="Extract and audit the internal representations of latent-diffusion U-Nets "
@@ -27,10 +31,12 @@ err_console = Console(stderr=True)
 MODEL_HELP = ("Model: sd15, sd21, sd-turbo (any usual spelling), tiny, arch:sd15, arch:sd21, a Hugging Face repo "
               "id, a local diffusers folder, or a .safetensors/.ckpt file.")
 BATCH_HELP = "Images per U-Net pass; 0: as many as fit in GPU memory (protocol clean; 4 on the CPU)."
+SIZE_HELP = "Input size in pixels (a multiple of 64, at most 4096; default: the model's)."
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: the message stays one line in logs and pipes (rich would break it at 80 columns)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -44,6 +50,21 @@ def _user_errors():
 
     return (SdauditError, BadImageError, LayerError, ModelNotAvailableError, ModelSpecError, StoreError,
             FileNotFoundError, ValueError)
+
+
+def _check_options(*, out: Path | None = None, size: int | None = None, device: str | None = None) -> None:
+    """Checks that need no model, made before one is loaded: a bad --out, --size or --device fails at once
+    with one line naming it, not after minutes of work (or with a MemoryError or a torch assertion)."""
+    from .validation import check_output_dir, check_size
+
+    if out is not None:
+        check_output_dir(out, name="--out")
+    if size is not None:
+        check_size(size, name="--size")
+    if device is not None:
+        from .models import resolve_device
+
+        resolve_device(device)
 
 
 @app.command("models")
@@ -66,11 +87,12 @@ def models_cmd() -> None:
 @app.command("layers")
 def layers_cmd(
     model: str = typer.Option("sd15", "--model", "-m", help=MODEL_HELP),
-    size: Optional[int] = typer.Option(None, "--size", "-s", help="Input size in pixels (default: the model's)."),
+    size: Optional[int] = typer.Option(None, "--size", "-s", help=SIZE_HELP),
     layers: str = typer.Option("all", "--layers", "-l", help="'all', 'paper', block or layer names, comma separated."),
 ) -> None:
     """Print every hookable layer with its channels and token grid (no weights needed)."""
     try:
+        _check_options(size=size)
         from .layers import PAPER_OMITTED, layer_infos, select_layers
         from .models import load_unet_config, parse_model_spec
 
@@ -97,12 +119,13 @@ def extract_cmd(
                                      "datasets folder, or hf:NAME[:SPLIT[:COLUMN]]. Repeat for several."),
     out: Path = typer.Option(..., "--out", "-o", help="Store folder; rerun with the same settings to resume."),
     layers: str = typer.Option("paper", "--layers", "-l", help="'paper' (45), 'all' (46), block or layer names."),
-    size: Optional[int] = typer.Option(None, "--size", "-s", help="Input size in pixels (multiple of 64)."),
-    timestep: int = typer.Option(50, "--timestep", "-t", help="Diffusion timestep of the added noise (0-999)."),
-    seed: int = typer.Option(42, "--seed", help="Seed of all random draws."),
+    size: Optional[int] = typer.Option(None, "--size", "-s", help=SIZE_HELP),
+    timestep: int = typer.Option(50, "--timestep", "-t", min=0, max=999,
+                                 help="Diffusion timestep of the added noise (0-999)."),
+    seed: int = typer.Option(42, "--seed", min=0, max=MAX_SEED, help="Seed of all random draws."),
     protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
     prompt: str = typer.Option("", "--prompt", help="Text prompt (the paper used the empty prompt)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help=BATCH_HELP),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=0, help=BATCH_HELP),
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype: float16 or float32."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
@@ -116,9 +139,11 @@ def extract_cmd(
     sources = images[0] if len(images) == 1 else images
     start = time.perf_counter()
     try:
-        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
-        report = extract(loaded, sources, out, layers=layers, size=size, timestep=timestep, seed=seed,
-                         protocol=protocol, prompt=prompt, batch_size=batch_size, dtype=dtype, skip_bad=skip_bad)
+        _check_options(out=out, size=size, device=device)
+        with output_errors(out):
+            loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
+            report = extract(loaded, sources, out, layers=layers, size=size, timestep=timestep, seed=seed,
+                             protocol=protocol, prompt=prompt, batch_size=batch_size, dtype=dtype, skip_bad=skip_bad)
     except _user_errors() as error:
         _fail(str(error))
     elapsed = time.perf_counter() - start
@@ -137,54 +162,59 @@ def audit_cmd(
     store: Optional[Path] = typer.Option(None, "--store", help="Audit the images of an existing store, reusing its "
                                          "representations for the full pass (instead of --images)."),
     layers: str = typer.Option("paper", "--layers", "-l", help="'paper' (45), 'all' (46), block or layer names."),
-    size: Optional[int] = typer.Option(None, "--size", "-s", help="Input size in pixels (multiple of 64)."),
-    timestep: int = typer.Option(50, "--timestep", "-t", help="Diffusion timestep of the added noise (0-999)."),
-    seed: int = typer.Option(42, "--seed", help="Seed of all random draws."),
+    size: Optional[int] = typer.Option(None, "--size", "-s", help=SIZE_HELP),
+    timestep: int = typer.Option(50, "--timestep", "-t", min=0, max=999,
+                                 help="Diffusion timestep of the added noise (0-999)."),
+    seed: int = typer.Option(42, "--seed", min=0, max=MAX_SEED, help="Seed of all random draws."),
     protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
     analyses: str = typer.Option("position,borders,anomalies,maps", "--analyses", "-a",
                                  help="Comma-separated subset of: position, borders, anomalies, maps."),
     anomaly_layer: Optional[str] = typer.Option(None, "--anomaly-layer", help="Layer the anomaly detector runs on "
                                                 "(default: up_blocks[1].upsamplers[0], as in the paper)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", help=BATCH_HELP),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=0, help=BATCH_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
     local_files_only: bool = typer.Option(False, "--local-files-only", help="Never contact the Hugging Face hub."),
     keep_store: bool = typer.Option(False, "--keep-store", help="Also keep the full pass's representations in OUT/store."),
     compare_paper: bool = typer.Option(False, "--compare-paper", help="Overlay the published SD-1.5/2.1/Turbo curves."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid images and list them."),
-    num_processes: int = typer.Option(1, "--num-processes", help="Shard the images over this many local processes "
-                                      "(one GPU each when there are enough, else CPU cores); the results equal a "
-                                      "single-process run. 'accelerate launch -m sdaudit audit ...' shards too."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1,
+                                      help="Shard the images over this many local processes (one GPU each when "
+                                      "there are enough, else CPU cores); the results equal a single-process run. "
+                                      "'accelerate launch -m sdaudit audit ...' shards too."),
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""
-    from .audit import AuditSettings, audit
+    from .audit import ANALYSES, AuditSettings, audit
     from .models import load_model
+    from .validation import check_choices
 
     if (images is None) == (store is None):
         _fail("give either --images or --store")
-    settings = AuditSettings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
-                             analyses=[a.strip() for a in analyses.split(",") if a.strip()],
-                             anomaly_layer=anomaly_layer, batch_size=batch_size)
     start = time.perf_counter()
     shard = None
     try:
+        _check_options(out=out, size=size, device=device)
+        chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
+        settings = AuditSettings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
+                                 analyses=chosen, anomaly_layer=anomaly_layer, batch_size=batch_size).validated()
         sources = None if images is None else (images[0] if len(images) == 1 else images)
-        if num_processes > 1:
-            from .audit.distributed import audit_multiprocess
+        with output_errors(out):
+            if num_processes > 1:
+                from .audit.distributed import audit_multiprocess
 
-            results = audit_multiprocess(model, sources, out, settings, num_processes=num_processes,
-                                         load_kwargs={"device": device, "revision": revision,
-                                                      "local_files_only": local_files_only},
-                                         store=store, keep_store=keep_store, skip_bad=skip_bad,
-                                         compare_paper=compare_paper)
-        else:
-            from .audit.distributed import init_from_env
+                results = audit_multiprocess(model, sources, out, settings, num_processes=num_processes,
+                                             load_kwargs={"device": device, "revision": revision,
+                                                          "local_files_only": local_files_only},
+                                             store=store, keep_store=keep_store, skip_bad=skip_bad,
+                                             compare_paper=compare_paper)
+            else:
+                from .audit.distributed import init_from_env
 
-            shard = init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
-            loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
-            results = audit(loaded, sources, out, settings, store=store, keep_store=keep_store, skip_bad=skip_bad,
-                            compare_paper=compare_paper)
+                shard = init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
+                loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
+                results = audit(loaded, sources, out, settings, store=store, keep_store=keep_store, skip_bad=skip_bad,
+                                compare_paper=compare_paper)
     except _user_errors() as error:
         _fail(str(error))
     if shard is not None and shard.rank != 0:
@@ -193,6 +223,9 @@ def audit_cmd(
                   f"with {results['run']['unet_passes_per_image']} U-Net passes per image "
                   f"in {time.perf_counter() - start:.1f} s")
     _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
+    if results.get("non_finite"):  # named here too: these layers have no numbers, maps or figures
+        err_console.print(f"[yellow]{len(results['non_finite'])} layer(s) with NaN/Inf values, not analysed:[/] "
+                          + escape(", ".join(results["non_finite"])), highlight=False)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
 
 
@@ -206,7 +239,9 @@ def report_cmd(
     from .report import build_report
 
     try:
-        page = build_report(list(result_dirs), out=out, compare_paper=compare_paper)
+        _check_options(out=out)
+        with output_errors(out, *result_dirs):
+            page = build_report(list(result_dirs), out=out, compare_paper=compare_paper)
     except (*_user_errors(), KeyError) as error:
         _fail(str(error))
     console.print(f"report: [bold]{page}[/]")
@@ -224,17 +259,19 @@ def imagenet_subset_cmd(
     source: str = typer.Argument(..., help="A local ImageNet train folder (<root>/<wnid>/*.JPEG), a saved "
                                  "datasets folder, or hf:NAME[:SPLIT] with 'label' and image columns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNG files and manifest.json."),
-    per_class: int = typer.Option(100, "--per-class", help="Images per class."),
-    size: int = typer.Option(512, "--size", help="Output side in pixels."),
-    min_side: int = typer.Option(350, "--min-side", help="Skip images whose short side is smaller (pixels)."),
+    per_class: int = typer.Option(100, "--per-class", min=1, help="Images per class."),
+    size: int = typer.Option(512, "--size", min=1, max=MAX_SIDE, help="Output side in pixels."),
+    min_side: int = typer.Option(350, "--min-side", min=1, help="Skip images whose short side is smaller (pixels)."),
     allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Write fewer images when a class runs short."),
 ) -> None:
     """Build the paper's image set: ImageNet classes 235, 242, 282, 717, 980, 100 each, centre-cropped, 512 px."""
     from .dataset import build_imagenet_subset
 
     try:
-        paths = build_imagenet_subset(source, out, per_class=per_class, size=size, min_side=min_side,
-                                      allow_fewer=allow_fewer)
+        _check_options(out=out)
+        with output_errors(out):
+            paths = build_imagenet_subset(source, out, per_class=per_class, size=size, min_side=min_side,
+                                          allow_fewer=allow_fewer)
     except (*_user_errors(), KeyError) as error:
         _fail(str(error))
     console.print(f"[green]wrote[/] {len(paths)} images to {out}")
@@ -243,13 +280,16 @@ def imagenet_subset_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("sdaudit-demo"), "--out", "-o", help="Folder for the demo's outputs."),
-    size: int = typer.Option(256, "--size", help="Input size in pixels (512 gives SD's grids of 64..8 tokens; 256 is faster)."),
+    size: int = typer.Option(256, "--size", help="Input size in pixels, a multiple of 64 (512 gives SD's grids of "
+                             "64..8 tokens; 256 is faster)."),
 ) -> None:
     """Offline demo: the full audit of the bundled sample photos with the tiny model; ends with the report's path."""
     from .demo import run_demo
 
     try:
-        run_demo(out, size=size, console=console)
+        _check_options(out=out, size=size)
+        with output_errors(out):
+            run_demo(out, size=size, console=console)
     except _user_errors() as error:
         _fail(str(error))
 
@@ -259,8 +299,12 @@ def explore_cmd(
     stores: list[Path] = typer.Argument(..., help="One or more store folders (made by 'sdaudit extract')."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="The stores' model, to add dropped-in images "
                                         "(extracted with each store's own settings). " + MODEL_HELP),
-    port: int = typer.Option(8765, "--port", "-p", help="TCP port."),
+    port: int = typer.Option(8765, "--port", "-p", min=1, max=65535, help="TCP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (default: this machine only)."),
+    allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="A further name the explorer "
+                                                     "answers to (the Host header of requests; repeatable). Other "
+                                                     "names are refused (DNS rebinding); with --host 0.0.0.0 this "
+                                                     "machine's names and addresses are accepted."),
     labels: Optional[list[Path]] = typer.Option(None, "--labels", help="Anomaly label file (.npy, published "
                                                 "format), one per store in order; default STORE/anomaly_labels.npy."),
 ) -> None:
@@ -269,7 +313,7 @@ def explore_cmd(
     from .explorer import serve
 
     try:
-        serve(stores, model=model, host=host, port=port, labels_path=labels or None,
+        serve(stores, model=model, host=host, port=port, labels_path=labels or None, allowed_hosts=allowed_host or [],
               echo=lambda text: console.print(text, markup=False, highlight=False))
     except (*_user_errors(), LabelFileError, OSError) as error:
         _fail(str(error))

@@ -13,10 +13,17 @@ are kept. Ineligible images are listed in ``manifest.json``: ``skipped_small`` (
 ``<class>_<wnid>_<k>.png`` with ``k`` = 0, 1, ... zero-padded to at least 3 digits.
 
 Crash safety: every PNG is first written to a hidden temporary file in ``out_dir``; only when
-the whole selection succeeded are they renamed into place (``os.replace``, atomic) and
-``manifest.json`` written (also atomically). A failed or interrupted run leaves no partial
-PNGs under final names; rerunning rebuilds the same set. Files listed in an older
-``manifest.json`` of ``out_dir`` that are not part of the new set are removed.
+the whole selection succeeded are they renamed into place (``os.replace``, atomic), between two
+atomic writes of ``manifest.json``: before, marked ``"complete": false`` and listing the new and the
+previous files; after, ``"complete": true``. A failed or interrupted run leaves no partial PNGs under
+final names and no file of its own unlisted; rerunning rebuilds the same set.
+
+Ownership: ``out_dir`` must be new, empty, or a folder this function built before, recognised by
+its ``manifest.json`` with ``"format": "sdaudit-imagenet-subset/1"``; any other non-empty folder
+is refused (:class:`~sdaudit.errors.OutputPathError`) before anything is read or written. Of the
+files that manifest lists, those not part of the new set are removed, but only names of exactly the
+form this function writes (``<class>_<wnid>_<k>.png``: no folders, no ``..``) that are regular files,
+not links. Nothing else in ``out_dir`` is ever deleted.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import OutputPathError
 from .images import (
     DEFAULT_MAX_PIXELS, BadImageError, ImageRecord, decode_dataset_value, is_saved_dataset,
     load_image, open_dataset_source, pixel_sha256, prepare_image, scan_folder,
 )
+from .validation import check_output_dir
 
 __all__ = ["PAPER_CLASSES", "IMAGENET_WNIDS", "build_imagenet_subset", "read_synset_mapping"]
 
@@ -49,6 +58,10 @@ IMAGENET_WNIDS = {
 _WNID_RE = re.compile(r"^n\d{8}$")
 _MAPPING_NAMES = ("LOC_synset_mapping.txt", "synset_mapping.txt", "synsets.txt")
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "sdaudit-imagenet-subset/1"
+# Exactly the names _file_name() writes, and the temporary names of an interrupted build.
+_OWN_FILE_RE = re.compile(r"\d+_(?:n\d{8}|unknown)_\d{3,}\.png")
+_OWN_TEMP_RE = re.compile(r"\.(?:\d+_(?:n\d{8}|unknown)_\d{3,}\.png|manifest\.json)\.partial")
 
 
 @dataclass
@@ -210,15 +223,49 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _remove_stale(out_dir: Path, keep: set[str]) -> None:
-    """Delete PNGs listed in an older manifest of ``out_dir`` that are not in ``keep``."""
+def _own_manifest_names(out_dir: Path) -> list[str] | None:
+    """The file names listed by ``out_dir``'s manifest if this module wrote it (its format tag), else None."""
     try:
         old = json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-        names = [entry["file"] for entry in old.get("files", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return
-    for name in names:
-        if name not in keep and "/" not in name and "\\" not in name:
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or old.get("format") != MANIFEST_FORMAT or not isinstance(old.get("files"), list):
+        return None
+    return [e["file"] for e in old["files"] if isinstance(e, dict) and isinstance(e.get("file"), str)]
+
+
+def _is_own_file(out_dir: Path, name: str) -> bool:
+    """``name`` is a PNG name this module writes, directly in ``out_dir``, and a regular file (not a link)."""
+    path = out_dir / name
+    return (_OWN_FILE_RE.fullmatch(name) is not None and not path.is_symlink()
+            and path.resolve().parent == out_dir.resolve())
+
+
+def _previous_build(out_dir: Path) -> list[str]:
+    """Files of an earlier build in ``out_dir`` that may be replaced or removed; [] for a new or empty folder.
+
+    A non-empty folder without this module's manifest (someone else's files, or another tool's
+    ``manifest.json``) is refused: a rebuild there could overwrite or delete what is not ours.
+    """
+    check_output_dir(out_dir, name="output folder")
+    if not out_dir.is_dir():
+        return []
+    names = _own_manifest_names(out_dir)
+    if names is None:
+        foreign = sorted(p.name for p in out_dir.iterdir() if not _OWN_TEMP_RE.fullmatch(p.name))
+        if foreign:
+            raise OutputPathError(
+                f"{out_dir}: not empty ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and not "
+                f"an image set built by sdaudit (no manifest.json with format {MANIFEST_FORMAT}); "
+                "choose a new or empty output folder")
+        return []
+    return [name for name in names if _is_own_file(out_dir, name)]
+
+
+def _remove_stale(out_dir: Path, previous: list[str], keep: set[str]) -> None:
+    """Delete the earlier build's PNGs (checked by :func:`_previous_build`) that are not in ``keep``."""
+    for name in previous:
+        if name not in keep and _is_own_file(out_dir, name):
             (out_dir / name).unlink(missing_ok=True)
 
 
@@ -312,6 +359,8 @@ def build_imagenet_subset(
     in class order, then k.
     """
     classes = _validate_args(classes, per_class, min_side, size)
+    out_dir = Path(out_dir)
+    previous = _previous_build(out_dir)  # before reading the source: a folder that is not ours fails at once
     kind, src, table, provenance = _open_source(source, split, image_column, synset_mapping)
     if kind == "datasets":
         table = {**_classlabel_wnids(src, label_column), **table}
@@ -325,7 +374,6 @@ def build_imagenet_subset(
         candidates = _folder_candidates(src, classes, wnids, per_class, allow_fewer)
     else:
         candidates = _dataset_candidates(src, classes, label_column)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sel = _Selection(per_class, {c: 0 for c in classes})
     try:
@@ -338,28 +386,27 @@ def build_imagenet_subset(
             if sel.all_full():
                 break
         _check_counts(sel, wnids, allow_fewer, min_side)
-        return _commit(sel, out_dir, kind, src, classes, wnids, provenance,
+        return _commit(sel, out_dir, previous, kind, src, classes, wnids, provenance,
                        dict(per_class=per_class, min_side=min_side, size=size, split=split))
     finally:
         for tmp, _final in sel.temps:
             tmp.unlink(missing_ok=True)
 
 
-def _commit(sel: _Selection, out_dir: Path, kind: str, src: Any, classes: tuple[int, ...],
+def _commit(sel: _Selection, out_dir: Path, previous: list[str], kind: str, src: Any, classes: tuple[int, ...],
             wnids: dict[int, str], provenance: str, params: dict) -> list[Path]:
-    """Rename the temporary PNGs into place, drop stale files, write the manifest."""
+    """Rename the temporary PNGs into place, drop stale files, write the manifest.
+
+    A manifest marked ``"complete": false`` that lists the new and the previous files goes first: a
+    crash at any moment then leaves every PNG written here listed in an sdaudit manifest (so a rerun
+    may replace or remove it) and the folder marked unfinished, never an old manifest over new PNGs.
+    """
     order = {c: i for i, c in enumerate(classes)}
     sel.files.sort(key=lambda e: (order[e["class"]], e["k"]))
-    by_name = {final.name: (tmp, final) for tmp, final in sel.temps}
-    paths = []
-    for entry in sel.files:
-        tmp, final = by_name[entry["file"]]
-        os.replace(tmp, final)
-        paths.append(final)
-    _remove_stale(out_dir, {e["file"] for e in sel.files})
+    keep = {e["file"] for e in sel.files}
     source_name = os.path.abspath(src) if kind == "folder" else src.name
     manifest = {
-        "format": "sdaudit-imagenet-subset/1",
+        "format": MANIFEST_FORMAT, "complete": False,
         "source": source_name, "source_kind": kind, "wnid_mapping": provenance,
         "classes": list(classes), "wnids": {str(c): wnids[c] for c in classes},
         **params,
@@ -368,5 +415,15 @@ def _commit(sel: _Selection, out_dir: Path, kind: str, src: Any, classes: tuple[
         "counts": {str(c): sel.counts[c] for c in classes},
         "files": sel.files, "skipped_small": sel.skipped_small, "skipped_bad": sel.skipped_bad,
     }
+    _write_json_atomic(out_dir / MANIFEST_NAME,
+                       {**manifest, "files": sel.files + [{"file": n} for n in previous if n not in keep]})
+    by_name = {final.name: (tmp, final) for tmp, final in sel.temps}
+    paths = []
+    for entry in sel.files:
+        tmp, final = by_name[entry["file"]]
+        os.replace(tmp, final)
+        paths.append(final)
+    _remove_stale(out_dir, previous, keep)
+    manifest["complete"] = True
     _write_json_atomic(out_dir / MANIFEST_NAME, manifest)
     return paths

@@ -7,7 +7,7 @@ naming the source and the reason. Cropping and resizing happen later, in :func:`
 
 Validation, in the order it is applied
 --------------------------------------
-* missing path, a directory, no read permission, an empty (0-byte) file: error.
+* missing path, a directory, a FIFO/socket/device, no read permission, an empty (0-byte) file: error.
 * not an image Pillow can identify (e.g. text renamed ``.png``): error.
 * decompression-bomb guard: width * height is read from the header, before any pixel is
   decoded, and must not exceed ``max_pixels`` (default 178,956,970 = Pillow's own hard
@@ -55,9 +55,11 @@ The same picture therefore hashes the same whatever the container (PNG, lossless
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -80,9 +82,12 @@ __all__ = [
     "decode_dataset_value",
     "to_rgb",
     "pixel_sha256",
+    "printable_path",
     "iter_images",
     "count_images",
     "scan_folder",
+    "is_sdaudit_output",
+    "OTHER_IMAGE_EXTENSIONS",
     "open_dataset_source",
     "is_saved_dataset",
     "center_crop_square",
@@ -104,6 +109,12 @@ DEMO_IMAGE_NAMES = (
     "astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
     "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
 )
+#: Image formats a folder scan does not take as they are: read when Pillow here can (a plugin such as
+#: pillow-heif, or Pillow's own AVIF support), else listed as skipped (never dropped silently).
+OTHER_IMAGE_EXTENSIONS = frozenset(
+    {".avif", ".avifs", ".heic", ".heif", ".jxl", ".jp2", ".j2k", ".jpx", ".jpf", ".apng", ".qoi", ".psd", ".ico",
+     ".svg", ".exr", ".hdr", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raw"}
+)
 _LIST_FILE_EXTENSIONS = frozenset({".txt", ".lst"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
                   KeyError, ZeroDivisionError, MemoryError, Image.DecompressionBombError)
@@ -115,7 +126,8 @@ class BadImageError(ValueError):
 
     Attributes: ``source`` (path or ``hf:`` item name), ``reason`` (human-readable), ``code``
     (machine-readable category: ``missing``, ``unreadable``, ``empty``, ``not_image``,
-    ``too_large``, ``too_small``, ``corrupt``, ``unsupported``).
+    ``too_large``, ``too_small``, ``corrupt``, ``unsupported``; for what a folder scan leaves out:
+    ``unreadable_folder``, ``unsupported_format``, ``sdaudit_output``).
     """
 
     def __init__(self, source: Any, reason: str, code: str = "corrupt"):
@@ -132,7 +144,9 @@ class BadImageError(ValueError):
 class ImageRecord:
     """One validated image: 8-bit RGB at original (upright) size, plus provenance.
 
-    ``notes`` lists the conversions applied (e.g. ``"alpha composited over white"``).
+    ``notes`` lists the conversions applied (e.g. ``"alpha composited over white"``). ``source`` is
+    always printable UTF-8 (see :func:`printable_path`); for a file whose name is not valid UTF-8,
+    ``source_bytes`` holds the hex of the path's exact bytes (else None) and ``path`` the path to reopen.
     """
 
     source: str
@@ -142,6 +156,22 @@ class ImageRecord:
     width: int
     height: int
     notes: tuple[str, ...] = field(default=())
+    source_bytes: str | None = None
+    path: str | None = None
+
+
+def printable_path(path: str | os.PathLike | bytes) -> tuple[str, str | None]:
+    """(printable UTF-8 text, hex of the exact bytes or None) of any path the OS allows.
+
+    A name that is not valid UTF-8 (e.g. Latin-1 ``caf\\xe9.png``) cannot be written to JSON/UTF-8 files
+    as it is: its undecodable bytes are shown as backslash escapes (``caf\\xe9.png``), and the hex of
+    the whole path is returned so that it can be recovered exactly (``os.fsdecode(bytes.fromhex(hex))``).
+    """
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), raw.hex()
 
 
 # --------------------------------------------------------------------------- conversion
@@ -327,12 +357,27 @@ def _decode(fp: Any, source: str, min_side: int, max_pixels: int, exif: bool) ->
                        notes=tuple(notes))
 
 
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
 def _check_file(path: Path, source: str) -> None:
-    """Errors for a path that cannot be an image file: missing, directory, unreadable, empty."""
-    if not path.exists():
-        raise BadImageError(source, "file not found", "missing")
-    if path.is_dir():
+    """Errors for a path that cannot be an image file: missing, directory, special file, unreadable, empty.
+
+    Checked on ``stat`` before anything opens it: opening a FIFO would block, and a special file's
+    size of 0 does not mean it is empty.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise BadImageError(source, "file not found", "missing") from None
+    except OSError as e:
+        raise BadImageError(source, f"cannot read file status ({e.strerror or e})", "unreadable") from e
+    if stat.S_ISDIR(mode):
         raise BadImageError(source, "is a directory, not an image file", "unreadable")
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            raise BadImageError(source, f"is {kind}, not a regular file", "unreadable")
     if not os.access(path, os.R_OK):
         raise BadImageError(source, "permission denied (file is not readable)", "unreadable")
     if path.stat().st_size == 0:
@@ -346,15 +391,16 @@ def load_image(path: str | os.PathLike, *, min_side: int = DEFAULT_MIN_SIDE,
     ``min_side``: minimum short side in pixels; ``max_pixels``: bomb guard in pixels.
     Raises :class:`BadImageError` naming the file and the reason.
     """
-    p = Path(path)
-    source = os.path.abspath(p)
+    p = Path(os.fsdecode(path))
+    source, source_bytes = printable_path(os.path.abspath(p))
     _check_file(p, source)
     try:
         fh = open(p, "rb")
     except OSError as e:
         raise BadImageError(source, f"cannot open file ({e.strerror or e})", "unreadable") from e
     with fh:
-        return _decode(fh, source, min_side, max_pixels, exif=True)
+        record = _decode(fh, source, min_side, max_pixels, exif=True)
+    return dataclasses.replace(record, source_bytes=source_bytes, path=os.path.abspath(p))
 
 
 def decode_dataset_value(value: Any, source: str, *, min_side: int = DEFAULT_MIN_SIDE,
@@ -414,22 +460,70 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def scan_folder(root: str | os.PathLike) -> list[Path]:
+def scan_folder(root: str | os.PathLike, *, skipped: list | None = None) -> list[Path]:
     """Image files under ``root`` (recursive), hidden files/folders skipped, image extensions
-    only (case-insensitive), sorted by relative path (component-wise) for determinism."""
-    root = Path(root)
+    only (case-insensitive), sorted by relative path (component-wise) for determinism.
 
-    def fail(err: OSError) -> None:
-        raise OSError(f"cannot list folder {err.filename}: {err.strerror or err}") from err
+    Left out, and appended to ``skipped`` as :class:`BadImageError` (code in parentheses): sub-folders
+    that hold an sdaudit audit's outputs (``sdaudit_output``, see :func:`is_sdaudit_output`), files of
+    an image format Pillow cannot read here (``unsupported_format``, see :data:`OTHER_IMAGE_EXTENSIONS`)
+    and folders that cannot be listed (``unreadable_folder``). Without ``skipped``, an unreadable
+    folder raises that error; the rest is left out silently. Other files (.txt, .json...) are ignored.
+    """
+    root = Path(root)
+    readable = IMAGE_EXTENSIONS | (OTHER_IMAGE_EXTENSIONS & frozenset(Image.registered_extensions()))
+    notes: list = []
+
+    def note(path: Any, reason: str, code: str) -> None:
+        notes.append(BadImageError(printable_path(path)[0], reason, code))
+
+    def unreadable(err: OSError) -> None:
+        note(err.filename, f"cannot list this folder ({err.strerror or err}); its images are not read",
+             "unreadable_folder")
+        if skipped is None:
+            raise notes[-1] from err
 
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        kept = []
+        for d in dirnames:
+            if _hidden(d):
+                continue
+            if is_sdaudit_output(Path(dirpath, d)):
+                note(Path(dirpath, d), "folder of an sdaudit audit's outputs (its figures are not inputs)",
+                     "sdaudit_output")
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for name in filenames:
-            if not _hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            ext = os.path.splitext(name)[1].lower()
+            if _hidden(name):
+                continue
+            if ext in readable:
                 found.append(Path(dirpath, name))
+            elif ext in OTHER_IMAGE_EXTENSIONS:
+                note(Path(dirpath, name), f"'{ext}' is not a supported image format here; convert it to PNG "
+                     "or JPEG", "unsupported_format")
     found.sort(key=lambda p: p.relative_to(root).parts)
+    if skipped is not None:
+        skipped.extend(sorted(notes, key=lambda e: e.source))
     return found
+
+
+def is_sdaudit_output(folder: str | os.PathLike) -> bool:
+    """True for a folder an sdaudit audit wrote (its ``results.json``), or the ``figures`` folder in one,
+    so that an audit whose output lies inside its image folder never audits its own figures."""
+    folder = Path(folder)
+    return _has_audit_results(folder) or (folder.name == "figures" and _has_audit_results(folder.parent))
+
+
+def _has_audit_results(folder: Path) -> bool:
+    try:
+        with open(folder / "results.json", "rb") as f:
+            head = f.read(256)  # results.json starts with its format; the rest can be megabytes
+    except OSError:
+        return False
+    return b'"format": "sdaudit-audit/' in head
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:
@@ -442,7 +536,8 @@ def is_saved_dataset(path: str | os.PathLike) -> bool:
 def _read_list_file(path: Path) -> list[Path]:
     """Paths listed one per line (blank lines and '#' comments skipped), relative to the file."""
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # bytes decoded as the OS decodes file names, so that a listed non-UTF-8 name still opens
+    for line in os.fsdecode(path.read_bytes()).splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line).expanduser()
@@ -456,25 +551,26 @@ class _Candidates:
 
     count: int | None
     items: Callable[[], Iterator[tuple[str, Callable[[int, int], ImageRecord]]]]
+    skipped: list = field(default_factory=list)  # BadImageError of what a folder scan left out
 
 
-def _file_candidates(paths: list[Path]) -> _Candidates:
+def _file_candidates(paths: list[Path], skipped: list | None = None) -> _Candidates:
     def items():
         for p in paths:
-            yield os.path.abspath(p), partial(_load_file, p)
-    return _Candidates(len(paths), items)
+            yield printable_path(os.path.abspath(p))[0], partial(_load_file, p)
+    return _Candidates(len(paths), items, skipped or [])
 
 
 def _load_file(path: Path, min_side: int, max_pixels: int) -> ImageRecord:
     return load_image(path, min_side=min_side, max_pixels=max_pixels)
 
 
-def _expand_paths(entries: Iterable[Any]) -> list[Path]:
+def _expand_paths(entries: Iterable[Any], skipped: list) -> list[Path]:
     """Expand a list of paths: folders are scanned, everything else is taken as an image file."""
     out: list[Path] = []
     for entry in entries:
         p = Path(entry).expanduser()
-        out.extend(scan_folder(p) if p.is_dir() else [p])
+        out.extend(scan_folder(p, skipped=skipped) if p.is_dir() else [p])
     return out
 
 
@@ -489,20 +585,26 @@ def _resolve(source: Any) -> _Candidates:
     if isinstance(source, str) and source.startswith("hf:"):
         return _dataset_candidates(open_dataset_source(source))
     if isinstance(source, (list, tuple)):
-        return _file_candidates(_expand_paths(source))
+        skipped: list = []
+        return _file_candidates(_expand_paths(source, skipped), skipped)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"unsupported image source of type {type(source).__name__}")
     p = Path(source).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"image source not found: {os.path.abspath(p)}")
+        raise FileNotFoundError(f"image source not found: {printable_path(os.path.abspath(p))[0]}")
     if is_saved_dataset(p):
         return _dataset_candidates(open_dataset_source(p))
     if p.is_dir():
-        files = scan_folder(p)
+        skipped = []
+        files = scan_folder(p, skipped=skipped)
         if not files:
-            raise ValueError(f"no image files found in folder {os.path.abspath(p)} "
-                             f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        return _file_candidates(files)
+            unreadable = [e for e in skipped if e.code == "unreadable_folder"]
+            if unreadable:
+                raise unreadable[0]
+            left_out = f"; left out: {'; '.join(str(e) for e in skipped[:3])}" if skipped else ""
+            raise ValueError(f"no image files found in folder {printable_path(os.path.abspath(p))[0]} "
+                             f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}){left_out}")
+        return _file_candidates(files, skipped)
     if p.suffix.lower() in _LIST_FILE_EXTENSIONS:
         return _file_candidates(_read_list_file(p))
     return _file_candidates([p])
@@ -517,13 +619,14 @@ def iter_images(source: Any, *, skip_bad: bool = False, errors: list | None = No
     file listing paths (relative to it), a list/tuple of paths (folders expanded), a
     ``datasets.Dataset``/``DatasetDict``/``IterableDataset``, a ``save_to_disk`` folder, or
     ``"hf:NAME[:SPLIT[:IMAGE_COLUMN]]"`` (see :func:`open_dataset_source`). Record sources are
-    absolute paths, or ``"hf:NAME[SPLIT]#INDEX"`` for dataset items (SPLIT is ``all`` for a
-    dataset without a split; NAME is the dataset name, the absolute ``save_to_disk`` path, or
-    ``dataset-<fingerprint>`` for an unnamed in-memory dataset).
+    absolute paths (printable: see :func:`printable_path`), or ``"hf:NAME[SPLIT]#INDEX"`` for
+    dataset items (SPLIT is ``all`` for a dataset without a split; NAME is the dataset name, the
+    absolute ``save_to_disk`` path, or ``dataset-<fingerprint>`` for an unnamed in-memory dataset).
     A missing top-level path or an unusable dataset raises at once (not a bad image). With
     ``skip_bad=False`` the first bad image raises :class:`BadImageError`; with ``skip_bad=True``
-    it is skipped and ``(source, reason)`` is appended to ``errors``. One image is decoded at
-    a time.
+    it is skipped and ``(source, reason)`` is appended to ``errors``. What a folder scan left out
+    (see :func:`scan_folder`) is appended to ``errors`` first; a folder that cannot be listed raises
+    unless ``skip_bad``. One image is decoded at a time.
     """
     candidates = _resolve(source)
     return _generate(candidates, skip_bad, errors, min_side, max_pixels)
@@ -531,6 +634,12 @@ def iter_images(source: Any, *, skip_bad: bool = False, errors: list | None = No
 
 def _generate(candidates: _Candidates, skip_bad: bool, errors: list | None, min_side: int,
               max_pixels: int) -> Iterator[ImageRecord]:
+    # what the scan left out is listed first; a folder that cannot be listed stops the run without skip_bad
+    for e in candidates.skipped:
+        if e.code == "unreadable_folder" and not skip_bad:
+            raise BadImageError(e.source, f"{e.reason} (skip_bad / --skip-bad lists it and goes on)", e.code)
+        if errors is not None:
+            errors.append((e.source, e.reason))
     for _name, loader in candidates.items():
         try:
             record = loader(min_side, max_pixels)
@@ -626,7 +735,14 @@ def open_dataset_source(source: Any, *, split: str | None = None,
             ds, name = datasets.load_from_disk(str(local)), os.path.abspath(local)
         else:
             split = split or "train"
-            ds = datasets.load_dataset(name, split=split)
+            try:
+                ds = datasets.load_dataset(name, split=split)
+            except ConnectionError as error:  # offline, or the Hub unreachable: datasets found no local copy
+                from .errors import SdauditError
+
+                raise SdauditError(f"dataset '{source}' is not in the local Hugging Face cache and the Hub cannot "
+                                   f"be reached ({error}); load it once with internet access or pass a "
+                                   "save_to_disk folder") from None
     elif _is_datasets_object(source):
         ds = source
         name = getattr(getattr(ds, "info", None), "dataset_name", None) or (

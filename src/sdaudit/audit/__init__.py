@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store import _versions
+from .checks import check_store_model
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
 from .outputs import layer_results, now_iso, write_anomalies, write_json_atomic, write_tidy_csv
 from .run import ANALYSES, AuditSettings, pass_plan, run_passes
@@ -74,15 +75,16 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     if shard is not None and keep_store:
         raise ValueError("keep_store is not supported with several processes")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, str):
         model = load_model(model)
     errors: list = []
-    opened = None
+    opened, provenance = None, {}
     if store is not None:
         from ..store import open_store
 
         opened = open_store(store)
+        # before anything is computed: another model's store would mix two models' numbers
+        provenance["store"] = {"path": str(opened.path), "model_check": check_store_model(opened, model)}
         items = store_images(opened)
         settings.size = settings.size or opened.config["size"]
         if opened.config["protocol"] == "paper":
@@ -93,6 +95,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
         raise ValueError("give images or a store to audit")
     size = settings.size or model.default_size
     settings.size = size
+    out.mkdir(parents=True, exist_ok=True)
     make_writer = (lambda extractor: _store_writer(out, model, extractor, settings, size)) if keep_store else None
     full_source = _store_source(opened, settings, model) if store is not None else None
     with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
@@ -100,7 +103,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
                                         checkpoint_seconds=checkpoint_seconds, make_store_writer=make_writer,
                                         full_source=full_source, shard=shard)
     if shard is None:
-        return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper)
+        return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper, provenance)
     state = shard.reduce_state(state)
     if shard.rank != 0:
         results = shard.broadcast(None)
@@ -108,7 +111,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
             raise RuntimeError(f"rank 0 failed to write the results: {results['__error__']}")
         return results
     try:
-        results = _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper)
+        results = _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper, provenance)
     except BaseException as error:
         shard.broadcast({"__error__": repr(error)})
         raise
@@ -116,11 +119,14 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     return results
 
 
-def _finish(model, items, errors, settings, state, full, stats, out: Path, report: bool, compare_paper: bool) -> dict:
+def _finish(model, items, errors, settings, state, full, stats, out: Path, report: bool, compare_paper: bool,
+            provenance: dict) -> dict:
     """Results of the final state: results.json, results.csv, anomalies.npy, maps.npz and the report."""
     grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
     position, borders, table = layer_results(state, grids)
-    detection = state.detector.result() if state.detector is not None else None
+    # a non-finite anomaly layer has no detection (its rows would cover only the batches before the NaN)
+    detection = state.detector.result() if state.detector is not None and state.anomaly_layer not in state.failed \
+        else None
     results = {
         "format": "sdaudit-audit/1",
         "created": now_iso(),
@@ -128,8 +134,7 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
         "settings": {**asdict(settings), "layers": settings.layers if isinstance(settings.layers, str)
                      else list(settings.layers)},
         "versions": _versions(),
-        "images": [{"index": i.index, "source": i.source, "sha256": i.sha256, "width": i.width, "height": i.height}
-                   for i in items],
+        "images": [_image_entry(i) for i in items],
         "skipped_images": [{"source": s, "reason": r} for s, r in errors],
         "layers": [{"name": n, "block": r["block"], "kind": r["kind"], "channels": full.shapes[n][0],
                     "height": grids[n][0], "width": grids[n][1]} for n, r in zip(full.layers, table)],
@@ -138,6 +143,7 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
         "borders": borders,
         "non_finite": state.failed,
         "run": stats,
+        **provenance,
     }
     if detection is not None:
         results["anomalies"] = {"layer": state.anomaly_layer, "grid": list(detection.grid),
@@ -145,8 +151,10 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
                                 "n_images": len(items), "params": detection.params,
                                 "rows": detection.rows.tolist(), "scores": detection.scores.tolist()}
         write_anomalies(out / "anomalies.npy", detection)
-    if "maps" in settings.analyses:
-        results["maps"] = _write_maps(model, full, items, settings, state, detection, table, grids, out)
+    maps = _write_maps(model, full, items, settings, state, detection, table, grids, out) \
+        if "maps" in settings.analyses else None
+    if maps is not None:
+        results["maps"] = maps
     write_json_atomic(out / "results.json", results)
     write_tidy_csv(out / "results.csv", table, model.identity()["name"])
     if report:
@@ -154,6 +162,15 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
 
         build_report([out], compare_paper=compare_paper)
     return results
+
+
+def _image_entry(item) -> dict:
+    """An image's record in results.json; ``source_bytes`` (hex) only for a name that is not valid UTF-8."""
+    entry = {"index": item.index, "source": item.source, "sha256": item.sha256, "width": item.width,
+             "height": item.height}
+    if item.source_bytes:
+        entry["source_bytes"] = item.source_bytes
+    return entry
 
 
 def _store_source(store, settings: AuditSettings, model):
@@ -184,10 +201,18 @@ def _store_source(store, settings: AuditSettings, model):
     return read
 
 
-def _write_maps(model, full, items, settings, state, detection, table, grids, out: Path) -> dict:
-    """Extract the shown images once more (all layers) and save their maps to maps.npz."""
+def _write_maps(model, full, items, settings, state, detection, table, grids, out: Path) -> dict | None:
+    """Extract the shown images once more (all layers) and save their maps to maps.npz.
+
+    Layers with non-finite values are never shown; None (and no maps.npz) when every layer has them.
+    """
     from ..extraction import prepare_for_model
 
+    finite = [r for r in table if "error" not in r]
+    if not finite:
+        (out / "maps.npz").unlink(missing_ok=True)  # an older run's maps would describe other numbers
+        return None
+    anomaly_layer = state.anomaly_layer if state.anomaly_layer not in state.failed else None
     rows = detection.rows if detection is not None else np.zeros((0, 3), int)
     scores = detection.scores if detection is not None else np.zeros(0)
     shown = choose_shown_images(len(items), rows, scores, settings.n_show)
@@ -195,18 +220,23 @@ def _write_maps(model, full, items, settings, state, detection, table, grids, ou
     if len(rows):
         best = rows[int(np.argmax(scores))]
         top = (int(best[1]), int(best[2]))
-    examples = choose_examples([r for r in table if "error" not in r], state.anomaly_layer, top, grids)
-    shown_norms = norm_layers([r for r in table if "error" not in r], state.anomaly_layer)
+    examples = choose_examples(finite, anomaly_layer, top, grids)
+    shown_norms = norm_layers(finite, anomaly_layer)
     prepared = [prepare_for_model(items[i].load(), settings.size) for i in shown]
     reps = {name: t.numpy() for name, t in full.run(prepared, shown).items()}
     position_of = {img: k for k, img in enumerate(shown)}
     anomaly_rows = [[position_of[int(r[0])], int(r[1]), int(r[2])] for r in rows if int(r[0]) in position_of]
+    skipped: dict[str, str] = {}
     arrays = compute_maps(reps, examples, shown_norms, np.stack([np.asarray(p) for p in prepared]),
-                          np.asarray(anomaly_rows, dtype=np.int64).reshape(-1, 3))
+                          np.asarray(anomaly_rows, dtype=np.int64).reshape(-1, 3), skipped=skipped)
     tmp = out / "maps.partial.npz"
     np.savez_compressed(tmp, **arrays)
     tmp.replace(out / "maps.npz")
-    return {"images": shown, "examples": examples, "norm_layers": shown_norms, "anomaly_layer": state.anomaly_layer}
+    info = {"images": shown, "examples": [e for e in examples if e["key"] in arrays],
+            "norm_layers": [n for n in shown_norms if n not in skipped], "anomaly_layer": anomaly_layer}
+    if skipped:
+        info["non_finite"] = skipped
+    return info
 
 
 class _progress_bar:

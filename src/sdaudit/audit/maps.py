@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..analyses import norm_map, similarity_map
+from ..analyses import NonFiniteInputError, norm_map, similarity_map
 from ..layer_names import norm_key
-
 
 
 def finest_accuracy(row: dict) -> float | None:
@@ -80,12 +79,21 @@ def norm_layers(table: Sequence[dict], anomaly_layer: str | None) -> list[str]:
 
 
 def compute_maps(reps: dict, examples: list[dict], shown_norm_layers: list[str], inputs: np.ndarray,
-                 anomaly_rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The arrays of maps.npz for the shown images (``reps``: layer -> (k, C, n, n))."""
+                 anomaly_rows: np.ndarray, *, skipped: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of maps.npz for the shown images (``reps``: layer -> (k, C, n, n)).
+
+    A map whose layer has non-finite values on the shown images is left out (its key is missing), and
+    ``skipped`` (if given) gets ``{layer: message}``: one bad layer must not cost the other maps.
+    """
     arrays = {"inputs": inputs.astype(np.uint8), "anomalies": np.asarray(anomaly_rows, dtype=np.int64).reshape(-1, 3)}
-    for example in examples:
-        arrays[example["key"]] = similarity_map(reps[example["layer"]], ref=tuple(example["ref"]),
-                                                measure=example["measure"]).astype(np.float32)
-    for layer in shown_norm_layers:
-        arrays[norm_key(layer)] = norm_map(reps[layer]).astype(np.float32)
+    jobs = [(example["key"], example["layer"], lambda e=example: similarity_map(
+        reps[e["layer"]], ref=tuple(e["ref"]), measure=e["measure"], layer=e["layer"])) for example in examples]
+    jobs += [(norm_key(layer), layer, lambda layer=layer: norm_map(reps[layer], layer=layer))
+             for layer in shown_norm_layers]
+    for key, layer, make in jobs:
+        try:
+            arrays[key] = make().astype(np.float32)
+        except NonFiniteInputError as error:
+            if skipped is not None:
+                skipped[layer] = str(error)
     return arrays

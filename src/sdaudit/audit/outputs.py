@@ -29,7 +29,10 @@ def _finite(value) -> float | None:
 def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict, list[dict]]:
     """Per-layer results of every analysis: (position dicts, border dicts, wide table rows)."""
     position, borders, table = {}, {}, []
-    norms = state.norms.stats() if state.norms is not None else {}
+    # anomalies are found on the anomaly layer: once it turned non-finite, the other layers' anomaly norms
+    # would describe only the batches before that, so none are reported
+    usable_norms = state.norms is not None and state.anomaly_layer not in state.failed
+    norms = state.norms.stats() if usable_norms else {}
     for layer in state.layers:
         row = {"layer": layer, "block": block_of(layer), "kind": kind_of(layer), "grid": grids[layer][0]}
         if layer in state.failed:

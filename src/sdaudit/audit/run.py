@@ -54,9 +54,16 @@ class AuditSettings:
     n_show: int = 4
 
     def validated(self) -> AuditSettings:
+        from ..errors import UsageError
+        from ..validation import check_seed, check_size
+
         unknown = [a for a in self.analyses if a not in ANALYSES]
-        if unknown:
-            raise ValueError(f"unknown analyses {unknown}; choose from {', '.join(ANALYSES)}")
+        if unknown or not self.analyses:  # none at all would write an empty report
+            raise UsageError(f"unknown analyses {unknown}; choose from {', '.join(ANALYSES)}" if unknown
+                             else f"no analyses given; choose one or more of {', '.join(ANALYSES)}")
+        if self.size is not None:  # None: the model's size; 0 must not silently mean that too
+            check_size(self.size)
+        check_seed(self.seed)
         if self.probe_method not in ("lda", "ridge"):
             raise ValueError("probe_method must be 'lda' or 'ridge' (the trained 'paper' probe is not streamed)")
         if not 0 < self.train_fraction < 1:
@@ -75,6 +82,7 @@ class ImageItem:
     width: int
     height: int
     load: object  # callable -> PIL image (original size) or prepared input
+    source_bytes: str | None = None  # hex of the exact path bytes when ``source`` (printable) is not the exact name
 
 
 def _fingerprint(model_identity: dict, settings: AuditSettings, items: Sequence[ImageItem]) -> str:

@@ -6,9 +6,28 @@ are read by index, and ``datasets`` sources are iterated again for each pass.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..errors import SdauditError
 from .run import ImageItem
+
+
+class SourceChangedError(SdauditError, RuntimeError):
+    """An image that changed (or vanished) between the audit's scan and a later pass over it."""
+
+
+def _reread(path: str, item: ImageItem):
+    """The image of ``item`` read again, after checking its pixels are those the scan hashed (else the
+    numbers would mix two pictures under one recorded sha256)."""
+    from ..images import BadImageError, load_image
+
+    try:
+        record = load_image(path)
+    except BadImageError as error:
+        raise SourceChangedError(f"{item.source}: image changed during the audit ({error.reason}); "
+                                 "rerun the audit") from error
+    if record.sha256 != item.sha256:
+        raise SourceChangedError(f"{item.source}: image changed during the audit (sha256 {record.sha256[:12]}... "
+                                 f"now, {item.sha256[:12]}... when scanned); rerun the audit")
+    return record.image
 
 
 class _SequentialSource:
@@ -29,25 +48,29 @@ class _SequentialSource:
                 self._pos += 1
                 if self._pos - 1 == index:
                     return record.image
-        raise RuntimeError(f"image {index} of '{self.source}' is no longer there: the source changed during the audit")
+        raise SourceChangedError(f"image {index} of '{self.source}' is no longer there: the source changed during "
+                                 "the audit; rerun the audit")
 
 
 def scan_images(source, *, skip_bad: bool = False, errors: list | None = None) -> list[ImageItem]:
     """Validate and hash every image of ``source`` once; duplicates (same pixels) are dropped."""
-    from ..images import iter_images, load_image
+    from ..images import iter_images
 
     items: list[ImageItem] = []
+    paths: list[str | None] = []  # the exact path of each file (its source is only printable)
     seen: set[str] = set()
     for record in iter_images(source, skip_bad=skip_bad, errors=errors):
         if record.sha256 in seen:
             continue
         seen.add(record.sha256)
-        items.append(ImageItem(len(items), record.source, record.sha256, record.width, record.height, None))
+        items.append(ImageItem(len(items), record.source, record.sha256, record.width, record.height, None,
+                               source_bytes=record.source_bytes))
+        paths.append(record.path)
     if not items:
         raise ValueError(f"no usable images in '{source}'")
-    if all(Path(item.source).is_file() for item in items):
-        for item in items:
-            item.load = (lambda path=item.source: load_image(path).image)
+    if all(path is not None for path in paths):  # files: reopened by their exact path, checked against the scan
+        for item, path in zip(items, paths):
+            item.load = (lambda path=path, item=item: _reread(path, item))
     else:
         sequential = _SequentialSource(source, {item.index: item.sha256 for item in items})
         for item in items:

@@ -24,10 +24,11 @@ Endpoints (``s`` = store index, ``i`` = image index; every error is JSON ``{"det
                                             (needs ``--model``)
 ==========================================  ================================================================
 
-Safety: requests whose Host header is not the loopback name (or the host the server was told
-to listen on) are refused (DNS rebinding); every POST/PUT needs the header
-``X-Requested-By: sdaudit`` (a cross-site form cannot send it); bodies are size-limited while
-they stream in.
+Safety: requests whose Host header is malformed, or names neither a loopback name nor one of
+``allowed_hosts``, are refused (DNS rebinding); every POST/PUT needs the header
+``X-Requested-By: sdaudit`` (a cross-site form cannot send it); JSON bodies must have the
+declared JSON types (an image index is a JSON integer, not ``"0"`` or ``true``); every body is
+limited in size and time by :class:`~sdaudit.explorer.limits.BodyLimits`.
 """
 
 from __future__ import annotations
@@ -45,24 +46,25 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from ..analyses import MEASURES, LabelFileError, NonFiniteInputError, similarity_map
 from ..analyses.similarity import reference_token
 from ..store import StoreError
+from .guard import RequestGuard
+from .limits import BODY_DEADLINE_S, BODY_STALL_S, BodyLimits, body_limit_for
 from .state import ExplorerError, ExplorerState, image_summary
 
 log = logging.getLogger("sdaudit.explorer")
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-CSRF_HEADER = "x-requested-by"
-CSRF_VALUE = "sdaudit"
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
                   ".ico": "image/x-icon"}
 
 
 class ToggleBody(BaseModel):
+    # strict: a JSON string "0" or a boolean is not an image index (pydantic would coerce them)
+    model_config = ConfigDict(strict=True)
     layer: str
     image: int
     x: int
@@ -71,6 +73,7 @@ class ToggleBody(BaseModel):
 
 
 class LabelsBody(BaseModel):
+    model_config = ConfigDict(strict=True)
     layer: str
     rows: list[list[int]] = []
 
@@ -81,16 +84,10 @@ def _static_files() -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
-def _host_of(header: str) -> str:
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[: header.find("]") + 1] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
 def create_app(stores: Sequence[str | os.PathLike], model: Any = None,
                labels_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, *,
-               allowed_hosts: Sequence[str] | None = None, max_upload_bytes: int | None = None) -> FastAPI:
+               allowed_hosts: Sequence[str] | None = None, max_upload_bytes: int | None = None,
+               body_stall_s: float = BODY_STALL_S, body_deadline_s: float = BODY_DEADLINE_S) -> FastAPI:
     """The explorer app for some stores.
 
     Args:
@@ -101,12 +98,13 @@ def create_app(stores: Sequence[str | os.PathLike], model: Any = None,
             default ``STORE/anomaly_labels.npy``. An existing file is loaded (its sidecar JSON, or
             else the published convention, says which layer the rows refer to).
         allowed_hosts: Host header names accepted besides the loopback ones; ``["*"]`` accepts any.
-        max_upload_bytes: largest accepted upload (default 20 MiB).
+        max_upload_bytes: largest accepted upload (default 20 MiB); other bodies have fixed limits
+            (see :mod:`sdaudit.explorer.limits`).
+        body_stall_s, body_deadline_s: a request body that sends nothing for ``body_stall_s`` seconds,
+            or is not complete after ``body_deadline_s``, is abandoned (408).
     """
     kwargs = {} if max_upload_bytes is None else {"max_upload_bytes": max_upload_bytes}
     state = ExplorerState(stores, model=model, labels_path=labels_path, **kwargs)
-    hosts = {h.lower() for h in LOOPBACK_HOSTS} | {h.lower() for h in (allowed_hosts or ())}
-    any_host = "*" in hosts
     statics = _static_files()
 
     app = FastAPI(title="sdaudit explore", docs_url=None, redoc_url=None, openapi_url=None)
@@ -142,22 +140,10 @@ def create_app(stores: Sequence[str | os.PathLike], model: Any = None,
         log.exception("unexpected error on %s", request.url.path)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    # ----- guards -------------------------------------------------------------------------------------
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        if not any_host:
-            host = _host_of(request.headers.get("host", ""))
-            if host not in hosts:
-                return JSONResponse({"detail": f"refused: unexpected Host header '{host[:100]}' (the explorer only "
-                                               "answers requests addressed to its own host name)"}, status_code=400)
-        if request.method not in ("GET", "HEAD", "OPTIONS") and \
-                request.headers.get(CSRF_HEADER, "").lower() != CSRF_VALUE:
-            return JSONResponse({"detail": f"refused: a {request.method} needs the header "
-                                           f"'X-Requested-By: {CSRF_VALUE}'"}, status_code=403)
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        return response
+    # ----- guards (the last added is the outermost) -------------------------------------------------
+    app.add_middleware(BodyLimits, limit_for=body_limit_for(state.max_upload_bytes), stall_s=body_stall_s,
+                       deadline_s=body_deadline_s)
+    app.add_middleware(RequestGuard, hosts=allowed_hosts or ())
 
     def _asset(name: str) -> Response:
         path = statics.get(name)
@@ -285,8 +271,6 @@ def create_app(stores: Sequence[str | os.PathLike], model: Any = None,
     def put_labels(s: int, body: LabelsBody):
         h = state.handle(s)
         name = state.layer(h, body.layer)
-        if len(body.rows) > 1_000_000:
-            raise ExplorerError(413, "too many label rows")
         try:
             rows = np.array(body.rows, dtype=np.int64) if body.rows else np.zeros((0, 3), np.int64)
         except (ValueError, OverflowError) as e:
@@ -294,16 +278,7 @@ def create_app(stores: Sequence[str | os.PathLike], model: Any = None,
         return h.labels.replace(h.store, name, rows)
 
     async def _receive(request: Request) -> Path:
-        """Stream the request body into a temporary file, refusing it past the size limit."""
-        limit = state.max_upload_bytes
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise ExplorerError(400, "bad Content-Length header")
-            if declared > limit:
-                raise ExplorerError(413, f"upload too large: {declared} bytes > limit of {limit} bytes")
+        """Stream the request body into a temporary file (BodyLimits bounds its size and time)."""
         folder = Path(tempfile.mkdtemp(prefix="sdaudit-upload-"))
         path = folder / "upload"
         total = 0
@@ -311,8 +286,6 @@ def create_app(stores: Sequence[str | os.PathLike], model: Any = None,
             with open(path, "wb") as f:
                 async for chunk in request.stream():
                     total += len(chunk)
-                    if total > limit:
-                        raise ExplorerError(413, f"upload too large: more than the limit of {limit} bytes")
                     f.write(chunk)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ..analyses import LabelFileError, detect_anomalies, load_labels, validate_labels
+from ..analyses import LabelFileError, NonFiniteInputError, detect_anomalies, load_labels, validate_labels
 from ..layers import block_of, kind_of, normalize_name
 from ..store import RepresentationStore, StoreError, open_store
+from .uploads import shrink_upload
 
 #: The layer the published labels were made on (32x32 for SD at 512 px).
 REFERENCE_LAYER = "up_blocks[1].upsamplers[0]"
@@ -36,6 +37,8 @@ REFERENCE_LAYER = "up_blocks[1].upsamplers[0]"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Decompression-bomb guard for uploads, in pixels (about 8000 x 8000).
 UPLOAD_MAX_PIXELS = 64_000_000
+#: Uploads decoded at the same time (each may hold one full-size picture for a moment).
+DECODE_SLOTS = 2
 #: At most this many images in one request.
 MAX_IMAGES_PER_REQUEST = 64
 #: Images scanned for presets: positional/corner statistics, anomaly search.
@@ -467,6 +470,8 @@ class ExplorerState:
         self._model_spec = model
         self._model = None if isinstance(model, (str, type(None))) else model
         self._model_lock = threading.Lock()
+        # at most this many uploads are decoded at once: each may briefly hold one full-size picture
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         self.model_name: str | None = None
         if isinstance(model, str):
             from ..models import parse_model_spec
@@ -514,10 +519,10 @@ class ExplorerState:
             part = part.strip()
             if not part:
                 continue
-            try:
-                i = int(part)
-            except ValueError:
+            # plain ASCII digits only: int() would also take '+1', '1_0' and other scripts' digits
+            if not (part.isascii() and part.isdigit() and len(part) <= 12):
                 raise ExplorerError(400, f"bad image index '{part[:20]}' (expected integers separated by commas)")
+            i = int(part)
             self.image(h, i)
             if i not in out:
                 out.append(i)
@@ -563,9 +568,15 @@ class ExplorerState:
         return np.stack(parts)
 
     def norms(self, h: StoreHandle, layer: str, i: int) -> np.ndarray:
+        """The (h, w) token norm map; NonFiniteInputError (409) if the layer holds NaN/Inf for the image
+        (a NaN cannot be sent as JSON, and a norm map over it would mislead)."""
         tm, (c, gh, gw) = self.features(h, layer, i)
         t = tm.astype(np.float32)
-        return np.sqrt(np.einsum("pc,pc->p", t, t)).reshape(gh, gw)
+        out = np.sqrt(np.einsum("pc,pc->p", t, t)).reshape(gh, gw)
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        if bad:
+            raise NonFiniteInputError(layer, bad, [i], name="token norms")
+        return out
 
     def thumbnail(self, h: StoreHandle, i: int, size: int | None) -> bytes:
         from PIL import Image
@@ -634,13 +645,19 @@ class ExplorerState:
 
         if self._model_spec is None:
             raise ExplorerError(400, h.upload_error or "adding images is off (no --model)")
-        try:
-            record = load_image(tmp_path, max_pixels=self.upload_max_pixels)
-        except BadImageError as e:
-            status = 413 if e.code == "too_large" else 400
-            raise ExplorerError(status, f"'{name}' was refused: {e.reason}") from e
+        # a picture far larger than the model's input is shrunk first (memory), then checked as usual
+        with self._decode_slots:
+            note = shrink_upload(tmp_path, size=int(h.store.config.get("size") or 512),
+                                 max_pixels=self.upload_max_pixels)
+            try:
+                record = load_image(tmp_path, max_pixels=self.upload_max_pixels)
+            except BadImageError as e:
+                status = 413 if e.code == "too_large" else 400
+                raise ExplorerError(status, f"'{name}' was refused: {e.reason}") from e
+        sha256 = record.sha256
+        del record  # extraction reads the file again; keep no decoded copy meanwhile
         for entry in h.store.images:
-            if entry.sha256 == record.sha256:
+            if entry.sha256 == sha256:
                 return {"added": False, "image": image_summary(entry), "store": h.summary(),
                         "message": f"'{name}' is already in the store as image {entry.index}"}
         try:
@@ -651,9 +668,11 @@ class ExplorerState:
             raise ExplorerError(409, h.upload_error)
         stem, ext = os.path.splitext(name)
         ext = ext.lower() if ext.lower() in IMAGE_EXTENSIONS else ".img"
+        if note:
+            ext = ".png"  # the shrunk picture
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60] or "upload"
         with h.write_lock:
-            folder = h.path / "uploads" / record.sha256[:16]  # one folder per picture: names never collide
+            folder = h.path / "uploads" / sha256[:16]  # one folder per picture: names never collide
             folder.mkdir(parents=True, exist_ok=True)
             final = folder / f"{safe}{ext}"
             if not final.exists():
@@ -666,8 +685,8 @@ class ExplorerState:
                 h.reopen()
             if report.errors:
                 raise ExplorerError(400, f"'{name}' was refused: {report.errors[0][1]}")
-        entry = next((e for e in h.store.images if e.sha256 == record.sha256), None)
+        entry = next((e for e in h.store.images if e.sha256 == sha256), None)
         if entry is None:  # pragma: no cover - extract_like adds it or raises
             raise ExplorerError(409, f"'{name}' was not added")
         return {"added": True, "image": image_summary(entry), "store": h.summary(),
-                "message": f"added '{name}' as image {entry.index}"}
+                "message": f"added '{name}' as image {entry.index}" + (f"; {note}" if note else "")}

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..layers import all_layers, layer_infos, select_layers
+from ..validation import check_seed, check_size
 from .hooks import DeviceToHost, capture_layers, compile_layers, run_until_captured, unet_extra_inputs
 from .protocols import check_protocol, clean_latents, clean_noised, paper_noised_latents, pixels_to_tensor
 
@@ -44,8 +45,8 @@ class ExtractionSettings:
             raise ValueError(f"timestep {self.timestep} is outside [0, 999]")
         if self.noise_samples < 1 or (self.protocol == "paper" and self.noise_samples != 1):
             raise ValueError("noise_samples must be >= 1, and 1 under protocol 'paper'")
-        if self.size <= 0 or self.size % 64:
-            raise ValueError(f"size {self.size} px is not a positive multiple of 64 (8 px per latent token, 3 U-Net downsamplings)")
+        check_size(self.size)
+        check_seed(self.seed)
         if not 0 <= self.crop_px < self.size // 2:
             raise ValueError(f"crop_px {self.crop_px} must be in [0, size/2)")
         return ExtractionSettings(self.protocol, int(self.timestep), int(self.seed), int(self.size), self.prompt, latent,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
 from .registry import ModelSpec, parse_model_spec
 
 
@@ -89,11 +90,32 @@ class LoadedModel:
         return Path(path)
 
 
+def available_devices() -> list[str]:
+    """The device names this machine can run on: auto, cpu, then cuda, cuda:0, ... and mps when present."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else the CPU."""
+    """'auto' picks CUDA when available, else the CPU; any other name must be a device of this machine.
+
+    Checked here, before a model is loaded, because torch only fails at the first ``.to(device)`` (an
+    AssertionError "Torch not compiled with CUDA enabled", or "invalid device ordinal" mid-run).
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    if resolved is not None and (resolved.type == "cpu" or str(resolved) in available_devices()):
+        return resolved
+    raise UsageError(f"device '{device}' is not available on this machine; available: "
+                     f"{', '.join(available_devices())}")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -1,0 +1,80 @@
+"""`audit --store` refuses a store that another model made (it would mix two models' numbers)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from sdaudit.audit import AuditSettings, audit
+from sdaudit.extraction import extract
+from sdaudit.models.load import state_dict_sha256
+from sdaudit.store import StoreConfigMismatch
+
+SIZE = 64
+SETTINGS = dict(size=SIZE, layers="mid_block", analyses=["position", "anomalies"])
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny, tmp_path_factory):
+    from tests.conftest import photo_folder
+
+    folder = photo_folder(tmp_path_factory.mktemp("store-model-images"), 4, first_seed=40)
+    store = tmp_path_factory.mktemp("store-model") / "store"
+    extract(tiny, folder, store, layers="mid_block", size=SIZE, progress=False)
+    return store
+
+
+def perturbed(model):
+    """A copy of ``model`` with one U-Net weight changed (and the weights hash that goes with it)."""
+    unet = copy.deepcopy(model.unet)
+    with torch.no_grad():
+        next(unet.parameters()).view(-1)[0] += 1.0
+    return dataclasses.replace(model, unet=unet, weights_sha256=state_dict_sha256(unet))
+
+
+def test_audit_refuses_a_store_made_by_other_weights(tiny, tiny_store, tmp_path):
+    other = perturbed(tiny)
+    with pytest.raises(StoreConfigMismatch) as caught:
+        audit(other, None, tmp_path, AuditSettings(**SETTINGS), store=tiny_store, report=False, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and str(tiny_store) in message
+    assert tiny.weights_sha256[:12] in message and other.weights_sha256[:12] in message
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_cli_audit_refuses_another_models_store_in_one_line(tiny_store, tiny_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdaudit.cli import app
+
+    # the same architecture saved as a folder: another source, hashed otherwise -> not provably the same weights
+    out = tmp_path / "folder-audit"
+    result = CliRunner().invoke(app, ["audit", "--model", str(tiny_folder), "--store", str(tiny_store), "--out",
+                                      str(out), "--size", str(SIZE), "--layers", "mid_block", "--analyses", "position"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1, result.output
+    message = result.output[result.output.index("error:"):].replace("\n", "")  # rich wraps the one line
+    assert str(tiny_folder) in message and "tiny (tiny" in message and str(tiny_store) in message
+    assert not (out / "results.json").exists()
+
+
+def test_audit_of_the_stores_own_model_records_the_check(tiny, tiny_store, tmp_path):
+    results = audit(tiny, None, tmp_path, AuditSettings(**SETTINGS), store=tiny_store, report=False, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["model"] == results["model"] == tiny.identity()
+    assert saved["store"]["model_check"].startswith("weights sha256")
+
+
+def test_without_weights_hash_the_names_decide_and_the_note_says_so(tiny, tiny_store, tmp_path):
+    from sdaudit.audit.checks import check_store_model
+    from sdaudit.store import open_store
+
+    unhashed = dataclasses.replace(tiny, weights_sha256=None)
+    assert "compared name, kind, location, revision only" in check_store_model(open_store(tiny_store), unhashed)
+    renamed = dataclasses.replace(unhashed, revision="other")
+    with pytest.raises(StoreConfigMismatch, match="revision other"):
+        check_store_model(open_store(tiny_store), renamed)
