@@ -47,8 +47,14 @@ def test_outputs_exist_and_are_consistent(audited):
     assert saved["settings"]["size"] == SIZE and saved["model"]["name"] == "tiny"
     assert len(saved["images"]) == 6 and all(len(i["sha256"]) == 64 for i in saved["images"])
     assert {"sdaudit", "diffusers", "torch"} <= set(saved["versions"])
-    # one full pass and one cropped pass per grid size (16, 8, 4 at 128 px; grid 2 has no interior)
-    assert saved["run"]["unet_passes_per_image"] == 4
+    # one full pass and one cropped pass per grid size n >= 5, extracted at its own size: 16 and 8 at 128 px
+    # (crops of 112 and 96 px); grids 4 and 2 have no (n-2) grid with a border and an interior
+    assert saved["run"]["unet_passes_per_image"] == 3
+    assert saved["run"]["full_pass_equivalents_per_image"] == round(1 + (112 ** 2 + 96 ** 2) / 128 ** 2, 3)
+    row = {r["layer"]: r for r in saved["table"]}
+    assert row["up_blocks[3].resnets[0]"]["corner_rel_sim_low"] <= row["up_blocks[3].resnets[0]"]["corner_rel_sim"]
+    assert row["mid_block.resnets[0]"]["borders_undefined"] == "not defined (grid too small)"
+    assert row["mid_block.resnets[0]"].get("corner_rel_sim") is None
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("model,layer_index,layer") and any(",probe_acc_8," in r for r in rows)
     labels = load_labels(out / "anomalies.npy")

@@ -163,9 +163,10 @@ def _layer_infos_cached(config_json: str, size: int, vae_scale_factor: int) -> t
 
 def _layer_infos(unet: torch.nn.Module, size: int, vae_scale_factor: int) -> list[LayerInfo]:
     from .extraction.hooks import capture_shapes
-    if size % (vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)):
-        raise LayerError(f"size {size} px is not a multiple of {vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)}"
-                         " (the VAE factor times the U-Net's total downsampling)")
+    # Any whole number of latent tokens runs: the U-Net pads odd sizes when it downsamples and upsamples to
+    # its skip connections' sizes (the border experiment's crops, e.g. 496 px, are no multiples of 64).
+    if size % vae_scale_factor or size < vae_scale_factor:
+        raise LayerError(f"size {size} px is not a positive multiple of {vae_scale_factor} (the VAE's factor)")
     names = all_layers(unet)
     shapes = capture_shapes(unet, names, size // vae_scale_factor)
     return [LayerInfo(n, block_of(n), kind_of(n), s[0], s[1], s[2]) for n, s in zip(names, shapes)]

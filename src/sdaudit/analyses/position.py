@@ -308,6 +308,29 @@ class PositionProbeAccumulator(Accumulator):
                 "hits_r": self._hits_r, "hits_c": self._hits_c, "pending_x": pend_x, "pending_i": pend_i,
                 **self.per_image.state("per_image.")}
 
+    _TRAIN_KEYS = ("shift", "s", "g", "rs", "rc", "cs", "cc")
+
+    @classmethod
+    def train_only_state(cls, state: dict) -> dict:
+        """``state`` (a :meth:`state_dict`) with the test counts removed: what shards exchange before testing."""
+        out = dict(state)
+        counts = np.array(state["counts"], dtype=np.int64).copy()
+        counts[1:] = 0
+        out.update(counts=counts, hits_r=np.zeros_like(state["hits_r"]), hits_c=np.zeros_like(state["hits_c"]),
+                   pending_x=np.zeros((0, 0, 0, 0), np.float32), pending_i=np.zeros(0, np.int64))
+        out.update(_no_rows(state, "per_image."))
+        return out
+
+    @classmethod
+    def test_only_state(cls, state: dict) -> dict:
+        """``state`` with the training statistics removed (only this shard's test counts and rows)."""
+        out = dict(state)
+        counts = np.array(state["counts"], dtype=np.int64).copy()
+        counts[0] = 0
+        out.update({k: np.zeros(0) for k in cls._TRAIN_KEYS})
+        out.update(counts=counts, n_tok=np.array(0))
+        return out
+
     def _load_state_arrays(self, st):
         g = tuple(int(v) for v in st["grid"])
         self._grid, self._c = (g if g != (0, 0) else None), int(st["c"])
@@ -319,6 +342,12 @@ class PositionProbeAccumulator(Accumulator):
         self._hits_r, self._hits_c = st["hits_r"].astype(np.int64), st["hits_c"].astype(np.int64)
         self._pending = [(st["pending_x"], st["pending_i"])] if st["pending_i"].size else []
         self.per_image.load(st, "per_image.")
+
+
+def _no_rows(state: dict, prefix: str) -> dict:
+    """Empty per-image rows of the same width as in ``state``."""
+    rows = np.asarray(state[f"{prefix}rows"])
+    return {f"{prefix}index": np.zeros(0, np.int64), f"{prefix}rows": np.zeros((0, rows.shape[-1]))}
 
 
 def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from ._arrays import check_features, resolve_indices
 from ._base import Accumulator
 from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, PerImageStats
-from .position import _image_hits, _make_result, _to_numpy, accuracy_interval, n_train_images
+from .position import _image_hits, _make_result, _no_rows, _to_numpy, accuracy_interval, n_train_images
 from .results import ProbeResult
 
 DEFAULT_MAX_TRAIN_TOKENS = 65536
@@ -277,6 +277,23 @@ class PaperProbeAccumulator(Accumulator):
                 "counts": np.array([self._n_tr_img, self._n_tr_tok]), "loss": np.array(self._loss),
                 "weight": weight, "bias": bias, "pending_x": pend_x, "pending_i": pend_i,
                 **self.per_image.state("per_image.")}
+
+    @classmethod
+    def train_only_state(cls, state: dict) -> dict:
+        """``state`` without test images (pending or scored): what shards exchange before training."""
+        if np.asarray(state["weight"]).size:
+            raise ValueError("the probe is trained already: exchange training samples before testing")
+        out = dict(state, pending_x=np.zeros((0, 0, 0, 0), np.float32), pending_i=np.zeros(0, np.int64))
+        out.update(_no_rows(state, "per_image."))
+        return out
+
+    @classmethod
+    def test_only_state(cls, state: dict) -> dict:
+        """``state`` without the training sample and the trained probe (only this shard's test images)."""
+        width = np.asarray(state["tokens"]).shape[-1]
+        return dict(state, keys=np.zeros(0), tokens=np.zeros((0, width), np.float32), pos=np.zeros(0, np.int64),
+                    counts=np.zeros(2, np.int64), weight=np.zeros(0, np.float32), bias=np.zeros(0, np.float32),
+                    loss=np.array(np.nan))
 
     def _load_state_arrays(self, st):
         g = tuple(int(v) for v in st["grid"])

@@ -206,33 +206,27 @@ def _block(items: list, rank: int, world: int) -> list:
 
 
 # ----- the position probe's state split into training statistics and test counts --------------------------
-_TRAIN_KEYS = ("shift", "s", "g", "rs", "rc", "cs", "cc")
+def _probe_class(state: dict):
+    from .. import analyses
+    from ..analyses.probe_paper import PaperProbeAccumulator
+
+    name = str(np.asarray(state["__class__"]))
+    return PaperProbeAccumulator if name == "PaperProbeAccumulator" else getattr(analyses, name)
 
 
 def probe_train_only(state: dict) -> dict:
-    """A :class:`~sdaudit.analyses.PositionProbeAccumulator` state dict with its test counts removed."""
-    out = dict(state)
-    counts = np.array(state["counts"], dtype=np.int64).copy()
-    counts[1:] = 0
-    out.update(counts=counts, hits_r=np.zeros_like(state["hits_r"]), hits_c=np.zeros_like(state["hits_c"]),
-               pending_x=np.zeros((0, 0, 0, 0), np.float32), pending_i=np.zeros(0, np.int64))
-    return out
+    """A probe accumulator's state dict with its test counts removed (the accumulator says which are which)."""
+    return _probe_class(state).train_only_state(state)
 
 
 def probe_test_only(state: dict) -> dict:
-    """A :class:`~sdaudit.analyses.PositionProbeAccumulator` state dict with its training statistics removed."""
-    out = dict(state)
-    counts = np.array(state["counts"], dtype=np.int64).copy()
-    counts[0] = 0
-    out.update({k: np.zeros(0) for k in _TRAIN_KEYS})
-    out.update(counts=counts, n_tok=np.array(0))
-    return out
+    """A probe accumulator's state dict with its training statistics removed."""
+    return _probe_class(state).test_only_state(state)
 
 
 def _merge_probe_dicts(a: dict, b: dict) -> dict:
-    from ..analyses import PositionProbeAccumulator as P
-
-    return {layer: P.from_state_dict(a[layer]).merge(P.from_state_dict(b[layer])).state_dict() for layer in a}
+    return {layer: _probe_class(a[layer]).from_state_dict(a[layer]).merge(
+        _probe_class(b[layer]).from_state_dict(b[layer])).state_dict() for layer in a}
 
 
 def _without_probe_training(payload: dict) -> dict:

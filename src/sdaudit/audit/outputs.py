@@ -11,11 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from ..analyses import save_labels, to_jsonable
+from ..analyses.results import UNDEFINED_SMALL_GRID
 from ..layers import block_of, kind_of
 
 TABLE_METRICS = ("probe_acc_8", "probe_acc_16", "probe_acc_32", "probe_acc_64", "probe_chance_8", "probe_chance_16",
                  "probe_chance_32", "probe_chance_64", "corner_rel_sim", "border_rel_sim", "other_rel_sim",
                  "anomaly_rel_norm_mean", "anomaly_rel_norm_std", "anomaly_count")
+# metrics with a 95 % bootstrap interval over images: the table holds ``<metric>_low`` and ``<metric>_high``
+INTERVAL_METRICS = ("probe_acc_8", "probe_acc_16", "probe_acc_32", "probe_acc_64", "corner_rel_sim", "border_rel_sim",
+                    "other_rel_sim", "anomaly_rel_norm_mean")
 
 
 def _finite(value) -> float | None:
@@ -43,18 +47,30 @@ def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict,
             for s in result.resolutions:
                 row[f"probe_acc_{s}"] = _finite(result.accuracy[s])
                 row[f"probe_chance_{s}"] = _finite(result.chance[s])
+                _interval(row, f"probe_acc_{s}", result.intervals.get(s))
+            row["probe_test_images"] = result.n_test_images
         if layer in state.borders and layer not in state.failed:
             result = state.borders[layer].result()
             borders[layer] = result.to_dict()
-            row["corner_rel_sim"] = _finite(result.relative["corner"])
-            row["border_rel_sim"] = _finite(result.relative["border"])
-            row["other_rel_sim"] = _finite(result.relative["other"])
+            for g in ("corner", "border", "other"):
+                row[f"{g}_rel_sim"] = _finite(result.relative[g])
+                _interval(row, f"{g}_rel_sim", result.intervals.get(g))
+        elif "borders" in state.analyses and layer not in state.failed:
+            row["borders_undefined"] = UNDEFINED_SMALL_GRID
         if layer in norms and layer not in state.failed:
             row["anomaly_rel_norm_mean"] = _finite(norms[layer]["mean"])
             row["anomaly_rel_norm_std"] = _finite(norms[layer]["std"])
             row["anomaly_count"] = norms[layer]["count"]
+            row["anomaly_rel_norm_mean_low"] = _finite(norms[layer]["low"])
+            row["anomaly_rel_norm_mean_high"] = _finite(norms[layer]["high"])
         table.append(row)
     return position, borders, table
+
+
+def _interval(row: dict, metric: str, interval) -> None:
+    """``<metric>_low`` / ``<metric>_high`` from an :class:`~sdaudit.analyses.Interval` (None when undefined)."""
+    row[f"{metric}_low"] = _finite(interval.low) if interval is not None else None
+    row[f"{metric}_high"] = _finite(interval.high) if interval is not None else None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -65,16 +81,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def write_tidy_csv(path: Path, table: list[dict], model_name: str) -> None:
-    """results.csv: one row per layer and metric (model, layer, block, kind, grid, metric, value)."""
+    """results.csv: one row per layer and metric (model, layer, block, kind, grid, metric, value, low, high);
+    ``low`` / ``high`` the 95 % bootstrap interval where the metric has one (else empty)."""
     tmp = path.with_name(path.name + ".partial")
+
+    def text(value):
+        return "" if value is None else repr(value) if isinstance(value, float) else value
+
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "layer_index", "layer", "block", "kind", "grid", "metric", "value"])
+        writer.writerow(["model", "layer_index", "layer", "block", "kind", "grid", "metric", "value", "low", "high"])
         for i, row in enumerate(table):
             for metric in TABLE_METRICS:
                 if row.get(metric) is not None:
                     writer.writerow([model_name, i, row["layer"], row["block"], row["kind"], row["grid"], metric,
-                                     repr(row[metric]) if isinstance(row[metric], float) else row[metric]])
+                                     text(row[metric]), text(row.get(f"{metric}_low")), text(row.get(f"{metric}_high"))])
     os.replace(tmp, path)
 
 

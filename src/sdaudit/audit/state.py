@@ -21,13 +21,15 @@ from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, NonFiniteIn
 class AnomalyNormStream:
     """Relative norms of anomalies on every layer, computed batch by batch.
 
-    The anomalies of a batch are detected on the anomaly layer of that same batch, so each
-    batch's rows are measured on all layers at once; the state is one value per anomaly and layer.
+    The anomalies of a batch are detected on the anomaly layer of that same batch (or given as labels),
+    so each batch's rows are measured on all layers at once; the state is one (image, value) pair per
+    anomaly and layer, so the mean gets a bootstrap interval over images (an image's anomalies together).
     """
 
     def __init__(self, layers: Sequence[str], ref_grid: int):
         self.layers, self.ref_grid = list(layers), int(ref_grid)
         self.values: dict[str, list[float]] = {layer: [] for layer in self.layers}
+        self.images: dict[str, list[int]] = {layer: [] for layer in self.layers}
 
     def update(self, reps: dict, rows: np.ndarray, indices: Sequence[int], skip: set[str]) -> None:
         if not len(rows):
@@ -37,22 +39,29 @@ class AnomalyNormStream:
                 continue
             result = anomaly_relative_norms({layer: reps[layer]}, rows, ref_grid=self.ref_grid, image_indices=indices)
             self.values[layer].extend(float(v) for v in result.values[layer])
+            self.images[layer].extend(int(i) for i in np.asarray(rows)[:, 0])
 
     def stats(self) -> dict[str, dict]:
         out = {}
         for layer, vals in self.values.items():
             v = np.asarray(vals, dtype=np.float64)
-            v = v[np.isfinite(v)]
-            out[layer] = {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None,
-                          "count": int(v.size)}
+            images = np.asarray(self.images[layer], dtype=np.int64)
+            ok = np.isfinite(v)
+            interval = _mean_interval(images[ok], v[ok])
+            out[layer] = {"mean": float(v[ok].mean()) if ok.any() else None,
+                          "std": float(v[ok].std()) if ok.any() else None, "count": int(ok.sum()),
+                          "low": interval.low, "high": interval.high, "n_images": interval.n}
         return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {f"{i}": np.asarray(self.values[layer], dtype=np.float64) for i, layer in enumerate(self.layers)}
+        out = {f"{i}": np.asarray(self.values[layer], dtype=np.float64) for i, layer in enumerate(self.layers)}
+        out.update({f"{i}.images": np.asarray(self.images[layer], dtype=np.int64) for i, layer in enumerate(self.layers)})
+        return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         for i, layer in enumerate(self.layers):
             self.values[layer] = [float(v) for v in state[f"{i}"]]
+            self.images[layer] = [int(v) for v in state[f"{i}.images"]]
 
     def merge(self, other: "AnomalyNormStream") -> "AnomalyNormStream":
         """Add another shard's values (other images); the statistics do not depend on the order."""
@@ -60,7 +69,19 @@ class AnomalyNormStream:
             raise ValueError("cannot merge anomaly norm streams of different layers or reference grids")
         for layer in self.layers:
             self.values[layer].extend(other.values[layer])
+            self.images[layer].extend(other.images[layer])
         return self
+
+
+def _mean_interval(images: np.ndarray, values: np.ndarray):
+    """Bootstrap interval over images of the mean of per-anomaly ``values``."""
+    from ..analyses.intervals import bootstrap_interval, ratio
+
+    uniq, inverse = np.unique(images, return_inverse=True)
+    rows = np.zeros((len(uniq), 2))
+    np.add.at(rows, (inverse, 0), values)
+    np.add.at(rows, (inverse, 1), 1.0)
+    return bootstrap_interval(rows, ratio(0, 1))
 
 
 def _on_device(x) -> bool:
@@ -102,8 +123,9 @@ class AuditState:
             self.probe = {layer: PositionProbeAccumulator(n_images, layer=layer, **probe) for layer in self.layers}
         self.borders = {}
         if "borders" in analyses:
+            # grids under 5 get no cropped pass: their (n-2) grid has no border and no interior
             self.borders = {layer: BorderArtifactsAccumulator(layer=layer) for layer in self.layers
-                            if min(grids[layer]) >= 3}
+                            if grids[layer][0] == grids[layer][1] and min(grids[layer]) - 2 >= 3}
         self.anomaly_layer = anomaly_layer
         self.detector = AnomalyDetector(layer=anomaly_layer, **detector) if anomaly_layer else None
         self.norms = AnomalyNormStream(self.layers, grids[anomaly_layer][0]) if anomaly_layer else None
@@ -178,7 +200,8 @@ class AuditState:
         for name, acc in self._parts().items():
             self._replace(name, type(acc).from_state_dict(grouped[name]))
         if self.norms is not None:
-            self.norms.load_state_dict(grouped.get("norms", {}) or {f"{i}": np.zeros(0) for i in range(len(self.layers))})
+            empty = {k: np.zeros(0) for i in range(len(self.layers)) for k in (f"{i}", f"{i}.images")}
+            self.norms.load_state_dict(grouped.get("norms", {}) or empty)
         self.progress = {k: int(v) for k, v in meta.get("progress", {}).items()}
         self.failed = dict(meta.get("failed", {}))
 

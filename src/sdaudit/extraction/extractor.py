@@ -26,8 +26,10 @@ class ExtractionSettings:
         prompt: text prompt; '' is the paper's empty prompt.
         latent: 'mean' or 'sample' of the VAE posterior ('paper' always samples).
         noise_samples: noise draws averaged per image ('clean' only).
-        crop_px: pixels cropped from each side of the prepared image before it is resized back
-            to ``size`` (the border experiment's second pass); 0 for none.
+        crop_px: pixels cropped from each side of the prepared ``size`` px image; the crop is
+            extracted at its own size, ``input_size = size - 2 * crop_px`` (the border experiment's
+            second pass, as published: no resize, so a layer's grid shrinks by 2 crop_px / (size / n)
+            tokens and aligns token for token with the full image's interior); 0 for none.
     """
 
     protocol: str = "clean"
@@ -51,6 +53,11 @@ class ExtractionSettings:
             raise ValueError(f"crop_px {self.crop_px} must be in [0, size/2)")
         return ExtractionSettings(self.protocol, int(self.timestep), int(self.seed), int(self.size), self.prompt, latent,
                                   int(self.noise_samples), int(self.crop_px))
+
+    @property
+    def input_size(self) -> int:
+        """Side in pixels of what the U-Net's VAE sees: the prepared image less the crop."""
+        return self.size - 2 * self.crop_px
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,7 +100,8 @@ class Extractor:
         self.settings = (settings or ExtractionSettings(size=model.default_size)).validated()
         self.available = all_layers(model.unet)
         self.layers = select_layers(layers, self.available)
-        infos = {i.name: i for i in layer_infos(dict(model.unet.config), self.settings.size, model.vae_scale_factor)}
+        infos = {i.name: i for i in layer_infos(dict(model.unet.config), self.settings.input_size,
+                                                model.vae_scale_factor)}
         self.shapes = {n: (infos[n].channels, infos[n].height, infos[n].width) for n in self.layers}
         self._context = encode_prompt(model, self.settings.prompt)
         self.max_batch: int | None = None  # set after an out-of-memory split: the batch size that fitted
@@ -126,7 +134,7 @@ class Extractor:
         with torch.inference_mode():
             t = torch.tensor(self.settings.timestep, dtype=torch.long, device=model.device)
             context = self._context.expand(sample.shape[0], -1, -1).contiguous()
-            extra = unet_extra_inputs(model.unet, sample.shape[0], self.settings.size, model.device, model.dtype)
+            extra = unet_extra_inputs(model.unet, sample.shape[0], self.settings.input_size, model.device, model.dtype)
             with capture_layers(model.unet, self.layers, sink):
                 run_until_captured(lambda: model.unet(sample, t, encoder_hidden_states=context, **extra))
         if copier is not None:
@@ -171,7 +179,7 @@ class Extractor:
 
     def _run(self, images, indices, device_output: bool) -> dict[str, torch.Tensor]:
         pixels = pixels_to_tensor(images, self.settings.protocol)
-        expected = (self.settings.size, self.settings.size)
+        expected = (self.settings.input_size, self.settings.input_size)
         if tuple(pixels.shape[-2:]) != expected:
             raise ValueError(f"images must be prepared to {expected} px, got {tuple(pixels.shape[-2:])}")
         total: dict[str, torch.Tensor] = {}
@@ -212,7 +220,7 @@ def auto_batch_size(extractor: Extractor, *, fraction: float = 0.8, max_batch: i
         return default
     from PIL import Image
 
-    size = extractor.settings.size
+    size = extractor.settings.input_size
     images = [Image.new("RGB", (size, size), (128, 120, 110)) for _ in range(2)]
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()

@@ -17,12 +17,13 @@ STORAGE_DTYPES = ("float16", "float32")
 
 
 def prepare_for_model(image: Image.Image, size: int, crop_px: int = 0) -> Image.Image:
-    """Centre-crop to a square, resize to ``size`` px; with ``crop_px``, crop that much off each side and resize back."""
+    """Centre-crop to a square, resize to ``size`` px; with ``crop_px``, crop that much off each side (no resize:
+    the crop is ``size - 2 crop_px`` px, extracted at its own size as in the published border experiment)."""
     from ..images import prepare_image
 
     out = prepare_image(image, size)
     if crop_px:
-        out = out.crop((crop_px, crop_px, size - crop_px, size - crop_px)).resize((size, size), Image.BICUBIC)
+        out = out.crop((crop_px, crop_px, size - crop_px, size - crop_px))
     return out
 
 
