@@ -278,7 +278,8 @@ class RepresentationStore:
             data, shape = arrays[layer], (b, *self.layer_shape(layer))
             if data.shape != shape:
                 raise StoreError(f"layer '{layer}': batch of shape {data.shape}, expected {shape}")
-            rows[layer] = data.astype(self._array(layer).dtype, copy=False)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected (and refused) just below
+                rows[layer] = data.astype(self._array(layer).dtype, copy=False)
             # Only what the cast itself made infinite: non-finite model outputs are stored as they are.
             turned = np.isfinite(data) & ~np.isfinite(rows[layer])
             if turned.any():
