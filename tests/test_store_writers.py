@@ -206,3 +206,30 @@ def test_a_read_only_store_gives_one_line(tiny, image_folder, tmp_path, monkeypa
     with pytest.raises(StoreError, match="read-only"):
         open_store(target).write_batch(2, {}, [])
     assert np.asarray(open_store(target).read("conv_in")).shape[0] == 2
+
+
+def test_float16_overflow_during_extract_names_layer_and_image(tiny, image_folder, tmp_path, monkeypatch):
+    """Regression: finite activations beyond float16's range were stored as inf with only a numpy warning."""
+    from sdaudit.extraction.extractor import Extractor
+
+    real, files = Extractor.run, sorted(image_folder.iterdir())
+
+    def huge_conv_out(self, images, indices, **kwargs):
+        reps = real(self, images, indices, **kwargs)
+        if 3 in indices:
+            reps["conv_out"][indices.index(3)] *= 1e6
+        return reps
+
+    monkeypatch.setattr(Extractor, "run", huge_conv_out)
+    target = tmp_path / "s"
+    result = runner.invoke(app, ["extract", "-m", "tiny", "-i", str(image_folder), "-o", str(target), "-l", LAYERS,
+                                 "-s", "64", "-b", "2", "--device", "cpu"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in out
+    assert f"layer(s) conv_out of image(s) {files[3]} hold finite values beyond its range" in out
+    assert "--dtype float32" in out
+    assert open_store(target).num_images == 2 and verify_store(target).intact  # the first batch is kept
+    wide = extract(tiny, image_folder, tmp_path / "f32", layers=LAYERS, size=64, batch_size=2, dtype="float32",
+                   progress=False)
+    assert wide.added == 5 and np.isfinite(wide.store.read("conv_out")).all()
+    assert np.abs(wide.store.read("conv_out", 3)).max() > 65504

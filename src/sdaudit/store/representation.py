@@ -175,6 +175,9 @@ class RepresentationStore:
                 data = np.asarray(arr.get_orthogonal_selection((idx,) + (slice(None),) * (arr.ndim - 1)))
         except _READ_ERRORS:
             data = np.stack([self._read_row(arr, name, i) for i in idx])  # find the row at fault
+        if len(data) != len(idx):  # committed rows beyond the array's capacity
+            raise StoreDamagedError(f"store '{self.path}' is damaged: {self._what(name, idx[-1])} lies beyond "
+                                    f"its array ({arr.shape[0]} rows)")
         for row, i in zip(data, idx):
             self._check_row(name, i, row)
         return data[0] if single else data
