@@ -294,9 +294,10 @@ def verify_cmd(store: Path = typer.Argument(..., help="A store folder (made by '
     for index, what in report.damaged.items():
         err_console.print(f"[bold red]damaged:[/] image {index}: {'; '.join(what)}", highlight=False)
     if not report.intact:
-        err_console.print(f"store {store}: {len(report.damaged)} of {report.num_images} images damaged"
-                          f"{', store records damaged' if report.problems else ''}; rerun 'sdaudit extract' with the "
-                          "same settings and images to re-extract damaged images", highlight=False)
+        what = "its records are damaged" if report.problems else \
+            f"{len(report.damaged)} of {report.num_images} images damaged"
+        err_console.print(f"store {store}: {what}; rerun 'sdaudit extract' with the same settings and images to "
+                          "re-extract damaged images", highlight=False)
         raise typer.Exit(1)
     note = "" if report.verifiable else (" (format 1, without checksums: every row is readable, but its "
                                          "contents cannot be verified)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,17 +36,6 @@ class ExtractionReport:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) of skipped bad images
     repaired: list[int] = field(default_factory=list)  # damaged rows re-extracted in place (image indices)
     unrepaired: dict[int, list[str]] = field(default_factory=dict)  # damaged rows whose image was not given
-
-
-def _batches(records: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def store_config(model, extractor: Extractor, dtype: str, batch_size: int) -> dict:
@@ -89,7 +78,7 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
     The store's writer lock is held for the whole call: a concurrent extract into the same store gets
     :class:`~sdaudit.store.StoreBusyError`.
     """
-    from ..images import count_images, iter_images
+    from ..images import count_images
     from ..models import load_model
 
     if dtype not in STORAGE_DTYPES:
@@ -153,19 +142,25 @@ def _extract_into(store: RepresentationStore, extractor: Extractor, settings: Ex
         arrays, inputs = run([r for _, r in pairs], indices)
         store.rewrite_rows(indices, arrays, inputs=inputs)
 
-    new, fixes = [], []
+    new: list = []  # records to append
+    fixes: list = []  # (index, record) of damaged rows to rewrite; batched apart, since their indices are not new
     with _progress(progress, count_images(images)) as advance:
-        for index, record in records():
-            (new if index is None else fixes).append(record if index is None else (index, record))
-            for pending, flush in ((new, append), (fixes, repair)):
-                if len(pending) == batch_size:
-                    flush(pending)
-                    advance(len(pending), report.already_present)
-                    pending.clear()
-        for pending, flush in ((new, append), (fixes, repair)):
-            if pending:
-                flush(pending)
+
+        def flush(pending: list, write, full: bool) -> None:
+            if pending and (len(pending) == batch_size or not full):
+                write(pending)
                 advance(len(pending), report.already_present)
+                pending.clear()
+
+        for index, record in records():
+            if index is None:
+                new.append(record)
+            else:
+                fixes.append((index, record))
+            flush(new, append, full=True)
+            flush(fixes, repair, full=True)
+        flush(new, append, full=False)
+        flush(fixes, repair, full=False)
 
 
 def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = False, progress: bool = False,
