@@ -198,3 +198,21 @@ def test_a_failed_write_keeps_the_committed_images(tmp_path, monkeypatch):
     with open_store(tmp_path / "s", mode="r+") as store:  # the same batch commits once there is room again
         store.write_batch(2, arrays, entries, inputs=inputs)
     assert verify_store(tmp_path / "s").intact and open_store(tmp_path / "s").num_images == 4
+
+
+def test_a_store_that_cannot_be_created_gives_one_error(tmp_path, monkeypatch):
+    import zarr.storage
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match=r"cannot create store '.*file/s': a part of its path is a file"):
+        create_store(tmp_path / "file" / "s", CONFIG, SHAPES)
+    with pytest.raises(StoreError, match=r"'.*file' is a file, not a store folder"):
+        create_store(tmp_path / "file", CONFIG, SHAPES)
+
+    async def read_only(self, key, value):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", read_only)
+    with pytest.raises(StoreError, match=r"cannot create store '.*new': Read-only file system"):
+        create_store(tmp_path / "new", CONFIG, SHAPES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no scratch folder left

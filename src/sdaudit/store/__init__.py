@@ -86,10 +86,14 @@ def create_store(path: str | Path, config: dict, layer_shapes: dict[str, tuple[i
     path = Path(path)
     if (path / "zarr.json").exists():
         return _open_for_writing(path, config)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"'{path}' is a file, not a store folder; refusing to write into it")
     if path.is_dir() and any(path.iterdir()):
         raise StoreError(f"'{path}' exists and is not an sdaudit store; refusing to write into it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise StoreError(f"cannot create store '{path}': a part of its path is a file") from error
     except OSError as error:
         raise StoreError(f"cannot create store '{path}': {error.strerror or error}") from error
     # Built beside its final place and renamed into it: a process killed while creating leaves no half
