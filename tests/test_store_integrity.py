@@ -216,3 +216,12 @@ def test_a_store_that_cannot_be_created_gives_one_error(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match=r"cannot create store '.*new': Read-only file system"):
         create_store(tmp_path / "new", CONFIG, SHAPES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no scratch folder left
+
+
+def test_an_unreadable_zarr_json_is_damage(tmp_path):
+    make_store(tmp_path / "s")
+    (tmp_path / "s" / "zarr.json").write_text('{"zarr_format": 3, "node_ty')
+    with pytest.raises(StoreDamagedError, match="store '.*s' is damaged: its zarr.json cannot be read"):
+        open_store(tmp_path / "s")
+    result = runner.invoke(app, ["verify", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "its records are damaged" in result.output

@@ -52,8 +52,9 @@ class RepresentationStore:
         try:
             self._group = zarr.open_group(str(self.path), mode="r+" if self.mode != "r" else "r")
             manifest = self._group.attrs.get(MANIFEST_ATTR)
-        except (*_READ_ERRORS, TypeError) as error:
-            raise StoreError(f"cannot open store '{self.path}': {error}") from error
+        except (*_READ_ERRORS, TypeError) as error:  # a zarr.json that is not (valid) group metadata
+            raise StoreDamagedError(f"store '{self.path}' is damaged: its zarr.json cannot be read "
+                                    f"({type(error).__name__}: {error})") from error
         self._manifest = validate_manifest(manifest, self.path)
         self.verifiable = self._manifest["format_version"] >= 2
         if self.mode != "r" and not self.verifiable:
@@ -303,6 +304,8 @@ class RepresentationStore:
 
     def _write_rows(self, indices: Sequence[int], rows: dict[str, np.ndarray]) -> None:
         indices = list(indices)
+        if not indices:
+            return
         for name, data in rows.items():
             arr = self._array(name)
             top = max(indices) + 1
