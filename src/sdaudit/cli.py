@@ -151,6 +151,11 @@ def extract_cmd(
     console.print(f"[green]store[/] {store.path}: {store.num_images} images x {len(store.layers)} layers "
                   f"({report.added} added, {report.already_present} already present) in {elapsed:.1f} s")
     _print_errors(report.errors)
+    if report.repaired:
+        console.print(f"repaired {len(report.repaired)} damaged image(s) in place: {report.repaired[:20]}")
+    if report.unrepaired:
+        err_console.print(f"[yellow]{len(report.unrepaired)} damaged image(s) not repaired[/] (their images were not "
+                          f"given): {list(report.unrepaired)[:20]}; see 'sdaudit verify {out}'", highlight=False)
 
 
 @app.command("audit")
@@ -317,6 +322,31 @@ def explore_cmd(
               echo=lambda text: console.print(text, markup=False, highlight=False))
     except (*_user_errors(), LabelFileError, OSError) as error:
         _fail(str(error))
+
+
+@app.command("verify")
+def verify_cmd(store: Path = typer.Argument(..., help="A store folder (made by 'sdaudit extract').")) -> None:
+    """Check every image of a store against its checksums; exit 0 when intact, 1 when damaged."""
+    from .store import verify_store
+
+    try:
+        report = verify_store(store)
+    except _user_errors() as error:
+        _fail(str(error))
+    for problem in report.problems:
+        err_console.print(f"[bold red]damaged:[/] {problem}", highlight=False)
+    for index, what in report.damaged.items():
+        err_console.print(f"[bold red]damaged:[/] image {index}: {'; '.join(what)}", highlight=False)
+    if not report.intact:
+        what = "its records are damaged" if report.problems else \
+            f"{len(report.damaged)} of {report.num_images} images damaged"
+        err_console.print(f"store {store}: {what}; rerun 'sdaudit extract' with the same settings and images to "
+                          "re-extract damaged images", highlight=False)
+        raise typer.Exit(1)
+    note = "" if report.verifiable else (" (format 1, without checksums: every row is readable, but its "
+                                         "contents cannot be verified)")
+    console.print(f"[green]intact[/] {store}: {report.num_images} images x {report.layers} layers{note}",
+                  highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -23,13 +23,17 @@ from .sources import scan_images, store_images
 __all__ = ["ANALYSES", "AuditSettings", "audit", "pass_plan"]
 
 
-def _store_writer(out: Path, model, extractor, settings: AuditSettings, size: int):
-    """A callback that appends the full pass's batches to ``out/store`` (skipping images already in it)."""
+def _store_writer(out: Path, model, extractor, settings: AuditSettings, size: int, opened: list):
+    """A callback that appends the full pass's batches to ``out/store`` (skipping images already in it).
+
+    The store (holding its writer lock) is added to ``opened``, for the caller to close.
+    """
     from ..extraction.run import store_config
     from ..store import ImageEntry, create_store
 
     config = store_config(model, extractor, "float16", settings.batch_size)
     store = create_store(out / "store", config, extractor.shapes, dtype="float16")
+    opened.append(store)
 
     def write(batch, images, reps):
         if batch[0].index < store.num_images:
@@ -96,12 +100,17 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     size = settings.size or model.default_size
     settings.size = size
     out.mkdir(parents=True, exist_ok=True)
-    make_writer = (lambda extractor: _store_writer(out, model, extractor, settings, size)) if keep_store else None
+    kept: list = []  # the keep_store store, whose writer lock is released when the passes end
+    make_writer = (lambda extractor: _store_writer(out, model, extractor, settings, size, kept)) if keep_store else None
     full_source = _store_source(opened, settings, model) if store is not None else None
-    with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
-        state, full, stats = run_passes(model, items, settings, out, progress=bar.progress,
-                                        checkpoint_seconds=checkpoint_seconds, make_store_writer=make_writer,
-                                        full_source=full_source, shard=shard)
+    try:
+        with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
+            state, full, stats = run_passes(model, items, settings, out, progress=bar.progress,
+                                            checkpoint_seconds=checkpoint_seconds, make_store_writer=make_writer,
+                                            full_source=full_source, shard=shard)
+    finally:
+        for kept_store in kept:
+            kept_store.close()
     if shard is None:
         return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper, provenance)
     state = shard.reduce_state(state)

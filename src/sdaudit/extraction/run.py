@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,21 +31,12 @@ def prepare_for_model(image: Image.Image, size: int, crop_px: int = 0) -> Image.
 class ExtractionReport:
     """What an :func:`extract` call did."""
 
-    store: RepresentationStore
+    store: RepresentationStore  # closed (its writer lock released), still readable
     added: int = 0
     already_present: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) of skipped bad images
-
-
-def _batches(records: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    repaired: list[int] = field(default_factory=list)  # damaged rows re-extracted in place (image indices)
+    unrepaired: dict[int, list[str]] = field(default_factory=dict)  # damaged rows whose image was not given
 
 
 def store_config(model, extractor: Extractor, dtype: str, batch_size: int) -> dict:
@@ -61,7 +52,7 @@ def store_config(model, extractor: Extractor, dtype: str, batch_size: int) -> di
 def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "paper", size: int | None = None,
             timestep: int = 50, seed: int = 42, protocol: str = "clean", prompt: str = "", latent: str | None = None,
             noise_samples: int = 1, crop_px: int = 0, batch_size: int = 4, dtype: str = "float16",
-            skip_bad: bool = False, progress: bool = True) -> ExtractionReport:
+            skip_bad: bool = False, progress: bool = True, verify: bool = True) -> ExtractionReport:
     """Extract representations of ``images`` with ``model`` into the store at ``out``.
 
     Args:
@@ -77,11 +68,18 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
             of the configuration, since the published code shares noise within a batch. 0 (under
             'clean'): as many as fit in GPU memory (:func:`~sdaudit.extraction.extractor.auto_batch_size`;
             4 on the CPU).
-        dtype: storage dtype, 'float16' (default) or 'float32'.
+        dtype: storage dtype, 'float16' (default) or 'float32'. A float16 store refuses a batch whose finite
+            values would become inf (:class:`~sdaudit.store.Float16OverflowError`, before writing any of it).
         skip_bad: skip unreadable or invalid images (listed in the report) instead of stopping.
         progress: show a progress bar.
+        verify: first check every committed row of an existing store against its checksums (one read
+            of the store); damaged rows whose image is among ``images`` (same sha256) are re-extracted
+            in place (``report.repaired``), the others are listed in ``report.unrepaired``.
+
+    The store's writer lock is held for the whole call: a concurrent extract into the same store gets
+    :class:`~sdaudit.store.StoreBusyError`.
     """
-    from ..images import count_images, iter_images
+    from ..images import count_images
     from ..models import load_model
 
     if dtype not in STORAGE_DTYPES:
@@ -94,40 +92,84 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
     extractor = Extractor(model, layers, settings)
     batch_size = batch_size or auto_batch_size(extractor)
     config = store_config(model, extractor, dtype, batch_size)
-    store = create_store(out, config, extractor.shapes, dtype=dtype, capacity=max(count_images(images) or 16, 1))
-    if store.manifest["versions"] != _versions():
-        warnings.warn(f"store '{out}' was written with {store.manifest['versions']}, this run uses {_versions()}",
-                      stacklevel=2)
-    report = ExtractionReport(store=store)
-    present = {entry.sha256 for entry in store.images}
-
-    def new_records():
-        for record in iter_images(images, skip_bad=skip_bad, errors=report.errors):
-            if record.sha256 in present:
-                report.already_present += 1
-                continue
-            present.add(record.sha256)
-            yield record
-
-    with _progress(progress, count_images(images)) as advance:
-        for batch in _batches(new_records(), batch_size):
-            start = store.num_images
-            indices = list(range(start, start + len(batch)))
-            prepared = [prepare_for_model(r.image, settings.size, settings.crop_px) for r in batch]
-            reps = extractor.run(prepared, indices)
-            arrays = {name: tensor.numpy() for name, tensor in reps.items()}
-            entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode) for i, r in zip(indices, batch)]
-            store.write_batch(start, arrays, entries, inputs=np.stack([np.asarray(img) for img in prepared]))
-            report.added += len(batch)
-            advance(len(batch), report.already_present)
+    # The store's writer lock is held from here to the end: a second extract into it is refused.
+    with create_store(out, config, extractor.shapes, dtype=dtype,
+                      capacity=max(count_images(images) or 16, 1)) as store:
+        if store.manifest["versions"] != _versions():
+            warnings.warn(f"store '{out}' was written with {store.manifest['versions']}, this run uses "
+                          f"{_versions()}", stacklevel=2)
+        report = ExtractionReport(store=store)
+        damaged = store.damaged_rows() if verify and store.num_images else {}
+        _extract_into(store, extractor, settings, images, batch_size, damaged, report,
+                      skip_bad=skip_bad, progress=progress)
+        report.unrepaired = {i: why for i, why in damaged.items() if i not in report.repaired}
     return report
 
 
+def _extract_into(store: RepresentationStore, extractor: Extractor, settings: ExtractionSettings, images,
+                  batch_size: int, damaged: dict, report: ExtractionReport, *, skip_bad: bool, progress: bool) -> None:
+    """Append the new images; re-extract (in place, at their index) the damaged rows whose image is given."""
+    from ..images import count_images, iter_images
+
+    present = {entry.sha256: entry.index for entry in store.images}
+
+    def records():
+        for record in iter_images(images, skip_bad=skip_bad, errors=report.errors):
+            index = present.get(record.sha256)
+            if index is None:
+                present[record.sha256] = -1  # a duplicate later in the input is already present
+                yield None, record
+            elif index in damaged and index not in report.repaired:
+                report.repaired.append(index)
+                yield index, record
+            else:
+                report.already_present += 1
+
+    def run(batch, indices):
+        prepared = [prepare_for_model(r.image, settings.size, settings.crop_px) for r in batch]
+        reps = extractor.run(prepared, indices)
+        return {name: tensor.numpy() for name, tensor in reps.items()}, np.stack([np.asarray(im) for im in prepared])
+
+    def append(batch):
+        start = store.num_images
+        indices = list(range(start, start + len(batch)))
+        arrays, inputs = run(batch, indices)
+        entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode) for i, r in zip(indices, batch)]
+        store.write_batch(start, arrays, entries, inputs=inputs)
+        report.added += len(batch)
+
+    def repair(pairs):
+        indices = [i for i, _ in pairs]
+        arrays, inputs = run([r for _, r in pairs], indices)
+        store.rewrite_rows(indices, arrays, inputs=inputs)
+
+    new: list = []  # records to append
+    fixes: list = []  # (index, record) of damaged rows to rewrite; batched apart, since their indices are not new
+    with _progress(progress, count_images(images)) as advance:
+
+        def flush(pending: list, write, full: bool) -> None:
+            if pending and (len(pending) == batch_size or not full):
+                write(pending)
+                advance(len(pending), report.already_present)
+                pending.clear()
+
+        for index, record in records():
+            if index is None:
+                new.append(record)
+            else:
+                fixes.append((index, record))
+            flush(new, append, full=True)
+            flush(fixes, repair, full=True)
+        flush(new, append, full=False)
+        flush(fixes, repair, full=False)
+
+
 def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = False, progress: bool = False,
-                 batch_size: int | None = None) -> ExtractionReport:
+                 batch_size: int | None = None, verify: bool = False) -> ExtractionReport:
     """Append ``images`` to an existing store with exactly the settings it was made with.
 
-    ``model`` must be the store's model (checked by its identity).
+    ``model`` must be the store's model (checked by its identity). ``verify`` as in :func:`extract`; off by
+    default, since adding a few images (the explorer's uploads) should not read the whole store.
     """
     from ..store import open_store
 
@@ -143,7 +185,7 @@ def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = Fals
                    timestep=config["timestep"], seed=config["seed"], protocol=config["protocol"],
                    prompt=config["prompt"], latent=config["latent"], noise_samples=config["noise_samples"],
                    crop_px=config["crop_px"], batch_size=config.get("batch_size") or batch_size or 4,
-                   dtype=config["dtype"], skip_bad=skip_bad, progress=progress)
+                   dtype=config["dtype"], skip_bad=skip_bad, progress=progress, verify=verify)
 
 
 class _progress:
