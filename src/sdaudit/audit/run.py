@@ -297,9 +297,9 @@ def _run_plan(plan, model, base, full, mine, segments, state, settings, size, ba
         started = time.perf_counter()
         if not (crop == 0 and full_source is not None):
             stats["unet_passes_per_image"] += settings.noise_samples
-            stats["full_pass_equivalents_per_image"] = round(
-                stats.get("full_pass_equivalents_per_image", 0) + settings.noise_samples * (size - 2 * crop) ** 2 / size ** 2,
-                3)
+            # the U-Net's cost grows with the pixel area: a crop of size - 2 px costs ((size - 2 px) / size)^2 passes
+            stats["full_pass_equivalents_per_image"] = (stats.get("full_pass_equivalents_per_image", 0)
+                                                        + settings.noise_samples * (size - 2 * crop) ** 2 / size ** 2)
         task = progress.add_task(f"pass {name} ({len(layers)} layers)", total=len(mine), completed=done) \
             if progress else None
         position = 0
