@@ -187,6 +187,17 @@ def audit_cmd(
                                       help="Shard the images over this many local processes (one GPU each when "
                                       "there are enough, else CPU cores); the results equal a single-process run. "
                                       "'accelerate launch -m sdaudit audit ...' shards too."),
+    probe: str = typer.Option("lda", "--probe", help="Position probe: 'lda' (closed form, default) or 'paper' (the "
+                              "published trained probe, on a bounded sample of training tokens)."),
+    control: Optional[list[str]] = typer.Option(None, "--control", help="Rerun the same images as a control and "
+                                                "report what lies beyond it: 'untrained' (fresh weights) or "
+                                                "'circular-padding' (no zero padding). Repeat for both."),
+    control_seed: int = typer.Option(0, "--control-seed", min=0, max=MAX_SEED,
+                                     help="Seed of the untrained control's initialisation."),
+    anomaly_labels: Optional[str] = typer.Option(None, "--anomaly-labels", help="Measure the relative norm of these "
+                                                 "anomalies instead of the detected ones: paper:sd15, paper:sd21, "
+                                                 "paper:sd-turbo (the published labels; the paper's 500 images) or a "
+                                                 ".npy label file."),
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""
@@ -202,7 +213,9 @@ def audit_cmd(
         _check_options(out=out, size=size, device=device)
         chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
         settings = AuditSettings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
-                                 analyses=chosen, anomaly_layer=anomaly_layer, batch_size=batch_size).validated()
+                                 analyses=chosen, anomaly_layer=anomaly_layer, batch_size=batch_size,
+                                 probe_method=probe, controls=list(control or []), control_seed=control_seed,
+                                 anomaly_labels=anomaly_labels).validated()
         sources = None if images is None else (images[0] if len(images) == 1 else images)
         with output_errors(out):
             if num_processes > 1:
@@ -227,6 +240,7 @@ def audit_cmd(
     console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "
                   f"with {results['run']['unet_passes_per_image']} U-Net passes per image "
                   f"in {time.perf_counter() - start:.1f} s")
+    _print_caveats(results)
     _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
     if results.get("non_finite"):  # named here too: these layers have no numbers, maps or figures
         err_console.print(f"[yellow]{len(results['non_finite'])} layer(s) with NaN/Inf values, not analysed:[/] "
@@ -250,6 +264,18 @@ def report_cmd(
     except (*_user_errors(), KeyError) as error:
         _fail(str(error))
     console.print(f"report: [bold]{page}[/]")
+
+
+def _print_caveats(results: dict) -> None:
+    """What qualifies every number: random weights, controls run, the audit's own warnings."""
+    if results["model"].get("random_weights"):
+        err_console.print("[yellow]random weights:[/] this model was not trained; its numbers show what the "
+                          "architecture alone produces", highlight=False)
+    for control in results.get("controls", []):
+        console.print(f"control: {escape(control['label'])} (its curves and the 'beyond control' columns are in "
+                      "the report)", highlight=False)
+    for warning in results.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def _print_errors(errors) -> None:

@@ -71,3 +71,23 @@ def test_per_image_stats_order_free_and_refuse_an_image_twice(tmp_path):
     merged.add([2], rows[[2]])
     with pytest.raises(ValueError, match=r"image\(s\) \[2\] counted twice"):
         merged.arrays()
+
+
+def test_paired_difference_covers_the_planted_difference_and_is_narrower_than_unpaired():
+    from sdaudit.analyses.intervals import Terms, difference_interval
+
+    rng = np.random.default_rng(7)
+    hits, paired_w, unpaired_w = 0, [], []
+    for k in range(200):
+        base = _ratio_rows(rng, 40)  # shared per-image content
+        shifted = base.copy()
+        shifted[:, 0] += 0.2 * base[:, 1] + rng.normal(0, 3, 40)  # ratio + 0.2, plus a little per-image noise
+        a, b = Terms(np.arange(40), shifted, ratio(0, 1)), Terms(np.arange(40), base, ratio(0, 1))
+        iv = difference_interval(a, b, n_boot=500, seed=k)
+        hits += iv.low <= 0.2 <= iv.high
+        paired_w.append(iv.width)
+        unpaired_w.append(a.interval(n_boot=500, seed=k).width + b.interval(n_boot=500, seed=k + 1).width)
+    assert 180 <= hits <= 198, hits
+    assert np.median(paired_w) < 0.5 * np.median(unpaired_w)
+    same = difference_interval(b, b, seed=0)
+    assert same.estimate == 0 and same.low == same.high == 0

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._arrays import NonFiniteInputError, as_float32, check_finite, is_torch, resolve_indices
 from ._base import Accumulator
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, bootstrap_interval
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, Terms
 from .results import GROUPS, UNDEFINED_SMALL_GRID, BorderArtifactsResult, GroupSimilarityResult
 
 _CHUNK_VALUES = 1 << 24  # images are processed in chunks of about this many float32 values
@@ -191,6 +191,12 @@ def _group_stats_torch(x, masks: np.ndarray, layer: str | None = None, name: str
     return gram.cpu().numpy(), q.cpu().numpy()
 
 
+def _pairs_per_image(grid: tuple[int, int], group: int) -> float:
+    """Ordered pairs of distinct tokens of one group within one image of ``grid``."""
+    k = float(group_masks(*grid).reshape(3, -1).sum(axis=1)[group])
+    return k * (k - 1)
+
+
 def _finish(gram: np.ndarray, q: np.ndarray, n_images: int, grid: tuple[int, int], layer, provenance):
     k = group_masks(*grid).reshape(3, -1).sum(axis=1).astype(np.float64)
     counts = n_images * (np.outer(k, k) - np.diag(k))
@@ -346,19 +352,20 @@ class BorderArtifactsAccumulator(Accumulator):
 
     def _intervals(self, a: GroupSimilarityResult, b: GroupSimilarityResult) -> dict[str, Interval]:
         """Bootstrap intervals of the relative similarities over the images seen in both passes."""
+        return {g: self.terms(g).interval(n_boot=self.n_boot, level=self.level, seed=self.seed) for g in GROUPS}
+
+    def terms(self, group: str) -> Terms:
+        """Bootstrap terms of ``relative[group]``: per image the cropped and the full within-group numerators."""
         ia, ra = self.cropped.per_image.arrays()
         ib, rb = self.full.per_image.arrays()
         common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
         rows = np.concatenate([ra[pa], rb[pb]], axis=1)  # (N, 6): cropped numerators, full numerators
-        # per-image pair counts: relative = (sum a_g / (N ka_g)) / (sum b_g / (N kb_g))
-        ka = np.diag(a.pair_counts) / max(a.n_images, 1)
-        kb = np.diag(b.pair_counts) / max(b.n_images, 1)
-        out = {}
-        for i, g in enumerate(GROUPS):
-            factor = kb[i] / ka[i] if ka[i] else float("nan")
-            stat = (lambda s, i=i, f=factor: s[..., i] / s[..., 3 + i] * f)
-            out[g] = bootstrap_interval(rows, stat, n_boot=self.n_boot, level=self.level, seed=self.seed)
-        return out
+        # relative = (sum a_g / (N ka_g)) / (sum b_g / (N kb_g)), ka / kb the pairs per image of each grid
+        i = GROUPS.index(group)
+        ka = _pairs_per_image(self.cropped._grid, i)
+        kb = _pairs_per_image(self.full._grid, i)
+        factor = kb / ka if ka else float("nan")
+        return Terms(common, rows, lambda s: s[..., i] / s[..., 3 + i] * factor)
 
     def _state_arrays(self):
         s = {f"cropped.{k}": v for k, v in self.cropped._state_arrays().items()}

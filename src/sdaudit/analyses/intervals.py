@@ -168,3 +168,37 @@ class PerImageStats:
     def load(self, state: dict[str, np.ndarray], prefix: str) -> None:
         self._index = [np.asarray(state[f"{prefix}index"], dtype=np.int64)]
         self._rows = [np.asarray(state[f"{prefix}rows"], dtype=np.float64).reshape(-1, self.width)]
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What a bootstrap needs for one number: per-image rows keyed by image index and the statistic of their sums."""
+
+    index: np.ndarray  # (N,) image indices, sorted
+    rows: np.ndarray  # (N, m)
+    statistic: Callable[[np.ndarray], np.ndarray]
+
+    def interval(self, **kwargs) -> Interval:
+        return bootstrap_interval(self.rows, self.statistic, **kwargs)
+
+
+def difference_interval(a: Terms, b: Terms, *, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
+                        seed: int = 0) -> Interval:
+    """Interval of (number a) - (number b) measured on the same images, by a paired bootstrap.
+
+    Both numbers are recomputed on the same resampled images, so what the two runs share (the images'
+    content) cancels and the interval reflects only how they differ: this is the "beyond control"
+    interval of a model against its control on the same image set. Images are aligned on the union of
+    both index sets; an image that only one side has (e.g. one with anomalies in only one run)
+    contributes zero rows to the other, which is exact for statistics of sums.
+    """
+    union = np.union1d(a.index, b.index)
+    width = a.rows.shape[1]
+    joined = np.zeros((len(union), width + b.rows.shape[1]))
+    joined[np.searchsorted(union, a.index), :width] = a.rows
+    joined[np.searchsorted(union, b.index), width:] = b.rows
+
+    def statistic(sums):
+        return a.statistic(sums[..., :width]) - b.statistic(sums[..., width:])
+
+    return bootstrap_interval(joined, statistic, n_boot=n_boot, level=level, seed=seed)

@@ -31,7 +31,7 @@ import numpy as np
 
 from ._arrays import check_features, check_finite, is_torch, resolve_indices, NonFiniteInputError
 from ._base import Accumulator
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, bootstrap_interval
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, Terms, bootstrap_interval
 from .results import ProbeResult
 
 CLOSED_FORM = ("lda", "ridge")
@@ -47,10 +47,20 @@ def _image_hits(pred: np.ndarray, label: np.ndarray, n: int, resolutions: Sequen
     return np.stack([((pred * s) // n == (label * s) // n).sum(axis=1) for s in resolutions], axis=1)
 
 
+def accuracy_statistic(k: int, n_res: int):
+    """Mean row/column accuracy at resolution number ``k`` from summed rows [row hits (R), column hits (R), tokens]."""
+    return lambda t: 0.5 * (t[..., k] + t[..., n_res + k]) / t[..., 2 * n_res]
+
+
 def accuracy_interval(rows: np.ndarray, k: int, n_res: int, **kwargs) -> Interval:
-    """Interval of the mean row/column accuracy at resolution number ``k`` from per-test-image rows
-    [row hits (R), column hits (R), tokens]."""
-    return bootstrap_interval(rows, lambda t: 0.5 * (t[..., k] + t[..., n_res + k]) / t[..., 2 * n_res], **kwargs)
+    """Interval of the mean row/column accuracy at resolution number ``k`` from per-test-image rows."""
+    return bootstrap_interval(rows, accuracy_statistic(k, n_res), **kwargs)
+
+
+def probe_terms(acc, resolution: int) -> Terms:
+    """Bootstrap terms of a probe accumulator's accuracy at ``resolution`` (over its test images)."""
+    index, rows = acc.per_image.arrays()
+    return Terms(index, rows, accuracy_statistic(acc.resolutions.index(int(resolution)), len(acc.resolutions)))
 
 
 def _make_result(method, resolutions, grid, hits_r, hits_c, n_test_tok, n_tr_img, n_te_img, n_tr_tok,

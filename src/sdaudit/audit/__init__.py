@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..store import _versions
+from ..models.controls import is_random_weights
 from .checks import check_store_model
+from .controls import add_beyond_columns, run_controls
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
-from .outputs import layer_results, now_iso, write_anomalies, write_json_atomic, write_tidy_csv
+from .outputs import (anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies, write_json_atomic,
+                      write_tidy_csv)
 from .run import ANALYSES, AuditSettings, pass_plan, run_passes
 from .sources import scan_images, store_images
 
@@ -111,6 +114,10 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     finally:
         for kept_store in kept:
             kept_store.close()
+    with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
+        controls = run_controls(model, items, settings, out, progress=bar.progress,
+                                checkpoint_seconds=checkpoint_seconds, shard=shard)
+    provenance["controls"] = controls
     if shard is None:
         return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper, provenance)
     state = shard.reduce_state(state)
@@ -133,6 +140,8 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
     """Results of the final state: results.json, results.csv, anomalies.npy, maps.npz and the report."""
     grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
     position, borders, table = layer_results(state, grids)
+    controls = provenance.pop("controls", [])
+    control_results = [_control_results(c, state, table, grids) for c in controls]
     # a non-finite anomaly layer has no detection (its rows would cover only the batches before the NaN)
     detection = state.detector.result() if state.detector is not None and state.anomaly_layer not in state.failed \
         else None
@@ -152,14 +161,21 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
         "borders": borders,
         "non_finite": state.failed,
         "run": stats,
+        "warnings": audit_warnings(len(items), table, settings),
         **provenance,
     }
+    results["model"]["random_weights"] = is_random_weights(model)
+    if control_results:
+        results["control"], results["controls"] = control_results[0], control_results
     if detection is not None:
         results["anomalies"] = {"layer": state.anomaly_layer, "grid": list(detection.grid),
                                 "count": int(len(detection.rows)), "images_with": detection.images_with_anomalies,
                                 "n_images": len(items), "params": detection.params,
                                 "rows": detection.rows.tolist(), "scores": detection.scores.tolist()}
         write_anomalies(out / "anomalies.npy", detection)
+        recurrence = anomaly_recurrence(state, detection)
+        if recurrence is not None:
+            results["recurrence"] = recurrence
     maps = _write_maps(model, full, items, settings, state, detection, table, grids, out) \
         if "maps" in settings.analyses else None
     if maps is not None:
@@ -171,6 +187,16 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
 
         build_report([out], compare_paper=compare_paper)
     return results
+
+
+def _control_results(control: dict, state, table: list[dict], grids: dict) -> dict:
+    """A control's entry in results.json: its identity and table; the model's table gets its beyond columns."""
+    _, _, control_table = layer_results(control["state"], grids)
+    add_beyond_columns(control_table, state, control["state"])
+    if not any("beyond_" in k for row in table for k in row):
+        add_beyond_columns(table, state, control["state"])
+    return {"kind": control["kind"], "label": control["label"], "model": control["model"], "table": control_table,
+            "non_finite": control["state"].failed}
 
 
 def _image_entry(item) -> dict:

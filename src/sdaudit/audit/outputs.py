@@ -73,6 +73,33 @@ def _interval(row: dict, metric: str, interval) -> None:
     row[f"{metric}_high"] = _finite(interval.high) if interval is not None else None
 
 
+MIN_IMAGES = 100  # below this, intervals are wide: the paper used 500 images
+MIN_TEST_IMAGES = 20
+
+
+def audit_warnings(n_images: int, table: list[dict], settings) -> list[str]:
+    """What the reader must know before trusting the numbers: few images, a small probe test split."""
+    out = []
+    if n_images < MIN_IMAGES:
+        out.append(f"only {n_images} images (fewer than {MIN_IMAGES}): the intervals are wide and verdicts "
+                   "uncertain; the paper used 500")
+    tests = [row["probe_test_images"] for row in table if row.get("probe_test_images")]
+    if tests and min(tests) < MIN_TEST_IMAGES:
+        out.append(f"the position probe's test split holds {min(tests)} images (fewer than {MIN_TEST_IMAGES}): "
+                   f"its accuracies rest on few images (train fraction {settings.train_fraction})")
+    return out
+
+
+def anomaly_recurrence(state, detection) -> dict | None:
+    """Whether the anomalies (labelled, or else detected) recur at the same positions across images."""
+    from ..analyses import position_recurrence
+
+    rows = state.labels if state.labels is not None else detection.rows
+    if rows is None or len(rows) < 2:
+        return None
+    return position_recurrence(rows, detection.grid).to_dict()
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON through a temporary file and a rename."""
     tmp = path.with_name(path.name + ".partial")

@@ -33,6 +33,8 @@ from ..extraction.extractor import auto_batch_size, check_batch_size
 from .state import AuditState
 
 ANALYSES = ("position", "borders", "anomalies", "maps")
+PROBES = ("lda", "ridge", "paper")
+CONTROLS = ("untrained", "circular-padding")
 MIN_CROPPED_GRID = 3  # the cropped (n-2) grid needs corners, a border and an interior
 PREFERRED_ANOMALY_LAYER = "up_blocks[1].upsamplers[0]"
 
@@ -50,11 +52,15 @@ class AuditSettings:
     latent: str | None = None
     noise_samples: int = 1
     analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
-    probe_method: str = "lda"
+    probe_method: str = "lda"  # "lda" (closed form, default), "ridge", or "paper" (the published trained probe)
+    probe_max_tokens: int = 65536  # "paper": training tokens kept per layer (a uniform, order-free sample)
     train_fraction: float = 0.8
     resolutions: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     detector: dict = field(default_factory=lambda: {"z_threshold": 3.5, "ratio_threshold": 2.0})
     anomaly_layer: str | None = None
+    anomaly_labels: str | None = None  # 'paper:sd15' etc. or a label file: measure these anomalies' norms
+    controls: list[str] = field(default_factory=list)  # "untrained", "circular-padding": rerun as a control
+    control_seed: int = 0  # seed of the untrained control's initialisation
     batch_size: int = 4  # images per U-Net pass; 0: as many as fit in GPU memory (auto_batch_size; 4 on the CPU)
     n_show: int = 4
 
@@ -69,8 +75,13 @@ class AuditSettings:
         if self.size is not None:  # None: the model's size; 0 must not silently mean that too
             check_size(self.size)
         check_seed(self.seed)
-        if self.probe_method not in ("lda", "ridge"):
-            raise ValueError("probe_method must be 'lda' or 'ridge' (the trained 'paper' probe is not streamed)")
+        if self.probe_method not in PROBES:
+            raise UsageError(f"unknown probe '{self.probe_method}'; choose one of {', '.join(PROBES)}")
+        if self.probe_max_tokens < 1:
+            raise UsageError(f"probe_max_tokens must be at least 1, got {self.probe_max_tokens}")
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise UsageError(f"unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
         if not 0 < self.train_fraction < 1:
             raise ValueError("train_fraction must be in (0, 1)")
         check_batch_size(self.batch_size, self.protocol)
@@ -113,6 +124,15 @@ def pass_plan(grids: dict[str, tuple[int, int]], size: int, analyses: Sequence[s
         for px in sorted(by_crop):
             passes.append((f"crop{px}", px, by_crop[px]))
     return passes
+
+
+def _anomaly_labels(spec: str | None, grids: dict, anomaly_layer: str, n_images: int):
+    """The labels whose norms the audit measures (None: the detector's own finds), checked against the audit."""
+    if spec is None:
+        return None
+    from ..analyses import resolve_labels
+
+    return resolve_labels(spec, grid=grids[anomaly_layer], n_images=n_images)
 
 
 def choose_anomaly_layer(layers: Sequence[str], grids: dict[str, tuple[int, int]], requested: str | None) -> str:
@@ -248,10 +268,13 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
         if "anomalies" in settings.analyses else None
     if "position" in settings.analyses and n < 2:
         raise ValueError("the position probe needs at least 2 images (train and test)")
-    state = AuditState(full.layers, grids, n, set(settings.analyses), anomaly_layer,
-                       probe={"train_fraction": settings.train_fraction, "method": settings.probe_method,
-                              "resolutions": settings.resolutions},
-                       detector=dict(settings.detector))
+    probe = {"train_fraction": settings.train_fraction, "method": settings.probe_method,
+             "resolutions": settings.resolutions}
+    if settings.probe_method == "paper":
+        probe["max_train_tokens"] = settings.probe_max_tokens
+    labels = _anomaly_labels(settings.anomaly_labels, grids, anomaly_layer, n) if anomaly_layer else None
+    state = AuditState(full.layers, grids, n, set(settings.analyses), anomaly_layer, probe=probe,
+                       detector=dict(settings.detector), labels=labels)
     fingerprint = _fingerprint(model.identity(), settings, items)
     if shard is None:
         checkpoint = out / ".checkpoint.npz"

@@ -84,6 +84,16 @@ def _mean_interval(images: np.ndarray, values: np.ndarray):
     return bootstrap_interval(rows, ratio(0, 1))
 
 
+def _probe(n_images: int, layer: str, probe: dict):
+    """The position probe accumulator of one layer: closed form (lda, ridge) or the published trained probe."""
+    if probe.get("method") == "paper":
+        from ..analyses.probe_paper import PaperProbeAccumulator
+
+        kwargs = {k: v for k, v in probe.items() if k != "method"}
+        return PaperProbeAccumulator(n_images, layer=layer, **kwargs)
+    return PositionProbeAccumulator(n_images, layer=layer, **probe)
+
+
 def _on_device(x) -> bool:
     """True for a torch tensor that is not on the CPU (a GPU batch of the audit)."""
     return type(x).__module__.startswith("torch") and getattr(x, "device", None) is not None and x.device.type != "cpu"
@@ -112,15 +122,17 @@ class AuditState:
     """All accumulators of one audit, the passes' progress, and the layers that failed."""
 
     def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
-                 anomaly_layer: str | None, probe: dict, detector: dict):
-        self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer, dict(probe), dict(detector))
+                 anomaly_layer: str | None, probe: dict, detector: dict, labels: np.ndarray | None = None):
+        self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer, dict(probe), dict(detector),
+                      labels)
+        self.labels = labels  # given anomalies (e.g. the published labels): their norms instead of the detector's
         self.layers = list(layers)
         self.analyses = set(analyses)
         self.progress: dict[str, int] = {}
         self.failed: dict[str, str] = {}  # layer -> message (non-finite values, ...)
         self.probe = {}
         if "position" in analyses:
-            self.probe = {layer: PositionProbeAccumulator(n_images, layer=layer, **probe) for layer in self.layers}
+            self.probe = {layer: _probe(n_images, layer, probe) for layer in self.layers}
         self.borders = {}
         if "borders" in analyses:
             # grids under 5 get no cropped pass: their (n-2) grid has no border and no interior
@@ -161,7 +173,8 @@ class AuditState:
                 self.failed[self.anomaly_layer] = str(error)
                 return
             self.detector.merge(batch)
-            self.norms.update(reps, batch.result().rows, indices, skip=set(self.failed))
+            rows = batch.result().rows if self.labels is None else self.labels[np.isin(self.labels[:, 0], indices)]
+            self.norms.update(reps, rows, indices, skip=set(self.failed))
 
     def update_cropped(self, reps: dict, indices: list[int]) -> None:
         """Feed one batch of a cropped pass (only the layers of that pass's grid size are in ``reps``)."""

@@ -38,8 +38,8 @@ def control_model(model: LoadedModel, control: str, *, seed: int = 0) -> LoadedM
     else:
         raise ValueError(f"unknown control '{control}'; choose one of {', '.join(CONTROLS)}")
     spec = dataclasses.replace(model.spec, name=f"{model.spec.name} [{label}]")
-    extra = {**model.extra, "control": {"kind": control, "seed": seed if control == "untrained" else None,
-                                        "of": model.identity()}}
+    extra = {**model.extra, "control": {"kind": control, "label": label,
+                                        "seed": seed if control == "untrained" else None, "of": model.identity()}}
     return dataclasses.replace(model, spec=spec, unet=unet, weights_sha256=state_dict_sha256(unet), extra=extra)
 
 
