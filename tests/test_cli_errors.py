@@ -140,3 +140,11 @@ def test_settings_objects_refuse_the_same_values():
         with pytest.raises(UsageError, match=needle):
             ExtractionSettings(**bad).validated()
     assert ExtractionSettings(size=4096, seed=2**32 - 1).validated().seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("option,value,needle", [("--probe", "svm", "unknown probe 'svm'"),
+                                                 ("--control", "shuffled", "unknown control 'shuffled'"),
+                                                 ("--anomaly-labels", "paper:sdxl", "no published labels")])
+def test_fidelity_options_name_the_bad_value(option, value, needle, tmp_path, images):
+    args = ["audit", "-m", "tiny", "-i", images, "--out", tmp_path / "o", "--size", "128", option, value]
+    fails_with_one_line(args, needle)
