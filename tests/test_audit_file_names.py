@@ -30,8 +30,10 @@ def test_extract_stores_a_non_utf8_file_name(tiny, latin1_folder, tmp_path):
     report = extract(tiny, latin1_folder, tmp_path / "store", layers="mid_block", size=SIZE, progress=False,
                      skip_bad=True)
     assert report.added == 2 and not report.errors
-    sources = {entry.source for entry in open_store(tmp_path / "store").images}
-    assert str(latin1_folder / "caf\\xe9.png") in sources
+    entries = open_store(tmp_path / "store").images
+    assert str(latin1_folder / "caf\\xe9.png") in {entry.source for entry in entries}
+    exact = [bytes.fromhex(e.source_bytes) for e in entries if e.source_bytes]
+    assert len(exact) == 1 and exact[0].endswith(b"caf\xe9.png") and os.path.exists(exact[0])  # lossless
 
 
 def test_audit_records_a_non_utf8_file_name_losslessly_and_draws_it(tiny, latin1_folder, tmp_path):

@@ -41,7 +41,8 @@ def _store_writer(out: Path, model, extractor, settings: AuditSettings, size: in
     def write(batch, images, reps):
         if batch[0].index < store.num_images:
             return  # committed before an interruption
-        entries = [ImageEntry(item.index, item.source, item.sha256, item.width, item.height, "RGB") for item in batch]
+        entries = [ImageEntry(item.index, item.source, item.sha256, item.width, item.height, "RGB", item.source_bytes)
+                   for item in batch]
         arrays = {name: tensor.numpy() for name, tensor in reps.items()}
         store.write_batch(batch[0].index, arrays, entries, inputs=np.stack([np.asarray(im) for im in images]))
 

@@ -134,7 +134,8 @@ def _extract_into(store: RepresentationStore, extractor: Extractor, settings: Ex
         start = store.num_images
         indices = list(range(start, start + len(batch)))
         arrays, inputs = run(batch, indices)
-        entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode) for i, r in zip(indices, batch)]
+        entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode, r.source_bytes)
+                   for i, r in zip(indices, batch)]
         store.write_batch(start, arrays, entries, inputs=inputs)
         report.added += len(batch)
 

@@ -53,10 +53,14 @@ class ImageEntry:
     width: int
     height: int
     mode: str
+    source_bytes: str | None = None  # hex of the exact path bytes when ``source`` (printable) is not the exact name
 
     def to_json(self) -> dict:
-        return {"index": self.index, "source": self.source, "sha256": self.sha256, "width": self.width,
-                "height": self.height, "mode": self.mode}
+        out = {"index": self.index, "source": self.source, "sha256": self.sha256, "width": self.width,
+               "height": self.height, "mode": self.mode}
+        if self.source_bytes:
+            out["source_bytes"] = self.source_bytes
+        return out
 
 
 def checksum(row: np.ndarray) -> int:
