@@ -42,14 +42,15 @@ def test_models_and_layers():
 def test_extract_with_bad_images(tmp_path, image_folder):
     (image_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (image_folder / "empty.jpg").write_bytes(b"")
+    (image_folder / "[red]odd.png").write_bytes(b"not an image")  # rich markup in a name is printed as it is
     out = tmp_path / "store"
     code, text = invoke("extract", "--model", "tiny", "--images", image_folder, "--out", out, "--size", "64",
                         "--layers", "conv_in,conv_out")
-    assert code == 2 and "broken.png" in text
+    assert code == 2 and "[red]odd.png: not an image" in text  # the first bad file in order, named as it is
     code, text = invoke("extract", "--model", "tiny", "--images", image_folder, "--out", out, "--size", "64",
                         "--layers", "conv_in,conv_out", "--skip-bad")
     assert code == 0, text
-    assert "2 image(s) skipped" in text and "broken.png" in text and "empty.jpg" in text
+    assert "3 image(s) skipped" in text and "broken.png" in text and "empty.jpg" in text and "[red]odd.png" in text
     store = open_store(out)
     assert store.num_images == 5 and store.layers == ["conv_in", "conv_out"]
     # a different configuration into the same store is refused, and the store keeps its images

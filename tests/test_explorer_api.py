@@ -507,3 +507,12 @@ def test_cli_explore_errors_are_clear(store_path, tmp_path):
         result = runner.invoke(app, ["explore", str(store_path), "--port", str(port),
                                      "--labels", str(tmp_path / "l.npy")])
     assert result.exit_code == 2 and "cannot listen" in result.output
+
+
+def test_image_name_keeps_the_escape_of_a_non_utf8_byte():
+    """Regression: 'caf\\xe9.png' (a printable non-UTF-8 name) was shown as 'xe9.png'."""
+    from sdaudit.explorer.state import image_summary
+    from sdaudit.store import ImageEntry
+
+    entry = ImageEntry(0, "/photos/caf\\xe9.png", "0" * 64, 8, 8, "RGB", "2f70686f746f732f636166e92e706e67")
+    assert image_summary(entry)["name"] == "caf\\xe9.png"

@@ -36,7 +36,8 @@ SIZE_HELP = "Input size in pixels (a multiple of 64, at most 4096; default: the 
 
 def _fail(message: str, code: int = 2) -> None:
     # soft_wrap: the message stays one line in logs and pipes (rich would break it at 80 columns)
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a file name such as '[red]x.png' is printed as it is, not read as rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -268,7 +269,7 @@ def report_cmd(
 
 def _print_caveats(results: dict) -> None:
     """What qualifies every number: random weights, controls run, the audit's own warnings."""
-    if results["model"].get("random_weights"):
+    if results.get("model", {}).get("random_weights"):
         err_console.print("[yellow]random weights:[/] this model was not trained; its numbers show what the "
                           "architecture alone produces", highlight=False)
     for control in results.get("controls", []):
@@ -282,7 +283,7 @@ def _print_errors(errors) -> None:
     if errors:
         err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")
         for source, reason in errors:
-            err_console.print(f"  {source}: {reason}", highlight=False)
+            err_console.print(f"  {escape(str(source))}: {escape(str(reason))}", highlight=False)
 
 
 @dataset_app.command("imagenet-subset")

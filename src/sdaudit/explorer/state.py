@@ -271,7 +271,8 @@ class StoreHandle:
 
 def image_summary(entry) -> dict:
     source = entry.source
-    name = source.replace("\\", "/").rstrip("/").split("/")[-1] or source
+    # POSIX paths only: a backslash is part of a name (e.g. the escape of a non-UTF-8 byte, caf\xe9.png)
+    name = source.rstrip("/").split("/")[-1] or source
     return {"index": entry.index, "name": name, "source": source, "width": entry.width, "height": entry.height,
             "mode": entry.mode, "sha256": entry.sha256}
 
