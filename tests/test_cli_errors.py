@@ -7,24 +7,9 @@ API's settings objects refuse the same values.
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
-from sdaudit.cli import app
+from tests.cli_helpers import fails_with_one_line
 from sdaudit.errors import UsageError
-
-runner = CliRunner()
-
-
-def fails_with_one_line(args, needle: str) -> str:
-    """Run the CLI; assert exit 2, no traceback, and exactly one output line holding ``needle``."""
-    result = runner.invoke(app, [str(a) for a in args])
-    text = result.output
-    assert result.exit_code == 2, text
-    assert isinstance(result.exception, SystemExit) and "Traceback" not in text, text
-    lines = [line for line in text.splitlines() if needle in line]
-    assert len(lines) == 1, text
-    return lines[0]
-
 
 @pytest.fixture
 def images(tmp_path):

@@ -12,23 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from sdaudit.cli import app
+from tests.cli_helpers import fails_with_one_line, runner
 from sdaudit.errors import OutputPathError
-
-runner = CliRunner()
-
-
-def fails_with_one_line(args, needle: str) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    text = result.output
-    assert result.exit_code == 2, text
-    assert isinstance(result.exception, SystemExit) and "Traceback" not in text, text
-    lines = [line for line in text.splitlines() if needle in line]
-    assert len(lines) == 1, text
-    return lines[0]
-
 
 @pytest.fixture
 def images(tmp_path):

@@ -1,0 +1,20 @@
+"""Helpers shared by the command-line tests."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from sdaudit.cli import app
+
+runner = CliRunner()
+
+
+def fails_with_one_line(args, needle: str) -> str:
+    """Run the CLI; assert exit 2, no traceback, and exactly one output line holding ``needle``."""
+    result = runner.invoke(app, [str(a) for a in args])
+    text = result.output
+    assert result.exit_code == 2, text
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if needle in line]
+    assert len(lines) == 1, text
+    return lines[0]
