@@ -56,7 +56,7 @@ def test_outputs_exist_and_are_consistent(audited):
     assert row["mid_block.resnets[0]"]["borders_undefined"] == "not defined (grid too small)"
     assert row["mid_block.resnets[0]"].get("corner_rel_sim") is None
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("model,layer_index,layer") and any(",probe_acc_8," in r for r in rows)
+    assert rows[0].startswith("model,timestep,layer_index,layer") and any(",probe_acc_8," in r for r in rows)
     labels = load_labels(out / "anomalies.npy")
     assert labels.shape[1] == 3 and len(labels) == saved["anomalies"]["count"]
     maps = np.load(out / "maps.npz")

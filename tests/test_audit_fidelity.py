@@ -72,7 +72,7 @@ def test_intervals_everywhere_and_honest_labels(controlled):
     for metric in ("probe_acc_8", "corner_rel_sim", "border_rel_sim", "other_rel_sim"):
         assert row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"], metric
     header, *lines = (out / "results.csv").read_text().splitlines()
-    assert header.endswith(",value,low,high") and any(",corner_rel_sim," in x and not x.endswith(",,") for x in lines)
+    assert header.endswith(",value,low,high,seed_sd") and any(",corner_rel_sim," in x and not x.endswith(",,,") for x in lines)
     assert saved["settings"]["probe_method"] == "paper"
 
 
@@ -113,3 +113,37 @@ def test_given_labels_are_measured_instead_of_detections(tiny, folder, tmp_path)
     row = {r["layer"]: r for r in results["table"]}["up_blocks[1].upsamplers[0]"]
     assert row["anomaly_count"] == 4 and row["anomaly_rel_norm_mean_low"] <= row["anomaly_rel_norm_mean"]
     assert results["recurrence"]["n_anomalies"] == 4
+
+
+def test_timesteps_and_noise_seeds_in_one_audit(tiny, folder, tmp_path):
+    """Two timesteps x two noise seeds: numbers per timestep, averaged over the seeds with their spread; each
+    run has its own checkpoint, so adding a timestep later reuses the finished runs."""
+    settings = AuditSettings(size=SIZE, layers=LAYERS, analyses=["position", "borders"], timesteps=[50, 500],
+                             noise_seeds=2)
+    results = audit(tiny, folder, tmp_path, settings, report=False, progress=False)
+    assert [t["timestep"] for t in results["timesteps"]] == [50, 500]
+    assert results["timesteps"][0]["table"] is not None and results["settings"]["noise_seeds"] == 2
+    assert (tmp_path / "variants" / "t50-s43" / ".checkpoint.npz").is_file()
+    assert (tmp_path / "variants" / "t500-s42" / ".checkpoint.npz").is_file()
+    layer = "up_blocks[3].resnets[0]"
+    main = {r["layer"]: r for r in results["table"]}[layer]
+    late = {r["layer"]: r for r in results["timesteps"][1]["table"]}[layer]
+    assert main["noise_seeds"] == 2 and main["probe_acc_8_seed_sd"] >= 0
+    assert main["probe_acc_8_low"] <= main["probe_acc_8"] <= main["probe_acc_8_high"]
+    assert late["corner_rel_sim"] != main["corner_rel_sim"]
+    # the main number is the average of the two seeds' own audits
+    single = [audit(tiny, folder, tmp_path / f"s{seed}", AuditSettings(size=SIZE, layers=LAYERS, seed=seed,
+                                                                       analyses=["position", "borders"]),
+                    report=False, progress=False) for seed in (42, 43)]
+    own = [{r["layer"]: r for r in s["table"]}[layer]["corner_rel_sim"] for s in single]
+    assert main["corner_rel_sim"] == pytest.approx(np.mean(own), rel=1e-9)
+    assert main["corner_rel_sim_seed_sd"] == pytest.approx(np.std(own, ddof=1), rel=1e-6)
+    csv = (tmp_path / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("model,timestep,") and any(line.split(",")[1] == "500" for line in csv[1:])
+
+
+def test_cli_timestep_list_must_be_numbers(tmp_path):
+    from tests.cli_helpers import fails_with_one_line
+
+    fails_with_one_line(["audit", "-m", "tiny", "-i", tmp_path, "--out", tmp_path / "o", "--timestep", "0,fifty"],
+                        "--timestep takes a whole number or a comma-separated list")

@@ -65,7 +65,7 @@ def test_cli_audit_refuses_another_models_store_in_one_line(tiny_store, tiny_fol
 def test_audit_of_the_stores_own_model_records_the_check(tiny, tiny_store, tmp_path):
     results = audit(tiny, None, tmp_path, AuditSettings(**SETTINGS), store=tiny_store, report=False, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["model"] == results["model"] == tiny.identity()
+    assert saved["model"] == results["model"] == {**tiny.identity(), "random_weights": True}
     assert saved["store"]["model_check"].startswith("weights sha256")
 
 

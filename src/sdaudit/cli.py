@@ -169,8 +169,8 @@ def audit_cmd(
                                          "representations for the full pass (instead of --images)."),
     layers: str = typer.Option("paper", "--layers", "-l", help="'paper' (45), 'all' (46), block or layer names."),
     size: Optional[int] = typer.Option(None, "--size", "-s", help=SIZE_HELP),
-    timestep: int = typer.Option(50, "--timestep", "-t", min=0, max=999,
-                                 help="Diffusion timestep of the added noise (0-999)."),
+    timestep: str = typer.Option("50", "--timestep", "-t", help="Diffusion timestep of the added noise (0-999); "
+                                 "a list (0,50,200,500) audits each, the first is the main one."),
     seed: int = typer.Option(42, "--seed", min=0, max=MAX_SEED, help="Seed of all random draws."),
     protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
     analyses: str = typer.Option("position,borders,anomalies,maps", "--analyses", "-a",
@@ -195,6 +195,8 @@ def audit_cmd(
                                                 "'circular-padding' (no zero padding). Repeat for both."),
     control_seed: int = typer.Option(0, "--control-seed", min=0, max=MAX_SEED,
                                      help="Seed of the untrained control's initialisation."),
+    noise_seeds: int = typer.Option(1, "--noise-seeds", min=1, help="Independent noise draws per image (seeds "
+                                    "SEED..SEED+K-1); the numbers are averaged and their spread reported."),
     anomaly_labels: Optional[str] = typer.Option(None, "--anomaly-labels", help="Measure the relative norm of these "
                                                  "anomalies instead of the detected ones: paper:sd15, paper:sd21, "
                                                  "paper:sd-turbo (the published labels; the paper's 500 images) or a "
@@ -204,7 +206,7 @@ def audit_cmd(
     results.json, results.csv, anomalies.npy, figures and report.html."""
     from .audit import ANALYSES, AuditSettings, audit
     from .models import load_model
-    from .validation import check_choices
+    from .validation import check_choices, parse_int_list
 
     if (images is None) == (store is None):
         _fail("give either --images or --store")
@@ -213,10 +215,12 @@ def audit_cmd(
     try:
         _check_options(out=out, size=size, device=device)
         chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
-        settings = AuditSettings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
+        timesteps = parse_int_list(timestep, name="--timestep")
+        settings = AuditSettings(layers=layers, protocol=protocol, timestep=timesteps[0], seed=seed, size=size,
                                  analyses=chosen, anomaly_layer=anomaly_layer, batch_size=batch_size,
                                  probe_method=probe, controls=list(control or []), control_seed=control_seed,
-                                 anomaly_labels=anomaly_labels).validated()
+                                 anomaly_labels=anomaly_labels, timesteps=timesteps if len(timesteps) > 1 else [],
+                                 noise_seeds=noise_seeds).validated()
         sources = None if images is None else (images[0] if len(images) == 1 else images)
         with output_errors(out):
             if num_processes > 1:

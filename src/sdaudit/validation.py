@@ -53,6 +53,14 @@ def check_choices(values: Sequence[str], known: Sequence[str], *, name: str) -> 
     return list(values)
 
 
+def parse_int_list(text: str, *, name: str) -> list[int]:
+    """'50' or '0,50,200' -> [50] or [0, 50, 200]; a :class:`UsageError` naming ``name`` otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+        raise UsageError(f"{name} takes a whole number or a comma-separated list of them (e.g. 0,50,200), got {text!r}")
+    return [int(p) for p in parts]
+
+
 def _nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (a link counts, dangling or not)."""
     path = Path(os.path.abspath(path))

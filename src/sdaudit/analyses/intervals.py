@@ -202,3 +202,24 @@ def difference_interval(a: Terms, b: Terms, *, n_boot: int = DEFAULT_BOOT, level
         return a.statistic(sums[..., :width]) - b.statistic(sums[..., width:])
 
     return bootstrap_interval(joined, statistic, n_boot=n_boot, level=level, seed=seed)
+
+
+def mean_interval(terms: Sequence[Terms], *, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
+                  seed: int = 0) -> Interval:
+    """Interval of the mean of several numbers measured on the same images (e.g. one per noise seed).
+
+    Each resample of the images recomputes every number on the same resampled images and averages them,
+    so the interval covers the images' sampling variation of the average (the seeds are nested within
+    the images). Rows are aligned on the union of the index sets, as in :func:`difference_interval`.
+    """
+    union = np.unique(np.concatenate([t.index for t in terms]))
+    widths = [t.rows.shape[1] for t in terms]
+    starts = np.concatenate([[0], np.cumsum(widths)])
+    joined = np.zeros((len(union), int(starts[-1])))
+    for t, lo, hi in zip(terms, starts[:-1], starts[1:]):
+        joined[np.searchsorted(union, t.index), lo:hi] = t.rows
+
+    def statistic(sums):
+        return np.mean([t.statistic(sums[..., lo:hi]) for t, lo, hi in zip(terms, starts[:-1], starts[1:])], axis=0)
+
+    return bootstrap_interval(joined, statistic, n_boot=n_boot, level=level, seed=seed)

@@ -17,6 +17,7 @@ from ..store import _versions
 from ..models.controls import is_random_weights
 from .checks import check_store_model
 from .controls import add_beyond_columns, run_controls
+from .variants import average_over_seeds, run_variants
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
 from .outputs import (anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies, write_json_atomic,
                       write_tidy_csv)
@@ -109,16 +110,17 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     full_source = _store_source(opened, settings, model) if store is not None else None
     try:
         with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
-            state, full, stats = run_passes(model, items, settings, out, progress=bar.progress,
+            state, full, stats = run_passes(model, items, settings.single(), out, progress=bar.progress,
                                             checkpoint_seconds=checkpoint_seconds, make_store_writer=make_writer,
                                             full_source=full_source, shard=shard)
     finally:
         for kept_store in kept:
             kept_store.close()
     with _progress_bar(progress and (shard is None or shard.rank == 0)) as bar:
-        controls = run_controls(model, items, settings, out, progress=bar.progress,
-                                checkpoint_seconds=checkpoint_seconds, shard=shard)
-    provenance["controls"] = controls
+        provenance["variants"] = run_variants(model, items, settings, out, progress=bar.progress,
+                                              checkpoint_seconds=checkpoint_seconds, shard=shard)
+        provenance["controls"] = run_controls(model, items, settings, out, progress=bar.progress,
+                                              checkpoint_seconds=checkpoint_seconds, shard=shard)
     if shard is None:
         return _finish(model, items, errors, settings, state, full, stats, out, report, compare_paper, provenance)
     state = shard.reduce_state(state)
@@ -143,6 +145,8 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
     position, borders, table = layer_results(state, grids)
     controls = provenance.pop("controls", [])
     control_results = [_control_results(c, state, table, grids) for c in controls]
+    variants = provenance.pop("variants", [])
+    average_over_seeds(table, [state] + [v["state"] for v in variants if v["timestep"] == settings.timestep])
     # a non-finite anomaly layer has no detection (its rows would cover only the batches before the NaN)
     detection = state.detector.result() if state.detector is not None and state.anomaly_layer not in state.failed \
         else None
@@ -168,6 +172,8 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
     results["model"]["random_weights"] = is_random_weights(model)
     if control_results:
         results["control"], results["controls"] = control_results[0], control_results
+    if settings.timesteps:
+        results["timesteps"] = _timestep_tables(settings, table, state, variants, grids)
     if detection is not None:
         results["anomalies"] = {"layer": state.anomaly_layer, "grid": list(detection.grid),
                                 "count": int(len(detection.rows)), "images_with": detection.images_with_anomalies,
@@ -182,7 +188,8 @@ def _finish(model, items, errors, settings, state, full, stats, out: Path, repor
     if maps is not None:
         results["maps"] = maps
     write_json_atomic(out / "results.json", results)
-    write_tidy_csv(out / "results.csv", table, model.identity()["name"])
+    tables = [(t["timestep"], t["table"]) for t in results.get("timesteps", [])] or [(settings.timestep, table)]
+    write_tidy_csv(out / "results.csv", tables, model.identity()["name"])
     if report:
         from ..report import build_report
 
@@ -198,6 +205,17 @@ def _control_results(control: dict, state, table: list[dict], grids: dict) -> di
         add_beyond_columns(table, state, control["state"])
     return {"kind": control["kind"], "label": control["label"], "model": control["model"], "table": control_table,
             "non_finite": control["state"].failed}
+
+
+def _timestep_tables(settings, table: list[dict], state, variants: list[dict], grids: dict) -> list[dict]:
+    """[{timestep, table}] for every timestep of the audit (seed-averaged), the main timestep first."""
+    out = [{"timestep": settings.timestep, "table": table}]
+    for timestep in settings.timesteps[1:]:
+        states = [v["state"] for v in variants if v["timestep"] == timestep]
+        _, _, rows = layer_results(states[0], grids)
+        average_over_seeds(rows, states)
+        out.append({"timestep": timestep, "table": rows})
+    return out
 
 
 def _image_entry(item) -> dict:

@@ -30,7 +30,7 @@ def run_controls(model, items, settings, out: Path, *, progress=None, checkpoint
         control = control_model(model, kind, seed=settings.control_seed)
         folder = out / "controls" / kind
         folder.mkdir(parents=True, exist_ok=True)
-        state, full, _ = run_passes(control, items, settings, folder, progress=progress,
+        state, full, _ = run_passes(control, items, settings.single(), folder, progress=progress,
                                     checkpoint_seconds=checkpoint_seconds, shard=shard)
         if shard is not None:
             state = shard.reduce_state(state)

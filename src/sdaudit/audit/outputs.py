@@ -107,9 +107,10 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_tidy_csv(path: Path, table: list[dict], model_name: str) -> None:
-    """results.csv: one row per layer and metric (model, layer, block, kind, grid, metric, value, low, high);
-    ``low`` / ``high`` the 95 % bootstrap interval where the metric has one (else empty)."""
+def write_tidy_csv(path: Path, tables: list[tuple[int, list[dict]]], model_name: str) -> None:
+    """results.csv: one row per timestep, layer and metric (model, timestep, layer, block, kind, grid, metric, value,
+    low, high, seed_sd); ``low`` / ``high`` the 95 % bootstrap interval where the metric has one, ``seed_sd`` the
+    spread between noise seeds where several were drawn (else empty)."""
     tmp = path.with_name(path.name + ".partial")
 
     def text(value):
@@ -117,12 +118,15 @@ def write_tidy_csv(path: Path, table: list[dict], model_name: str) -> None:
 
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "layer_index", "layer", "block", "kind", "grid", "metric", "value", "low", "high"])
-        for i, row in enumerate(table):
-            for metric in TABLE_METRICS:
-                if row.get(metric) is not None:
-                    writer.writerow([model_name, i, row["layer"], row["block"], row["kind"], row["grid"], metric,
-                                     text(row[metric]), text(row.get(f"{metric}_low")), text(row.get(f"{metric}_high"))])
+        writer.writerow(["model", "timestep", "layer_index", "layer", "block", "kind", "grid", "metric", "value", "low",
+                         "high", "seed_sd"])
+        for timestep, table in tables:
+            for i, row in enumerate(table):
+                for metric in TABLE_METRICS:
+                    if row.get(metric) is not None:
+                        writer.writerow([model_name, timestep, i, row["layer"], row["block"], row["kind"], row["grid"],
+                                         metric, text(row[metric]), text(row.get(f"{metric}_low")),
+                                         text(row.get(f"{metric}_high")), text(row.get(f"{metric}_seed_sd"))])
     os.replace(tmp, path)
 
 

@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..analyses import crop_pixels
 from ..analyses.position import n_train_images
 from ..extraction import ExtractionSettings, Extractor, prepare_for_model
@@ -61,6 +59,8 @@ class AuditSettings:
     anomaly_labels: str | None = None  # 'paper:sd15' etc. or a label file: measure these anomalies' norms
     controls: list[str] = field(default_factory=list)  # "untrained", "circular-padding": rerun as a control
     control_seed: int = 0  # seed of the untrained control's initialisation
+    timesteps: list[int] = field(default_factory=list)  # more than one: one audit, its numbers per timestep
+    noise_seeds: int = 1  # K > 1: K independent noise draws per image (seeds seed .. seed+K-1), numbers averaged
     batch_size: int = 4  # images per U-Net pass; 0: as many as fit in GPU memory (auto_batch_size; 4 on the CPU)
     n_show: int = 4
 
@@ -84,8 +84,33 @@ class AuditSettings:
             raise UsageError(f"unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
         if not 0 < self.train_fraction < 1:
             raise ValueError("train_fraction must be in (0, 1)")
+        bad = [t for t in [self.timestep, *self.timesteps] if not 0 <= int(t) <= 999]
+        if bad:
+            raise UsageError(f"invalid value for '--timestep': {bad[0]} is outside 0..999")
+        if len(set(self.timesteps)) != len(self.timesteps):
+            raise UsageError(f"--timestep lists a timestep twice: {self.timesteps}")
+        if self.timesteps and self.timestep != self.timesteps[0]:
+            self.timestep = int(self.timesteps[0])  # the first listed is the audit's main timestep
+        if self.noise_seeds < 1:
+            raise UsageError(f"--noise-seeds must be at least 1, got {self.noise_seeds}")
+        check_seed(self.seed + self.noise_seeds - 1)
+        if self.noise_seeds > 1 and self.controls:
+            raise UsageError("--noise-seeds with --control is not supported yet: run the control with one noise seed")
         check_batch_size(self.batch_size, self.protocol)
         return self
+
+    def variants(self) -> list[tuple[int, int]]:
+        """Every (timestep, seed) the audit runs: the main one first."""
+        return [(t, self.seed + k) for t in (self.timesteps or [self.timestep]) for k in range(self.noise_seeds)]
+
+    def single(self, timestep: int | None = None, seed: int | None = None) -> AuditSettings:
+        """The settings of one run of the passes: one timestep, one seed, no controls (what its checkpoint
+        depends on, so that adding a timestep, a seed or a control later reuses the finished runs)."""
+        import dataclasses
+
+        return dataclasses.replace(self, timestep=self.timestep if timestep is None else int(timestep),
+                                   seed=self.seed if seed is None else int(seed), timesteps=[], noise_seeds=1,
+                                   controls=[], control_seed=0)
 
 
 @dataclass
