@@ -25,6 +25,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from ..layer_names import block_of, kind_of, norm_key  # noqa: F401  (norm_key is re-exported)
+from . import figure_marks as M
 
 RESOLUTIONS = (8, 16, 32, 64)
 PNG_DPI = 150
@@ -286,6 +287,8 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     res_present: list[int] = []
     chance_drawn: set[tuple] = set()
     any_probe = False
+    any_band = False
+    controls = M.control_runs(runs, labels)
     for ri, (table, lab) in enumerate(zip(tables, labels)):
         for s in resolutions:
             y = _series(table, layers, f"probe_acc_{s}")
@@ -297,6 +300,7 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
             color = families[ri](shade[s]) if multi else colormaps["Blues"](shade[s])
             ax_p.plot(x, y, color=color, ls=styles[ri] if multi else "-", lw=1.5, marker=".", ms=3.5,
                       label=None if multi else f"{s}", zorder=3)
+            any_band |= bool(M.band(ax_p, x, table, layers, f"probe_acc_{s}", color, alpha=0.15 if multi else 0.2))
             c = _chance(table, layers, s)
             sig = (s, tuple(np.round(np.nan_to_num(c, nan=-1), 6)))
             if np.isfinite(c).any() and sig not in chance_drawn:
@@ -309,6 +313,12 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
             if np.isfinite(y).any():
                 color = grey(0.35 + 0.4 * shade[s]) if ri is None else families[ri](0.3 + 0.3 * shade[s])
                 ax_p.plot(x, y, color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
+    for ri, _, crun in controls:
+        for s in resolutions:
+            y = _series(crun["table"], layers, f"probe_acc_{s}")
+            if np.isfinite(y).any():
+                M.control_line(ax_p, x, y, shade=1 - shade[s])
+                M.band(ax_p, x, crun["table"], layers, f"probe_acc_{s}", "0.5", alpha=0.1)
     ax_p.set_ylim(0, 1.02)
     ax_p.set_ylabel("probe accuracy")
     ax_p.set_title("Position probe: test accuracy of a linear probe at comparison resolution s (dotted: chance)",
@@ -320,8 +330,11 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
         c = grey(shade[s]) if multi else colormaps["Blues"](shade[s])
         handles.append(Line2D([], [], color=c, lw=1.6, label=f"s = {s}"))
     handles.append(Line2D([], [], color="0.4", ls=":", lw=1.1, label="chance 1/min(s, n)"))
+    if any_band:
+        handles.append(M.band_handle("0.4" if multi else colormaps["Blues"](0.7)))
+    handles += _control_handles(controls)
     if overlays:
-        handles.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
+        handles.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label=M.published_label(runs)))
     ax_p.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
                 title="resolution" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
 
@@ -330,16 +343,30 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     drawn_b: list[np.ndarray] = []
     off_scale = False
     groups = (("corner", "corner_rel_sim", 0.85, "o"), ("border", "border_rel_sim", 0.5, "s"))
-    for ri, (table, lab) in enumerate(zip(tables, labels)):
+    edge = band_b = False
+    for ri, (run, lab) in enumerate(zip(runs, labels)):
         for g, key, sh, mk in groups:
-            y = _series(table, layers, key)
+            # a ratio that is not meaningful (near-zero reference) or not defined (grid too small) is marked
+            # at the top edge: plotted at its value it would rescale the axis and read as a finding
+            y, mark = M.readable_ratios(run, layers, g)
+            color = families[ri](sh) if multi else _SINGLE[g]
+            edge |= M.edge_marks(ax_b, x, mark, color, slot=2 * ri + (g == "border"))
             if not np.isfinite(y).any():
                 continue
-            color = families[ri](sh) if multi else _SINGLE[g]
             ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.5,
                       marker=mk, ms=2.8, zorder=3)
             drawn_b.append(y)
-            off_scale |= _mark_off_scale(ax_b, x, y, color, slot=len(drawn_b) - 1)
+            bounds = M.band(ax_b, x, run["table"], layers, key, color, keep=np.isfinite(y) & (y > 0), log=True,
+                            alpha=0.15 if multi else 0.2)
+            drawn_b += bounds
+            band_b |= bool(bounds)
+            off_scale |= _mark_off_scale(ax_b, x, y, color, slot=2 * ri + (g == "border"))
+    for ri, _, crun in controls:
+        for g, key, sh, mk in groups:
+            y, _ = M.readable_ratios(crun, layers, g)
+            if np.isfinite(y).any():
+                M.control_line(ax_b, x, np.where(y > 0, y, np.nan), shade=sh)
+                drawn_b.append(y)
     for lab, rows, ri in overlays:
         for g, key, sh, mk in groups:
             y = _series(rows, layers, key)
@@ -363,6 +390,11 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     gh.append(Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)"))
     if off_scale:
         gh.append(Line2D([], [], color="0.3", ls="none", marker="v", ms=5, label="value ≤ 0 (off scale)"))
+    if edge:
+        gh.append(M.edge_handle())
+    if band_b:
+        gh.append(M.band_handle("0.4"))
+    gh += _control_handles(controls)
     if overlays:
         gh.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
     ax_b.legend(handles=gh, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
@@ -371,17 +403,32 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     # ---- panel 3: anomaly relative norm
     _log2_axis(ax_a)
     drawn_a: list[np.ndarray] = []
+    band_a = std_a = False
     for ri, (table, lab) in enumerate(zip(tables, labels)):
         m = _series(table, layers, "anomaly_rel_norm_mean")
         if not np.isfinite(m).any():
             continue
-        sd = np.nan_to_num(_series(table, layers, "anomaly_rel_norm_std"), nan=0.0)
         color = families[ri](0.8) if multi else _SINGLE["anomaly"]
-        lo = np.maximum(m - sd, m / 8)  # a log axis cannot show <= 0; clip the band at 1/8 of the mean
-        ax_a.fill_between(x, lo, m + sd, color=color, alpha=0.18 if multi else 0.25, lw=0, zorder=2)
+        # with an interval the band is the 95 % interval of the mean; without, the spread over anomalies
+        bounds = M.band(ax_a, x, table, layers, "anomaly_rel_norm_mean", color, log=True,
+                        alpha=0.18 if multi else 0.25)
+        if bounds:
+            band_a = True
+            drawn_a += bounds
+        else:
+            sd = np.nan_to_num(_series(table, layers, "anomaly_rel_norm_std"), nan=0.0)
+            lo = np.maximum(m - sd, m / 8)  # a log axis cannot show <= 0; clip the band at 1/8 of the mean
+            ax_a.fill_between(x, lo, m + sd, color=color, alpha=0.18 if multi else 0.25, lw=0, zorder=2)
+            std_a = True
+            drawn_a.append(m + sd)
         ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.6,
                   marker=".", ms=3.5, zorder=3)
-        drawn_a += [m, m + sd]
+        drawn_a.append(m)
+    for ri, _, crun in controls:
+        m = _series(crun["table"], layers, "anomaly_rel_norm_mean")
+        if np.isfinite(m).any():
+            M.control_line(ax_a, x, np.where(m > 0, m, np.nan))
+            drawn_a.append(m)
     for lab, rows, ri in overlays:
         m = _series(rows, layers, "anomaly_rel_norm_mean")
         if np.isfinite(m).any():
@@ -396,11 +443,14 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
         ran = any(isinstance(r.get("anomalies"), Mapping) for r in runs)
         _no_data(ax_a, "no anomalies detected" if ran else "anomaly analysis not run")
     ax_a.set_ylabel("relative norm\n(anomaly / map mean)")
-    ax_a.set_title("High-norm anomalies: norm of the anomaly patches relative to the mean token norm "
-                   "(band: ± 1 std over anomalies)", fontsize=10.5, loc="left")
-    ah = [Line2D([], [], color="0.3" if multi else _SINGLE["anomaly"], lw=1.6, label="mean"),
-          Patch(color="0.3" if multi else _SINGLE["anomaly"], alpha=0.25, lw=0, label="± 1 std"),
-          Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)")]
+    band_text = " / ".join(t for t, on in (("95 % interval", band_a), ("± 1 std over anomalies", std_a)) if on)
+    ax_a.set_title("High-norm anomalies: norm of the anomaly patches relative to the mean token norm"
+                   + (f" (band: {band_text})" if band_text else ""), fontsize=10.5, loc="left")
+    a_color = "0.3" if multi else _SINGLE["anomaly"]
+    ah = [Line2D([], [], color=a_color, lw=1.6, label="mean")]
+    ah += [Patch(color=a_color, alpha=0.25, lw=0, label=t) for t, on in
+           (("95 % interval", band_a), ("± 1 std", std_a or not band_a)) if on]
+    ah += [Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)")] + _control_handles(controls)
     if overlays:
         ah.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
     ax_a.legend(handles=ah, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False)
@@ -422,12 +472,22 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
         fig.legend(handles=run_handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
                    ncols=min(len(run_handles), 6), fontsize=10, frameon=False)
     if title is None:
-        title = ("Comparison: " + ", ".join(labels)) if multi else labels[0]
+        # random weights say nothing about a trained model: the title says so
+        shown = [lab + (" (random weights)" if M.random_weights(r) else "") for r, lab in zip(runs, labels)]
+        title = ("Comparison: " + ", ".join(shown)) if multi else shown[0]
         title += f"  ({n} layers)"
     fig.suptitle(mpl_text(title), fontsize=12, x=0.1 / width, y=1 - 0.08 / height, ha="left", va="top")
     fig.sdaudit_layers = list(layers)  # type: ignore[attr-defined]  (for callers and tests)
     fig.sdaudit_labels = list(labels)  # type: ignore[attr-defined]
     return fig
+
+
+def _control_handles(controls) -> list[Line2D]:
+    seen = []
+    for _, name, _ in controls:
+        if name not in seen:
+            seen.append(name)
+    return [M.control_handle(mpl_text(name)) for name in seen]
 
 
 def _unique_labels(labels: Sequence[str]) -> list[str]:

@@ -154,5 +154,8 @@ def probe_mismatch_note(probe_method: str | None) -> str | None:
     "paper"`` reproduces it); a closed-form probe reaches other accuracies on the same features."""
     if probe_method == "paper":
         return None
-    used = _PROBE_NAMES.get(str(probe_method), f"the '{probe_method}' probe" if probe_method else "another probe")
-    return f"The published curves come from the paper's trained probe (Adam, 5 epochs); this audit used {used}."
+    head = "The published curves come from the paper's trained probe (Adam, 5 epochs)"
+    if not probe_method:
+        return f"{head}; this audit does not record which probe it used."
+    used = _PROBE_NAMES.get(str(probe_method), f"the '{probe_method}' probe")
+    return f"{head}; this audit used {used}."
