@@ -11,6 +11,7 @@ import copy
 import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgb
 
 from sdaudit.report import figures as F
 from sdaudit.report.figure_marks import BAND_GID, CONTROL_GID, EDGE_GID, NOT_MEANINGFUL_LABEL
@@ -108,7 +109,7 @@ def test_control_curve_is_grey_dashed_and_labelled():
         lines = [ln for ln in ax.get_lines() if ln.get_gid() == CONTROL_GID]
         assert lines, ax.get_title()
         for ln in lines:
-            r, g, b, _ = ln.get_color() if not isinstance(ln.get_color(), str) else (*[float(ln.get_color())] * 3, 1)
+            r, g, b = to_rgb(ln.get_color())
             assert r == g == b and ln.get_linestyle() == "--"
         assert f"control: {CONTROL}" in _legend_texts(ax)
     assert not any(ln.get_gid() == CONTROL_GID for ax in F.quantitative_figure([iv_results()]).axes
@@ -121,6 +122,8 @@ def test_not_meaningful_ratio_is_drawn_at_the_edge_without_rescaling_the_axis():
     fig = F.quantitative_figure([iv_results()])
     ax = fig.axes[1]
     assert ax.get_ylim()[1] < 8
+    # the control's conv_out ratio (480) has the same near-zero reference: left out too
+    assert F.quantitative_figure([with_control(iv_results(), 0.1)]).axes[1].get_ylim()[1] < 8
     marks = [ln for ln in ax.get_lines() if ln.get_gid() == EDGE_GID]
     xs = sorted(float(v) for ln in marks for v in ln.get_xdata())
     assert xs == [2.0, 2.0, 4.0]  # mid_block (corner and border undefined), conv_out's corner
@@ -192,7 +195,8 @@ def test_few_channels_and_undefined_borders_are_noted():
 
 def test_summary_counts_only_ratios_clearly_above_one():
     s = summarize(iv_results())
-    # corner > 1 by the interval: layer 0 only (layer 1's interval [1.2, 3.8] also clears 1; layer 3 is 1.0)
+    # corner > 1 by the whole interval: layers 0 and 1 ([2.47, 2.53], [1.2, 3.8]); not layer 3 (1.0), nor conv_out
+    # (not meaningful); with a control that shows the same, none
     assert s["borders"]["n_corner_above_1"] == 2 and s["borders"]["undefined"] == ["mid_block.resnets[0]"]
     assert summarize(with_control(iv_results(), -0.1))["borders"]["n_corner_above_1"] == 0
 

@@ -20,7 +20,7 @@ CONTROL_GID = "control"
 EDGE_GID = "not-meaningful"
 CONTROL_COLOR = "0.5"
 CONTROL_LS = (0, (4, 2))
-NOT_MEANINGFUL_LABEL = "not meaningful / not defined"
+NOT_MEANINGFUL_LABEL = "not meaningful /\nnot defined"
 
 
 def series(table: Sequence[Mapping[str, Any]], layers: Sequence[str], key: str) -> np.ndarray:

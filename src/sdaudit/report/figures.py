@@ -363,7 +363,10 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
             off_scale |= _mark_off_scale(ax_b, x, y, color, slot=2 * ri + (g == "border"))
     for ri, _, crun in controls:
         for g, key, sh, mk in groups:
-            y, _ = M.readable_ratios(crun, layers, g)
+            y, mark = M.readable_ratios(crun, layers, g)
+            # a control may not carry its reference similarities: where the run's own ratio cannot be read,
+            # the control's cannot either (same layer, same near-zero reference) and is left out
+            y = np.where(mark | M.readable_ratios(runs[ri], layers, g)[1], np.nan, y)
             if np.isfinite(y).any():
                 M.control_line(ax_b, x, np.where(y > 0, y, np.nan), shade=sh)
                 drawn_b.append(y)
