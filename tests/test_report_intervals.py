@@ -147,6 +147,7 @@ def test_flag_only_when_the_interval_clears_the_threshold():
     assert clear["border_level"] == 2 and clear["verdict"] == "affected" and UNCERTAIN not in clear["notes"]
     # corner 2.5 but its interval [1.2, 3.8] reaches below the mild threshold 1.5: no flag, said so
     assert spans["border_level"] == 0 and f"corner ratio {UNCERTAIN}" in spans["notes"]
+    assert spans["verdict"] == "caution"  # not shown is not shown absent either
     # probe 90% but its low end 20% is near chance (12.5%): no position flag
     assert spans["pos_level"] == 0 and f"position code {UNCERTAIN}" in spans["notes"]
     assert v["up_blocks[0].resnets[0]"]["anomaly_level"] == 2
@@ -162,7 +163,7 @@ def test_interval_between_the_thresholds_gives_the_lower_flag():
 def test_finding_the_control_also_shows_is_not_a_finding():
     v = {x["layer"]: x for x in layer_verdicts(with_control(iv_results(), -0.1))}
     clear = v["down_blocks[0].resnets[0]"]
-    assert clear["border_level"] == 0 and clear["verdict"] != "affected"
+    assert clear["border_level"] == 0 and clear["verdict"] == "usable"
     assert f"corner ratio not distinguishable from the {CONTROL} control" in clear["notes"]
     assert v["up_blocks[0].resnets[0]"]["anomaly_level"] == 0
     beyond = {x["layer"]: x for x in layer_verdicts(with_control(iv_results(), 0.12))}
@@ -183,7 +184,7 @@ def test_a_second_control_without_beyond_fields_is_compared_by_its_interval():
 def test_old_results_keep_the_point_rules_labelled_no_interval():
     v = layer_verdicts(strip_intervals(iv_results()))
     assert v[1]["border_level"] == 2 and v[1]["label"] == "affected (no interval)"
-    assert layer_verdicts(iv_results())[1]["label"] == "usable"
+    assert layer_verdicts(iv_results())[1]["label"] == "caution"
 
 
 def test_few_channels_and_undefined_borders_are_noted():

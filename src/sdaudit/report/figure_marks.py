@@ -82,7 +82,7 @@ def control_runs(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> li
     out = []
     for ri, (run, lab) in enumerate(zip(runs, labels)):
         for c in controls_of(run):
-            name = f"control: {c['label']}" if len(runs) == 1 else f"{lab} control: {c['label']}"
+            name = f"control: {c['label']}" if len(runs) == 1 else f"{lab} control:\n{c['label']}"
             out.append((ri, name, {"table": list(c.get("table") or []), "borders": c.get("borders") or {}}))
     return out
 

@@ -173,8 +173,10 @@ def _verdict(row, results, s, controls, channels, none_found) -> dict[str, Any]:
         notes.append(FEW_CHANNELS_NOTE)
     notes = [n for n in notes if n]
     # position alone is expected in a U-Net: at most "caution"; artifacts can make a layer "affected"
-    # a border test that could not be read is no pass either: at least "caution"
-    overall = max(min(pos_level, 1), b_level, a_level, 1 if ill else 0)
+    # a border test that could not be read is no pass either: at least "caution"; nor is an artifact whose
+    # interval spans its threshold (one the control shows as well is no artifact of this model: no raise)
+    uncertain = any(n and UNCERTAIN in n for n in (c_note, e_note, a_note))
+    overall = max(min(pos_level, 1), b_level, a_level, 1 if ill or uncertain else 0)
     verdict = ["usable", "caution", "affected"][overall]
     with_intervals = any(has_interval(row, m) for m in INTERVAL_METRICS)
     if undefined:
