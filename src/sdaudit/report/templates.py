@@ -105,7 +105,8 @@ _REPORT_TEMPLATE = _BADGES + """<!DOCTYPE html>
   <p>{% if a.count is not none %}<span class="big">{{ a.count|int }}</span> anomalies{% if a.images_with is not none %} in <b>{{ a.images_with|int }}</b> of {{ a.n_images|int }} images ({{ a.share|pct }}){% endif %}, detected on <code>{{ a.layer }}</code>.{% else %}Anomalies on <code>{{ a.layer }}</code>.{% endif %}</p>
   {% if a.peak %}<p>Peak relative norm: <b>{{ a.peak[1]|pm(a.peak[2]) }}</b>{% if a.peak_interval[0] is not none %} (95 % interval of the mean [{{ a.peak_interval[0]|ratio }}, {{ a.peak_interval[1]|ratio }}]){% endif %} at <code>{{ a.peak[0] }}</code>.</p>{% endif %}
   {% if summary.recurrence %}<p class="recurrence">{{ summary.recurrence }}</p>{% endif %}
-  <p>{% if a.above %}Relative norm above {{ t.anomaly_strong|ratio }} in {{ a.above_text }}{% if a.above|length <= 3 %} ({{ a.above|length }} layer{{ "s" if a.above|length != 1 }}){% endif %}.{% else %}No layer has a relative norm above {{ t.anomaly_strong|ratio }}.{% endif %}</p>
+  {% set clearly %}{% if summary.intervals %} by its whole interval{% endif %}{% if summary.controls %} and beyond the control{% endif %}{% endset %}
+  <p>{% if a.above %}Relative norm at least {{ t.anomaly_strong|ratio }}{{ clearly }} in {{ a.above_text }}{% if a.above|length <= 3 %} ({{ a.above|length }} layer{{ "s" if a.above|length != 1 }}){% endif %}.{% else %}No layer has a relative norm of at least {{ t.anomaly_strong|ratio }}{{ clearly }}.{% endif %}</p>
   {% if a.above|length > 3 %}<details class="small"><summary>the {{ a.above|length }} layers</summary>{% for n in a.above %}<code>{{ n }}</code>{% if not loop.last %}, {% endif %}{% endfor %}</details>{% endif %}
 {% else %}<p class="muted">The anomaly analysis was not run.</p>{% endif %}
 </div>
