@@ -262,3 +262,12 @@ def test_comparison_page_shows_intervals_and_badges(tmp_path):
     b = write_dir(tmp_path / "b", fake_results("sd15"))
     page = render_comparison([a, b], tmp_path / "cmp").read_text()
     assert "82.0% [79.0%, 85.0%]" in page and 'class="badge rw">random weights' in page
+
+
+def test_comparison_figure_has_a_band_per_run_and_the_control_of_each():
+    a = with_control(iv_results(), 0.1)
+    b = dict(iv_results(), model={"name": "tiny-b", "kind": "tiny", "location": "builtin"})
+    fig = F.quantitative_figure([a, b])
+    assert len(_bands(fig.axes[0])) == 2 + 1  # one per run at s = 8 (the only resolution with numbers), the control's
+    assert any(ln.get_gid() == CONTROL_GID for ln in fig.axes[0].get_lines())
+    assert f"tiny control:\n{CONTROL}" in _legend_texts(fig.axes[0])

@@ -14,6 +14,7 @@ figures can be made in a server or a test without a display and are freed with t
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -218,85 +219,34 @@ def _layer_axis(fig: Figure, ax, layers: Sequence[str], kinds: Sequence[str], bl
     sep.spines["bottom"].set_visible(False)
 
 
-def quantitative_figure(runs: Sequence[Mapping[str, Any]],
-                        paper: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                        title: str | None = None, resolutions: Sequence[int] | None = None) -> Figure:
-    """The paper's Fig. 2/4/5 for one or several runs.
+@dataclass
+class _Plot:
+    """What the three panels share: the runs, their aligned layers and their styles."""
 
-    ``runs``: results dicts (``results.json``) or ``{"label": ..., "table": rows}``. Runs are
-    aligned on layer names (the union, in the first run's order); a layer a run lacks is a gap.
-    ``paper``: published rows (:func:`sdaudit.report.paper.load_paper_results`) drawn thin and
-    dashed as "published"; or a mapping run label -> rows to overlay one per run.
+    runs: Sequence[Mapping[str, Any]]
+    tables: list[list[Mapping[str, Any]]]
+    labels: list[str]
+    overlays: list[tuple[str, Sequence[Mapping[str, Any]], int | None]]
+    layers: list[str]
+    x: np.ndarray
+    multi: bool
+    families: list[Any]
+    styles: list[Any]
+    shade: dict[int, float]
+    controls: list[tuple[int, str, dict[str, Any]]]
+    resolutions: list[int]
 
-    Panels (top to bottom): probe accuracy per comparison resolution (darker = finer) with the
-    chance level of each resolution dotted; corner and border relative similarity (log 2, dashed
-    line at 1); anomaly relative norm (log 2, dashed line at 1).
 
-    Uncertainty (see :mod:`.figure_marks`): a 95 % interval band wherever the table has ``M_low`` /
-    ``M_high`` (the anomaly panel falls back to +/- 1 std over anomalies without one); each control
-    of a run (``control`` / ``controls``) as a grey dashed curve labelled with its label; a corner /
-    border ratio that is not meaningful (reference similarity < 0.05) or not defined (grid too small)
-    as an open triangle at the top edge, never as a point that rescales the axis. The title says
-    "random weights" for a run whose ``model.random_weights`` is true.
-    ``resolutions``: the probe resolutions drawn; default all four for one run, the coarsest and
-    finest (8, 64) for several runs (four lines per run would hide the differences).
-    """
-    if not runs:
-        raise ValueError("quantitative_figure needs at least one run")
-    tables = [_run_table(r) for r in runs]
-    labels = _unique_labels([run_label(r, f"run {i + 1}") for i, r in enumerate(runs)])
-    overlays: list[tuple[str, Sequence[Mapping[str, Any]], int | None]] = []  # (label, rows, run index)
-    if paper is not None:
-        if isinstance(paper, Mapping):
-            for i, lab in enumerate(labels):
-                rows = paper.get(lab)
-                if rows:
-                    overlays.append((f"{lab} published" if len(runs) > 1 else "published", rows, i))
-        elif len(paper):
-            overlays.append(("published", paper, None))
-    layers = align_layers(tables + [rows for _, rows, _ in overlays])
-    # block / kind of each layer: from the first table that has it
-    info: dict[str, Mapping[str, Any]] = {}
-    for table in tables + [rows for _, rows, _ in overlays]:
-        for r in table:
-            info.setdefault(str(r["layer"]), r)
-    kinds = [str(info[n].get("kind") or kind_of(n)) for n in layers]
-    blocks = [str(info[n].get("block") or block_of(n)) for n in layers]
 
-    n = len(layers)
-    x = np.arange(n)
-    multi = len(runs) > 1
-    if resolutions is None:
-        resolutions = (RESOLUTIONS[0], RESOLUTIONS[-1]) if multi else RESOLUTIONS
-    resolutions = [s for s in RESOLUTIONS if s in set(resolutions)]
-    # fixed margins (inches) instead of a layout engine: predictable, and twice as fast to save
-    left, right, bottom, top, gap = 1.0, 2.05, 0.85, 0.62 + (0.3 if multi else 0.0), 0.42
-    width = max(9.0, 0.23 * n + left + right)
-    height = 9.6 + (0.3 if multi else 0.0)
-    fig = Figure(figsize=(width, height))
-    axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.15, 1, 1]})
-    panel_h = (height - top - bottom - 2 * gap) / 3.15
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        hspace=gap / panel_h)
-    ax_p, ax_b, ax_a = axes
-    families = [colormaps[_FAMILIES[i % len(_FAMILIES)]] for i in range(len(runs))]
-    styles = [_RUN_STYLES[i % len(_RUN_STYLES)] for i in range(len(runs))]
-    shade = {s: 0.45 + 0.5 * i / (len(RESOLUTIONS) - 1) for i, s in enumerate(RESOLUTIONS)}  # darker = finer
-    grey = colormaps["Greys"]
-
-    # separators through all panels
-    for ax in axes:
-        for _, s, _ in _block_spans(blocks)[1:]:
-            ax.axvline(s - 0.5, color="0.88", lw=0.7, zorder=0)
-        ax.grid(axis="y", color="0.93", lw=0.6, zorder=0)
-        ax.set_xlim(-0.6, n - 0.4)
-
-    # ---- panel 1: probe accuracy
+def _probe_panel(ax_p, P: _Plot) -> None:
+    """Panel 1: probe accuracy per resolution, chance dotted, interval bands, controls, overlays."""
+    runs, tables, labels, overlays, layers, x = P.runs, P.tables, P.labels, P.overlays, P.layers, P.x
+    multi, families, styles, shade, controls = P.multi, P.families, P.styles, P.shade, P.controls
+    resolutions, grey = P.resolutions, colormaps["Greys"]
     res_present: list[int] = []
     chance_drawn: set[tuple] = set()
     any_probe = False
     any_band = False
-    controls = M.control_runs(runs, labels)
     for ri, (table, lab) in enumerate(zip(tables, labels)):
         for s in resolutions:
             y = _series(table, layers, f"probe_acc_{s}")
@@ -346,7 +296,11 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     ax_p.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
                 title="resolution" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
 
-    # ---- panel 2: corner / border relative similarity
+
+def _border_panel(ax_b, P: _Plot) -> None:
+    """Panel 2: corner / border relative similarity (log 2), unreadable ratios at the top edge."""
+    runs, labels, overlays, layers, x = P.runs, P.labels, P.overlays, P.layers, P.x
+    multi, families, styles, controls = P.multi, P.families, P.styles, P.controls
     _log2_axis(ax_b)
     drawn_b: list[np.ndarray] = []
     off_scale = False
@@ -411,7 +365,11 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     ax_b.legend(handles=gh, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
                 title="group" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
 
-    # ---- panel 3: anomaly relative norm
+
+def _anomaly_panel(ax_a, P: _Plot) -> None:
+    """Panel 3: anomaly relative norm (log 2), interval band (else +/- 1 std), controls."""
+    runs, tables, labels, overlays, layers, x = P.runs, P.tables, P.labels, P.overlays, P.layers, P.x
+    multi, families, styles, controls = P.multi, P.families, P.styles, P.controls
     _log2_axis(ax_a)
     drawn_a: list[np.ndarray] = []
     band_a = std_a = False
@@ -465,6 +423,86 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     if overlays:
         ah.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
     ax_a.legend(handles=ah, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False)
+
+
+def quantitative_figure(runs: Sequence[Mapping[str, Any]],
+                        paper: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                        title: str | None = None, resolutions: Sequence[int] | None = None) -> Figure:
+    """The paper's Fig. 2/4/5 for one or several runs.
+
+    ``runs``: results dicts (``results.json``) or ``{"label": ..., "table": rows}``. Runs are
+    aligned on layer names (the union, in the first run's order); a layer a run lacks is a gap.
+    ``paper``: published rows (:func:`sdaudit.report.paper.load_paper_results`) drawn thin and
+    dashed as "published"; or a mapping run label -> rows to overlay one per run.
+
+    Panels (top to bottom): probe accuracy per comparison resolution (darker = finer) with the
+    chance level of each resolution dotted; corner and border relative similarity (log 2, dashed
+    line at 1); anomaly relative norm (log 2, dashed line at 1).
+
+    Uncertainty (see :mod:`.figure_marks`): a 95 % interval band wherever the table has ``M_low`` /
+    ``M_high`` (the anomaly panel falls back to +/- 1 std over anomalies without one); each control
+    of a run (``control`` / ``controls``) as a grey dashed curve labelled with its label; a corner /
+    border ratio that is not meaningful (reference similarity < 0.05) or not defined (grid too small)
+    as an open triangle at the top edge, never as a point that rescales the axis. The title says
+    "random weights" for a run whose ``model.random_weights`` is true.
+    ``resolutions``: the probe resolutions drawn; default all four for one run, the coarsest and
+    finest (8, 64) for several runs (four lines per run would hide the differences).
+    """
+    if not runs:
+        raise ValueError("quantitative_figure needs at least one run")
+    tables = [_run_table(r) for r in runs]
+    labels = _unique_labels([run_label(r, f"run {i + 1}") for i, r in enumerate(runs)])
+    overlays: list[tuple[str, Sequence[Mapping[str, Any]], int | None]] = []  # (label, rows, run index)
+    if paper is not None:
+        if isinstance(paper, Mapping):
+            for i, lab in enumerate(labels):
+                rows = paper.get(lab)
+                if rows:
+                    overlays.append((f"{lab} published" if len(runs) > 1 else "published", rows, i))
+        elif len(paper):
+            overlays.append(("published", paper, None))
+    layers = align_layers(tables + [rows for _, rows, _ in overlays])
+    # block / kind of each layer: from the first table that has it
+    info: dict[str, Mapping[str, Any]] = {}
+    for table in tables + [rows for _, rows, _ in overlays]:
+        for r in table:
+            info.setdefault(str(r["layer"]), r)
+    kinds = [str(info[n].get("kind") or kind_of(n)) for n in layers]
+    blocks = [str(info[n].get("block") or block_of(n)) for n in layers]
+
+    n = len(layers)
+    x = np.arange(n)
+    multi = len(runs) > 1
+    if resolutions is None:
+        resolutions = (RESOLUTIONS[0], RESOLUTIONS[-1]) if multi else RESOLUTIONS
+    resolutions = [s for s in RESOLUTIONS if s in set(resolutions)]
+    # fixed margins (inches) instead of a layout engine: predictable, and twice as fast to save
+    left, right, bottom, top, gap = 1.0, 2.05, 0.85, 0.62 + (0.3 if multi else 0.0), 0.42
+    width = max(9.0, 0.23 * n + left + right)
+    height = 9.6 + (0.3 if multi else 0.0)
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.15, 1, 1]})
+    panel_h = (height - top - bottom - 2 * gap) / 3.15
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        hspace=gap / panel_h)
+    ax_p, ax_b, ax_a = axes
+    families = [colormaps[_FAMILIES[i % len(_FAMILIES)]] for i in range(len(runs))]
+    styles = [_RUN_STYLES[i % len(_RUN_STYLES)] for i in range(len(runs))]
+    shade = {s: 0.45 + 0.5 * i / (len(RESOLUTIONS) - 1) for i, s in enumerate(RESOLUTIONS)}  # darker = finer
+
+    # separators through all panels
+    for ax in axes:
+        for _, s, _ in _block_spans(blocks)[1:]:
+            ax.axvline(s - 0.5, color="0.88", lw=0.7, zorder=0)
+        ax.grid(axis="y", color="0.93", lw=0.6, zorder=0)
+        ax.set_xlim(-0.6, n - 0.4)
+
+    P = _Plot(runs=runs, tables=tables, labels=labels, overlays=overlays, layers=layers, x=x, multi=multi,
+              families=families, styles=styles, shade=shade, controls=M.control_runs(runs, labels),
+              resolutions=resolutions)
+    _probe_panel(ax_p, P)
+    _border_panel(ax_b, P)
+    _anomaly_panel(ax_a, P)
 
     for ax in axes:
         ax.tick_params(axis="y", labelsize=9)
