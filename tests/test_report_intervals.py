@@ -271,3 +271,17 @@ def test_comparison_figure_has_a_band_per_run_and_the_control_of_each():
     assert len(_bands(fig.axes[0])) == 2 + 1  # one per run at s = 8 (the only resolution with numbers), the control's
     assert any(ln.get_gid() == CONTROL_GID for ln in fig.axes[0].get_lines())
     assert f"tiny control:\n{CONTROL}" in _legend_texts(fig.axes[0])
+
+
+def test_beyond_fields_without_a_control_description_still_count():
+    r = with_control(iv_results(), -0.1)
+    del r["control"]
+    v = layer_verdicts(r)[0]
+    assert v["border_level"] == 0 and "not distinguishable from the control control" not in v["notes"]
+    assert "corner ratio not distinguishable from the control" in v["notes"]
+
+
+def test_a_single_warning_string_is_one_warning():
+    r = iv_results()
+    r["warnings"] = "only 9 images"
+    assert summarize(r)["warnings"] == ["only 9 images"]

@@ -56,6 +56,10 @@ def controls_of(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     raw = results.get("controls")
     if not isinstance(raw, list):
         raw = [results["control"]] if isinstance(results.get("control"), Mapping) else []
+    if not raw and any(isinstance(r, Mapping) and any(str(k).startswith("beyond_") for k in r)
+                       for r in results.get("table") or []):
+        # differences to a control without its description: still judged against, under a generic name
+        raw = [{"label": "control"}]
     out = []
     for c in raw:
         if not isinstance(c, Mapping):
@@ -119,6 +123,14 @@ def fmt_diff(value: Any, low: Any, high: Any, fmt) -> str:
     """A signed difference with its interval: '+0.30 [+0.12, +0.51]'."""
     signed = lambda x: ("+" if x > 0 else "") + fmt(x)  # noqa: E731
     return fmt_interval(value, low, high, signed)
+
+
+def warnings_of(results: Mapping[str, Any]) -> list[str]:
+    """``results["warnings"]`` as a list of strings (a single string is one warning)."""
+    raw = results.get("warnings")
+    if isinstance(raw, str):
+        return [raw]
+    return [str(w) for w in raw] if isinstance(raw, list) else []
 
 
 def recurrence_text(rec: Mapping[str, Any] | None) -> str | None:

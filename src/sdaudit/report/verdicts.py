@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .intervals import (FEW_CHANNELS, INTERVAL_METRICS, NOT_DEFINED, borders_undefined, clears_control, controls_of,
-                        fmt_interval, has_interval, interval, num, recurrence_text)
+                        fmt_interval, has_interval, interval, num, recurrence_text, warnings_of)
 from .paper import RESOLUTIONS
 
 #: Verdict thresholds (stated on the page). Position: above-chance skill at the finest comparison
@@ -110,7 +110,8 @@ def _flag(row: Mapping[str, Any], metric: str, value: float | None, low: float |
     if level > 0 and controls:
         label = clears_control(row, metric, controls)
         if label is not None:
-            level, note = 0, f"{what} not distinguishable from the {label} control"
+            name = "the control" if label == "control" else f"the {label} control"
+            level, note = 0, f"{what} not distinguishable from {name}"
     return level, note
 
 
@@ -304,7 +305,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                            "anomalies": _anomalies(results, table, verdicts),
                            "recurrence": recurrence_text(results.get("recurrence")),
                            "random_weights": bool((results.get("model") or {}).get("random_weights")),
-                           "warnings": [str(w) for w in results.get("warnings") or []],
+                           "warnings": warnings_of(results),
                            "intervals": any(v["intervals"] for v in verdicts)}
     levels = [v["overall"] for v in verdicts]
     out["n_usable"], out["n_caution"], out["n_affected"] = (levels.count(0), levels.count(1), levels.count(2))
