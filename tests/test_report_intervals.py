@@ -227,6 +227,7 @@ def test_page_shows_intervals_and_beyond_control(iv_page):
     assert "82.0% [79.0%, 85.0%]" in iv_page  # the probe in the numbers table and the verdict badge
     assert "2.50 [2.47, 2.53]" in iv_page  # a corner ratio
     assert f"beyond control: {CONTROL}</th>" in iv_page
+    assert f"<b>controls</b>{CONTROL} <span class=\"muted\">(tiny [untrained])</span>" in iv_page
     assert "corner +0.30 [+0.12, +0.51]" in iv_page
     assert '<td class="muted" colspan="3">not defined (grid too small)</td>' in iv_page
 

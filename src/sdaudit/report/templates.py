@@ -68,6 +68,7 @@ _REPORT_TEMPLATE = _BADGES + """<!DOCTYPE html>
     <div><b>layers</b>{{ summary.n_layers }} ({{ r.settings.layers or "—" }})</div>
     <div><b>audit created</b>{{ r.created or "—" }}</div>
     <div><b>analyses</b>{{ (r.settings.analyses or [])|join(", ") or "—" }}</div>
+    {% if summary.controls %}<div><b>controls</b>{% for c in summary.controls %}{{ c.label }}{% if c.model and c.model.name %} <span class="muted">({{ c.model.name }})</span>{% endif %}{% if not loop.last %}<br>{% endif %}{% endfor %}</div>{% endif %}
   </div>
   <nav class="toc"><a href="#findings">Findings</a><a href="#verdicts">Can I trust a layer?</a><a href="#curves">Per-layer curves</a>
   {% if qual_uri %}<a href="#maps">Maps</a>{% endif %}{% if compare_paper %}<a href="#paper">vs. paper</a>{% endif %}<a href="#numbers">Numbers</a><a href="#chance">Chance levels</a><a href="#provenance">Settings &amp; provenance</a></nav>
