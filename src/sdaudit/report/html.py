@@ -5,7 +5,9 @@ figures into ``DIR/figures/`` and writes ``DIR/report.html``. :func:`render_comp
 several audits in one figure and writes a comparison page. Pages have inline CSS and their figures
 embedded as ``data:`` URIs (SVG for the curves, PNG for the maps): no external resource, so a page
 can be mailed or archived alone. Every number on a page is read from ``results.json``; every
-string from it is HTML-escaped (jinja2 autoescape).
+string from it is HTML-escaped (jinja2 autoescape). The findings and verdicts come from
+:mod:`.verdicts` (judged on the 95 % intervals and controls where the results have them), the
+templates from :mod:`.templates`.
 """
 
 from __future__ import annotations
