@@ -5,7 +5,8 @@ figures can be made in a server or a test without a display and are freed with t
 
 * :func:`quantitative_figure`: three stacked panels over the layers (probe accuracy, corner /
   border relative similarity, anomaly relative norm) for one or several runs, aligned on layer
-  names, optionally with the published curves overlaid.
+  names, with 95 % interval bands and control curves where the results have them, optionally
+  with the published curves overlaid.
 * :func:`qualitative_figure`: rows of similarity and norm maps over the shown images.
 * :func:`save_figure`: writes ``.svg`` and ``.png``.
 """
@@ -13,6 +14,7 @@ figures can be made in a server or a test without a display and are freed with t
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ import numpy as np
 from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from ..layer_names import block_of, kind_of, norm_key  # noqa: F401  (norm_key is re-exported)
+from . import figure_marks as M
 
 RESOLUTIONS = (8, 16, 32, 64)
 PNG_DPI = 150
@@ -216,6 +219,212 @@ def _layer_axis(fig: Figure, ax, layers: Sequence[str], kinds: Sequence[str], bl
     sep.spines["bottom"].set_visible(False)
 
 
+@dataclass
+class _Plot:
+    """What the three panels share: the runs, their aligned layers and their styles."""
+
+    runs: Sequence[Mapping[str, Any]]
+    tables: list[list[Mapping[str, Any]]]
+    labels: list[str]
+    overlays: list[tuple[str, Sequence[Mapping[str, Any]], int | None]]
+    layers: list[str]
+    x: np.ndarray
+    multi: bool
+    families: list[Any]
+    styles: list[Any]
+    shade: dict[int, float]
+    controls: list[tuple[int, str, dict[str, Any]]]
+    resolutions: list[int]
+
+
+
+def _probe_panel(ax_p, P: _Plot) -> None:
+    """Panel 1: probe accuracy per resolution, chance dotted, interval bands, controls, overlays."""
+    runs, tables, labels, overlays, layers, x = P.runs, P.tables, P.labels, P.overlays, P.layers, P.x
+    multi, families, styles, shade, controls = P.multi, P.families, P.styles, P.shade, P.controls
+    resolutions, grey = P.resolutions, colormaps["Greys"]
+    res_present: list[int] = []
+    chance_drawn: set[tuple] = set()
+    any_probe = False
+    any_band = False
+    for ri, (table, lab) in enumerate(zip(tables, labels)):
+        for s in resolutions:
+            y = _series(table, layers, f"probe_acc_{s}")
+            if not np.isfinite(y).any():
+                continue
+            any_probe = True
+            if s not in res_present:
+                res_present.append(s)
+            color = families[ri](shade[s]) if multi else colormaps["Blues"](shade[s])
+            ax_p.plot(x, y, color=color, ls=styles[ri] if multi else "-", lw=1.5, marker=".", ms=3.5,
+                      label=None if multi else f"{s}", zorder=3)
+            any_band |= bool(M.band(ax_p, x, table, layers, f"probe_acc_{s}", color, alpha=0.15 if multi else 0.2))
+            c = _chance(table, layers, s)
+            sig = (s, tuple(np.round(np.nan_to_num(c, nan=-1), 6)))
+            if np.isfinite(c).any() and sig not in chance_drawn:
+                chance_drawn.add(sig)
+                ax_p.plot(x, c, color=grey(shade[s]) if multi else color, ls=":", lw=1.1, drawstyle="steps-mid",
+                          zorder=2)
+    for lab, rows, ri in overlays:
+        for s in resolutions:
+            y = _series(rows, layers, f"probe_acc_{s}")
+            if np.isfinite(y).any():
+                color = grey(0.35 + 0.4 * shade[s]) if ri is None else families[ri](0.3 + 0.3 * shade[s])
+                ax_p.plot(x, y, color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
+    for ri, _, crun in controls:
+        for s in resolutions:
+            y = _series(crun["table"], layers, f"probe_acc_{s}")
+            if np.isfinite(y).any():
+                M.control_line(ax_p, x, y, shade=1 - shade[s])
+                M.band(ax_p, x, crun["table"], layers, f"probe_acc_{s}", "0.5", alpha=0.1)
+    ax_p.set_ylim(0, 1.02)
+    ax_p.set_ylabel("probe accuracy")
+    ax_p.set_title("Position probe: test accuracy of a linear probe at comparison resolution s (dotted: chance)",
+                   fontsize=10.5, loc="left")
+    if not any_probe:
+        _no_data(ax_p, "position probe not run")
+    handles = []
+    for s in (res_present or resolutions):
+        c = grey(shade[s]) if multi else colormaps["Blues"](shade[s])
+        handles.append(Line2D([], [], color=c, lw=1.6, label=f"s = {s}"))
+    handles.append(Line2D([], [], color="0.4", ls=":", lw=1.1, label="chance 1/min(s, n)"))
+    if any_band:
+        handles.append(M.band_handle("0.4" if multi else colormaps["Blues"](0.7)))
+    handles += _control_handles(controls)
+    if overlays:
+        handles.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label=M.published_label(runs)))
+    ax_p.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
+                title="resolution" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
+
+
+def _border_panel(ax_b, P: _Plot) -> None:
+    """Panel 2: corner / border relative similarity (log 2), unreadable ratios at the top edge."""
+    runs, labels, overlays, layers, x = P.runs, P.labels, P.overlays, P.layers, P.x
+    multi, families, styles, controls = P.multi, P.families, P.styles, P.controls
+    _log2_axis(ax_b)
+    drawn_b: list[np.ndarray] = []
+    off_scale = False
+    groups = (("corner", "corner_rel_sim", 0.85, "o"), ("border", "border_rel_sim", 0.5, "s"))
+    edge = band_b = False
+    for ri, (run, lab) in enumerate(zip(runs, labels)):
+        for g, key, sh, mk in groups:
+            # a ratio that is not meaningful (near-zero reference) or not defined (grid too small) is marked
+            # at the top edge: plotted at its value it would rescale the axis and read as a finding
+            y, mark = M.readable_ratios(run, layers, g)
+            color = families[ri](sh) if multi else _SINGLE[g]
+            edge |= M.edge_marks(ax_b, x, mark, color, slot=2 * ri + (g == "border"))
+            if not np.isfinite(y).any():
+                continue
+            ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.5,
+                      marker=mk, ms=2.8, zorder=3)
+            drawn_b.append(y)
+            bounds = M.band(ax_b, x, run["table"], layers, key, color, keep=np.isfinite(y) & (y > 0), log=True,
+                            alpha=0.15 if multi else 0.2)
+            drawn_b += bounds
+            band_b |= bool(bounds)
+            off_scale |= _mark_off_scale(ax_b, x, y, color, slot=2 * ri + (g == "border"))
+    for ri, _, crun in controls:
+        for g, key, sh, mk in groups:
+            y, mark = M.readable_ratios(crun, layers, g)
+            # a control may not carry its reference similarities: where the run's own ratio cannot be read,
+            # the control's cannot either (same layer, same near-zero reference) and is left out
+            y = np.where(mark | M.readable_ratios(runs[ri], layers, g)[1], np.nan, y)
+            if np.isfinite(y).any():
+                M.control_line(ax_b, x, np.where(y > 0, y, np.nan), shade=sh)
+                drawn_b.append(y)
+    for lab, rows, ri in overlays:
+        for g, key, sh, mk in groups:
+            y = _series(rows, layers, key)
+            if np.isfinite(y).any():
+                color = ("0.35" if g == "corner" else "0.6") if ri is None else families[ri](0.3 + 0.25 * sh)
+                ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
+                drawn_b.append(y)
+    ax_b.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
+    if drawn_b:
+        _fit_log_limits(ax_b, drawn_b)
+    else:
+        ax_b.set_ylim(0.5, 2)
+        _no_data(ax_b, "border analysis not run")
+    ax_b.set_ylabel("relative similarity\n(cropped / full)")
+    ax_b.set_title("Border artifacts: mean pairwise cosine of edge tokens relative to the same content "
+                   "away from the edge (> 1: more alike at the edge)", fontsize=10.5, loc="left")
+    gh = []
+    for g, _, sh, mk in groups:
+        c = colormaps["Greys"](sh) if multi else _SINGLE[g]
+        gh.append(Line2D([], [], color=c, marker=mk, ms=3.5, lw=1.5, label=g))
+    gh.append(Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)"))
+    if off_scale:
+        gh.append(Line2D([], [], color="0.3", ls="none", marker="v", ms=5, label="value ≤ 0 (off scale)"))
+    if edge:
+        gh.append(M.edge_handle())
+    if band_b:
+        gh.append(M.band_handle("0.4"))
+    gh += _control_handles(controls)
+    if overlays:
+        gh.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
+    ax_b.legend(handles=gh, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
+                title="group" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
+
+
+def _anomaly_panel(ax_a, P: _Plot) -> None:
+    """Panel 3: anomaly relative norm (log 2), interval band (else +/- 1 std), controls."""
+    runs, tables, labels, overlays, layers, x = P.runs, P.tables, P.labels, P.overlays, P.layers, P.x
+    multi, families, styles, controls = P.multi, P.families, P.styles, P.controls
+    _log2_axis(ax_a)
+    drawn_a: list[np.ndarray] = []
+    band_a = std_a = False
+    for ri, (table, lab) in enumerate(zip(tables, labels)):
+        m = _series(table, layers, "anomaly_rel_norm_mean")
+        if not np.isfinite(m).any():
+            continue
+        color = families[ri](0.8) if multi else _SINGLE["anomaly"]
+        # with an interval the band is the 95 % interval of the mean; without, the spread over anomalies
+        bounds = M.band(ax_a, x, table, layers, "anomaly_rel_norm_mean", color, log=True,
+                        alpha=0.18 if multi else 0.25)
+        if bounds:
+            band_a = True
+            drawn_a += bounds
+        else:
+            sd = np.nan_to_num(_series(table, layers, "anomaly_rel_norm_std"), nan=0.0)
+            lo = np.maximum(m - sd, m / 8)  # a log axis cannot show <= 0; clip the band at 1/8 of the mean
+            ax_a.fill_between(x, lo, m + sd, color=color, alpha=0.18 if multi else 0.25, lw=0, zorder=2)
+            std_a = True
+            drawn_a.append(m + sd)
+        ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.6,
+                  marker=".", ms=3.5, zorder=3)
+        drawn_a.append(m)
+    for ri, _, crun in controls:
+        m = _series(crun["table"], layers, "anomaly_rel_norm_mean")
+        if np.isfinite(m).any():
+            M.control_line(ax_a, x, np.where(m > 0, m, np.nan))
+            drawn_a.append(m)
+    for lab, rows, ri in overlays:
+        m = _series(rows, layers, "anomaly_rel_norm_mean")
+        if np.isfinite(m).any():
+            color = "0.45" if ri is None else families[ri](0.45)
+            ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
+            drawn_a.append(m)
+    ax_a.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
+    if drawn_a:
+        _fit_log_limits(ax_a, drawn_a)
+    else:
+        ax_a.set_ylim(0.5, 2)
+        ran = any(isinstance(r.get("anomalies"), Mapping) for r in runs)
+        _no_data(ax_a, "no anomalies detected" if ran else "anomaly analysis not run")
+    ax_a.set_ylabel("relative norm\n(anomaly / map mean)")
+    band_text = " / ".join(t for t, on in (("95 % interval", band_a), ("± 1 std over anomalies", std_a)) if on)
+    ax_a.set_title("High-norm anomalies: norm of the anomaly patches relative to the mean token norm"
+                   + (f" (band: {band_text})" if band_text else ""), fontsize=10.5, loc="left")
+    a_color = "0.3" if multi else _SINGLE["anomaly"]
+    ah = [Line2D([], [], color=a_color, lw=1.6, label="mean")]
+    ah += [Patch(color=a_color, alpha=0.25, lw=0, label=t) for t, on in
+           (("95 % interval", band_a), ("± 1 std", std_a or not band_a)) if on]
+    ah += [Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)")] + _control_handles(controls)
+    if overlays:
+        ah.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
+    ax_a.legend(handles=ah, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False)
+
+
 def quantitative_figure(runs: Sequence[Mapping[str, Any]],
                         paper: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
                         title: str | None = None, resolutions: Sequence[int] | None = None) -> Figure:
@@ -228,7 +437,14 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
 
     Panels (top to bottom): probe accuracy per comparison resolution (darker = finer) with the
     chance level of each resolution dotted; corner and border relative similarity (log 2, dashed
-    line at 1); anomaly relative norm, mean with a +/- std band (log 2, dashed line at 1).
+    line at 1); anomaly relative norm (log 2, dashed line at 1).
+
+    Uncertainty (see :mod:`.figure_marks`): a 95 % interval band wherever the table has ``M_low`` /
+    ``M_high`` (the anomaly panel falls back to +/- 1 std over anomalies without one); each control
+    of a run (``control`` / ``controls``) as a grey dashed curve labelled with its label; a corner /
+    border ratio that is not meaningful (reference similarity < 0.05) or not defined (grid too small)
+    as an open triangle at the top edge, never as a point that rescales the axis. The title says
+    "random weights" for a run whose ``model.random_weights`` is true.
     ``resolutions``: the probe resolutions drawn; default all four for one run, the coarsest and
     finest (8, 64) for several runs (four lines per run would hide the differences).
     """
@@ -273,7 +489,6 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
     families = [colormaps[_FAMILIES[i % len(_FAMILIES)]] for i in range(len(runs))]
     styles = [_RUN_STYLES[i % len(_RUN_STYLES)] for i in range(len(runs))]
     shade = {s: 0.45 + 0.5 * i / (len(RESOLUTIONS) - 1) for i, s in enumerate(RESOLUTIONS)}  # darker = finer
-    grey = colormaps["Greys"]
 
     # separators through all panels
     for ax in axes:
@@ -282,128 +497,12 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
         ax.grid(axis="y", color="0.93", lw=0.6, zorder=0)
         ax.set_xlim(-0.6, n - 0.4)
 
-    # ---- panel 1: probe accuracy
-    res_present: list[int] = []
-    chance_drawn: set[tuple] = set()
-    any_probe = False
-    for ri, (table, lab) in enumerate(zip(tables, labels)):
-        for s in resolutions:
-            y = _series(table, layers, f"probe_acc_{s}")
-            if not np.isfinite(y).any():
-                continue
-            any_probe = True
-            if s not in res_present:
-                res_present.append(s)
-            color = families[ri](shade[s]) if multi else colormaps["Blues"](shade[s])
-            ax_p.plot(x, y, color=color, ls=styles[ri] if multi else "-", lw=1.5, marker=".", ms=3.5,
-                      label=None if multi else f"{s}", zorder=3)
-            c = _chance(table, layers, s)
-            sig = (s, tuple(np.round(np.nan_to_num(c, nan=-1), 6)))
-            if np.isfinite(c).any() and sig not in chance_drawn:
-                chance_drawn.add(sig)
-                ax_p.plot(x, c, color=grey(shade[s]) if multi else color, ls=":", lw=1.1, drawstyle="steps-mid",
-                          zorder=2)
-    for lab, rows, ri in overlays:
-        for s in resolutions:
-            y = _series(rows, layers, f"probe_acc_{s}")
-            if np.isfinite(y).any():
-                color = grey(0.35 + 0.4 * shade[s]) if ri is None else families[ri](0.3 + 0.3 * shade[s])
-                ax_p.plot(x, y, color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
-    ax_p.set_ylim(0, 1.02)
-    ax_p.set_ylabel("probe accuracy")
-    ax_p.set_title("Position probe: test accuracy of a linear probe at comparison resolution s (dotted: chance)",
-                   fontsize=10.5, loc="left")
-    if not any_probe:
-        _no_data(ax_p, "position probe not run")
-    handles = []
-    for s in (res_present or resolutions):
-        c = grey(shade[s]) if multi else colormaps["Blues"](shade[s])
-        handles.append(Line2D([], [], color=c, lw=1.6, label=f"s = {s}"))
-    handles.append(Line2D([], [], color="0.4", ls=":", lw=1.1, label="chance 1/min(s, n)"))
-    if overlays:
-        handles.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
-    ax_p.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
-                title="resolution" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
-
-    # ---- panel 2: corner / border relative similarity
-    _log2_axis(ax_b)
-    drawn_b: list[np.ndarray] = []
-    off_scale = False
-    groups = (("corner", "corner_rel_sim", 0.85, "o"), ("border", "border_rel_sim", 0.5, "s"))
-    for ri, (table, lab) in enumerate(zip(tables, labels)):
-        for g, key, sh, mk in groups:
-            y = _series(table, layers, key)
-            if not np.isfinite(y).any():
-                continue
-            color = families[ri](sh) if multi else _SINGLE[g]
-            ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.5,
-                      marker=mk, ms=2.8, zorder=3)
-            drawn_b.append(y)
-            off_scale |= _mark_off_scale(ax_b, x, y, color, slot=len(drawn_b) - 1)
-    for lab, rows, ri in overlays:
-        for g, key, sh, mk in groups:
-            y = _series(rows, layers, key)
-            if np.isfinite(y).any():
-                color = ("0.35" if g == "corner" else "0.6") if ri is None else families[ri](0.3 + 0.25 * sh)
-                ax_b.plot(x, np.where(y > 0, y, np.nan), color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
-                drawn_b.append(y)
-    ax_b.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
-    if drawn_b:
-        _fit_log_limits(ax_b, drawn_b)
-    else:
-        ax_b.set_ylim(0.5, 2)
-        _no_data(ax_b, "border analysis not run")
-    ax_b.set_ylabel("relative similarity\n(cropped / full)")
-    ax_b.set_title("Border artifacts: mean pairwise cosine of edge tokens relative to the same content "
-                   "away from the edge (> 1: more alike at the edge)", fontsize=10.5, loc="left")
-    gh = []
-    for g, _, sh, mk in groups:
-        c = colormaps["Greys"](sh) if multi else _SINGLE[g]
-        gh.append(Line2D([], [], color=c, marker=mk, ms=3.5, lw=1.5, label=g))
-    gh.append(Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)"))
-    if off_scale:
-        gh.append(Line2D([], [], color="0.3", ls="none", marker="v", ms=5, label="value ≤ 0 (off scale)"))
-    if overlays:
-        gh.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
-    ax_b.legend(handles=gh, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False,
-                title="group" + (" (shade)" if multi else ""), title_fontsize=8.5, alignment="left")
-
-    # ---- panel 3: anomaly relative norm
-    _log2_axis(ax_a)
-    drawn_a: list[np.ndarray] = []
-    for ri, (table, lab) in enumerate(zip(tables, labels)):
-        m = _series(table, layers, "anomaly_rel_norm_mean")
-        if not np.isfinite(m).any():
-            continue
-        sd = np.nan_to_num(_series(table, layers, "anomaly_rel_norm_std"), nan=0.0)
-        color = families[ri](0.8) if multi else _SINGLE["anomaly"]
-        lo = np.maximum(m - sd, m / 8)  # a log axis cannot show <= 0; clip the band at 1/8 of the mean
-        ax_a.fill_between(x, lo, m + sd, color=color, alpha=0.18 if multi else 0.25, lw=0, zorder=2)
-        ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=styles[ri] if multi else "-", lw=1.6,
-                  marker=".", ms=3.5, zorder=3)
-        drawn_a += [m, m + sd]
-    for lab, rows, ri in overlays:
-        m = _series(rows, layers, "anomaly_rel_norm_mean")
-        if np.isfinite(m).any():
-            color = "0.45" if ri is None else families[ri](0.45)
-            ax_a.plot(x, np.where(m > 0, m, np.nan), color=color, ls=_PUB_LS, lw=0.9, zorder=2.5)
-            drawn_a.append(m)
-    ax_a.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
-    if drawn_a:
-        _fit_log_limits(ax_a, drawn_a)
-    else:
-        ax_a.set_ylim(0.5, 2)
-        ran = any(isinstance(r.get("anomalies"), Mapping) for r in runs)
-        _no_data(ax_a, "no anomalies detected" if ran else "anomaly analysis not run")
-    ax_a.set_ylabel("relative norm\n(anomaly / map mean)")
-    ax_a.set_title("High-norm anomalies: norm of the anomaly patches relative to the mean token norm "
-                   "(band: ± 1 std over anomalies)", fontsize=10.5, loc="left")
-    ah = [Line2D([], [], color="0.3" if multi else _SINGLE["anomaly"], lw=1.6, label="mean"),
-          Patch(color="0.3" if multi else _SINGLE["anomaly"], alpha=0.25, lw=0, label="± 1 std"),
-          Line2D([], [], color="0.25", ls="--", lw=0.9, label="1 (no effect)")]
-    if overlays:
-        ah.append(Line2D([], [], color="0.5", ls=_PUB_LS, lw=0.9, label="published"))
-    ax_a.legend(handles=ah, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False)
+    P = _Plot(runs=runs, tables=tables, labels=labels, overlays=overlays, layers=layers, x=x, multi=multi,
+              families=families, styles=styles, shade=shade, controls=M.control_runs(runs, labels),
+              resolutions=resolutions)
+    _probe_panel(ax_p, P)
+    _border_panel(ax_b, P)
+    _anomaly_panel(ax_a, P)
 
     for ax in axes:
         ax.tick_params(axis="y", labelsize=9)
@@ -422,12 +521,22 @@ def quantitative_figure(runs: Sequence[Mapping[str, Any]],
         fig.legend(handles=run_handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / height),
                    ncols=min(len(run_handles), 6), fontsize=10, frameon=False)
     if title is None:
-        title = ("Comparison: " + ", ".join(labels)) if multi else labels[0]
+        # random weights say nothing about a trained model: the title says so
+        shown = [lab + (" (random weights)" if M.random_weights(r) else "") for r, lab in zip(runs, labels)]
+        title = ("Comparison: " + ", ".join(shown)) if multi else shown[0]
         title += f"  ({n} layers)"
     fig.suptitle(mpl_text(title), fontsize=12, x=0.1 / width, y=1 - 0.08 / height, ha="left", va="top")
     fig.sdaudit_layers = list(layers)  # type: ignore[attr-defined]  (for callers and tests)
     fig.sdaudit_labels = list(labels)  # type: ignore[attr-defined]
     return fig
+
+
+def _control_handles(controls) -> list[Line2D]:
+    seen = []
+    for _, name, _ in controls:
+        if name not in seen:
+            seen.append(name)
+    return [M.control_handle(mpl_text(name)) for name in seen]
 
 
 def _unique_labels(labels: Sequence[str]) -> list[str]:
@@ -437,163 +546,6 @@ def _unique_labels(labels: Sequence[str]) -> list[str]:
         seen[lab] = seen.get(lab, 0) + 1
         out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# qualitative figure (paper Fig. 1/3)
-
-
-def _load_maps(maps_npz: Any) -> Mapping[str, np.ndarray]:
-    if maps_npz is None:
-        return {}
-    if isinstance(maps_npz, (str, Path)):
-        with np.load(maps_npz, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    if hasattr(maps_npz, "files"):  # an open NpzFile
-        return {k: maps_npz[k] for k in maps_npz.files}
-    return maps_npz
-
-
-def _layer_grid(results: Mapping[str, Any], layer: str | None) -> int | None:
-    if not layer:
-        return None
-    anomalies = results.get("anomalies") or {}
-    if anomalies.get("layer") == layer and anomalies.get("grid"):
-        grid = anomalies["grid"]
-        return int(grid[0] if isinstance(grid, (list, tuple)) else grid)
-    for info in results.get("layers") or []:
-        if info.get("name") == layer:
-            h = info.get("height") or info.get("width")
-            return int(h) if h else None
-    for row in results.get("table") or []:
-        if row.get("layer") == layer and row.get("grid"):
-            return int(row["grid"])
-    return None
-
-
-def anomaly_layer(results: Mapping[str, Any]) -> str | None:
-    return (results.get("anomalies") or {}).get("layer") or (results.get("settings") or {}).get("anomaly_layer")
-
-
-def qualitative_figure(results: Mapping[str, Any], maps_npz: Any, max_images: int = 8) -> Figure | None:
-    """The paper's Fig. 1/3: the shown images (top row), then one row per similarity example
-    (position, corner, anomaly, semantic, ...) and per norm layer; columns are the shown images.
-
-    Each map row shares one colour scale (colour bar on the right). The reference token of an
-    example is marked with a red square in its image's column; on the anomaly layer's norm row
-    the detected anomalies are outlined as 2x2-token rectangles. ``maps_npz``: a path, an open
-    ``np.load`` result or a dict of arrays. Returns None when there is nothing to show.
-    """
-    maps = _load_maps(maps_npz)
-    info = results.get("maps") or {}
-    inputs = maps.get("inputs")
-    rows: list[dict[str, Any]] = []
-    for ex in info.get("examples") or []:
-        key = ex.get("key")
-        if key and key in maps:
-            rows.append({"kind": "example", "data": np.asarray(maps[key], dtype=np.float32), **ex})
-    a_layer = anomaly_layer(results)
-    for layer in info.get("norm_layers") or []:
-        key = norm_key(layer)
-        if key in maps:
-            rows.append({"kind": "norm", "data": np.asarray(maps[key], dtype=np.float32), "layer": layer,
-                         "title": "Token norm", "measure": "L2 norm"})
-    if not rows and inputs is None:
-        return None
-    k = max([len(r["data"]) for r in rows] + ([len(inputs)] if inputs is not None else []))
-    k = min(k, max_images)
-    if inputs is not None:
-        size = int(inputs.shape[1])
-    else:
-        size = int(results.get("settings", {}).get("size") or 512)
-    shown = list(info.get("images") or range(k))
-    sources = {int(im.get("index", -1)): im for im in results.get("images") or []}
-
-    n_rows = len(rows) + (1 if inputs is not None else 0)
-    # fixed layout (inches): row labels | k panels | colour bar with its label
-    panel, gap, left, cb_gap, cb_w, right = 1.85, 0.08, 0.62, 0.1, 0.13, 0.85
-    top, head = 0.42, (0.36 if inputs is not None else 0.0)
-    width = left + k * panel + (k - 1) * gap + cb_gap + cb_w + right
-    height = top + head + n_rows * panel + (n_rows - 1) * gap + 0.1
-    fig = Figure(figsize=(width, height))
-    axes = np.empty((n_rows, k), dtype=object)
-    cb_axes: list[Any] = []
-    for i in range(n_rows):
-        y0 = height - top - head - (i + 1) * panel - i * gap
-        for j in range(k):
-            x0 = left + j * (panel + gap)
-            axes[i, j] = fig.add_axes((x0 / width, y0 / height, panel / width, panel / height))
-        x_cb = left + k * panel + (k - 1) * gap + cb_gap
-        cb_axes.append(fig.add_axes((x_cb / width, (y0 + 0.08 * panel) / height, cb_w / width, 0.84 * panel / height)))
-    extent = (0, size, size, 0)
-    r0 = 0
-    if inputs is not None:
-        for j in range(k):
-            ax = axes[0, j]
-            if j < len(inputs):
-                ax.imshow(inputs[j], extent=extent, interpolation="bilinear")
-                idx = shown[j] if j < len(shown) else j
-                src = sources.get(int(idx), {}).get("source")
-                name = Path(str(src)).name if src else ""
-                name = name if len(name) <= 22 else name[:10] + "…" + name[-10:]
-                ax.set_title(mpl_text(f"image {idx}" + (f"\n{name}" if name else "")), fontsize=7.5)
-        axes[0, 0].set_ylabel("input", fontsize=8.5)
-        r0 = 1
-    anomalies = maps.get("anomalies")
-    a_grid = _layer_grid(results, a_layer)
-    for i, row in enumerate(rows):
-        data = row["data"][:k]
-        finite = data[np.isfinite(data)]
-        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        cmap = "magma" if row["kind"] == "norm" else "viridis"
-        im = None
-        for j in range(k):
-            ax = axes[r0 + i, j]
-            if j >= len(data):
-                continue
-            im = ax.imshow(data[j], extent=extent, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-            n = data.shape[-1]
-            ts = size / n
-            ref = row.get("ref")
-            if row["kind"] == "example" and ref is not None and len(ref) == 3 and int(ref[0]) == j:
-                _, rr, cc = (int(v) for v in ref)
-                if ts * 72 * panel / size > 9:  # big tokens: outline the token itself
-                    for ec, lw in (("white", 2.8), ("red", 1.4)):
-                        ax.add_patch(Rectangle((cc * ts, rr * ts), ts, ts, fill=False, ec=ec, lw=lw))
-                else:  # small tokens: a square marker around the token, visible at any grid size
-                    cx, cy = (cc + 0.5) * ts, (rr + 0.5) * ts
-                    ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="white", mew=2.6)
-                    ax.plot([cx], [cy], marker="s", ms=9, mfc="none", mec="red", mew=1.4)
-            if row["kind"] == "norm" and row["layer"] == a_layer and anomalies is not None and len(anomalies):
-                ats = size / (a_grid or n)
-                for pos, ax_x, ax_y in np.asarray(anomalies).reshape(-1, 3):
-                    if int(pos) == j:
-                        ax.add_patch(Rectangle((int(ax_x) * ats, int(ax_y) * ats), 2 * ats, 2 * ats, fill=False,
-                                               ec="#00e5ff", lw=1.3))
-        label = f"{row.get('title') or row.get('id') or ''}\n{row.get('layer', '')}"
-        axes[r0 + i, 0].set_ylabel(mpl_text(label), fontsize=7.5)
-        if im is not None:
-            cb = fig.colorbar(im, cax=cb_axes[r0 + i])
-            cb.ax.tick_params(labelsize=7)
-            measure = row.get("measure") or ""
-            if row["kind"] == "norm" and row["layer"] == a_layer and anomalies is not None:
-                measure += f"\n(□ {len(anomalies)} anomalies)"
-            cb.set_label(mpl_text(measure), fontsize=7.5)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for sp in ax.spines.values():
-            sp.set_linewidth(0.5)
-            sp.set_color("0.6")
-        ax.set_xlim(0, size)
-        ax.set_ylim(size, 0)
-    for i, cax in enumerate(cb_axes):
-        if not cax.collections and not cax.images:  # a row without a colour bar (the inputs)
-            cax.set_visible(False)
-    model = run_label(results, "model")
-    fig.suptitle(mpl_text(f"{model}: similarity maps (red square: reference token) and token norms"),
-                 fontsize=10, x=0.1 / width, y=1 - 0.08 / height, ha="left", va="top")
-    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,3 +560,6 @@ def save_figure(fig: Figure, path_without_suffix: str | Path, dpi: int = PNG_DPI
         fig.savefig(svg, format="svg", metadata={"Date": None})
     fig.savefig(png, format="png", dpi=dpi)
     return [svg, png]
+
+
+from .qualitative import anomaly_layer, qualitative_figure  # noqa: E402,F401  (re-exported; it imports the helpers above)

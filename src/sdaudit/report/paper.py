@@ -142,3 +142,20 @@ def paper_as_results(model: str) -> dict[str, Any]:
         "table": table,
         "anomalies": {"layer": PAPER_ANOMALY_LAYER, "count": count, "images_with": images_with, "n_images": n_images},
     }
+
+
+_PROBE_NAMES = {"lda": "the closed-form LDA probe", "ridge": "the closed-form ridge probe"}
+
+
+def probe_mismatch_note(probe_method: str | None) -> str | None:
+    """What to say next to a published overlay when the audit's probe is not the paper's, else None.
+
+    The published accuracies come from a probe trained with Adam for 5 epochs (``probe_method ==
+    "paper"`` reproduces it); a closed-form probe reaches other accuracies on the same features."""
+    if probe_method == "paper":
+        return None
+    head = "The published curves come from the paper's trained probe (Adam, 5 epochs)"
+    if not probe_method:
+        return f"{head}; this audit does not record which probe it used."
+    used = _PROBE_NAMES.get(str(probe_method), f"the '{probe_method}' probe")
+    return f"{head}; this audit used {used}."

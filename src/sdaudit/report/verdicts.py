@@ -1,0 +1,313 @@
+"""The analysis of an audit's numbers: per-layer flags and verdicts, and the findings of the page.
+
+A flag is raised only when the number is clearly over its threshold: with an interval (newer
+results) when the interval's low end clears it, and with a control run only when the interval of
+(model - control) lies above 0. Otherwise the layer gets a note ("uncertain (interval spans the
+threshold)", "not distinguishable from the untrained control") instead of a finding. Results
+without intervals keep the point-estimate rules, and their verdicts say "(no interval)".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .intervals import (FEW_CHANNELS, INTERVAL_METRICS, NOT_DEFINED, borders_undefined, clears_control, controls_of,
+                        fmt_interval, has_interval, interval, num, recurrence_text, warnings_of)
+from .paper import RESOLUTIONS
+
+#: Verdict thresholds (stated on the page). Position: above-chance skill at the finest comparison
+#: resolution, (acc - chance) / (1 - chance): 0 = chance, 1 = perfect. Border: relative similarity
+#: (cropped / full); anomalies: relative norm of the anomaly patches (mean over anomalies).
+THRESHOLDS: dict[str, float] = {
+    "position_strong": 0.5,
+    "position_mild": 0.2,
+    "corner_strong": 2.0,
+    "corner_mild": 1.5,
+    "border_strong": 1.2,
+    "border_mild": 1.1,
+    # a relative similarity divides by the group's mean cosine in the full image; where that reference is
+    # near zero (near-orthogonal tokens, e.g. a 4-channel conv_out) the ratio is arbitrary, not an artifact
+    "border_min_reference": 0.05,
+    "anomaly_strong": 2.0,
+    "anomaly_mild": 1.5,
+}
+
+UNCERTAIN = "uncertain (interval spans the threshold)"
+FEW_CHANNELS_NOTE = "few channels: norm outliers and ratios mean little here"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _ratio(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def finest_resolution(table: Sequence[Mapping[str, Any]]) -> int | None:
+    """The largest comparison resolution s with any probe accuracy in the table."""
+    have = [s for s in RESOLUTIONS if any(num(r.get(f"probe_acc_{s}")) is not None for r in table)]
+    return max(have) if have else None
+
+
+def _chance(row: Mapping[str, Any], s: int) -> float | None:
+    c = num(row.get(f"probe_chance_{s}"))
+    if c is None:
+        g = num(row.get("grid"))
+        c = 1.0 / min(s, g) if g else None
+    return c
+
+
+def _skill(acc: float | None, chance: float | None) -> float | None:
+    if acc is None or chance is None or chance >= 1:
+        return None
+    return (acc - chance) / (1 - chance)
+
+
+def _n_images(results: Mapping[str, Any]) -> int | None:
+    if results.get("images"):
+        return len(results["images"])
+    return (results.get("anomalies") or {}).get("n_images")
+
+
+def _level(value: float | None, mild: float, strong: float) -> int:
+    if value is None:
+        return -1  # not measured
+    return 2 if value >= strong else 1 if value >= mild else 0
+
+
+def _meaningful(ratio: float | None, reference: float | None) -> bool:
+    """Whether a relative similarity can be read: positive, over a reference similarity (the full image's
+    group mean cosine, its denominator) of at least ``border_min_reference``, where that is known."""
+    return ratio is not None and ratio > 0 and (reference is None or reference >= THRESHOLDS["border_min_reference"])
+
+
+def meaningful_mask(results: Mapping[str, Any], layers: Sequence[str], group: str) -> list[bool]:
+    """Per layer: whether its ``group`` ("corner" / "border") ratio is one the report reads (for the figures)."""
+    by = {str(r.get("layer")): r for r in results.get("table") or []}
+    refs = results.get("borders") or {}
+    out = []
+    for name in layers:
+        row = by.get(name) or {}
+        reference = ((refs.get(name) or {}).get("full") or {}).get(group)
+        out.append(not borders_undefined(row) and _meaningful(num(row.get(f"{group}_rel_sim")), num(reference)))
+    return out
+
+
+def _flag(row: Mapping[str, Any], metric: str, value: float | None, low: float | None, *, mild: float,
+          strong: float, controls: Sequence[Mapping[str, Any]], what: str) -> tuple[int, str | None]:
+    """(level, note) of one measure: the level the evidence supports, and why it is lower than the point's."""
+    level = _level(value, mild, strong)
+    if level <= 0:
+        return level, None
+    note = None
+    if has_interval(row, metric):
+        # a finding needs its whole interval over the threshold: judge the low end
+        sure = max(_level(low, mild, strong), 0)
+        if sure < level:
+            level, note = sure, f"{what} {UNCERTAIN}"
+    if level > 0 and controls:
+        label = clears_control(row, metric, controls)
+        if label is not None:
+            name = "the control" if label == "control" else f"the {label} control"
+            level, note = 0, f"{what} not distinguishable from {name}"
+    return level, note
+
+
+def _channels(results: Mapping[str, Any]) -> dict[str, int]:
+    out = {}
+    for info in results.get("layers") or []:
+        ch = num(info.get("channels")) if isinstance(info, Mapping) else None
+        if ch is not None:
+            out[str(info.get("name"))] = int(ch)
+    return out
+
+
+def _failed(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"layer": row.get("layer"), "grid": row.get("grid"), "kind": row.get("kind"), "acc": None,
+            "chance": None, "skill": None, "pos_level": -1, "corner": None, "border": None,
+            "corner_ok": False, "border_ok": False, "border_level": -1, "ill": False, "anomaly": None,
+            "anomaly_std": None, "anomaly_level": -1, "anomaly_text": "—", "acc_text": "not run",
+            "border_text": "—", "overall": -1, "verdict": "failed", "label": "failed", "intervals": False,
+            "notes": f"analysis failed: {row['error']}"}
+
+
+def _verdict(row, results, s, controls, channels, none_found) -> dict[str, Any]:
+    t = THRESHOLDS
+    notes: list[str] = []
+    acc = num(row.get(f"probe_acc_{s}")) if s else None
+    acc_low, acc_high = interval(row, f"probe_acc_{s}") if s else (None, None)
+    chance = _chance(row, s) if s else None
+    skill = _skill(acc, chance)
+    pos_level, pos_note = (_flag(row, f"probe_acc_{s}", skill, _skill(acc_low, chance), mild=t["position_mild"],
+                                 strong=t["position_strong"], controls=controls, what="position code")
+                           if s else (-1, None))
+    undefined = borders_undefined(row)
+    corner = None if undefined else num(row.get("corner_rel_sim"))
+    border = None if undefined else num(row.get("border_rel_sim"))
+    reference = ((results.get("borders") or {}).get(row.get("layer")) or {}).get("full") or {}
+    corner_ok = _meaningful(corner, num(reference.get("corner")))
+    border_ok = _meaningful(border, num(reference.get("border")))
+    c_level, c_note = _flag(row, "corner_rel_sim", corner if corner_ok else None, interval(row, "corner_rel_sim")[0],
+                            mild=t["corner_mild"], strong=t["corner_strong"], controls=controls, what="corner ratio")
+    e_level, e_note = _flag(row, "border_rel_sim", border if border_ok else None, interval(row, "border_rel_sim")[0],
+                            mild=t["border_mild"], strong=t["border_strong"], controls=controls, what="border ratio")
+    b_level = max(c_level, e_level)
+    ill = (corner is not None and not corner_ok) or (border is not None and not border_ok)
+    anomaly = num(row.get("anomaly_rel_norm_mean"))
+    a_level, a_note = _flag(row, "anomaly_rel_norm_mean", anomaly, interval(row, "anomaly_rel_norm_mean")[0],
+                            mild=t["anomaly_mild"], strong=t["anomaly_strong"], controls=controls, what="anomaly norm")
+    if anomaly is None and none_found:
+        a_level, a_text = 0, "none found"
+    else:
+        a_text = fmt_interval(anomaly, *interval(row, "anomaly_rel_norm_mean"), _ratio) if anomaly is not None else "not run"
+    notes += [{2: "encodes absolute position", 1: "some position information"}.get(pos_level, "")]
+    notes += [{2: "strong border/corner artifact", 1: "mild border/corner artifact"}.get(b_level, "")]
+    if ill:
+        notes.append("border/corner ratio not meaningful (reference similarity near zero)")
+    if undefined:
+        notes.append(f"border/corner {NOT_DEFINED}")
+    notes += [{2: "high-norm anomalies", 1: "raised norm at anomalies"}.get(a_level, "")]
+    notes += [n for n in (pos_note, c_note, e_note, a_note) if n]
+    if 0 < channels.get(str(row.get("layer")), FEW_CHANNELS + 1) <= FEW_CHANNELS:
+        notes.append(FEW_CHANNELS_NOTE)
+    notes = [n for n in notes if n]
+    # position alone is expected in a U-Net: at most "caution"; artifacts can make a layer "affected"
+    # a border test that could not be read is no pass either: at least "caution"; nor is an artifact whose
+    # interval spans its threshold (one the control shows as well is no artifact of this model: no raise)
+    uncertain = any(n and UNCERTAIN in n for n in (c_note, e_note, a_note))
+    overall = max(min(pos_level, 1), b_level, a_level, 1 if ill or uncertain else 0)
+    verdict = ["usable", "caution", "affected"][overall]
+    with_intervals = any(has_interval(row, m) for m in INTERVAL_METRICS)
+    if undefined:
+        border_text = NOT_DEFINED
+    elif b_level >= 0 or ill:
+        border_text = (fmt_interval(corner, *interval(row, "corner_rel_sim"), _ratio) + " / "
+                       + fmt_interval(border, *interval(row, "border_rel_sim"), _ratio))
+    else:
+        border_text = "not run"
+    return {
+        "layer": row.get("layer"), "grid": row.get("grid"), "kind": row.get("kind"),
+        "acc": acc, "acc_low": acc_low, "acc_high": acc_high, "chance": chance, "skill": skill, "pos_level": pos_level,
+        "acc_text": fmt_interval(acc, acc_low, acc_high, _pct) if acc is not None else "not run",
+        "corner": corner, "border": border, "corner_ok": corner_ok, "border_ok": border_ok,
+        "border_level": b_level, "ill": ill, "border_text": border_text, "borders_undefined": undefined,
+        "anomaly": anomaly, "anomaly_std": num(row.get("anomaly_rel_norm_std")), "anomaly_level": a_level,
+        "anomaly_text": a_text, "overall": overall, "verdict": verdict, "intervals": with_intervals,
+        # old results: the point-estimate rules, labelled as such
+        "label": verdict if with_intervals else f"{verdict} (no interval)",
+        "notes": "; ".join(notes) if notes else "no flag",
+    }
+
+
+def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per layer: the three flags (level -1 not measured, 0 none, 1 mild, 2 strong) and a verdict.
+
+    ``verdict`` is usable / caution / affected / failed; ``label`` adds "(no interval)" when the
+    row has no interval fields; ``notes`` says why, including the flags the evidence does not carry.
+    """
+    table = results["table"]
+    s = finest_resolution(table)
+    anomalies = results.get("anomalies")
+    none_found = isinstance(anomalies, Mapping) and anomalies.get("count") == 0
+    controls, channels = controls_of(results), _channels(results)
+    return [_failed(row) if row.get("error") else _verdict(row, results, s, controls, channels, none_found)
+            for row in table]
+
+
+def _layer_range(names: Sequence[str], order: Sequence[str]) -> str:
+    """'9 layers from A to B' when they are consecutive in the plot order, else the list."""
+    if not names:
+        return ""
+    idx = sorted(order.index(n) for n in names if n in order)
+    if len(idx) > 3 and idx == list(range(idx[0], idx[-1] + 1)):
+        return f"{len(idx)} consecutive layers, from {order[idx[0]]} to {order[idx[-1]]}"
+    if len(idx) > 3:
+        return f"{len(idx)} layers, from {order[idx[0]]} to {order[idx[-1]]}"
+    return ", ".join(names)
+
+
+def _clearly_above(row: Mapping[str, Any], metric: str, threshold: float, controls) -> bool:
+    """Above ``threshold`` by the interval's low end where there is one, and beyond every control."""
+    value = num(row.get(metric))
+    if value is None or value <= threshold:
+        return False
+    if has_interval(row, metric):
+        low = interval(row, metric)[0]
+        if low is None or low <= threshold:
+            return False
+    return clears_control(row, metric, controls) is None
+
+
+def _position(verdicts, s) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    measured = [v for v in verdicts if v["skill"] is not None]
+    ranked = sorted(measured, key=lambda v: -v["skill"])
+    item = lambda v: {"layer": v["layer"], "grid": v["grid"], "acc": v["acc"], "chance": v["chance"],  # noqa: E731
+                      "acc_text": v["acc_text"], "classes": min(s, int(v["grid"])) if v["grid"] else None}
+    return {"s": s, "top": [item(v) for v in ranked[:3]], "bottom": [item(v) for v in ranked[-2:][::-1]],
+            "n_strong": sum(v["pos_level"] == 2 for v in measured), "n_measured": len(measured)}
+
+
+def _borders(table, verdicts, controls) -> dict[str, Any] | None:
+    # the readable ratios only: an arbitrary one (see _meaningful) would top these lists
+    rows = {str(r.get("layer")): r for r in table}
+    def listed(group):
+        ok = [v for v in verdicts if v[f"{group}_ok"]]
+        return [(v["layer"], v[group], fmt_interval(v[group], *interval(rows[str(v["layer"])], f"{group}_rel_sim"),
+                                                    _ratio)) for v in ok], ok
+    corners, c_ok = listed("corner")
+    borders, e_ok = listed("border")
+    if not corners and not borders and not any(v["ill"] for v in verdicts):
+        return None
+    above = lambda ok, m: sum(_clearly_above(rows[str(v["layer"])], m, 1.0, controls) for v in ok)  # noqa: E731
+    return {
+        "top_corner": sorted(corners, key=lambda t: -t[1])[:3], "top_border": sorted(borders, key=lambda t: -t[1])[:3],
+        "n_corner_above_1": above(c_ok, "corner_rel_sim"), "n_corner": len(corners),
+        "n_border_above_1": above(e_ok, "border_rel_sim"), "n_border": len(borders),
+        "n_strong": sum(v["border_level"] == 2 for v in verdicts),
+        "ill": [v["layer"] for v in verdicts if v["ill"]],
+        "undefined": [v["layer"] for v in verdicts if v.get("borders_undefined")],
+    }
+
+
+def _anomalies(results, table, verdicts) -> dict[str, Any] | None:
+    anomalies = results.get("anomalies") or {}
+    rel = [(r.get("layer"), num(r.get("anomaly_rel_norm_mean")), num(r.get("anomaly_rel_norm_std")), r) for r in table]
+    rel = [t for t in rel if t[1] is not None]
+    if not anomalies and not rel:
+        return None
+    order = [str(r.get("layer")) for r in table]
+    # the layers with a strong flag: judged on the interval and the controls where there are any
+    above = [v["layer"] for v in verdicts if v["anomaly_level"] == 2]
+    peak = max(rel, key=lambda t: t[1]) if rel else None
+    n_img = anomalies.get("n_images") or _n_images(results)
+    with_ = anomalies.get("images_with")
+    layer = anomalies.get("layer") or (results.get("settings") or {}).get("anomaly_layer")
+    return {
+        "layer": layer, "count": anomalies.get("count"), "images_with": with_, "n_images": n_img,
+        "share": (with_ / n_img) if (with_ is not None and n_img) else None,
+        "above": above, "above_text": _layer_range(above, order), "peak": peak[:3] if peak else None,
+        "peak_interval": interval(peak[3], "anomaly_rel_norm_mean") if peak else (None, None),
+    }
+
+
+def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The findings of an audit as plain data (the page renders them as sentences)."""
+    table = results["table"]
+    verdicts = layer_verdicts(results)
+    controls = controls_of(results)
+    out: dict[str, Any] = {"n_layers": len(table), "verdicts": verdicts, "controls": controls,
+                           "position": _position(verdicts, finest_resolution(table)),
+                           "borders": _borders(table, verdicts, controls),
+                           "anomalies": _anomalies(results, table, verdicts),
+                           "recurrence": recurrence_text(results.get("recurrence")),
+                           "random_weights": bool((results.get("model") or {}).get("random_weights")),
+                           "warnings": warnings_of(results),
+                           "intervals": any(v["intervals"] for v in verdicts)}
+    levels = [v["overall"] for v in verdicts]
+    out["n_usable"], out["n_caution"], out["n_affected"] = (levels.count(0), levels.count(1), levels.count(2))
+    out["n_failed"] = levels.count(-1)
+    return out
