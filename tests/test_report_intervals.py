@@ -286,3 +286,17 @@ def test_a_single_warning_string_is_one_warning():
     r = iv_results()
     r["warnings"] = "only 9 images"
     assert summarize(r)["warnings"] == ["only 9 images"]
+
+
+def test_a_second_control_uses_its_own_paired_beyond_fields_and_points_for_accuracy():
+    """The audit writes beyond_* of (model - control) into each control's own rows: a second control uses them;
+    accuracy differences read in percentage points."""
+    from sdaudit.report.html import fmt_points
+    from sdaudit.report.intervals import beyond
+
+    row = {"layer": "L", "corner_rel_sim": 1.5, "corner_rel_sim_low": 1.4, "corner_rel_sim_high": 1.6}
+    control = {"label": "circular padding", "by_layer": {"L": {
+        "layer": "L", "corner_rel_sim": 1.0, "corner_rel_sim_low": 0.9, "corner_rel_sim_high": 1.1,
+        "beyond_corner_rel_sim": 0.5, "beyond_corner_rel_sim_low": 0.45, "beyond_corner_rel_sim_high": 0.55}}}
+    assert beyond(row, "corner_rel_sim", control, first=False) == (0.5, 0.45, 0.55)  # not the wide (0.3, 0.7)
+    assert fmt_points(0.3) == "30.0 pp"

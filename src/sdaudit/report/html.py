@@ -55,6 +55,12 @@ def fmt_pct(v: Any) -> str:
     return "—" if f is None else f"{100 * f:.1f}%"
 
 
+def fmt_points(v: Any) -> str:
+    """A difference of two accuracies in percentage points: 0.3 -> '30.0 pp'; missing -> '—'."""
+    f = _num(v)
+    return "—" if f is None else f"{100 * f:.1f} pp"
+
+
 def fmt_ratio(v: Any) -> str:
     """1.21224 -> '1.21'; missing -> '—'."""
     f = _num(v)
@@ -170,7 +176,7 @@ def _env() -> jinja2.Environment:
 
 def _beyond_cells(results: Mapping[str, Any], controls: Sequence[Mapping[str, Any]], s: int | None) -> list[list[list[str]]]:
     """Per table row, per control: 'corner +0.30 [+0.12, +0.51]' texts of (model - control)."""
-    metrics = ([(f"probe_acc_{s}", f"acc s={s}", fmt_pct)] if s else []) + [
+    metrics = ([(f"probe_acc_{s}", f"acc s={s}", fmt_points)] if s else []) + [
         ("corner_rel_sim", "corner", fmt_ratio), ("border_rel_sim", "border", fmt_ratio),
         ("anomaly_rel_norm_mean", "anomaly", fmt_ratio)]
     out = []

@@ -74,15 +74,17 @@ def beyond(row: Mapping[str, Any], metric: str, control: Mapping[str, Any], *,
            first: bool) -> tuple[float | None, float | None, float | None] | None:
     """(model - control, low, high) for ``metric`` at this row's layer, or None when unknown.
 
-    The audit's ``beyond_M*`` fields belong to the first control (the only one it writes them for).
-    For a further control without them, the difference of the point estimates with a conservative
-    interval from the two intervals (model low - control high, model high - control low).
+    The model's ``beyond_M*`` fields belong to the first control; every control's own table rows carry
+    ``beyond_M*`` of (model - that control) too. Without them, the difference of the point estimates
+    with a conservative interval from the two intervals (model low - control high, model high - control low).
     """
     if first and f"beyond_{metric}" in row:
         return num(row.get(f"beyond_{metric}")), num(row.get(f"beyond_{metric}_low")), num(row.get(f"beyond_{metric}_high"))
     crow = control["by_layer"].get(str(row.get("layer")))
     if not crow:
         return None
+    if f"beyond_{metric}" in crow:  # the paired interval the audit computed for this control
+        return num(crow.get(f"beyond_{metric}")), num(crow.get(f"beyond_{metric}_low")), num(crow.get(f"beyond_{metric}_high"))
     m, c = num(row.get(metric)), num(crow.get(metric))
     if m is None or c is None:
         return None
