@@ -272,7 +272,10 @@ def test_verdicts_failed_layer_and_no_anomalies():
     r["table"][3] = {"layer": r["table"][3]["layer"], "grid": 64, "error": "out of memory"}
     v = layer_verdicts(r)
     assert v[3]["verdict"] == "failed" and "out of memory" in v[3]["notes"]
-    assert v[0]["anomaly_text"] == "none found" and v[0]["anomaly_level"] == 0
+    # only the detector's layer was searched: "none found" there, "not searched" elsewhere
+    searched = next(x for x in v if x["layer"] == "up_blocks[1].upsamplers[0]")
+    assert searched["anomaly_text"] == "none found" and searched["anomaly_level"] == 0
+    assert v[0]["anomaly_text"] == "not searched (detector on up_blocks[1].upsamplers[0])" and v[0]["anomaly_level"] == 0
     s = summarize(r)
     assert s["n_failed"] == 1 and s["anomalies"]["count"] == 0 and s["anomalies"]["peak"] is None
     fig = F.quantitative_figure([r])

@@ -300,3 +300,23 @@ def test_a_second_control_uses_its_own_paired_beyond_fields_and_points_for_accur
         "beyond_corner_rel_sim": 0.5, "beyond_corner_rel_sim_low": 0.45, "beyond_corner_rel_sim_high": 0.55}}}
     assert beyond(row, "corner_rel_sim", control, first=False) == (0.5, 0.45, 0.55)  # not the wide (0.3, 0.7)
     assert fmt_points(0.3) == "30.0 pp"
+
+
+def test_timesteps_get_one_figure_with_a_curve_family_each(tmp_path):
+    """An audit of several timesteps: figures/timesteps.svg and a 'Per timestep' section."""
+    import json
+
+    from sdaudit.report import build_report
+    from tests.test_report import fake_results
+
+    r = fake_results("sd15")
+    later = [dict(row, probe_acc_8=(row.get("probe_acc_8") or 0.5) * 0.5) for row in r["table"]]
+    r["timesteps"] = [{"timestep": 50, "table": r["table"]}, {"timestep": 500, "table": later}]
+    (tmp_path / "results.json").write_text(json.dumps(r))
+    page = build_report([tmp_path]).read_text(encoding="utf-8")
+    assert (tmp_path / "figures" / "timesteps.svg").is_file() and "Per timestep" in page and "t = 500" in page
+    del r["timesteps"]
+    (tmp_path / "results.json").write_text(json.dumps(r))
+    (tmp_path / "figures" / "timesteps.svg").unlink()
+    assert "Per timestep" not in build_report([tmp_path]).read_text(encoding="utf-8")
+    assert not (tmp_path / "figures" / "timesteps.svg").exists()

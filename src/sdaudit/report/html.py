@@ -194,6 +194,19 @@ def _model_title(results: Mapping[str, Any]) -> str:
     return F.run_label(results, "model")
 
 
+def _timestep_figure(results: Mapping[str, Any], fig_dir: Path) -> list[Path] | None:
+    """``figures/timesteps.{svg,png}``: the per-layer curves of every audited timestep in one figure (or None)."""
+    timesteps = results.get("timesteps") or []
+    if len(timesteps) < 2:
+        return None
+    runs = [{**results, "table": t["table"], "label": f"t = {t['timestep']}", "control": None, "controls": []}
+            for t in timesteps]
+    fig = F.quantitative_figure(runs)
+    files = F.save_figure(fig, fig_dir / "timesteps")
+    fig.clear()
+    return files
+
+
 def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
     """Redraw ``DIR/figures/{quantitative,qualitative}.{svg,png}`` and write ``DIR/report.html``.
 
@@ -209,6 +222,7 @@ def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
     quant = F.quantitative_figure([results], paper=published)
     quant_files = F.save_figure(quant, fig_dir / "quantitative")
     quant.clear()
+    timestep_files = _timestep_figure(results, fig_dir)
     qual_files = None
     maps_path = result_dir / "maps.npz"
     if maps_path.is_file() and results.get("maps"):
@@ -225,6 +239,8 @@ def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
         "finest": finest, "resolutions": [s for s in RESOLUTIONS if any(f"probe_acc_{s}" in r for r in results["table"])],
         "grids": grids, "n_images": _n_images(results), "settings": _settings_rows(results.get("settings") or {}),
         "quant_uri": _data_uri(quant_files[0], "image/svg+xml"),
+        "timestep_uri": _data_uri(timestep_files[0], "image/svg+xml") if timestep_files else None,
+        "timesteps": [t["timestep"] for t in results.get("timesteps") or []],
         "qual_uri": _data_uri(qual_files[1], "image/png") if qual_files else None,
         "compare_paper": compare_paper, "paper_key": paper_model_key(model_name),
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -137,6 +137,12 @@ A flag needs evidence: with a 95 % interval, its low end must clear the threshol
 <figcaption>As in the paper's Fig. 2: layers in execution order, labelled by kind (res = resnet, attn = transformer, down/up = down-/upsampler, conv = conv_in/conv_out) with their block below (down0 = <code>down_blocks[0]</code>, mid = <code>mid_block</code>, …).
 Top: probe accuracy per comparison resolution s (darker = finer) and, dotted, chance 1/min(s, n). Middle: relative similarity of corner and border tokens, log₂ axis; above the dashed line at 1, edge tokens are more alike than the same content elsewhere. Bottom: relative norm of the anomaly patches on every layer (mean{% if summary.intervals %} with its 95 % interval{% else %} ± std over anomalies{% endif %}), log₂ axis.{% if summary.intervals %} Shaded bands: 95 % bootstrap intervals over images.{% endif %}{% if summary.controls %} Grey dashed: the control{{ "s" if summary.controls|length > 1 }} ({% for c in summary.controls %}{{ c.label }}{% if not loop.last %}, {% endif %}{% endfor %}).{% endif %} Open triangles at the top edge: ratios that are not meaningful or not defined, drawn there instead of at their value.{% if compare_paper and agreement %} Thin grey dash-dot: the published numbers ({{ paper_name }}).{% if probe_note %} <b>{{ probe_note }}</b>{% endif %}{% endif %} Files: <code>figures/quantitative.svg</code>, <code>.png</code>.</figcaption></figure>
 
+{% if timestep_uri %}
+<h2 id="timesteps">Per timestep</h2>
+<figure><img alt="per-layer curves at each audited timestep" src="{{ timestep_uri }}">
+<figcaption>The same three panels at each audited timestep ({% for t in timesteps %}t = {{ t }}{% if not loop.last %}, {% endif %}{% endfor %}; the tables above are for t = {{ timesteps[0] }}), one colour family per timestep. Files: <code>figures/timesteps.svg</code>, <code>.png</code>; every timestep's numbers are in <code>results.json</code> (<code>timesteps</code>) and <code>results.csv</code>.</figcaption></figure>
+{% endif %}
+
 {% if qual_uri %}
 <h2 id="maps">Similarity and norm maps</h2>
 <figure><img alt="similarity maps and norm maps of the shown images" src="{{ qual_uri }}">

@@ -158,8 +158,10 @@ def _verdict(row, results, s, controls, channels, none_found) -> dict[str, Any]:
     anomaly = num(row.get("anomaly_rel_norm_mean"))
     a_level, a_note = _flag(row, "anomaly_rel_norm_mean", anomaly, interval(row, "anomaly_rel_norm_mean")[0],
                             mild=t["anomaly_mild"], strong=t["anomaly_strong"], controls=controls, what="anomaly norm")
+    searched = (results.get("anomalies") or {}).get("layer")
     if anomaly is None and none_found:
-        a_level, a_text = 0, "none found"
+        # the detector searches one layer; the others are measured at its finds, never searched themselves
+        a_level, a_text = 0, "none found" if row.get("layer") == searched else f"not searched (detector on {searched})"
     else:
         a_text = fmt_interval(anomaly, *interval(row, "anomaly_rel_norm_mean"), _ratio) if anomaly is not None else "not run"
     notes += [{2: "encodes absolute position", 1: "some position information"}.get(pos_level, "")]
