@@ -69,8 +69,10 @@ def test_intervals_everywhere_and_honest_labels(controlled):
     assert saved["model"]["random_weights"] is True
     assert any("only 6 images" in w for w in saved["warnings"]) and any("test split" in w for w in saved["warnings"])
     row = {r["layer"]: r for r in saved["table"]}["up_blocks[3].resnets[0]"]
-    for metric in ("probe_acc_8", "corner_rel_sim", "border_rel_sim", "other_rel_sim"):
+    for metric in ("corner_rel_sim", "border_rel_sim", "other_rel_sim"):
         assert row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"], metric
+    # 6 images: the probe tests on 2, too few for an interval, so none is given rather than a spurious one
+    assert row["probe_test_images"] == 2 and row["probe_acc_8_low"] is None and row["probe_acc_8"] is not None
     header, *lines = (out / "results.csv").read_text().splitlines()
     assert header.endswith(",value,low,high,seed_sd") and any(",corner_rel_sim," in x and not x.endswith(",,,") for x in lines)
     assert saved["settings"]["probe_method"] == "paper"
@@ -87,7 +89,10 @@ def test_control_curves_and_beyond_control_columns(controlled):
     for metric in ("probe_acc_8", "corner_rel_sim"):
         beyond = ours[layer][f"beyond_{metric}"]
         assert beyond == pytest.approx(ours[layer][metric] - theirs[layer][metric], abs=1e-9)
-        assert ours[layer][f"beyond_{metric}_low"] <= beyond <= ours[layer][f"beyond_{metric}_high"]
+    assert ours[layer]["beyond_corner_rel_sim_low"] <= ours[layer]["beyond_corner_rel_sim"] \
+        <= ours[layer]["beyond_corner_rel_sim_high"]
+    assert ours[layer]["beyond_probe_acc_8_low"] is None  # 2 test images: no interval
+    assert theirs[layer]["beyond_corner_rel_sim"] == ours[layer]["beyond_corner_rel_sim"]  # in the control's rows too
     # zero padding carries the position signal: the probe is better than with circular padding
     assert ours[layer]["probe_acc_8"] > theirs[layer]["probe_acc_8"]
 
@@ -105,14 +110,14 @@ def test_published_labels_refuse_an_audit_of_other_images(tiny, folder, tmp_path
 def test_given_labels_are_measured_instead_of_detections(tiny, folder, tmp_path):
     from sdaudit.analyses import save_labels
 
-    labels = np.array([[0, 1, 1], [2, 3, 0], [2, 0, 5], [5, 6, 6]])  # on the 8x8 anomaly layer at 128 px
+    labels = np.array([[0, 1, 1], [1, 2, 2], [2, 3, 0], [2, 0, 5], [3, 4, 4], [5, 6, 6]])  # 8x8 layer at 128 px
     save_labels(tmp_path / "mine.npy", labels)
     settings = AuditSettings(size=SIZE, layers=LAYERS, anomaly_labels=str(tmp_path / "mine.npy"),
                              analyses=["anomalies"])
     results = audit(tiny, folder, tmp_path / "out", settings, report=False, progress=False)
     row = {r["layer"]: r for r in results["table"]}["up_blocks[1].upsamplers[0]"]
-    assert row["anomaly_count"] == 4 and row["anomaly_rel_norm_mean_low"] <= row["anomaly_rel_norm_mean"]
-    assert results["recurrence"]["n_anomalies"] == 4
+    assert row["anomaly_count"] == 6 and row["anomaly_rel_norm_mean_low"] <= row["anomaly_rel_norm_mean"]
+    assert results["recurrence"]["n_anomalies"] == 6
 
 
 def test_timesteps_and_noise_seeds_in_one_audit(tiny, folder, tmp_path):
@@ -129,7 +134,7 @@ def test_timesteps_and_noise_seeds_in_one_audit(tiny, folder, tmp_path):
     main = {r["layer"]: r for r in results["table"]}[layer]
     late = {r["layer"]: r for r in results["timesteps"][1]["table"]}[layer]
     assert main["noise_seeds"] == 2 and main["probe_acc_8_seed_sd"] >= 0
-    assert main["probe_acc_8_low"] <= main["probe_acc_8"] <= main["probe_acc_8_high"]
+    assert main["corner_rel_sim_low"] <= main["corner_rel_sim"] <= main["corner_rel_sim_high"]
     assert late["corner_rel_sim"] != main["corner_rel_sim"]
     # the main number is the average of the two seeds' own audits
     single = [audit(tiny, folder, tmp_path / f"s{seed}", AuditSettings(size=SIZE, layers=LAYERS, seed=seed,

@@ -52,6 +52,8 @@ def test_seeded_and_level():
 def test_undefined_cases_give_nan_bounds():
     one = bootstrap_interval(np.array([[1.0, 2.0]]), ratio(0, 1))
     assert one.estimate == 0.5 and np.isnan(one.low) and np.isnan(one.high) and not one.excludes(0)
+    four = bootstrap_interval(np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0], [5.0, 1.0]]), ratio(0, 1))
+    assert np.isnan(four.low) and four.n == 4  # too few images for a percentile interval
     zeros = bootstrap_interval(np.zeros((10, 2)), ratio(0, 1))
     assert np.isnan(zeros.low)
     assert Interval.from_dict(one.to_dict()).estimate == 0.5

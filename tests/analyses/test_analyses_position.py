@@ -123,7 +123,7 @@ def test_probe_interval_covers_the_accuracy_and_shrinks_with_test_images():
     from sdaudit.analyses.synthetic import positional_features
 
     widths = []
-    for n in (20, 80, 320):
+    for n in (40, 160, 640):
         s = positional_features(n, 16, 8, strength=0.2, seed=3)
         r = position_probe(s.features, resolutions=(8,))
         iv = r.intervals[8]

@@ -31,6 +31,7 @@ import numpy as np
 
 DEFAULT_BOOT = 2000
 DEFAULT_LEVEL = 0.95
+MIN_IMAGES = 5  # fewer images have too few distinct resamples for a percentile interval (2 images: 3)
 _MAX_WEIGHTS = 1 << 22  # resampling weights are drawn in blocks of at most this many entries
 
 
@@ -88,8 +89,9 @@ def bootstrap_interval(rows: np.ndarray, statistic: Callable[[np.ndarray], np.nd
         statistic: maps sums of shape (..., m) to values of shape (...); must accept a batch.
         n_boot: resamples; level: coverage (0.95); seed: of the resampling.
 
-    With fewer than 2 images, or when fewer than half the resamples give a finite value (e.g.
-    a denominator that is 0 in most resamples), the bounds are NaN.
+    With fewer than ``MIN_IMAGES`` (5) images, or when fewer than half the resamples give a finite value
+    (e.g. a denominator that is 0 in most resamples), the bounds are NaN: a percentile interval over 2 or
+    3 images would look precise and mean nothing.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
@@ -99,7 +101,7 @@ def bootstrap_interval(rows: np.ndarray, statistic: Callable[[np.ndarray], np.nd
     n = rows.shape[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         estimate = float(statistic(rows.sum(axis=0)[None])[0]) if n else float("nan")
-        if n < 2:
+        if n < MIN_IMAGES:
             return Interval(estimate, float("nan"), float("nan"), level, n)
         values = np.asarray(statistic(resample_sums(rows, n_boot=n_boot, seed=seed)), dtype=np.float64)
     finite = values[np.isfinite(values)]

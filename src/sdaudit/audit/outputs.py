@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analyses import save_labels, to_jsonable
+from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.results import UNDEFINED_SMALL_GRID
 from ..layers import block_of, kind_of
 
@@ -86,7 +87,8 @@ def audit_warnings(n_images: int, table: list[dict], settings) -> list[str]:
     tests = [row["probe_test_images"] for row in table if row.get("probe_test_images")]
     if tests and min(tests) < MIN_TEST_IMAGES:
         out.append(f"the position probe's test split holds {min(tests)} images (fewer than {MIN_TEST_IMAGES}): "
-                   f"its accuracies rest on few images (train fraction {settings.train_fraction})")
+                   f"its accuracies rest on few images (train fraction {settings.train_fraction})"
+                   + (f"; with fewer than {MIN_BOOT_IMAGES} no interval is given" if min(tests) < MIN_BOOT_IMAGES else ""))
     return out
 
 
