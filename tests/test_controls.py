@@ -16,7 +16,7 @@ LAYER = "up_blocks[1].upsamplers[0]"
 @pytest.fixture(scope="module")
 def noise_images():
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(20)]
+    return [Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(30)]  # 6 test images
 
 
 def _probe(model, images):
