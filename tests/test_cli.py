@@ -114,6 +114,9 @@ def test_demo_runs_offline(tmp_path):
     assert len(results["images"]) == 9 and len(results["layers"]) == 45
     assert (tmp_path / "demo" / "report.html").is_file() and "report.html" in text
     assert all(np.isfinite(r["probe_acc_8"]) for r in results["table"])
+    # the terminal says what qualifies the numbers: random weights, few images, undefined and unreadable ratios
+    assert "random weights: this model was not trained" in text and "warning: only 9 images" in text
+    assert "n.d." in text and "the probe tests on 2 here" in text
 
 
 def test_audit_under_a_launcher_prints_one_summary(tmp_path, monkeypatch):

@@ -170,7 +170,9 @@ def test_quantitative_figure_missing_analysis_is_gaps():
 
 def test_qualitative_figure(sd15_dir):
     results = json.loads((sd15_dir / "results.json").read_text())
-    fig = F.qualitative_figure(results, sd15_dir / "maps.npz")
+    from sdaudit.report import qualitative_figure
+
+    fig = qualitative_figure(results, sd15_dir / "maps.npz")
     k = len(results["maps"]["images"])
     image_axes = [ax for ax in fig.axes if ax.get_images()]
     assert len(image_axes) == k * (1 + 4 + 2)

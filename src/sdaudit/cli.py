@@ -273,14 +273,10 @@ def report_cmd(
 
 def _print_caveats(results: dict) -> None:
     """What qualifies every number: random weights, controls run, the audit's own warnings."""
-    if results.get("model", {}).get("random_weights"):
-        err_console.print("[yellow]random weights:[/] this model was not trained; its numbers show what the "
-                          "architecture alone produces", highlight=False)
-    for control in results.get("controls", []):
-        console.print(f"control: {escape(control['label'])} (its curves and the 'beyond control' columns are in "
-                      "the report)", highlight=False)
-    for warning in results.get("warnings", []):
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    from .audit.caveats import caveats
+
+    for line in caveats(results):
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_errors(errors) -> None:

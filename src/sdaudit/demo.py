@@ -16,6 +16,7 @@ def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) ->
     from rich.table import Table
 
     from .audit import AuditSettings, audit
+    from .audit.caveats import caveats, ratio_text, with_interval
     from .images import demo_image_paths
     from .models import load_model
 
@@ -29,21 +30,27 @@ def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) ->
     results = audit(model, [str(p) for p in paths], out, AuditSettings(size=size, layers="paper"))
     elapsed = time.perf_counter() - start
     table = Table(title=f"{len(results['images'])} images, {len(results['layers'])} layers, "
-                        f"{results['run']['unet_passes_per_image']} U-Net passes per image ({elapsed:.0f} s)")
+                        f"{results['run']['unet_passes_per_image']} U-Net passes per image ({elapsed:.0f} s); "
+                        "random weights")
     table.add_column("layer", no_wrap=True, min_width=30)
-    for column in ("grid", "probe acc (finest)", "chance", "corner rel. sim.", "anomaly rel. norm"):
+    for column in ("grid", "probe acc (finest)", "chance", "corner rel. sim. [95 % interval]", "anomaly rel. norm"):
         table.add_column(column, justify="right")
     for row in results["table"]:
         s = min(64, row["grid"])
         s = max(v for v in (8, 16, 32, 64) if v <= max(s, 8))
-        table.add_row(row["layer"], f"{row['grid']}x{row['grid']}", _fmt(row.get(f"probe_acc_{s}")),
-                      _fmt(row.get(f"probe_chance_{s}")), _fmt(row.get("corner_rel_sim")),
-                      _fmt(row.get("anomaly_rel_norm_mean")))
+        table.add_row(row["layer"], f"{row['grid']}x{row['grid']}",
+                      with_interval(row.get(f"probe_acc_{s}"), row.get(f"probe_acc_{s}_low"),
+                                    row.get(f"probe_acc_{s}_high")),
+                      with_interval(row.get(f"probe_chance_{s}"), None, None), ratio_text(results, row),
+                      with_interval(row.get("anomaly_rel_norm_mean"), row.get("anomaly_rel_norm_mean_low"),
+                                    row.get("anomaly_rel_norm_mean_high")))
     console.print(table)
+    tests = min((r["probe_test_images"] for r in results["table"] if r.get("probe_test_images")), default=0)
+    console.print("n.d.: not defined (the crop's grid is under 3x3); n.m.: not meaningful (reference similarity "
+                  f"near zero); no interval from fewer than 5 images (the probe tests on {tests} here)",
+                  highlight=False)
+    for line in caveats(results):
+        console.print(line, markup=False, highlight=False)
     report = out / "report.html"
     console.print(f"report: [bold]{report.resolve()}[/]")
     return report
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .figures import norm_key, qualitative_figure, quantitative_figure, save_figure
+from .figures import norm_key, quantitative_figure, save_figure
+from .qualitative import qualitative_figure
 from .paper import load_paper_results, paper_as_results, paper_model_key
 
 COMPARE_DIRNAME = "report-compare"

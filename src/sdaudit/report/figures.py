@@ -560,6 +560,3 @@ def save_figure(fig: Figure, path_without_suffix: str | Path, dpi: int = PNG_DPI
         fig.savefig(svg, format="svg", metadata={"Date": None})
     fig.savefig(png, format="png", dpi=dpi)
     return [svg, png]
-
-
-from .qualitative import anomaly_layer, qualitative_figure  # noqa: E402,F401  (re-exported; it imports the helpers above)

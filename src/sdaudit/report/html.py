@@ -24,6 +24,8 @@ import jinja2
 
 from . import figures as F
 from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval
+from .intervals import num as _num
+from .qualitative import qualitative_figure
 from .paper import (PAPER_ANOMALY_LABELS, PAPER_MODEL_NAMES, RESOLUTIONS, load_paper_results, paper_model_key,
                     probe_mismatch_note)
 from .templates import _COMPARE_TEMPLATE, _REPORT_TEMPLATE
@@ -37,16 +39,6 @@ RESULTS_FORMAT = "sdaudit-audit/"
 
 # --------------------------------------------------------------------------------------------
 # number formats (the tests use these too, so the page and the tests agree)
-
-
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, (bool, jinja2.Undefined)):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def fmt_pct(v: Any) -> str:
@@ -226,7 +218,7 @@ def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
     qual_files = None
     maps_path = result_dir / "maps.npz"
     if maps_path.is_file() and results.get("maps"):
-        qual = F.qualitative_figure(results, maps_path)
+        qual = qualitative_figure(results, maps_path)
         if qual is not None:
             qual_files = F.save_figure(qual, fig_dir / "qualitative")
             qual.clear()

@@ -25,7 +25,9 @@ FEW_CHANNELS = 8
 
 def num(v: Any) -> float | None:
     """A value as a finite float, else None (None, bool, text, NaN, jinja Undefined)."""
-    if v is None or isinstance(v, bool):
+    import jinja2
+
+    if v is None or isinstance(v, (bool, jinja2.Undefined)):
         return None
     try:
         f = float(v)

@@ -1,6 +1,6 @@
 """The paper's Fig. 1/3: similarity maps to marked tokens and token-norm maps over the shown images.
 
-Split from :mod:`.figures` (which re-exports :func:`qualitative_figure` and :func:`anomaly_layer`).
+Split from :mod:`.figures`; :mod:`sdaudit.report` exports :func:`qualitative_figure`.
 """
 
 from __future__ import annotations

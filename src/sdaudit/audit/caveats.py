@@ -1,0 +1,42 @@
+"""What qualifies an audit's numbers, in words for the terminal: random weights, controls, warnings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+NOT_MEANINGFUL_REFERENCE = 0.05  # a ratio over a reference similarity below this is not meaningful (the report's rule)
+
+
+def caveats(results: Mapping[str, Any]) -> list[str]:
+    """Lines to print under an audit's summary."""
+    out = []
+    if (results.get("model") or {}).get("random_weights"):
+        out.append("random weights: this model was not trained; its numbers show what the architecture alone "
+                   "produces")
+    for control in results.get("controls", []):
+        out.append(f"control: {control['label']} (its curves and the 'beyond control' columns are in the report)")
+    out += [f"warning: {w}" for w in results.get("warnings", [])]
+    return out
+
+
+def ratio_text(results: Mapping[str, Any], row: Mapping[str, Any], group: str = "corner") -> str:
+    """A border/corner ratio with its interval, 'n.d.' where not defined, 'n.m.' where not meaningful."""
+    if row.get("borders_undefined"):
+        return "n.d."
+    value = row.get(f"{group}_rel_sim")
+    if value is None:
+        return "-"
+    reference = (((results.get("borders") or {}).get(row["layer"]) or {}).get("full") or {}).get(group)
+    if reference is None or reference < NOT_MEANINGFUL_REFERENCE or value <= 0:
+        return "n.m."
+    return with_interval(value, row.get(f"{group}_rel_sim_low"), row.get(f"{group}_rel_sim_high"))
+
+
+def with_interval(value, low, high, digits: int = 3) -> str:
+    """'0.812 [0.790, 0.835]'; without bounds the value alone; '-' without a value."""
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
