@@ -161,7 +161,7 @@ def _verdict(row, results, s, controls, channels, none_found) -> dict[str, Any]:
     searched = (results.get("anomalies") or {}).get("layer")
     if anomaly is None and none_found:
         # the detector searches one layer; the others are measured at its finds, never searched themselves
-        a_level, a_text = 0, "none found" if row.get("layer") == searched else f"not searched (detector on {searched})"
+        a_level, a_text = 0, "none found" if row.get("layer") == searched else "not searched"
     else:
         a_text = fmt_interval(anomaly, *interval(row, "anomaly_rel_norm_mean"), _ratio) if anomaly is not None else "not run"
     notes += [{2: "encodes absolute position", 1: "some position information"}.get(pos_level, "")]
