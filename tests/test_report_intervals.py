@@ -320,3 +320,14 @@ def test_timesteps_get_one_figure_with_a_curve_family_each(tmp_path):
     (tmp_path / "figures" / "timesteps.svg").unlink()
     assert "Per timestep" not in build_report([tmp_path]).read_text(encoding="utf-8")
     assert not (tmp_path / "figures" / "timesteps.svg").exists()
+
+
+def test_a_missing_interval_is_named_as_such_not_as_spanning_the_threshold():
+    from sdaudit.report.verdicts import _flag
+
+    row = {"probe_acc_64": 0.9, "probe_acc_64_low": None, "probe_acc_64_high": None}
+    level, note = _flag(row, "probe_acc_64", 0.9, None, mild=0.2, strong=0.5, controls=[], what="position code")
+    assert level == 0 and note == "position code unconfirmed (too few images for an interval)"
+    level, note = _flag({**row, "probe_acc_64_low": 0.3}, "probe_acc_64", 0.9, 0.3, mild=0.2, strong=0.5,
+                        controls=[], what="position code")
+    assert level == 1 and "spans the threshold" in note

@@ -95,6 +95,9 @@ def meaningful_mask(results: Mapping[str, Any], layers: Sequence[str], group: st
     return out
 
 
+NO_INTERVAL = "unconfirmed (too few images for an interval)"
+
+
 def _flag(row: Mapping[str, Any], metric: str, value: float | None, low: float | None, *, mild: float,
           strong: float, controls: Sequence[Mapping[str, Any]], what: str) -> tuple[int, str | None]:
     """(level, note) of one measure: the level the evidence supports, and why it is lower than the point's."""
@@ -106,7 +109,8 @@ def _flag(row: Mapping[str, Any], metric: str, value: float | None, low: float |
         # a finding needs its whole interval over the threshold: judge the low end
         sure = max(_level(low, mild, strong), 0)
         if sure < level:
-            level, note = sure, f"{what} {UNCERTAIN}"
+            # no bound at all: too few images for an interval (the audit gives none under 5)
+            level, note = sure, f"{what} {UNCERTAIN if low is not None else NO_INTERVAL}"
     if level > 0 and controls:
         label = clears_control(row, metric, controls)
         if label is not None:
