@@ -73,3 +73,13 @@ def test_circular_padding_switches_only_padded_convolutions():
     assert torch.allclose(torch.roll(out(x), shifts=(2, 3), dims=(2, 3)), out(rolled), atol=1e-6)
     with pytest.raises(ValueError, match="no zero-padded convolution"):
         circular_padding(torch.nn.Conv2d(2, 2, 1))
+
+
+def test_default_untrained_control_is_not_tinys_own_draw(tiny):
+    """tiny is itself drawn with seed 0: its default untrained control (seed 1) must be other weights."""
+    untrained = control_model(tiny, "untrained")
+    assert untrained.identity()["name"] == "tiny [untrained (seed 1)]"
+    assert untrained.weights_sha256 != state_dict_sha256(tiny.unet)
+    same_draw = control_model(tiny, "untrained", seed=0)
+    diff = max(float((a - b).abs().max()) for a, b in zip(same_draw.unet.parameters(), tiny.unet.parameters()))
+    assert diff < 1e-3  # seed 0 would repeat tiny's draw (up to its float16 rounding)

@@ -193,8 +193,9 @@ def audit_cmd(
     control: Optional[list[str]] = typer.Option(None, "--control", help="Rerun the same images as a control and "
                                                 "report what lies beyond it: 'untrained' (fresh weights) or "
                                                 "'circular-padding' (no zero padding). Repeat for both."),
-    control_seed: int = typer.Option(0, "--control-seed", min=0, max=MAX_SEED,
-                                     help="Seed of the untrained control's initialisation."),
+    control_seed: int = typer.Option(1, "--control-seed", min=0, max=MAX_SEED,
+                                     help="Seed of the untrained control's initialisation (tiny and arch:* are drawn "
+                                     "with 0)."),
     noise_seeds: int = typer.Option(1, "--noise-seeds", min=1, help="Independent noise draws per image (seeds "
                                     "SEED..SEED+K-1); the numbers are averaged and their spread reported."),
     anomaly_labels: Optional[str] = typer.Option(None, "--anomaly-labels", help="Measure the relative norm of these "

@@ -58,7 +58,7 @@ class AuditSettings:
     anomaly_layer: str | None = None
     anomaly_labels: str | None = None  # 'paper:sd15' etc. or a label file: measure these anomalies' norms
     controls: list[str] = field(default_factory=list)  # "untrained", "circular-padding": rerun as a control
-    control_seed: int = 0  # seed of the untrained control's initialisation
+    control_seed: int = 1  # seed of the untrained control's initialisation (tiny and arch:* are drawn with 0)
     timesteps: list[int] = field(default_factory=list)  # more than one: one audit, its numbers per timestep
     noise_seeds: int = 1  # K > 1: K independent noise draws per image (seeds seed .. seed+K-1), numbers averaged
     batch_size: int = 4  # images per U-Net pass; 0: as many as fit in GPU memory (auto_batch_size; 4 on the CPU)
@@ -110,7 +110,7 @@ class AuditSettings:
 
         return dataclasses.replace(self, timestep=self.timestep if timestep is None else int(timestep),
                                    seed=self.seed if seed is None else int(seed), timesteps=[], noise_seeds=1,
-                                   controls=[], control_seed=0)
+                                   controls=[], control_seed=1)
 
 
 @dataclass

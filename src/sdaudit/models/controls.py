@@ -4,7 +4,7 @@ A finding is only a finding if a control does not show it too (see design.md sec
 weights the probe reaches 0.98 on small grids and corner ratios span 0.23-1.92):
 
 ``untrained``        the same denoiser architecture with freshly initialised weights (diffusers' own
-                     initialisation under ``torch.manual_seed(seed)``); VAE, text encoder and schedule
+                     initialisation under ``torch.manual_seed(seed)``, seed 1 by default); VAE, text encoder and schedule
                      unchanged, so the inputs are the same and only the learned denoiser is removed.
 ``circular-padding`` the same weights, every zero-padded convolution of the denoiser switched to circular
                      padding: the map wraps around, so a convolution can no longer tell where the edge
@@ -25,9 +25,12 @@ import torch
 from .load import LoadedModel, place, state_dict_sha256
 
 CONTROLS = ("untrained", "circular-padding")
+# not 0: sdaudit's own random-weight models (tiny, arch:*) are drawn with seed 0, and their untrained control
+# must be another draw, not the same weights again
+DEFAULT_CONTROL_SEED = 1
 
 
-def control_model(model: LoadedModel, control: str, *, seed: int = 0) -> LoadedModel:
+def control_model(model: LoadedModel, control: str, *, seed: int = DEFAULT_CONTROL_SEED) -> LoadedModel:
     """``model`` turned into the named control (``untrained`` or ``circular-padding``)."""
     if control == "untrained":
         unet = _fresh_unet(model.unet, seed)
