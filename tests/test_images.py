@@ -8,6 +8,7 @@ import os
 import pickle
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,15 +114,41 @@ def test_permission_denied_reported(tmp_path, monkeypatch):
     assert_bad(path, "permission denied", "unreadable")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root can read files without permission bits")
 def test_permission_denied_real(tmp_path):
-    path = save(tmp_path, "p.png", Image.fromarray(rand_rgb()))
+    """A file without read permission, read by a process that lacks it: as root (CI), a forked child that
+    drops to the unprivileged user 'nobody' reads it, since root reads anything."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="sdaudit-perm-", dir="/tmp"))  # /tmp: 'nobody' can reach it
+    folder.chmod(0o755)  # ... and enter this folder: only the file itself is unreadable
+    path = save(folder, "p.png", Image.fromarray(rand_rgb()))
+    readable = os.fork() if os.geteuid() == 0 else None
+    if readable == 0:  # a child that checks 'nobody' can read the file while it has its permissions
+        os.setgid(65534)
+        os.setuid(65534)
+        os._exit(0 if os.access(path, os.R_OK) else 1)
+    if readable:
+        assert os.waitstatus_to_exitcode(os.waitpid(readable, 0)[1]) == 0, "the test file must start readable"
     path.chmod(0)
     try:
-        assert_bad(path, "permission denied", "unreadable")
+        if os.geteuid() != 0:
+            assert_bad(path, "permission denied", "unreadable")
+            return
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                assert_bad(path, "permission denied", "unreadable")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "reading an unreadable file was not reported as 'permission denied'"
     finally:
-        path.chmod(0o644)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_empty_file(tmp_path):
