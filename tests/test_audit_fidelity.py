@@ -59,7 +59,7 @@ def test_the_unet_sees_the_cropped_sizes(tiny, folder, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def controlled(tiny, folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("controlled")
-    settings = AuditSettings(size=SIZE, layers=LAYERS, controls=["circular-padding"], probe_method="paper")
+    settings = AuditSettings(size=SIZE, layers=LAYERS, controls=["circular-padding", "untrained"], probe_method="paper")
     return out, audit(tiny, folder, out, settings, report=False, progress=False)
 
 
@@ -82,7 +82,12 @@ def test_control_curves_and_beyond_control_columns(controlled):
     _, results = controlled
     control = results["control"]
     assert control["kind"] == "circular-padding" and control["model"]["name"] == "tiny [circular padding]"
-    assert results["controls"] == [control]
+    assert results["controls"][0] == control and results["controls"][1]["kind"] == "untrained"
+    untrained = {r["layer"]: r for r in results["controls"][1]["table"]}
+    assert results["controls"][1]["model"]["name"] == "tiny [untrained (seed 1)]"
+    assert untrained["up_blocks[3].resnets[0]"]["corner_rel_sim"] != {r["layer"]: r for r in results["table"]}[
+        "up_blocks[3].resnets[0]"]["corner_rel_sim"]  # another draw: other curves
+    assert "beyond_corner_rel_sim" in untrained["up_blocks[3].resnets[0]"]
     ours = {r["layer"]: r for r in results["table"]}
     theirs = {r["layer"]: r for r in control["table"]}
     layer = "up_blocks[3].resnets[0]"
@@ -107,17 +112,19 @@ def test_published_labels_refuse_an_audit_of_other_images(tiny, folder, tmp_path
         audit(tiny, folder, tmp_path, settings, report=False, progress=False)
 
 
-def test_given_labels_are_measured_instead_of_detections(tiny, folder, tmp_path):
+@pytest.mark.parametrize("protocol", ["clean", "paper"])
+def test_given_labels_are_measured_instead_of_detections(tiny, folder, tmp_path, protocol):
+    """Under both protocols: the labels' norms and their position recurrence."""
     from sdaudit.analyses import save_labels
 
     labels = np.array([[0, 1, 1], [1, 2, 2], [2, 3, 0], [2, 0, 5], [3, 4, 4], [5, 6, 6]])  # 8x8 layer at 128 px
     save_labels(tmp_path / "mine.npy", labels)
     settings = AuditSettings(size=SIZE, layers=LAYERS, anomaly_labels=str(tmp_path / "mine.npy"),
-                             analyses=["anomalies"])
+                             analyses=["anomalies"], protocol=protocol)
     results = audit(tiny, folder, tmp_path / "out", settings, report=False, progress=False)
     row = {r["layer"]: r for r in results["table"]}["up_blocks[1].upsamplers[0]"]
     assert row["anomaly_count"] == 6 and row["anomaly_rel_norm_mean_low"] <= row["anomaly_rel_norm_mean"]
-    assert results["recurrence"]["n_anomalies"] == 6
+    assert results["recurrence"]["n_anomalies"] == 6 and results["settings"]["protocol"] == protocol
 
 
 def test_timesteps_and_noise_seeds_in_one_audit(tiny, folder, tmp_path):
