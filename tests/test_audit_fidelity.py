@@ -103,13 +103,15 @@ def test_control_curves_and_beyond_control_columns(controlled):
 
 
 def test_published_labels_refuse_an_audit_of_other_images(tiny, folder, tmp_path):
-    """Checked before any pass: the published labels index the paper's 500 images on a 32x32 grid."""
+    """Checked before any pass: the published labels index the paper's image set in its order (500 images on a
+    32x32 grid; tests/test_paper_set.py checks the order, the count and the grid)."""
+    from sdaudit.analyses import resolve_labels
+
     settings = AuditSettings(size=SIZE, layers=LAYERS, anomaly_labels="paper:sd15", analyses=["anomalies"])
+    with pytest.raises(ValueError, match="not an image set built by sdaudit"):
+        audit(tiny, folder, tmp_path, settings, report=False, progress=False)
     with pytest.raises(ValueError, match="32x32 grid .* this audit's anomaly layer is 8x8"):
-        audit(tiny, folder, tmp_path, settings, report=False, progress=False)
-    settings = AuditSettings(size=512, layers=LAYERS, anomaly_labels="paper:sd15", analyses=["anomalies"])
-    with pytest.raises(ValueError, match="paper's 500 images in their order, this audit has 6"):
-        audit(tiny, folder, tmp_path, settings, report=False, progress=False)
+        resolve_labels("paper:sd15", grid=8, n_images=500)
 
 
 @pytest.mark.parametrize("protocol", ["clean", "paper"])

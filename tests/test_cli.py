@@ -100,7 +100,8 @@ def test_dataset_imagenet_subset(tmp_path):
                         "--size", "64")
     assert code == 0, text
     files = sorted((tmp_path / "subset").glob("*.png"))
-    assert len(files) == 10 and files[0].name.startswith("235_n02106662")
+    assert len(files) == 10 and files[0].name == "000_235_n02106662.png"
+    assert "order: folder: class by class" in text  # a folder cannot give the published order, and it says so
     code, text = invoke("dataset", "imagenet-subset", root, "--out", tmp_path / "subset2", "--per-class", "5")
     assert code == 2 and "235" in text
 

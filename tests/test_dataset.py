@@ -56,7 +56,8 @@ def test_folder_counts_order_skips_and_manifest(tmp_path):
     out = tmp_path / "out"
     paths = run(root, out)
     names = [p.name for p in paths]
-    assert names == [f"{c}_{IMAGENET_WNIDS[c]}_{k:03d}.png" for c in (235, 242) for k in range(3)]
+    # a folder gives its classes one after the other; the file names sort in selection order
+    assert names == [f"{i:03d}_{c}_{IMAGENET_WNIDS[c]}.png" for i, c in enumerate([235] * 3 + [242] * 3)]
     assert all(p.is_file() for p in paths)
     for p in paths:
         img = Image.open(p)
@@ -134,8 +135,9 @@ def test_rerun_replaces_and_removes_stale_files(tmp_path):
     first = run(root, out, per_class=3)
     (out / "mine.txt").write_text("user file")  # added to a folder sdaudit built: kept
     second = run(root, out, per_class=2)
-    assert [p.name for p in second] == [p.name for p in first if not p.name.endswith("2.png")]
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in second)
+    assert len(first) == 6 and [p.name for p in second] == [
+        f"{i:03d}_{c}_{IMAGENET_WNIDS[c]}.png" for i, c in enumerate([235, 235, 242, 242])]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in second)  # the first build's rest: gone
     assert (out / "mine.txt").exists()
 
 
@@ -150,7 +152,7 @@ def test_split_subfolder_and_mapping_file(tmp_path):
     out = tmp_path / "out"
     paths = build_imagenet_subset(base, out, classes=(1, 235), per_class=1, min_side=40,
                                   size=16)
-    assert [p.name for p in paths] == ["1_n01443537_000.png", "235_n02106662_000.png"]
+    assert [p.name for p in paths] == ["000_1_n01443537.png", "001_235_n02106662.png"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["wnid_mapping"].endswith("LOC_synset_mapping.txt")
 
@@ -168,7 +170,7 @@ def test_paper_defaults_on_fake_folder(tmp_path):
         jpeg(folder / "img_1.JPEG", 400, 349, value=cls % 200)   # too small for 350
         jpeg(folder / "img_2.JPEG", 500, 375, value=cls % 200)
     paths = build_imagenet_subset(root, tmp_path / "out", per_class=1)
-    assert [p.name.split("_")[0] for p in paths] == [str(c) for c in PAPER_CLASSES]
+    assert [p.name.split("_")[1] for p in paths] == [str(c) for c in PAPER_CLASSES]
     assert Image.open(paths[0]).size == (512, 512)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["min_side"] == 350 and len(manifest["skipped_small"]) == 5
@@ -242,7 +244,7 @@ def test_thousand_wnid_folders_give_sorted_index_mapping(tmp_path):
     calls = []
     paths = build_imagenet_subset(base, tmp_path / "out", classes=(7,), per_class=1,
                                   min_side=40, size=16, progress=lambda d, t: calls.append((d, t)))
-    assert [p.name for p in paths] == ["7_n00000021_000.png"]
+    assert [p.name for p in paths] == ["000_7_n00000021.png"]
     assert calls == [(1, 1)]
 
 
@@ -272,8 +274,9 @@ def test_foreign_manifest_never_deletes_its_files(tmp_path):
 
 
 def test_own_manifest_deletes_only_names_sdaudit_writes(tmp_path):
-    """Even a manifest with sdaudit's format tag only gets regular files named <class>_<wnid>_<k>.png
-    inside the folder removed: not other names, paths leading out, or links."""
+    """Even a manifest with sdaudit's format tag only gets regular files named as sdaudit names them
+    (<seq>_<class>_<wnid>.png, or an earlier build's <class>_<wnid>_<k>.png) inside the folder removed: not
+    other names, paths leading out, or links."""
     root = fake_imagenet(tmp_path / "train")
     out = tmp_path / "out"
     run(root, out, per_class=2)
@@ -290,8 +293,8 @@ def test_own_manifest_deletes_only_names_sdaudit_writes(tmp_path):
     run(root, out, per_class=1)
     assert (out / "thesis.pdf").read_bytes() == b"keep" and outside.read_bytes() == b"keep"
     assert (out / "235_n02106662_008.png").is_symlink()
-    assert not (out / "235_n02106662_007.png").exists() and not (out / "235_n02106662_001.png").exists()
-    assert (out / "235_n02106662_000.png").is_file()
+    assert not (out / "235_n02106662_007.png").exists() and not (out / "003_242_n02108089.png").exists()
+    assert (out / "000_235_n02106662.png").is_file() and (out / "001_242_n02108089.png").is_file()
 
 
 def test_non_empty_folder_without_manifest_is_refused_before_any_work(tmp_path):
@@ -311,7 +314,8 @@ def test_temporary_files_of_an_interrupted_first_build_do_not_block(tmp_path):
     root = fake_imagenet(tmp_path / "train")
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".235_n02106662_000.png.partial").write_bytes(b"half a png")
+    (out / ".235_n02106662_000.png.partial").write_bytes(b"half a png")  # an earlier version's name
+    (out / ".004_242_n02108089.png.partial").write_bytes(b"half a png")
     (out / ".manifest.json.partial").write_text("{")
     paths = run(root, out)
     assert len(paths) == 6 and not list(out.glob(".*"))

@@ -296,18 +296,26 @@ def imagenet_subset_cmd(
     size: int = typer.Option(512, "--size", min=1, max=MAX_SIDE, help="Output side in pixels."),
     min_side: int = typer.Option(350, "--min-side", min=1, help="Skip images whose short side is smaller (pixels)."),
     allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Write fewer images when a class runs short."),
+    order_file: Optional[Path] = typer.Option(None, "--order-file", help="For a local ILSVRC folder: file names in "
+                                              "the published order, one per line (the published anomaly labels "
+                                              "index that order)."),
 ) -> None:
-    """Build the paper's image set: ImageNet classes 235, 242, 282, 717, 980, 100 each, centre-cropped, 512 px."""
-    from .dataset import build_imagenet_subset
+    """Build the paper's image set: ImageNet classes 235, 242, 282, 717, 980, 100 each, centre-cropped, 512 px,
+    in selection order (the order the published anomaly labels index)."""
+    import json
+
+    from .dataset import MANIFEST_NAME, build_imagenet_subset
 
     try:
         _check_options(out=out)
         with output_errors(out):
             paths = build_imagenet_subset(source, out, per_class=per_class, size=size, min_side=min_side,
-                                          allow_fewer=allow_fewer)
+                                          allow_fewer=allow_fewer, order_file=order_file)
     except (*_user_errors(), KeyError) as error:
         _fail(str(error))
-    console.print(f"[green]wrote[/] {len(paths)} images to {out}")
+    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    console.print(f"[green]wrote[/] {len(paths)} images to {out}", highlight=False)
+    console.print(f"order: {manifest['order']}: {manifest['order_note']}", markup=False, highlight=False)
 
 
 @app.command("demo")

@@ -6,11 +6,15 @@ whose short side is below 350 px, centre-cropped to a square and resized to 512 
 
 :func:`build_imagenet_subset` rebuilds that set from a local ILSVRC train folder
 (``<root>/<wnid>/*.JPEG``) or from a Hugging Face ``datasets`` source with an integer label
-column. Selection is deterministic: within a class, files are taken in sorted relative-path
-order (folder) or in dataset order (``datasets``); the first ``per_class`` eligible images
-are kept. Ineligible images are listed in ``manifest.json``: ``skipped_small`` (short side
+column. Selection is deterministic: candidates come in dataset (stream) order (``datasets``), in
+the order of an order file (folder with ``order_file``), or class by class in sorted relative-path
+order (folder); the first ``per_class`` eligible images of each class are kept, in the order they
+came. Ineligible images are listed in ``manifest.json``: ``skipped_small`` (short side
 < ``min_side``) and ``skipped_bad`` (unreadable/corrupt, with the reason). Files are named
-``<class>_<wnid>_<k>.png`` with ``k`` = 0, 1, ... zero-padded to at least 3 digits.
+``<seq>_<class>_<wnid>.png``, seq the selection index zero-padded to at least 3 digits, so that
+their sorted order is the selection order; the manifest's ``order`` says whether that is the
+published order (see :mod:`sdaudit.paper_set`: the published labels index it). Images get the
+published crop arithmetic and resize filter (:func:`sdaudit.paper_set.published_crop`).
 
 Crash safety: every PNG is first written to a hidden temporary file in ``out_dir``; only when
 the whole selection succeeded are they renamed into place (``os.replace``, atomic), between two
@@ -22,7 +26,8 @@ Ownership: ``out_dir`` must be new, empty, or a folder this function built befor
 its ``manifest.json`` with ``"format": "sdaudit-imagenet-subset/1"``; any other non-empty folder
 is refused (:class:`~sdaudit.errors.OutputPathError`) before anything is read or written. Of the
 files that manifest lists, those not part of the new set are removed, but only names of exactly the
-form this function writes (``<class>_<wnid>_<k>.png``: no folders, no ``..``) that are regular files,
+form this function writes (``<seq>_<class>_<wnid>.png``, or an earlier build's ``<class>_<wnid>_<k>.png``:
+no folders, no ``..``) that are regular files,
 not links. Nothing else in ``out_dir`` is ever deleted.
 """
 
@@ -39,8 +44,9 @@ from typing import Any, Callable, Iterator
 from .errors import OutputPathError
 from .images import (
     DEFAULT_MAX_PIXELS, BadImageError, ImageRecord, decode_dataset_value, is_saved_dataset,
-    load_image, open_dataset_source, pixel_sha256, prepare_image, scan_folder,
+    load_image, open_dataset_source, pixel_sha256, scan_folder, to_rgb,
 )
+from .paper_set import published_crop, read_order_file
 from .validation import check_output_dir
 
 __all__ = ["PAPER_CLASSES", "IMAGENET_WNIDS", "build_imagenet_subset", "read_synset_mapping"]
@@ -60,8 +66,10 @@ _MAPPING_NAMES = ("LOC_synset_mapping.txt", "synset_mapping.txt", "synsets.txt")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "sdaudit-imagenet-subset/1"
 # Exactly the names _file_name() writes, and the temporary names of an interrupted build.
-_OWN_FILE_RE = re.compile(r"\d+_(?:n\d{8}|unknown)_\d{3,}\.png")
-_OWN_TEMP_RE = re.compile(r"\.(?:\d+_(?:n\d{8}|unknown)_\d{3,}\.png|manifest\.json)\.partial")
+# (``<seq>_<class>_<wnid>.png``; ``<class>_<wnid>_<k>.png`` of builds before the published order was kept)
+_OWN_FILE_RE = re.compile(r"\d{3,}_\d+_(?:n\d{8}|unknown)\.png|\d+_(?:n\d{8}|unknown)_\d{3,}\.png")
+_OWN_TEMP_RE = re.compile(r"\.(?:\d{3,}_\d+_(?:n\d{8}|unknown)\.png|\d+_(?:n\d{8}|unknown)_\d{3,}\.png|"
+                          r"manifest\.json)\.partial")
 
 
 @dataclass
@@ -146,8 +154,9 @@ def _train_root(root: Path, split: str, wnids: list[str]) -> Path:
 
 
 def _folder_candidates(root: Path, classes: tuple[int, ...], wnids: dict[int, str],
-                       per_class: int, allow_fewer: bool) -> Iterator[_Candidate]:
-    """Check every class folder up front, then yield its files class by class, sorted."""
+                       per_class: int, allow_fewer: bool, order: list[str] | None = None) -> Iterator[_Candidate]:
+    """Check every class folder up front, then yield its files class by class, sorted; with ``order`` (file
+    names in the published order) those files in that order instead."""
     listing = {}
     for cls in classes:
         folder = root / wnids[cls]
@@ -160,9 +169,19 @@ def _folder_candidates(root: Path, classes: tuple[int, ...], wnids: dict[int, st
             raise ValueError(f"ImageNet class {cls} ({wnids[cls]}): folder {folder} has only "
                              f"{len(listing[cls])} image files, {per_class} needed "
                              "(use allow_fewer=True to accept fewer)")
-    for cls in classes:
-        for path in listing[cls]:
-            yield cls, path.relative_to(root).as_posix(), _file_loader(path)
+    if order is None:
+        for cls in classes:
+            for path in listing[cls]:
+                yield cls, path.relative_to(root).as_posix(), _file_loader(path)
+        return
+    found = {path.name: (cls, path) for cls in classes for path in listing[cls]}
+    missing = [name for name in order if name not in found]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} file(s) of the order file are not in the class folders under {root}, "
+                                f"e.g. {missing[0]}")
+    for name in order:
+        cls, path = found[name]
+        yield cls, path.relative_to(root).as_posix(), _file_loader(path)
 
 
 def _file_loader(path: Path) -> Callable[[int, int], ImageRecord]:
@@ -262,6 +281,13 @@ def _previous_build(out_dir: Path) -> list[str]:
     return [name for name in names if _is_own_file(out_dir, name)]
 
 
+def _remove_own_temps(out_dir: Path) -> None:
+    """Delete the hidden temporary files an interrupted build of this module left (its own names only)."""
+    for path in out_dir.iterdir():
+        if _OWN_TEMP_RE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+
+
 def _remove_stale(out_dir: Path, previous: list[str], keep: set[str]) -> None:
     """Delete the earlier build's PNGs (checked by :func:`_previous_build`) that are not in ``keep``."""
     for name in previous:
@@ -269,10 +295,11 @@ def _remove_stale(out_dir: Path, previous: list[str], keep: set[str]) -> None:
             (out_dir / name).unlink(missing_ok=True)
 
 
-def _file_name(cls: int, wnid: str, k: int, per_class: int) -> str:
-    """``<class>_<wnid>_<k>.png`` with k zero-padded to max(3, digits of per_class - 1)."""
-    width = max(3, len(str(per_class - 1)))
-    return f"{cls}_{wnid}_{k:0{width}d}.png"
+def _file_name(seq: int, cls: int, wnid: str, total: int) -> str:
+    """``<seq>_<class>_<wnid>.png``, seq = the selection index zero-padded to max(3, digits of total - 1), so
+    that the folder's sorted order is the selection order (the published labels index that order)."""
+    width = max(3, len(str(total - 1)))
+    return f"{seq:0{width}d}_{cls}_{wnid}.png"
 
 
 # --------------------------------------------------------------------------- builder
@@ -289,12 +316,13 @@ def _process(cand: _Candidate, sel: _Selection, out_dir: Path, wnids: dict[int, 
         target.append({"class": cls, "source": original, "reason": e.reason})
         return
     k = sel.counts[cls]
-    final = out_dir / _file_name(cls, wnids[cls], k, sel.per_class)
-    out = prepare_image(rec.image, size)
+    seq = len(sel.files)
+    final = out_dir / _file_name(seq, cls, wnids[cls], sel.per_class * len(sel.counts))
+    out = published_crop(to_rgb(rec.image, original), size)
     sel.temps.append((_write_temp(out, final), final))
     sel.counts[cls] = k + 1
     sel.files.append({
-        "file": final.name, "class": cls, "wnid": wnids[cls], "k": k, "original": original,
+        "file": final.name, "order": seq, "class": cls, "wnid": wnids[cls], "k": k, "original": original,
         "original_size": [rec.width, rec.height], "original_mode": rec.original_mode,
         "source_sha256": rec.sha256, "sha256": pixel_sha256(out),
     })
@@ -343,7 +371,7 @@ def build_imagenet_subset(
     per_class: int = 100, min_side: int = 350, size: int = 512, split: str = "train",
     allow_fewer: bool = False, synset_mapping: str | os.PathLike | None = None,
     label_column: str = "label", image_column: str | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, order_file: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Build the paper's ImageNet subset as ``size`` x ``size`` px PNGs plus ``manifest.json``.
@@ -355,13 +383,17 @@ def build_imagenet_subset(
     ``synset_mapping`` (or a ``LOC_synset_mapping.txt`` found in/above the folder), else 1000
     sorted wnid folders, else :data:`IMAGENET_WNIDS`. A missing class folder, or a class with
     fewer than ``per_class`` eligible images, is an error unless ``allow_fewer=True`` (then a
-    warning). ``progress(done, total)`` is called after each kept image. Returns the PNG paths
-    in class order, then k.
+    warning). ``order_file``: for a folder source, file names in the published order (one per
+    line; see :mod:`sdaudit.paper_set`): candidates are taken in that order. ``progress(done, total)`` is
+    called after each kept image. Returns the PNG paths in selection order (their sorted order).
     """
     classes = _validate_args(classes, per_class, min_side, size)
     out_dir = Path(out_dir)
     previous = _previous_build(out_dir)  # before reading the source: a folder that is not ours fails at once
     kind, src, table, provenance = _open_source(source, split, image_column, synset_mapping)
+    order = read_order_file(order_file) if order_file is not None else None
+    if order is not None and kind != "folder":
+        raise ValueError("order_file is for a local ILSVRC folder; a datasets source keeps its own stream order")
     if kind == "datasets":
         table = {**_classlabel_wnids(src, label_column), **table}
     wnids = {c: table.get(c, "unknown") for c in classes}
@@ -371,10 +403,11 @@ def build_imagenet_subset(
             raise ValueError(f"no WordNet id known for class(es) {unknown}: pass synset_mapping="
                              "<LOC_synset_mapping.txt> (ILSVRC class index order)")
         src = _train_root(src, split, list(wnids.values()))
-        candidates = _folder_candidates(src, classes, wnids, per_class, allow_fewer)
+        candidates = _folder_candidates(src, classes, wnids, per_class, allow_fewer, order)
     else:
         candidates = _dataset_candidates(src, classes, label_column)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_own_temps(out_dir)
     sel = _Selection(per_class, {c: 0 for c in classes})
     try:
         for cand in candidates:
@@ -386,8 +419,10 @@ def build_imagenet_subset(
             if sel.all_full():
                 break
         _check_counts(sel, wnids, allow_fewer, min_side)
+        order_kind = "stream" if kind == "datasets" else "order-file" if order is not None else "folder"
         return _commit(sel, out_dir, previous, kind, src, classes, wnids, provenance,
-                       dict(per_class=per_class, min_side=min_side, size=size, split=split))
+                       dict(per_class=per_class, min_side=min_side, size=size, split=split, order=order_kind,
+                            order_file=os.path.abspath(order_file) if order_file is not None else None))
     finally:
         for tmp, _final in sel.temps:
             tmp.unlink(missing_ok=True)
@@ -401,17 +436,20 @@ def _commit(sel: _Selection, out_dir: Path, previous: list[str], kind: str, src:
     crash at any moment then leaves every PNG written here listed in an sdaudit manifest (so a rerun
     may replace or remove it) and the folder marked unfinished, never an old manifest over new PNGs.
     """
-    order = {c: i for i, c in enumerate(classes)}
-    sel.files.sort(key=lambda e: (order[e["class"]], e["k"]))
-    keep = {e["file"] for e in sel.files}
+    keep = {e["file"] for e in sel.files}  # sel.files is in selection order: the order the labels index
     source_name = os.path.abspath(src) if kind == "folder" else src.name
     manifest = {
         "format": MANIFEST_FORMAT, "complete": False,
         "source": source_name, "source_kind": kind, "wnid_mapping": provenance,
         "classes": list(classes), "wnids": {str(c): wnids[c] for c in classes},
         **params,
-        "preprocessing": "EXIF-upright 8-bit RGB; centre crop to the short side "
-                         "(offset floor((long-short)/2)); PIL BICUBIC resize",
+        "preprocessing": "EXIF-upright 8-bit RGB; the published crop box (w//2 - s//2, h//2 - s//2, w//2 + s//2, "
+                         "h//2 + s//2), s = short side; PIL's default resize filter (bicubic)",
+        "order_note": {"stream": "the datasets source's order: the published order when the source is the "
+                                 "imagenet-1k train stream", "order-file": "the order file's order",
+                       "folder": "class by class, sorted file names: NOT the published order (the stream order "
+                                 "cannot be known from a folder); give --order-file for the published labels"}[
+            params["order"]],
         "counts": {str(c): sel.counts[c] for c in classes},
         "files": sel.files, "skipped_small": sel.skipped_small, "skipped_bad": sel.skipped_bad,
     }

@@ -151,13 +151,18 @@ def pass_plan(grids: dict[str, tuple[int, int]], size: int, analyses: Sequence[s
     return passes
 
 
-def _anomaly_labels(spec: str | None, grids: dict, anomaly_layer: str, n_images: int):
-    """The labels whose norms the audit measures (None: the detector's own finds), checked against the audit."""
+def _anomaly_labels(spec: str | None, grids: dict, anomaly_layer: str, items: Sequence[ImageItem]):
+    """The labels whose norms the audit measures (None: the detector's own finds), checked against the audit:
+    the published ones also need the paper's image set in the published order."""
     if spec is None:
         return None
     from ..analyses import resolve_labels
 
-    return resolve_labels(spec, grid=grids[anomaly_layer], n_images=n_images)
+    if str(spec).startswith("paper:"):  # first the order: 500 images in another order would pass the count
+        from ..paper_set import check_paper_order
+
+        check_paper_order([item.source for item in items], str(spec))
+    return resolve_labels(spec, grid=grids[anomaly_layer], n_images=len(items))
 
 
 def choose_anomaly_layer(layers: Sequence[str], grids: dict[str, tuple[int, int]], requested: str | None) -> str:
@@ -297,7 +302,7 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
              "resolutions": settings.resolutions}
     if settings.probe_method == "paper":
         probe["max_train_tokens"] = settings.probe_max_tokens
-    labels = _anomaly_labels(settings.anomaly_labels, grids, anomaly_layer, n) if anomaly_layer else None
+    labels = _anomaly_labels(settings.anomaly_labels, grids, anomaly_layer, items) if anomaly_layer else None
     state = AuditState(full.layers, grids, n, set(settings.analyses), anomaly_layer, probe=probe,
                        detector=dict(settings.detector), labels=labels)
     fingerprint = _fingerprint(model.identity(), settings, items)
