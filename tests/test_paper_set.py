@@ -15,7 +15,7 @@ from sdaudit.dataset import build_imagenet_subset
 from sdaudit.images import pixel_sha256
 from sdaudit.paper_set import check_paper_order, published_crop
 
-CLASSES = (235, 242, 282)
+CLASSES = (235, 242, 282, 717, 980)  # the paper's five
 SIZE = 64
 
 
@@ -24,9 +24,11 @@ def stream():
     some with odd short sides; every image unique (its stream position in the red channel)."""
     rng = np.random.default_rng(0)
     rows = []
-    labels = [235, 7, 242, 282, 235, 282, 9, 242, 235, 242, 282, 235, 282, 242, 235]
-    sizes = [(81, 67), (50, 50), (70, 90), (30, 60), (99, 75), (75, 77), (64, 64), (57, 83), (40, 20), (91, 71),
-             (68, 84), (73, 95), (66, 66), (88, 69), (79, 61)]
+    labels = [235, 7, 242, 282, 980, 235, 717, 282, 9, 242, 235, 980, 242, 717, 282, 235, 717, 282, 980, 242, 235,
+              717, 980, 980]
+    sizes = [(81, 67), (50, 50), (70, 90), (30, 60), (77, 53), (99, 75), (59, 81), (75, 77), (64, 64), (57, 83),
+             (40, 20), (51, 99), (91, 71), (45, 70), (68, 84), (73, 95), (87, 65), (66, 66), (63, 52), (88, 69),
+             (79, 61), (71, 71), (58, 31), (93, 55)]
     for i, (label, (w, h)) in enumerate(zip(labels, sizes)):
         pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         pixels[..., 0] = i

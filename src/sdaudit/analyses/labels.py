@@ -93,6 +93,15 @@ PUBLISHED_GRID = 32
 PUBLISHED_IMAGES = 500
 
 
+def published_labels_key(spec: str) -> str:
+    """'paper:SD-1.5' -> 'sd15' (a key of :data:`PUBLISHED_LABELS`); LabelFileError for a model without them."""
+    key = {"sd15": "sd15", "sd21": "sd21", "sdturbo": "sd-turbo"}.get(re.sub(r"[\s._\-]", "", spec[6:]).lower())
+    if not spec.startswith("paper:") or key not in PUBLISHED_LABELS:
+        raise LabelFileError(f"{spec}: no published labels for that model; choose paper:"
+                             + ", paper:".join(PUBLISHED_LABELS))
+    return key
+
+
 def resolve_labels(spec: str | os.PathLike, *, grid: int | tuple[int, int] | None = None,
                    n_images: int | None = None) -> np.ndarray:
     """Labels from ``paper:sd15`` / ``paper:sd21`` / ``paper:sd-turbo`` (the published files, 32 x 32 grid,
@@ -101,10 +110,7 @@ def resolve_labels(spec: str | os.PathLike, *, grid: int | tuple[int, int] | Non
     text = os.fspath(spec)
     if not text.startswith("paper:"):
         return load_labels(text, grid=grid, n_images=n_images)
-    key = {"sd15": "sd15", "sd21": "sd21", "sdturbo": "sd-turbo"}.get(re.sub(r"[\s._\-]", "", text[6:]).lower())
-    if key not in PUBLISHED_LABELS:
-        raise LabelFileError(f"{text}: no published labels for that model; choose paper:"
-                             + ", paper:".join(PUBLISHED_LABELS))
+    key = published_labels_key(text)
     want_grid = (grid, grid) if np.isscalar(grid) else tuple(grid) if grid is not None else None
     if want_grid is not None and want_grid != (PUBLISHED_GRID, PUBLISHED_GRID):
         raise LabelFileError(f"{text}: the published labels are on a {PUBLISHED_GRID}x{PUBLISHED_GRID} grid "

@@ -158,9 +158,11 @@ def _anomaly_labels(spec: str | None, grids: dict, anomaly_layer: str, items: Se
         return None
     from ..analyses import resolve_labels
 
-    if str(spec).startswith("paper:"):  # first the order: 500 images in another order would pass the count
+    if str(spec).startswith("paper:"):  # then the order: 500 images in another order would pass the count
+        from ..analyses.labels import published_labels_key
         from ..paper_set import check_paper_order
 
+        published_labels_key(str(spec))
         check_paper_order([item.source for item in items], str(spec))
     return resolve_labels(spec, grid=grids[anomaly_layer], n_images=len(items))
 
