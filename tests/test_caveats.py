@@ -17,3 +17,24 @@ def test_caveats_list_random_weights_controls_and_warnings():
                      "warnings": ["only 9 images"]})
     assert lines[0].startswith("random weights") and "circular padding" in lines[1] and lines[2] == "warning: only 9 images"
     assert caveats({"model": {"random_weights": False}}) == []
+
+
+def test_progress_of_other_runs_is_labelled():
+    """The passes of other timesteps, seeds and controls are told apart in the terminal."""
+    from sdaudit.audit.variants import labelled
+
+    class Progress:
+        def __init__(self):
+            self.tasks = []
+
+        def add_task(self, description, **kwargs):
+            self.tasks.append(description)
+            return len(self.tasks)
+
+        def update(self, task, **kwargs):
+            return task
+
+    progress = Progress()
+    wrapped = labelled(progress, "control untrained: ")
+    assert wrapped.add_task("pass full (45 layers)", total=3) == 1 and wrapped.update(1, completed=2) == 1
+    assert progress.tasks == ["control untrained: pass full (45 layers)"] and labelled(None, "x") is None

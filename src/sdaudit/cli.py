@@ -243,8 +243,11 @@ def audit_cmd(
         _fail(str(error))
     if shard is not None and shard.rank != 0:
         return  # every process of a launched group returns the results; one summary is enough
+    settings = results.get("settings", {})
+    runs = len(settings.get("timesteps") or [0]) * settings.get("noise_seeds", 1) + len(results.get("controls", []))
+    per_run = f" in each of {runs} runs (timesteps, noise seeds, controls)" if runs > 1 else ""
     console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "
-                  f"with {results['run']['unet_passes_per_image']} U-Net passes per image "
+                  f"with {results['run']['unet_passes_per_image']} U-Net passes per image{per_run} "
                   f"in {time.perf_counter() - start:.1f} s")
     _print_caveats(results)
     _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])

@@ -24,13 +24,15 @@ def run_controls(model, items, settings, out: Path, *, progress=None, checkpoint
     """Run every control of ``settings``; returns [{kind, label, model, state, full}] (states merged over shards)."""
     from ..models.controls import control_model
     from .run import run_passes
+    from .variants import labelled
 
     controls = []
     for kind in settings.controls:
         control = control_model(model, kind, seed=settings.control_seed)
         folder = out / "controls" / kind
         folder.mkdir(parents=True, exist_ok=True)
-        state, full, _ = run_passes(control, items, settings.single(), folder, progress=progress,
+        state, full, _ = run_passes(control, items, settings.single(), folder,
+                                    progress=labelled(progress, f"control {kind}: "),
                                     checkpoint_seconds=checkpoint_seconds, shard=shard)
         if shard is not None:
             state = shard.reduce_state(state)

@@ -30,12 +30,31 @@ def run_variants(model, items, settings, out: Path, *, progress=None, checkpoint
     for timestep, seed in settings.variants()[1:]:
         folder = out / "variants" / f"t{timestep}-s{seed}"
         folder.mkdir(parents=True, exist_ok=True)
-        state, _, _ = run_passes(model, items, settings.single(timestep, seed), folder, progress=progress,
+        state, _, _ = run_passes(model, items, settings.single(timestep, seed), folder,
+                                 progress=labelled(progress, f"t={timestep} seed={seed}: "),
                                  checkpoint_seconds=checkpoint_seconds, shard=shard)
         if shard is not None:
             state = shard.reduce_state(state)
         runs.append({"timestep": timestep, "seed": seed, "state": state})
     return runs
+
+
+class labelled:
+    """A rich progress whose new tasks carry a prefix (which run of the audit a pass belongs to)."""
+
+    def __new__(cls, progress, prefix: str):
+        if progress is None:
+            return None
+        return super().__new__(cls)
+
+    def __init__(self, progress, prefix: str):
+        self.progress, self.prefix = progress, prefix
+
+    def add_task(self, description: str, **kwargs):
+        return self.progress.add_task(self.prefix + description, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.progress, name)
 
 
 def average_over_seeds(table: list[dict], states: list) -> None:
