@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ._arrays import check_features, resolve_indices, token_norms
 from ._base import Accumulator
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, bootstrap_interval, ratio
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, item_mean_terms
 from .labels import validate_labels
 from .results import AnomalyDetectionResult, AnomalyNormResult
 
@@ -269,11 +269,7 @@ class AnomalyNormAccumulator(Accumulator):
 
     def _interval(self, ok: np.ndarray) -> Interval:
         """Bootstrap interval of the mean over images: per image, (sum of its anomalies' values, count)."""
-        images, inverse = np.unique(self.anomalies[ok, 0], return_inverse=True)
-        rows = np.zeros((len(images), 2))
-        np.add.at(rows, (inverse, 0), self._values[ok])
-        np.add.at(rows, (inverse, 1), 1.0)
-        return bootstrap_interval(rows, ratio(0, 1), **self._boot)
+        return item_mean_terms(self.anomalies[ok, 0], self._values[ok]).interval(**self._boot)
 
     def _state_arrays(self):
         return {"values": self._values, "seen": self._seen, "grid": np.array(self._grid or (0, 0))}

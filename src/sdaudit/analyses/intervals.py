@@ -184,6 +184,19 @@ class Terms:
         return bootstrap_interval(self.rows, self.statistic, **kwargs)
 
 
+def item_mean_terms(images: np.ndarray, values: np.ndarray) -> Terms:
+    """Terms of the mean of per-item ``values`` (e.g. one per anomaly) whose items belong to ``images``: per
+    image (sum of its values, their count), so that an image's items are resampled together. Non-finite
+    values are left out."""
+    images, values = np.asarray(images, dtype=np.int64), np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    index, inverse = np.unique(images[ok], return_inverse=True)
+    rows = np.zeros((len(index), 2))
+    np.add.at(rows, (inverse, 0), values[ok])
+    np.add.at(rows, (inverse, 1), 1.0)
+    return Terms(index, rows, ratio(0, 1))
+
+
 def difference_interval(a: Terms, b: Terms, *, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
                         seed: int = 0) -> Interval:
     """Interval of (number a) - (number b) measured on the same images, by a paired bootstrap.

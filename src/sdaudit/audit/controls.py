@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from ..analyses.intervals import Terms, difference_interval, ratio
+from ..analyses.intervals import Terms, difference_interval, item_mean_terms
 from ..analyses.position import probe_terms
 from .outputs import INTERVAL_METRICS, _finite
 
@@ -50,14 +48,7 @@ def metric_terms(state, layer: str, metric: str) -> Terms | None:
     if metric.endswith("_rel_sim") and layer in state.borders:
         return state.borders[layer].terms(metric.split("_", 1)[0])
     if metric == "anomaly_rel_norm_mean" and state.norms is not None and state.anomaly_layer not in state.failed:
-        values = np.asarray(state.norms.values[layer], dtype=np.float64)
-        images = np.asarray(state.norms.images[layer], dtype=np.int64)
-        ok = np.isfinite(values)
-        index, inverse = np.unique(images[ok], return_inverse=True)
-        rows = np.zeros((len(index), 2))
-        np.add.at(rows, (inverse, 0), values[ok])
-        np.add.at(rows, (inverse, 1), 1.0)
-        return Terms(index, rows, ratio(0, 1))
+        return item_mean_terms(state.norms.images[layer], state.norms.values[layer])
     return None
 
 

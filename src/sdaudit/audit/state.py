@@ -16,6 +16,7 @@ import numpy as np
 
 from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, NonFiniteInputError, PositionProbeAccumulator,
                         anomaly_relative_norms)
+from ..analyses.intervals import item_mean_terms
 
 
 class AnomalyNormStream:
@@ -47,7 +48,7 @@ class AnomalyNormStream:
             v = np.asarray(vals, dtype=np.float64)
             images = np.asarray(self.images[layer], dtype=np.int64)
             ok = np.isfinite(v)
-            interval = _mean_interval(images[ok], v[ok])
+            interval = item_mean_terms(images, v).interval()
             out[layer] = {"mean": float(v[ok].mean()) if ok.any() else None,
                           "std": float(v[ok].std()) if ok.any() else None, "count": int(ok.sum()),
                           "low": interval.low, "high": interval.high, "n_images": interval.n}
@@ -71,17 +72,6 @@ class AnomalyNormStream:
             self.values[layer].extend(other.values[layer])
             self.images[layer].extend(other.images[layer])
         return self
-
-
-def _mean_interval(images: np.ndarray, values: np.ndarray):
-    """Bootstrap interval over images of the mean of per-anomaly ``values``."""
-    from ..analyses.intervals import bootstrap_interval, ratio
-
-    uniq, inverse = np.unique(images, return_inverse=True)
-    rows = np.zeros((len(uniq), 2))
-    np.add.at(rows, (inverse, 0), values)
-    np.add.at(rows, (inverse, 1), 1.0)
-    return bootstrap_interval(rows, ratio(0, 1))
 
 
 def _probe(n_images: int, layer: str, probe: dict):
