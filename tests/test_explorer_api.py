@@ -511,7 +511,7 @@ def test_cli_explore_errors_are_clear(store_path, tmp_path):
 
 def test_image_name_keeps_the_escape_of_a_non_utf8_byte():
     """Regression: 'caf\\xe9.png' (a printable non-UTF-8 name) was shown as 'xe9.png'."""
-    from sdaudit.explorer.state import image_summary
+    from sdaudit.explorer.stores import image_summary
     from sdaudit.store import ImageEntry
 
     entry = ImageEntry(0, "/photos/caf\\xe9.png", "0" * 64, 8, 8, "RGB", "2f70686f746f732f636166e92e706e67")

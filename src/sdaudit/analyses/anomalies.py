@@ -43,6 +43,19 @@ DEFAULTS = {"z_threshold": 3.5, "ratio_threshold": 2.0, "max_tokens": 16, "local
 _EIGHT = np.ones((3, 3), bool)
 
 
+def best_patch(norms: np.ndarray, row: int, col: int) -> tuple[int, int]:
+    """Upper-left (row, col) of the 2x2 patch of a (rows, cols) norm map that contains token (row, col)
+    and has the largest summed norm (windows clipped to the grid; ties go to the smallest row, then col).
+
+    The detector's patch rule (step 4 of the module docstring); the explorer snaps a hand label with it.
+    """
+    h, w = norms.shape
+    ys = {min(max(row - 1, 0), max(h - 2, 0)), min(row, max(h - 2, 0))}
+    xs = {min(max(col - 1, 0), max(w - 2, 0)), min(col, max(w - 2, 0))}
+    _, y0, x0 = min((-float(norms[y0:y0 + 2, x0:x0 + 2].sum()), y0, x0) for y0 in ys for x0 in xs)
+    return y0, x0
+
+
 def detect_in_map(norms: np.ndarray, z_threshold: float = 3.5, ratio_threshold: float = 2.0,
                   max_tokens: int = 16, local_ratio: float = 1.5) -> list[tuple[int, int, float, float]]:
     """Detect anomalies in one (rows, cols) norm map -> [(x, y, score, relative_norm)]."""
@@ -65,13 +78,7 @@ def detect_in_map(norms: np.ndarray, z_threshold: float = 3.5, ratio_threshold: 
             continue
         p = int(np.argmax(norms[ys, xs]))
         py, px = int(ys[p]), int(xs[p])
-        best = None
-        for y0 in {min(max(py - 1, 0), max(h - 2, 0)), min(py, max(h - 2, 0))}:
-            for x0 in {min(max(px - 1, 0), max(w - 2, 0)), min(px, max(w - 2, 0))}:
-                s = float(norms[y0:y0 + 2, x0:x0 + 2].sum())
-                if best is None or s > best[0] or (s == best[0] and (y0, x0) < best[1]):
-                    best = (s, (y0, x0))
-        y0, x0 = best[1]
+        y0, x0 = best_patch(norms, py, px)
         pm = float(norms[y0:y0 + 2, x0:x0 + 2].mean())
         ya, xa = max(y0 - 2, 0), max(x0 - 2, 0)
         around = np.ones((min(y0 + 4, h) - ya, min(x0 + 4, w) - xa), bool)

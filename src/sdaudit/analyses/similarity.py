@@ -48,6 +48,21 @@ def reference_token(features: Any, image: int, row: int, col: int, *, layer: str
     return t
 
 
+def typical_corner(features: Any, *, layer: str | None = None) -> tuple[int, int]:
+    """(row, col) of the corner token most alike the other three corners of its image (largest summed
+    cosine to them, averaged over images; ties: top-left, top-right, bottom-left, bottom-right): a
+    reference token whose similarity map shows the corner effect (see :mod:`sdaudit.analyses.borders`)."""
+    x = check_features(features, layer=layer)
+    n, _, h, w = x.shape
+    corners = [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)]
+    t = np.stack([x[:, :, r, c] for r, c in corners], axis=1).astype(np.float64)  # (N, 4, C)
+    norms = np.linalg.norm(t, axis=2, keepdims=True)
+    u = np.divide(t, norms, out=np.zeros_like(t), where=norms > 0)  # a zero token has cosine 0
+    sims = np.einsum("nac,nbc->ab", u, u) / n
+    np.fill_diagonal(sims, 0)
+    return corners[int(np.argmax(sims.sum(axis=1)))]
+
+
 def similarity_map(features: Any, ref: tuple[int, int, int] | Any = (0, 0, 0), measure: str = "cosine",
                    others: Any = None, *, center: Any = None, layer: str | None = None) -> np.ndarray:
     """Similarity of one reference token to every token of every image.

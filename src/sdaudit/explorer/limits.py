@@ -20,6 +20,8 @@ from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("sdaudit.explorer")
 
+#: Largest accepted upload (image or label file), in bytes, unless the explorer is told otherwise.
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Small JSON bodies (a label toggle is ~80 bytes).
 MAX_JSON_BYTES = 64 * 1024
 #: A full label list (PUT labels): ~15 bytes per [image, x, y] row, so 4 MiB holds ~280,000 rows,

@@ -15,9 +15,11 @@ import socket
 import threading
 from typing import Any, Callable, Sequence
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import UsageError
+from .app import create_app
 from .guard import LOOPBACK_HOSTS, host_of
 
 DEFAULT_HOST = "127.0.0.1"
@@ -88,7 +90,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host.strip("[]"), port))
         except OSError as e:
-            raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)") from e
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)") from e
 
 
 def _as_host(name: str) -> str:
@@ -139,8 +141,6 @@ def build(stores: Sequence[str | os.PathLike], *, model: Any = None, host: str =
           labels_path: Any = None, preload_model: bool = True, allowed_hosts: Sequence[str] = ()):
     """The app for ``serve``: Host names accepted: see :func:`allowed_host_names`; a model spec is
     loaded in the background."""
-    from .app import create_app
-
     allowed = allowed_host_names(host, allowed_hosts)
     app = create_app(stores, model=model, labels_path=labels_path, allowed_hosts=allowed)
     app.state.allowed_hosts = allowed
@@ -149,7 +149,7 @@ def build(stores: Sequence[str | os.PathLike], *, model: Any = None, host: str =
 
         def load():
             try:
-                state.model()
+                state.adder.model()
             except Exception as e:  # noqa: BLE001 - reported on the page and on upload
                 for h in state.handles:
                     h.upload_error = f"model '{model}' could not be loaded: {e}"
@@ -165,10 +165,8 @@ def serve(stores: Sequence[str | os.PathLike], *, model: Any = None, host: str =
 
     Listens on 127.0.0.1 unless told otherwise; answers only requests addressed to loopback names,
     the listening address (this machine's names and addresses for 0.0.0.0) and ``allowed_hosts``. Store and label problems are raised before
-    anything listens (StoreError, LabelFileError, ValueError); a busy port raises OSError.
+    anything listens (StoreError, LabelFileError, UsageError); a busy port raises UsageError.
     """
-    import uvicorn
-
     app = build(stores, model=model, host=host, labels_path=labels_path, allowed_hosts=allowed_hosts)
     _check_port_free(host, port)
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
