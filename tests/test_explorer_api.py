@@ -247,6 +247,38 @@ def test_unknown_store_and_out_of_range(client):
             assert text in detail(r), (url, params)
 
 
+ENDPOINTS = [("GET", "images", {}), ("GET", "images/0/input.png", {}), ("GET", "features", {"image": 0}),
+             ("GET", "norms", {"images": "0"}), ("GET", "anomalies", {"images": "0"}),
+             ("GET", "similarity", {"images": "0", "ref_image": 0, "row": 0, "col": 0}), ("GET", "presets", {}),
+             ("GET", "labels", {}), ("GET", "labels.npy", {}), ("POST", "labels/upload", {}),
+             ("POST", "images", {})]
+LAYER_ENDPOINTS = ["features", "norms", "anomalies", "similarity", "labels/upload"]
+
+
+@pytest.mark.parametrize("method, path, params", ENDPOINTS)
+def test_every_endpoint_checks_its_shared_parameters_alike(client, method, path, params):
+    """One dependency per shared parameter: the same message from every endpoint that takes it."""
+    headers = MUTATE if method != "GET" else {}
+    r = client.request(method, f"/api/stores/7/{path}", params={"layer": FINE, **params}, headers=headers,
+                       content=b"x" if method != "GET" else None)
+    assert r.status_code == 404 and detail(r).startswith("unknown store index 7: 1 store(s) are open"), r.text
+    if path in LAYER_ENDPOINTS:
+        r = client.request(method, f"/api/stores/0/{path}", params={**params, "layer": "up_blocks[9].resnets[0]"},
+                           headers=headers, content=b"x" if method != "GET" else None)
+        assert r.status_code == 404 and detail(r) == ("unknown layer 'up_blocks[9].resnets[0]' for store 0; "
+                                                      "see /api/info for its layers"), r.text
+    if "images" in params:
+        r = client.get(f"/api/stores/0/{path}", params={**params, "layer": FINE, "images": "0,9"})
+        assert r.status_code == 404 and detail(r) == "image index 9 out of range: store 0 has 3 images", r.text
+
+
+def test_thumbnail_size_is_named(client):
+    r = client.get("/api/stores/0/images/0/input.png", params={"size": 7})
+    assert r.status_code == 400 and detail(r) == "size must be between 8 and 4096 pixels, got 7"
+    r = client.put("/api/stores/0/labels", json={"layer": "nope", "rows": []}, headers=MUTATE)
+    assert r.status_code == 404 and "unknown layer 'nope'" in detail(r)
+
+
 def test_guards_host_header_and_mutations(client):
     r = client.get("/api/info", headers={"Host": "evil.example:8765"})
     assert r.status_code == 400 and "Host" in detail(r)

@@ -164,8 +164,9 @@ def serve(stores: Sequence[str | os.PathLike], *, model: Any = None, host: str =
     """Serve the explorer for ``stores`` at http://host:port/ until interrupted (Ctrl+C).
 
     Listens on 127.0.0.1 unless told otherwise; answers only requests addressed to loopback names,
-    the listening address (this machine's names and addresses for 0.0.0.0) and ``allowed_hosts``. Store and label problems are raised before
-    anything listens (StoreError, LabelFileError, UsageError); a busy port raises UsageError.
+    the listening address (this machine's names and addresses for 0.0.0.0) and ``allowed_hosts``.
+    Store and label problems are raised before anything listens (StoreError, LabelFileError,
+    UsageError); so is a busy port (UsageError naming --port).
     """
     app = build(stores, model=model, host=host, labels_path=labels_path, allowed_hosts=allowed_hosts)
     _check_port_free(host, port)
