@@ -34,7 +34,6 @@ def main() -> None:
     import torch
 
     from sdaudit.extraction import ExtractionSettings, Extractor
-    from sdaudit.layers import PAPER_OMITTED, all_layers
     from sdaudit.models import load_model
 
     images = [photo(i, args.size) for i in range(args.n)]
@@ -47,7 +46,7 @@ def main() -> None:
         with Timer() as t:
             if tool == "sdaudit":
                 model = load_model(args.pipeline, device="cpu")
-                layers = [n for n in all_layers(model.unet) if n not in PAPER_OMITTED]
+                layers = model.family.paper_layers()
                 ex = Extractor(model, layers, ExtractionSettings(protocol=args.protocol, size=args.size, seed=42,
                                                                  timestep=50))
 
@@ -63,7 +62,7 @@ def main() -> None:
 
                 sd = sdhelper.SD(args.pipeline, device="cpu", local_files_only=True, disable_progress_bar=True)
                 if layers is None:
-                    layers = [n for n in all_layers(sd.pipeline.unet) if n not in PAPER_OMITTED]
+                    layers = [n for n in layers or model.family.paper_layers()]
 
                 def run_sdhelper(sd=sd):
                     return sd.img2repr(images, layers, step=50, seed=42, batch_size=args.batch)

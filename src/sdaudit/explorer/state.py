@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..analyses import LabelFileError, NonFiniteInputError, detect_anomalies, load_labels, validate_labels
-from ..layers import block_of, kind_of, normalize_name
+from ..layer_names import block_of, kind_of, normalize_name
 from ..store import RepresentationStore, StoreError, open_store
 from .uploads import shrink_upload
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from .families import ModelFamily, family_for_config
 from .registry import ModelSpec, parse_model_spec
 
 
@@ -28,7 +29,8 @@ class LoadedModel:
     """The components sdaudit needs from a latent-diffusion model, on one device.
 
     ``dtype`` is the compute dtype of the U-Net and text encoder; ``vae_dtype`` that of the VAE
-    (float32 where the VAE's config asks to be upcast).
+    (float32 where the VAE's config asks to be upcast). ``family`` (:class:`~sdaudit.models.families.ModelFamily`)
+    is what extraction talks to; it is derived from the U-Net's config when not given.
     """
 
     spec: ModelSpec
@@ -43,6 +45,11 @@ class LoadedModel:
     revision: str | None = None
     weights_sha256: str | None = None
     extra: dict = field(default_factory=dict)
+    family: ModelFamily | None = None
+
+    def __post_init__(self):
+        if self.family is None:
+            self.family = family_for_config(self.unet.config, self.vae_scale_factor)
 
     @property
     def name(self) -> str:
