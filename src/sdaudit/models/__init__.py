@@ -1,8 +1,8 @@
 """Models: the registry of known models, loading from any source, and the offline models."""
 
 from .families import ModelFamily, family_for_config, layer_infos
-from .load import LoadedModel, ModelNotAvailableError, load_model, load_unet_config, resolve_device, resolve_dtype
-from .registry import REGISTRY, ModelSpec, ModelSpecError, known_model_names, parse_model_spec
+from .load import LoadedModel, load_model, load_unet_config, resolve_device, resolve_dtype
+from .registry import REGISTRY, ModelNotAvailableError, ModelSpec, ModelSpecError, known_model_names, parse_model_spec
 
 __all__ = [
     "REGISTRY",

@@ -17,11 +17,8 @@ import torch
 
 from ..errors import UsageError
 from .families import ModelFamily, family_for_config
-from .registry import ModelSpec, parse_model_spec
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The model's weights are not on this machine and cannot be fetched."""
+from .registry import ModelNotAvailableError, ModelSpec, parse_model_spec
+from .single_file import load_single_file, single_file_unet_config
 
 
 @dataclass
@@ -290,8 +287,6 @@ def load_model(
                                             torch_dtype=load_dtype)
         weights_hash = _folder_weights_sha256(Path(spec.location))
     elif spec.kind == "file":
-        from .single_file import load_single_file
-
         parts = load_single_file(spec.location, config=single_file_config, torch_dtype=load_dtype)
         weights_hash = file_sha256(spec.location)
     elif spec.kind == "hub":
@@ -339,8 +334,6 @@ def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, loc
     if spec.kind == "folder":
         return json.loads((Path(spec.location) / "unet" / "config.json").read_text())
     if spec.kind == "file":
-        from .single_file import single_file_unet_config
-
         return single_file_unet_config(spec.location, config=single_file_config)
     try:
         return dict(UNet2DConditionModel.load_config(spec.location, subfolder="unet", revision=revision,
