@@ -102,11 +102,10 @@ def bench_published(args) -> dict:
     import torch
 
     from sdaudit.analyses import position_probe
-    from sdaudit.layers import PAPER_OMITTED, layer_infos
-    from sdaudit.models import load_unet_config, parse_model_spec
+    from sdaudit.models import family_for_config, load_unet_config, parse_model_spec
 
-    infos = [i for i in layer_infos(load_unet_config(parse_model_spec(args.model)), args.size)
-             if i.name not in PAPER_OMITTED]
+    family = family_for_config(load_unet_config(parse_model_spec(args.model)))
+    infos = [i for i in family.layer_infos(args.size) if i.name in set(family.paper_layers())]
     shapes: dict[tuple[int, int], int] = {}
     for info in infos:
         shapes[(info.channels, info.height)] = shapes.get((info.channels, info.height), 0) + 1

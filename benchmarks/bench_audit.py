@@ -50,10 +50,10 @@ def main() -> None:
 
         from sdaudit.extraction import prepare_for_model
         from sdaudit.images import iter_images
-        from sdaudit.layers import PAPER_OMITTED, all_layers
+        from sdaudit.models import family_for_config
 
         sd = sdhelper.SD(args.sdhelper, device=args.device, local_files_only=True, disable_progress_bar=True)
-        layers = [n for n in all_layers(sd.pipeline.unet) if n not in PAPER_OMITTED]
+        layers = family_for_config(sd.pipeline.unet.config).paper_layers()
         helper_images = [prepare_for_model(r.image, args.size) for r in iter_images(args.images)]
 
         def helper():

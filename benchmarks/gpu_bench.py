@@ -101,9 +101,8 @@ def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
     from sdaudit.audit import AuditSettings, audit
     from sdaudit.extraction import ExtractionSettings, Extractor
     from sdaudit.extraction.extractor import auto_batch_size
-    from sdaudit.extraction.hooks import attention_processors
-    from sdaudit.layers import PAPER_OMITTED, all_layers
     from sdaudit.models import load_model
+    from sdaudit.models.hooks import attention_processors
 
     row: dict = {"model": spec, "size": args.size}
     t = time.perf_counter()
@@ -113,7 +112,7 @@ def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
     row["attention"] = attention_processors(model.unet)
     row["sdpa"] = set(row["attention"]) == {"AttnProcessor2_0"}
     row.update(count_flops(model, args.size))
-    layers = [n for n in all_layers(model.unet) if n not in PAPER_OMITTED]
+    layers = model.family.paper_layers()
     settings = ExtractionSettings(protocol="paper", size=args.size)  # the published computation, as sdhelper's
     ex = Extractor(model, layers, settings)
     clean = Extractor(model, layers, ExtractionSettings(size=args.size))

@@ -9,7 +9,7 @@ import pytest
 
 from sdaudit.audit import AuditSettings, audit
 from sdaudit.extraction import Extractor
-from sdaudit.layers import layer_infos
+from sdaudit.models import layer_infos
 from sdaudit.models import load_unet_config, parse_model_spec
 from sdaudit.analyses import crop_pixels
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdaudit.layers import (LayerError, all_layers, block_of, kind_of, layer_infos, normalize_name, paper_layers,
-                            select_layers)
-from sdaudit.models import load_unet_config
+from sdaudit.layer_names import LayerError, block_of, kind_of, normalize_name, select_layers
+from sdaudit.models import family_for_config, layer_infos, load_unet_config
 
 # (channels, grid) of SD-1.5 at 512 px, from the design notes' table.
 SD15_512 = {
@@ -28,8 +27,8 @@ def test_46_layers_and_45_paper_layers(model, tiny):
     infos = layer_infos(load_unet_config(model), 512)
     names = [i.name for i in infos]
     assert len(names) == 46
-    assert names == all_layers(tiny.unet)  # tiny has SD-1.5's exact layer names
-    paper = paper_layers(tiny.unet)
+    assert names == tiny.family.layer_names()  # tiny has SD-1.5's exact layer names
+    paper = family_for_config(load_unet_config(model)).paper_layers()
     assert len(paper) == 45 and "up_blocks[0].resnets[2]" not in paper
     counts = {}
     for name in paper:
@@ -55,9 +54,11 @@ def test_meta_shapes_equal_a_real_forward(tiny, images5):
 
 
 def test_selection(tiny):
-    available = all_layers(tiny.unet)
-    assert len(select_layers("all", available)) == 46
-    assert len(select_layers("paper", available)) == 45
+    available = tiny.family.layer_names()
+    assert len(tiny.family.select_layers("all")) == 46
+    assert len(tiny.family.select_layers("paper")) == 45
+    with pytest.raises(LayerError, match="no 'paper' layer set"):
+        select_layers("paper", available)  # the paper set is the family's to say
     up1 = select_layers("up_blocks[1]", available)
     assert len(up1) == 7 and up1[-1] == "up_blocks[1].upsamplers[0]"
     assert select_layers("up_blocks.1.upsamplers.0,conv_in", available) == ["conv_in", "up_blocks[1].upsamplers[0]"]

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from sdaudit.models import ModelNotAvailableError, load_model
-from sdaudit.models import single_file
+from sdaudit.models import single_file, single_file_plan
 from sdaudit.models.offline import TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, read_arch_config
 from sdaudit.models.single_file import load_single_file, single_file_unet_config
 
@@ -337,7 +337,7 @@ def test_full_size_architectures_detected(arch):
         last = "cond_stage_model.model.transformer.resblocks.22."
         state.update({k.replace(".resblocks.22.", ".resblocks.23."): v for k, v in state.items() if k.startswith(last)})
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    plan = single_file._plan(shapes, None, f"{arch}.safetensors")
+    plan = single_file_plan.plan_components(shapes, None, f"{arch}.safetensors")
     assert plan.family == arch and not plan.guessed
     assert plan.unet == read_arch_config(arch, "unet")
     assert plan.vae == read_arch_config(arch, "vae")
@@ -346,14 +346,14 @@ def test_full_size_architectures_detected(arch):
     assert plan.scheduler == read_arch_config(arch, "scheduler")
     cross = [v for k, v in shapes.items() if k.endswith("attn2.to_k.weight")][0][1]
     assert cross == (768 if arch == "sd15" else 1024)
-    assert single_file._plan(shapes, arch, "x").unet == read_arch_config(arch, "unet")
+    assert single_file_plan.plan_components(shapes, arch, "x").unet == read_arch_config(arch, "unet")
     if arch == "sd21":  # SD-2-base: epsilon prediction, by diffusers' global-step rule
-        assert single_file._plan(shapes, None, "x", global_step=875000).scheduler["prediction_type"] == "epsilon"
+        assert single_file_plan.plan_components(shapes, None, "x", global_step=875000).scheduler["prediction_type"] == "epsilon"
         with pytest.raises(ValueError, match="cross_attention_dim is 1024 in the checkpoint but 768"):
-            single_file._plan(shapes, "sd15", "x")
+            single_file_plan.plan_components(shapes, "sd15", "x")
     # an inpainting variant (9 input channels) keeps the family config with the channels from the file
     shapes["model.diffusion_model.input_blocks.0.0.weight"] = (320, 9, 3, 3)
-    assert single_file._plan(shapes, None, "x").unet["in_channels"] == 9
+    assert single_file_plan.plan_components(shapes, None, "x").unet["in_channels"] == 9
 
 
 def test_missing_sd_tokenizer_is_a_clear_error(tiny, tmp_path, monkeypatch, no_network):

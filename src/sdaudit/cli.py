@@ -45,7 +45,7 @@ def _user_errors():
     """The exception types that are the user's to fix: printed as one clear message, no traceback."""
     from .errors import SdauditError
     from .images import BadImageError
-    from .layers import LayerError
+    from .layer_names import LayerError
     from .models import ModelNotAvailableError, ModelSpecError
     from .store import StoreError
 
@@ -94,13 +94,13 @@ def layers_cmd(
     """Print every hookable layer with its channels and token grid (no weights needed)."""
     try:
         _check_options(size=size)
-        from .layers import PAPER_OMITTED, layer_infos, select_layers
-        from .models import load_unet_config, parse_model_spec
+        from .models import family_for_config, load_unet_config, parse_model_spec
 
         spec = parse_model_spec(model)
         size = size or spec.default_size
-        infos = layer_infos(load_unet_config(spec), size)
-        chosen = set(select_layers(layers, [i.name for i in infos]))
+        family = family_for_config(load_unet_config(spec))
+        infos, paper = family.layer_infos(size), set(family.paper_layers())
+        chosen = set(family.select_layers(layers))
     except _user_errors() as error:
         _fail(str(error))
     table = Table(title=f"{spec.name} at {size}x{size} px: {len(chosen)} layers")
@@ -109,7 +109,7 @@ def layers_cmd(
                          no_wrap=column == "layer", min_width=30 if column == "layer" else None)
     for i, info in enumerate(i for i in infos if i.name in chosen):
         table.add_row(str(i), info.name, info.block, info.kind, str(info.channels), f"{info.height}x{info.width}",
-                      "" if info.name in PAPER_OMITTED else "yes")
+                      "yes" if info.name in paper else "")
     console.print(table)
 
 

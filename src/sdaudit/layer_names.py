@@ -1,11 +1,38 @@
-"""Layer-name helpers that need no torch: block, kind, spellings and storage keys of a layer name.
+"""Layer names, torch-free: spellings, blocks, kinds, storage keys, selection and the per-layer record.
 
-Names follow the paper: module paths with list indices in brackets (``up_blocks[1].upsamplers[0]``).
+Names follow the paper: module paths with list indices in brackets (``up_blocks[1].upsamplers[0]``,
+``conv_in``, ``mid_block.resnets[1]``). Which layers a model has, and which of them make the
+paper's set, is the model family's to say (:mod:`sdaudit.models.families`); everything here works
+on the names alone, so reports, stores and the explorer can use it without importing torch.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+
+class LayerError(UsageError):
+    """An unknown or malformed layer name."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One hookable layer: its name, block, kind and output shape for a given input size."""
+
+    name: str
+    block: str  # conv_in, down_blocks[0], ..., mid_block, up_blocks[3], conv_out
+    kind: str  # conv, res, attn, down, up
+    channels: int
+    height: int  # tokens
+    width: int  # tokens
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.height, self.width)
 
 
 def block_of(name: str) -> str:
@@ -29,11 +56,42 @@ def normalize_name(name: str) -> str:
 
 
 def store_key(name: str) -> str:
-    """The layer's key in a store: diffusers' dotted module path (``down_blocks.1.attentions.0``)."""
-    return re.sub(r"\[(\d+)\]", r".\1", name)
+    """diffusers' dotted module path of a layer (``down_blocks.1.attentions.0``): its key in a store, and the
+    path ``nn.Module.get_submodule`` takes."""
+    return re.sub(r"\[(\d+)\]", r".\1", normalize_name(name))
 
 
 def norm_key(layer: str) -> str:
     """Key of a layer's norm maps in an audit's maps.npz: ``"norm__"`` + the name with every run of
     ``[``, ``]``, ``.`` replaced by one ``_`` (``up_blocks[1].upsamplers[0]`` -> ``norm__up_blocks_1_upsamplers_0``)."""
     return "norm__" + re.sub(r"[\[\].]+", "_", layer).strip("_")
+
+
+def select_layers(spec: str | Iterable[str], available: Sequence[str], *, paper: Sequence[str] = ()) -> list[str]:
+    """Resolve a layer selection against the available layers, in execution order.
+
+    ``spec`` is ``"all"``, ``"paper"`` (the layers in ``paper``: the model family's paper set), or
+    names separated by commas (or an iterable of names). A block name (``up_blocks[1]``,
+    ``mid_block``, ``down_blocks.2``) expands to its layers. Unknown names raise
+    :class:`LayerError` listing the valid ones.
+    """
+    items = [normalize_name(s) for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    if not items:
+        raise LayerError("no layers selected; use 'all', 'paper', block names or layer names")
+    blocks = list(dict.fromkeys(block_of(n) for n in available))
+    chosen: set[str] = set()
+    for item in items:
+        if item == "all":
+            chosen.update(available)
+        elif item == "paper":
+            if not paper:
+                raise LayerError("this model has no 'paper' layer set; use 'all', block names or layer names")
+            chosen.update(n for n in available if n in set(paper))
+        elif item in available:
+            chosen.add(item)
+        elif item in blocks:
+            chosen.update(n for n in available if block_of(n) == item)
+        else:
+            raise LayerError(f"unknown layer '{item}'. Valid: all, paper, the blocks {', '.join(blocks)}, or one of: "
+                             + ", ".join(available))
+    return [n for n in available if n in chosen]

@@ -231,8 +231,6 @@ def _store_source(store, settings: AuditSettings, model):
     """Read the full pass from an existing store, after checking it was made with the audit's settings."""
     import torch
 
-    from ..layers import select_layers
-
     config = store.config
     wanted = {"protocol": settings.protocol, "timestep": settings.timestep, "seed": settings.seed,
               "size": settings.size, "prompt": settings.prompt, "noise_samples": settings.noise_samples,
@@ -242,9 +240,7 @@ def _store_source(store, settings: AuditSettings, model):
         diffs.append(f"latent: store has {config.get('latent')!r}, audit asks for {settings.latent!r}")
     if diffs:
         raise ValueError(f"store '{store.path}' was extracted with other settings than this audit:\n  " + "\n  ".join(diffs))
-    from ..layers import all_layers
-
-    layers = select_layers(settings.layers, all_layers(model.unet))
+    layers = model.family.select_layers(settings.layers)
     missing = [layer for layer in layers if layer not in store.layers]
     if missing:
         raise ValueError(f"store '{store.path}' lacks layers the audit needs: {', '.join(missing)}")

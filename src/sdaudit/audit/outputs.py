@@ -13,7 +13,7 @@ import numpy as np
 from ..analyses import save_labels, to_jsonable
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.results import UNDEFINED_SMALL_GRID
-from ..layers import block_of, kind_of
+from ..layer_names import block_of, kind_of
 
 TABLE_METRICS = ("probe_acc_8", "probe_acc_16", "probe_acc_32", "probe_acc_64", "probe_chance_8", "probe_chance_16",
                  "probe_chance_32", "probe_chance_64", "corner_rel_sim", "border_rel_sim", "other_rel_sim",

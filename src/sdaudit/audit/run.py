@@ -170,7 +170,7 @@ def _anomaly_labels(spec: str | None, grids: dict, anomaly_layer: str, items: Se
 def choose_anomaly_layer(layers: Sequence[str], grids: dict[str, tuple[int, int]], requested: str | None) -> str:
     """The layer anomalies are detected on: as requested, else the paper's (up_blocks[1] output), else the
     last up-block layer with the coarsest grid above 8x8."""
-    from ..layers import normalize_name
+    from ..layer_names import normalize_name
 
     if requested:
         name = normalize_name(requested)

@@ -1,8 +1,8 @@
 """Extraction: preprocessing, the two noise protocols, U-Net hooks, batching into a store."""
 
-from .extractor import ExtractionSettings, Extractor, encode_prompt
+from .extractor import ExtractionSettings, Extractor
 from .protocols import PROTOCOLS
 from .run import ExtractionReport, extract, extract_like, prepare_for_model
 
-__all__ = ["PROTOCOLS", "ExtractionReport", "ExtractionSettings", "Extractor", "encode_prompt", "extract", "extract_like",
+__all__ = ["PROTOCOLS", "ExtractionReport", "ExtractionSettings", "Extractor", "extract", "extract_like",
            "prepare_for_model"]

@@ -8,10 +8,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..layers import all_layers, layer_infos, select_layers
 from ..validation import check_seed, check_size
-from .hooks import DeviceToHost, capture_layers, compile_layers, run_until_captured, unet_extra_inputs
-from .protocols import check_protocol, clean_latents, clean_noised, paper_noised_latents, pixels_to_tensor
+from .hooks import DeviceToHost
+from .protocols import check_protocol, pixels_to_tensor
 
 
 @dataclass(frozen=True)
@@ -63,28 +62,21 @@ class ExtractionSettings:
         return asdict(self)
 
 
-def encode_prompt(model, prompt: str) -> torch.Tensor:
-    """Text-encoder hidden states (1, 77, D) for ``prompt``, as diffusers' StableDiffusionPipeline makes them."""
-    tokenizer = model.tokenizer
-    max_length = min(int(getattr(tokenizer, "model_max_length", 77)), 77)
-    tokens = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    ids = tokens.input_ids.to(model.device)
-    mask = tokens.attention_mask.to(model.device) if getattr(model.text_encoder.config, "use_attention_mask", False) else None
-    with torch.inference_mode():
-        return model.text_encoder(ids, attention_mask=mask)[0].to(model.dtype)
-
-
 class Extractor:
-    """Runs the U-Net on batches of prepared images and returns the chosen layers' outputs.
+    """Runs the denoiser on batches of prepared images and returns the chosen layers' outputs.
+
+    Everything model-specific (encoding, noising under the protocol, the prompt, the hooked pass,
+    the layers and their shapes) is asked of the model's family (``model.family``, a
+    :class:`~sdaudit.models.families.ModelFamily`); the extractor batches, moves and averages.
 
     Args:
         model: a :class:`sdaudit.models.LoadedModel`.
-        layers: 'all', 'paper', block or layer names (see :func:`sdaudit.layers.select_layers`).
+        layers: 'all', 'paper', block or layer names (see :meth:`ModelFamily.select_layers`).
         settings: :class:`ExtractionSettings`.
-        compile: ``torch.compile`` every hookable layer of the U-Net (in place, once per model; see
-            :func:`~sdaudit.extraction.hooks.compile_layers`). Pays on GPUs for long runs; the first
+        compile: ``torch.compile`` every hookable layer of the denoiser (in place, once per model; see
+            :func:`~sdaudit.models.hooks.compile_layers`). Pays on GPUs for long runs; the first
             batches are slow while it compiles.
-        channels_last: put the U-Net in channels-last memory format (in place), which tensor-core
+        channels_last: put the denoiser in channels-last memory format (in place), which tensor-core
             convolutions prefer. Off by default: on the CPU it changes float rounding.
 
     On CUDA, captured outputs are copied to pinned host memory on a side stream while the forward pass
@@ -96,28 +88,20 @@ class Extractor:
 
     def __init__(self, model, layers: str | Sequence[str] = "paper", settings: ExtractionSettings | None = None, *,
                  compile: bool = False, channels_last: bool = False):
-        self.model = model
+        self.model, self.family = model, model.family
         self.settings = (settings or ExtractionSettings(size=model.default_size)).validated()
-        self.available = all_layers(model.unet)
-        self.layers = select_layers(layers, self.available)
-        infos = {i.name: i for i in layer_infos(dict(model.unet.config), self.settings.input_size,
-                                                model.vae_scale_factor)}
+        self.available = self.family.layer_names()
+        self.layers = self.family.select_layers(layers)
+        infos = {i.name: i for i in self.family.layer_infos(self.settings.input_size)}
         self.shapes = {n: (infos[n].channels, infos[n].height, infos[n].width) for n in self.layers}
-        self._context = encode_prompt(model, self.settings.prompt)
+        self._context = self.family.encode_prompt(model, self.settings.prompt)
         self.max_batch: int | None = None  # set after an out-of-memory split: the batch size that fitted
         if channels_last:
-            model.unet.to(memory_format=torch.channels_last)
+            self.family.denoiser(model).to(memory_format=torch.channels_last)
         if compile:
-            compile_layers(model.unet, self.available)
+            self.family.compile_layers(model, self.available)
 
-    def _noised_inputs(self, pixels: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-        s = self.settings
-        if s.protocol == "paper":
-            return [paper_noised_latents(self.model, pixels, s.timestep, s.seed)]
-        latents = clean_latents(self.model, pixels, indices, s.seed, s.latent)
-        return [clean_noised(self.model, latents, indices, s.timestep, s.seed, k) for k in range(s.noise_samples)]
-
-    def _unet_pass(self, sample: torch.Tensor, device_output: bool = False) -> dict[str, torch.Tensor]:
+    def _denoiser_pass(self, sample: torch.Tensor, device_output: bool = False) -> dict[str, torch.Tensor]:
         model, out = self.model, {}
         copier = None
         if device_output:
@@ -132,11 +116,7 @@ class Extractor:
         # inference mode (no autograd bookkeeping at all) is a few percent faster than no_grad; the outputs are
         # copied out of it below, so that callers get ordinary tensors (usable with autograd, e.g. to train probes)
         with torch.inference_mode():
-            t = torch.tensor(self.settings.timestep, dtype=torch.long, device=model.device)
-            context = self._context.expand(sample.shape[0], -1, -1).contiguous()
-            extra = unet_extra_inputs(model.unet, sample.shape[0], self.settings.input_size, model.device, model.dtype)
-            with capture_layers(model.unet, self.layers, sink):
-                run_until_captured(lambda: model.unet(sample, t, encoder_hidden_states=context, **extra))
+            self.family.run_denoiser(model, sample, self.settings.timestep, self._context, layers=self.layers, sink=sink)
         if copier is not None:
             return copier.collect()
         return {name: out.pop(name).clone() for name in list(out)}
@@ -184,9 +164,9 @@ class Extractor:
             raise ValueError(f"images must be prepared to {expected} px, got {tuple(pixels.shape[-2:])}")
         total: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
-            inputs = self._noised_inputs(pixels, indices)
+            inputs = self.family.noised_inputs(self.model, pixels, indices, self.settings)
         for sample in inputs:
-            for name, value in self._unet_pass(sample, device_output).items():
+            for name, value in self._denoiser_pass(sample, device_output).items():
                 if len(inputs) > 1:
                     value = value.float()
                 total[name] = value if name not in total else total[name] + value

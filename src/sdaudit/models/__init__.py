@@ -1,15 +1,19 @@
 """Models: the registry of known models, loading from any source, and the offline models."""
 
-from .load import LoadedModel, ModelNotAvailableError, load_model, load_unet_config, resolve_device, resolve_dtype
-from .registry import REGISTRY, ModelSpec, ModelSpecError, known_model_names, parse_model_spec
+from .families import ModelFamily, family_for_config, layer_infos
+from .load import LoadedModel, load_model, load_unet_config, resolve_device, resolve_dtype
+from .registry import REGISTRY, ModelNotAvailableError, ModelSpec, ModelSpecError, known_model_names, parse_model_spec
 
 __all__ = [
     "REGISTRY",
     "LoadedModel",
+    "ModelFamily",
     "ModelNotAvailableError",
     "ModelSpec",
     "ModelSpecError",
+    "family_for_config",
     "known_model_names",
+    "layer_infos",
     "load_model",
     "load_unet_config",
     "parse_model_spec",

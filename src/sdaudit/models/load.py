@@ -16,11 +16,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from .registry import ModelSpec, parse_model_spec
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The model's weights are not on this machine and cannot be fetched."""
+from .families import ModelFamily, family_for_config
+from .registry import ModelNotAvailableError, ModelSpec, parse_model_spec
+from .single_file import load_single_file, single_file_unet_config
 
 
 @dataclass
@@ -28,7 +26,8 @@ class LoadedModel:
     """The components sdaudit needs from a latent-diffusion model, on one device.
 
     ``dtype`` is the compute dtype of the U-Net and text encoder; ``vae_dtype`` that of the VAE
-    (float32 where the VAE's config asks to be upcast).
+    (float32 where the VAE's config asks to be upcast). ``family`` (:class:`~sdaudit.models.families.ModelFamily`)
+    is what extraction talks to; it is derived from the U-Net's config when not given.
     """
 
     spec: ModelSpec
@@ -43,6 +42,11 @@ class LoadedModel:
     revision: str | None = None
     weights_sha256: str | None = None
     extra: dict = field(default_factory=dict)
+    family: ModelFamily | None = None
+
+    def __post_init__(self):
+        if self.family is None:
+            self.family = family_for_config(self.unet.config, self.vae_scale_factor)
 
     @property
     def name(self) -> str:
@@ -283,8 +287,6 @@ def load_model(
                                             torch_dtype=load_dtype)
         weights_hash = _folder_weights_sha256(Path(spec.location))
     elif spec.kind == "file":
-        from .single_file import load_single_file
-
         parts = load_single_file(spec.location, config=single_file_config, torch_dtype=load_dtype)
         weights_hash = file_sha256(spec.location)
     elif spec.kind == "hub":
@@ -332,8 +334,6 @@ def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, loc
     if spec.kind == "folder":
         return json.loads((Path(spec.location) / "unet" / "config.json").read_text())
     if spec.kind == "file":
-        from .single_file import single_file_unet_config
-
         return single_file_unet_config(spec.location, config=single_file_config)
     try:
         return dict(UNet2DConditionModel.load_config(spec.location, subfolder="unet", revision=revision,

@@ -16,12 +16,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import SdauditError, UsageError
+
 ARCH_CONFIGS = ("sd15", "sd21")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UsageError):
     """The model spec names nothing sdaudit knows how to load."""
+
+
+class ModelNotAvailableError(SdauditError, RuntimeError):
+    """The model's weights (or a file they need, such as the tokenizer) are not on this machine and cannot be fetched."""
 
 
 @dataclass(frozen=True)

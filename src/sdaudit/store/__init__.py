@@ -135,7 +135,7 @@ def _open_for_writing(path: Path, config: dict) -> RepresentationStore:
 
 def _write_empty_store(path: Path, config: dict, layer_shapes: dict[str, tuple[int, int, int]], dtype: str,
                        capacity: int) -> None:
-    from ..layers import store_key
+    from ..layer_names import store_key
 
     zarr = _zarr()
     group = zarr.open_group(str(path), mode="w")

@@ -107,7 +107,7 @@ class RepresentationStore:
         return tuple(self._layer_meta(layer)["shape"])  # type: ignore[return-value]
 
     def _layer_meta(self, layer: str) -> dict:
-        from ..layers import normalize_name
+        from ..layer_names import normalize_name
 
         name = normalize_name(layer)
         if name not in self._manifest["layers"]:
@@ -138,7 +138,7 @@ class RepresentationStore:
         Only the chunks of the chosen images are read from disk, and each image's row is checked against
         its checksum: a damaged row raises :class:`StoreDamagedError` naming the layer and image.
         """
-        from ..layers import normalize_name
+        from ..layer_names import normalize_name
 
         self._layer_meta(layer)
         return self._read_rows(normalize_name(layer), images)
