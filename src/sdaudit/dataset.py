@@ -287,7 +287,9 @@ def _resolve_classes(opened: _Opened, classes: tuple[int, ...], label_column: st
         opened.order, opened.order_file = read_order_file(order_file), os.path.abspath(order_file)
         if opened.kind != "folder":
             raise UsageError("order_file is for a local ILSVRC folder; a datasets source keeps its own stream order")
-    table = {**_classlabel_wnids(opened.src, label_column), **opened.table} if opened.kind == "datasets" else opened.table
+    table = opened.table
+    if opened.kind == "datasets":
+        table = {**_classlabel_wnids(opened.src, label_column), **table}
     opened.wnids = {c: table.get(c, "unknown") for c in classes}
     if opened.kind == "folder":
         unknown = [c for c in classes if opened.wnids[c] == "unknown"]

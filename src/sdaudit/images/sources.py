@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable, Iterator
 from .decode import decode_dataset_value, load_image
 from .folders import LIST_FILE_EXTENSIONS, is_saved_dataset, read_list_file, scan_folder
 from .hf import DatasetSource, is_datasets_object, open_dataset_source, parse_hf_spec
-from .records import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, IMAGE_EXTENSIONS, BadImageError, ImageRecord, ImageSourceError, printable_path
+from .records import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, IMAGE_EXTENSIONS, BadImageError, ImageRecord, ImageSourceError,
+                      printable_path)
 
 
 @dataclass
