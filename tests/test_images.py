@@ -110,7 +110,7 @@ def test_directory(tmp_path):
 
 def test_permission_denied_reported(tmp_path, monkeypatch):
     path = save(tmp_path, "p.png", Image.fromarray(rand_rgb()))
-    monkeypatch.setattr(images.os, "access", lambda p, mode: False)
+    monkeypatch.setattr(images.decode.os, "access", lambda p, mode: False)
     assert_bad(path, "permission denied", "unreadable")
 
 
@@ -497,7 +497,7 @@ def test_iteration_is_lazy(tmp_path, monkeypatch):
         calls.append(path)
         return real(path, **kw)
 
-    monkeypatch.setattr(images, "load_image", spy)
+    monkeypatch.setattr(images.sources, "load_image", spy)  # the name iter_images calls
     it = iter_images(root)
     assert calls == []
     next(it)
@@ -639,7 +639,7 @@ def test_demo_image_paths():
 
 
 def test_demo_image_paths_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(images, "_skimage_data_dir", lambda: tmp_path)
+    monkeypatch.setattr(images.demo, "_skimage_data_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="astronaut.png"):
         demo_image_paths()
 

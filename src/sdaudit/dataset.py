@@ -16,24 +16,11 @@ their sorted order is the selection order; the manifest's ``order`` says whether
 published order (see :mod:`sdaudit.paper_set`: the published labels index it). Images get the
 published crop arithmetic and resize filter (:func:`sdaudit.paper_set.published_crop`).
 
-Crash safety: every PNG is first written to a hidden temporary file in ``out_dir``; only when
-the whole selection succeeded are they renamed into place (``os.replace``, atomic), between two
-atomic writes of ``manifest.json``: before, marked ``"complete": false`` and listing the new and the
-previous files; after, ``"complete": true``. A failed or interrupted run leaves no partial PNGs under
-final names and no file of its own unlisted; rerunning rebuilds the same set.
-
-Ownership: ``out_dir`` must be new, empty, or a folder this function built before, recognised by
-its ``manifest.json`` with ``"format": "sdaudit-imagenet-subset/1"``; any other non-empty folder
-is refused (:class:`~sdaudit.errors.OutputPathError`) before anything is read or written. Of the
-files that manifest lists, those not part of the new set are removed, but only names of exactly the
-form this function writes (``<seq>_<class>_<wnid>.png``, or an earlier build's ``<class>_<wnid>_<k>.png``:
-no folders, no ``..``) that are regular files,
-not links. Nothing else in ``out_dir`` is ever deleted.
+Writing, crash safety and which existing folders may be rebuilt: :mod:`sdaudit.dataset_files`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -41,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import OutputPathError
+from .dataset_files import MANIFEST_NAME, commit, file_name, previous_build, remove_own_temps, write_temp
+from .errors import UsageError
 from .images import (
-    DEFAULT_MAX_PIXELS, BadImageError, ImageRecord, decode_dataset_value, is_saved_dataset,
+    DEFAULT_MAX_PIXELS, BadImageError, ImageRecord, ImageSourceError, decode_dataset_value, is_saved_dataset,
     load_image, open_dataset_source, pixel_sha256, scan_folder, to_rgb,
 )
 from .paper_set import published_crop, read_order_file
-from .validation import check_output_dir
 
-__all__ = ["PAPER_CLASSES", "IMAGENET_WNIDS", "build_imagenet_subset", "read_synset_mapping"]
+__all__ = ["PAPER_CLASSES", "IMAGENET_WNIDS", "MANIFEST_NAME", "build_imagenet_subset", "read_synset_mapping"]
 
 #: The paper's ImageNet class indices.
 PAPER_CLASSES = (235, 242, 282, 717, 980)
@@ -63,13 +50,6 @@ IMAGENET_WNIDS = {
 }
 _WNID_RE = re.compile(r"^n\d{8}$")
 _MAPPING_NAMES = ("LOC_synset_mapping.txt", "synset_mapping.txt", "synsets.txt")
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "sdaudit-imagenet-subset/1"
-# Exactly the names _file_name() writes, and the temporary names of an interrupted build.
-# (``<seq>_<class>_<wnid>.png``; ``<class>_<wnid>_<k>.png`` of builds before the published order was kept)
-_OWN_FILE_RE = re.compile(r"\d{3,}_\d+_(?:n\d{8}|unknown)\.png|\d+_(?:n\d{8}|unknown)_\d{3,}\.png")
-_OWN_TEMP_RE = re.compile(r"\.(?:\d{3,}_\d+_(?:n\d{8}|unknown)\.png|\d+_(?:n\d{8}|unknown)_\d{3,}\.png|"
-                          r"manifest\.json)\.partial")
 
 
 @dataclass
@@ -100,7 +80,7 @@ def read_synset_mapping(path: str | os.PathLike) -> dict[int, str]:
     for index, line in enumerate(lines):
         wnid = line.split()[0]
         if not _WNID_RE.match(wnid):
-            raise ValueError(f"{path}: line {index + 1} does not start with a WordNet id: {line!r}")
+            raise ImageSourceError(f"{path}: line {index + 1} does not start with a WordNet id: {line!r}")
         mapping[index] = wnid
     return mapping
 
@@ -153,8 +133,8 @@ def _train_root(root: Path, split: str, wnids: list[str]) -> Path:
     return root
 
 
-def _folder_candidates(root: Path, classes: tuple[int, ...], wnids: dict[int, str],
-                       per_class: int, allow_fewer: bool, order: list[str] | None = None) -> Iterator[_Candidate]:
+def _folder_candidates(root: Path, classes: tuple[int, ...], wnids: dict[int, str], opts: "_Options",
+                       order: list[str] | None = None) -> Iterator[_Candidate]:
     """Check every class folder up front, then yield its files class by class, sorted; with ``order`` (file
     names in the published order) those files in that order instead."""
     listing = {}
@@ -165,10 +145,10 @@ def _folder_candidates(root: Path, classes: tuple[int, ...], wnids: dict[int, st
                 f"ImageNet class {cls} ({wnids[cls]}): folder {folder} not found; expected the "
                 f"ILSVRC-2012 train layout <root>/<wnid>/*.JPEG under {root}")
         listing[cls] = scan_folder(folder)
-        if len(listing[cls]) < per_class and not allow_fewer:
-            raise ValueError(f"ImageNet class {cls} ({wnids[cls]}): folder {folder} has only "
-                             f"{len(listing[cls])} image files, {per_class} needed "
-                             "(use allow_fewer=True to accept fewer)")
+        if len(listing[cls]) < opts.per_class and not opts.allow_fewer:
+            raise ImageSourceError(f"ImageNet class {cls} ({wnids[cls]}): folder {folder} has only "
+                                   f"{len(listing[cls])} image files, {opts.per_class} needed "
+                                   "(use allow_fewer=True to accept fewer)")
     if order is None:
         for cls in classes:
             for path in listing[cls]:
@@ -208,8 +188,8 @@ def _dataset_candidates(src: Any, classes: tuple[int, ...],
     col = src.image_column
     features = src.dataset.features
     if features is not None and label_column not in features:
-        raise ValueError(f"dataset {src.name} has no label column {label_column!r}; "
-                         f"columns: {list(features)}")
+        raise ImageSourceError(f"dataset {src.name} has no label column {label_column!r}; "
+                               f"columns: {list(features)}")
     ds = src.dataset.select_columns([col, label_column])
     wanted = set(classes)
     labels = _label_values(ds, label_column)
@@ -222,104 +202,50 @@ def _dataset_candidates(src: Any, classes: tuple[int, ...],
         yield int(row[label_column]), name, _cell_loader(row[col], name)
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def _write_temp(img: Any, final: Path) -> Path:
-    """Write ``img`` as PNG to a hidden temporary file beside ``final``; returns its path."""
-    tmp = final.with_name(f".{final.name}.partial")
-    with open(tmp, "wb") as fh:
-        img.save(fh, format="PNG")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return tmp
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _own_manifest_names(out_dir: Path) -> list[str] | None:
-    """The file names listed by ``out_dir``'s manifest if this module wrote it (its format tag), else None."""
-    try:
-        old = json.loads((out_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(old, dict) or old.get("format") != MANIFEST_FORMAT or not isinstance(old.get("files"), list):
-        return None
-    return [e["file"] for e in old["files"] if isinstance(e, dict) and isinstance(e.get("file"), str)]
-
-
-def _is_own_file(out_dir: Path, name: str) -> bool:
-    """``name`` is a PNG name this module writes, directly in ``out_dir``, and a regular file (not a link)."""
-    path = out_dir / name
-    return (_OWN_FILE_RE.fullmatch(name) is not None and not path.is_symlink()
-            and path.resolve().parent == out_dir.resolve())
-
-
-def _previous_build(out_dir: Path) -> list[str]:
-    """Files of an earlier build in ``out_dir`` that may be replaced or removed; [] for a new or empty folder.
-
-    A non-empty folder without this module's manifest (someone else's files, or another tool's
-    ``manifest.json``) is refused: a rebuild there could overwrite or delete what is not ours.
-    """
-    check_output_dir(out_dir, name="output folder")
-    if not out_dir.is_dir():
-        return []
-    names = _own_manifest_names(out_dir)
-    if names is None:
-        foreign = sorted(p.name for p in out_dir.iterdir() if not _OWN_TEMP_RE.fullmatch(p.name))
-        if foreign:
-            raise OutputPathError(
-                f"{out_dir}: not empty ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and not "
-                f"an image set built by sdaudit (no manifest.json with format {MANIFEST_FORMAT}); "
-                "choose a new or empty output folder")
-        return []
-    return [name for name in names if _is_own_file(out_dir, name)]
-
-
-def _remove_own_temps(out_dir: Path) -> None:
-    """Delete the hidden temporary files an interrupted build of this module left (its own names only)."""
-    for path in out_dir.iterdir():
-        if _OWN_TEMP_RE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
-            path.unlink(missing_ok=True)
-
-
-def _remove_stale(out_dir: Path, previous: list[str], keep: set[str]) -> None:
-    """Delete the earlier build's PNGs (checked by :func:`_previous_build`) that are not in ``keep``."""
-    for name in previous:
-        if name not in keep and _is_own_file(out_dir, name):
-            (out_dir / name).unlink(missing_ok=True)
-
-
-def _file_name(seq: int, cls: int, wnid: str, total: int) -> str:
-    """``<seq>_<class>_<wnid>.png``, seq = the selection index zero-padded to max(3, digits of total - 1), so
-    that the folder's sorted order is the selection order (the published labels index that order)."""
-    width = max(3, len(str(total - 1)))
-    return f"{seq:0{width}d}_{cls}_{wnid}.png"
 
 
 # --------------------------------------------------------------------------- builder
 
 
-def _process(cand: _Candidate, sel: _Selection, out_dir: Path, wnids: dict[int, str],
-             min_side: int, size: int, max_pixels: int) -> None:
+@dataclass(frozen=True)
+class _Options:
+    """What a build keeps and how it writes it (the sizes and limits given to :func:`build_imagenet_subset`)."""
+
+    per_class: int
+    min_side: int
+    size: int
+    max_pixels: int
+    allow_fewer: bool
+
+
+@dataclass
+class _Opened:
+    """An opened source: ``kind`` "folder" (``src`` the train folder) or "datasets" (``src`` a DatasetSource),
+    class index -> wnid and where that table came from, and the published order of a folder's files."""
+
+    kind: str
+    src: Any
+    table: dict[int, str]
+    provenance: str
+    wnids: dict[int, str] = field(default_factory=dict)
+    order: list[str] | None = None
+    order_file: str | None = None
+
+
+def _process(cand: _Candidate, sel: _Selection, out_dir: Path, wnids: dict[int, str], opts: _Options) -> None:
     """Validate one candidate; keep it (temp PNG + manifest entry) or record why it was skipped."""
     cls, original, loader = cand
     try:
-        rec = loader(min_side, max_pixels)
+        rec = loader(opts.min_side, opts.max_pixels)
     except BadImageError as e:
         target = sel.skipped_small if e.code == "too_small" else sel.skipped_bad
         target.append({"class": cls, "source": original, "reason": e.reason})
         return
     k = sel.counts[cls]
     seq = len(sel.files)
-    final = out_dir / _file_name(seq, cls, wnids[cls], sel.per_class * len(sel.counts))
-    out = published_crop(to_rgb(rec.image, original), size)
-    sel.temps.append((_write_temp(out, final), final))
+    final = out_dir / file_name(seq, cls, wnids[cls], sel.per_class * len(sel.counts))
+    out = published_crop(to_rgb(rec.image, original), opts.size)
+    sel.temps.append((write_temp(out, final), final))
     sel.counts[cls] = k + 1
     sel.files.append({
         "file": final.name, "order": seq, "class": cls, "wnid": wnids[cls], "k": k, "original": original,
@@ -328,41 +254,63 @@ def _process(cand: _Candidate, sel: _Selection, out_dir: Path, wnids: dict[int, 
     })
 
 
-def _check_counts(sel: _Selection, wnids: dict[int, str], allow_fewer: bool,
-                  min_side: int) -> None:
+def _check_counts(sel: _Selection, wnids: dict[int, str], opts: _Options) -> None:
     """Raise (or warn, with ``allow_fewer``) if a class has fewer than ``per_class`` images."""
     short = {c: n for c, n in sel.counts.items() if n < sel.per_class}
     if not short:
         return
     details = "; ".join(
         f"class {c} ({wnids[c]}): {n} eligible of {sel.per_class} needed, "
-        f"{sum(s['class'] == c for s in sel.skipped_small)} with short side < {min_side} px, "
+        f"{sum(s['class'] == c for s in sel.skipped_small)} with short side < {opts.min_side} px, "
         f"{sum(s['class'] == c for s in sel.skipped_bad)} unreadable" for c, n in short.items())
-    if not allow_fewer:
-        raise ValueError(f"too few eligible images: {details} (use allow_fewer=True to accept)")
+    if not opts.allow_fewer:
+        raise ImageSourceError(f"too few eligible images: {details} (use allow_fewer=True to accept)")
     warnings.warn(f"writing fewer images than requested: {details}", RuntimeWarning, stacklevel=3)
 
 
-def _open_source(source: Any, split: str, image_column: str | None, synset_mapping: Any):
-    """Classify ``source``: returns (kind, folder root or DatasetSource, wnid table, provenance)."""
+def _open_source(source: Any, split: str, image_column: str | None, synset_mapping: Any) -> _Opened:
+    """Classify ``source`` as a local folder or a ``datasets`` source and find its class -> wnid table."""
     is_folder = isinstance(source, (str, os.PathLike)) and not str(source).startswith("hf:")
     if is_folder and not is_saved_dataset(source):
         root = Path(source).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"ImageNet source folder not found: {os.path.abspath(root)}")
-        table, provenance = _wnid_table(root, split, synset_mapping)
-        return "folder", root, table, provenance
+        return _Opened("folder", root, *_wnid_table(root, split, synset_mapping))
     src = open_dataset_source(source, split=split, image_column=image_column)
-    table, provenance = _wnid_table(None, split, synset_mapping)
-    return "datasets", src, table, provenance
+    return _Opened("datasets", src, *_wnid_table(None, split, synset_mapping))
+
+
+def _resolve_classes(opened: _Opened, classes: tuple[int, ...], label_column: str, order_file: Any,
+                     split: str) -> None:
+    """Fill in the wnids of ``classes`` and the folder's order; a folder also needs every wnid and its train root."""
+    if order_file is not None:
+        opened.order, opened.order_file = read_order_file(order_file), os.path.abspath(order_file)
+        if opened.kind != "folder":
+            raise UsageError("order_file is for a local ILSVRC folder; a datasets source keeps its own stream order")
+    table = opened.table
+    if opened.kind == "datasets":
+        table = {**_classlabel_wnids(opened.src, label_column), **table}
+    opened.wnids = {c: table.get(c, "unknown") for c in classes}
+    if opened.kind == "folder":
+        unknown = [c for c in classes if opened.wnids[c] == "unknown"]
+        if unknown:
+            raise ImageSourceError(f"no WordNet id known for class(es) {unknown}: pass synset_mapping="
+                                   "<LOC_synset_mapping.txt> (ILSVRC class index order)")
+        opened.src = _train_root(opened.src, split, list(opened.wnids.values()))
+
+
+def _candidates(opened: _Opened, classes: tuple[int, ...], opts: _Options, label_column: str) -> Iterator[_Candidate]:
+    if opened.kind == "folder":
+        return _folder_candidates(opened.src, classes, opened.wnids, opts, opened.order)
+    return _dataset_candidates(opened.src, classes, label_column)
 
 
 def _validate_args(classes: Any, per_class: int, min_side: int, size: int) -> tuple[int, ...]:
     classes = tuple(int(c) for c in classes)
     if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be a non-empty list of distinct indices, got {classes}")
+        raise UsageError(f"classes must be a non-empty list of distinct indices, got {classes}")
     if per_class < 1 or size < 1 or min_side < 1:
-        raise ValueError("per_class, size and min_side must all be >= 1")
+        raise UsageError("per_class, size and min_side must all be >= 1")
     return classes
 
 
@@ -388,80 +336,58 @@ def build_imagenet_subset(
     called after each kept image. Returns the PNG paths in selection order (their sorted order).
     """
     classes = _validate_args(classes, per_class, min_side, size)
+    opts = _Options(per_class, min_side, size, max_pixels, allow_fewer)
     out_dir = Path(out_dir)
-    previous = _previous_build(out_dir)  # before reading the source: a folder that is not ours fails at once
-    kind, src, table, provenance = _open_source(source, split, image_column, synset_mapping)
-    order = read_order_file(order_file) if order_file is not None else None
-    if order is not None and kind != "folder":
-        raise ValueError("order_file is for a local ILSVRC folder; a datasets source keeps its own stream order")
-    if kind == "datasets":
-        table = {**_classlabel_wnids(src, label_column), **table}
-    wnids = {c: table.get(c, "unknown") for c in classes}
-    if kind == "folder":
-        unknown = [c for c in classes if wnids[c] == "unknown"]
-        if unknown:
-            raise ValueError(f"no WordNet id known for class(es) {unknown}: pass synset_mapping="
-                             "<LOC_synset_mapping.txt> (ILSVRC class index order)")
-        src = _train_root(src, split, list(wnids.values()))
-        candidates = _folder_candidates(src, classes, wnids, per_class, allow_fewer, order)
-    else:
-        candidates = _dataset_candidates(src, classes, label_column)
+    previous = previous_build(out_dir)  # before reading the source: a folder that is not ours fails at once
+    opened = _open_source(source, split, image_column, synset_mapping)
+    _resolve_classes(opened, classes, label_column, order_file, split)
+    candidates = _candidates(opened, classes, opts, label_column)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_own_temps(out_dir)
+    remove_own_temps(out_dir)
     sel = _Selection(per_class, {c: 0 for c in classes})
     try:
-        for cand in candidates:
-            if not sel.full(cand[0]):
-                kept = len(sel.files)
-                _process(cand, sel, out_dir, wnids, min_side, size, max_pixels)
-                if progress is not None and len(sel.files) > kept:
-                    progress(len(sel.files), per_class * len(classes))
-            if sel.all_full():
-                break
-        _check_counts(sel, wnids, allow_fewer, min_side)
-        order_kind = "stream" if kind == "datasets" else "order-file" if order is not None else "folder"
-        return _commit(sel, out_dir, previous, kind, src, classes, wnids, provenance,
-                       dict(per_class=per_class, min_side=min_side, size=size, split=split, order=order_kind,
-                            order_file=os.path.abspath(order_file) if order_file is not None else None))
+        _select(candidates, sel, out_dir, (opened.wnids, opts), progress)
+        _check_counts(sel, opened.wnids, opts)
+        return commit(out_dir, _manifest(sel, opened, classes, opts, split), sel.temps, previous)
     finally:
         for tmp, _final in sel.temps:
             tmp.unlink(missing_ok=True)
 
 
-def _commit(sel: _Selection, out_dir: Path, previous: list[str], kind: str, src: Any, classes: tuple[int, ...],
-            wnids: dict[int, str], provenance: str, params: dict) -> list[Path]:
-    """Rename the temporary PNGs into place, drop stale files, write the manifest.
+def _select(candidates: Iterator[_Candidate], sel: _Selection, out_dir: Path,
+            how: tuple[dict[int, str], _Options], progress: Callable[[int, int], None] | None) -> None:
+    """Take candidates until every class is full; ``how`` = (class -> wnid, options)."""
+    wnids, opts = how
+    for cand in candidates:
+        if not sel.full(cand[0]):
+            kept = len(sel.files)
+            _process(cand, sel, out_dir, wnids, opts)
+            if progress is not None and len(sel.files) > kept:
+                progress(len(sel.files), opts.per_class * len(sel.counts))
+        if sel.all_full():
+            break
 
-    A manifest marked ``"complete": false`` that lists the new and the previous files goes first: a
-    crash at any moment then leaves every PNG written here listed in an sdaudit manifest (so a rerun
-    may replace or remove it) and the folder marked unfinished, never an old manifest over new PNGs.
-    """
-    keep = {e["file"] for e in sel.files}  # sel.files is in selection order: the order the labels index
-    source_name = os.path.abspath(src) if kind == "folder" else src.name
-    manifest = {
-        "format": MANIFEST_FORMAT, "complete": False,
-        "source": source_name, "source_kind": kind, "wnid_mapping": provenance,
-        "classes": list(classes), "wnids": {str(c): wnids[c] for c in classes},
-        **params,
+
+_ORDER_NOTES = {
+    "stream": "the datasets source's order: the published order when the source is the imagenet-1k train stream",
+    "order-file": "the order file's order",
+    "folder": "class by class, sorted file names: NOT the published order (the stream order cannot be known from "
+              "a folder); give --order-file for the published labels",
+}
+
+
+def _manifest(sel: _Selection, opened: _Opened, classes: tuple[int, ...], opts: _Options, split: str) -> dict:
+    """The manifest of a finished selection (without its format and completion marks: see ``commit``)."""
+    order = "stream" if opened.kind == "datasets" else "order-file" if opened.order is not None else "folder"
+    return {
+        "source": os.path.abspath(opened.src) if opened.kind == "folder" else opened.src.name,
+        "source_kind": opened.kind, "wnid_mapping": opened.provenance,
+        "classes": list(classes), "wnids": {str(c): opened.wnids[c] for c in classes},
+        "per_class": opts.per_class, "min_side": opts.min_side, "size": opts.size, "split": split, "order": order,
+        "order_file": opened.order_file,
         "preprocessing": "EXIF-upright 8-bit RGB; the published crop box (w//2 - s//2, h//2 - s//2, w//2 + s//2, "
                          "h//2 + s//2), s = short side; PIL's default resize filter (bicubic)",
-        "order_note": {"stream": "the datasets source's order: the published order when the source is the "
-                                 "imagenet-1k train stream", "order-file": "the order file's order",
-                       "folder": "class by class, sorted file names: NOT the published order (the stream order "
-                                 "cannot be known from a folder); give --order-file for the published labels"}[
-            params["order"]],
+        "order_note": _ORDER_NOTES[order],
         "counts": {str(c): sel.counts[c] for c in classes},
         "files": sel.files, "skipped_small": sel.skipped_small, "skipped_bad": sel.skipped_bad,
     }
-    _write_json_atomic(out_dir / MANIFEST_NAME,
-                       {**manifest, "files": sel.files + [{"file": n} for n in previous if n not in keep]})
-    by_name = {final.name: (tmp, final) for tmp, final in sel.temps}
-    paths = []
-    for entry in sel.files:
-        tmp, final = by_name[entry["file"]]
-        os.replace(tmp, final)
-        paths.append(final)
-    _remove_stale(out_dir, previous, keep)
-    manifest["complete"] = True
-    _write_json_atomic(out_dir / MANIFEST_NAME, manifest)
-    return paths

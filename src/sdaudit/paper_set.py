@@ -16,13 +16,14 @@ published order) or ``"folder"`` (a local folder without one: class by class, no
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from PIL import Image
 
 from .analyses.labels import LabelFileError
+from .dataset_files import read_manifest
+from .errors import UsageError
 
 PAPER_ORDERS = ("stream", "order-file")  # manifest "order" values whose sorted files are in the published order
 
@@ -45,11 +46,11 @@ def read_order_file(path: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(f"order file {path}: cannot be read ({error})") from error
     names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     if not names:
-        raise ValueError(f"order file {path}: lists no file names")
+        raise UsageError(f"order file {path}: lists no file names")
     bases = [Path(n).name for n in names]
     if len(set(bases)) != len(bases):
         dup = next(b for b in bases if bases.count(b) > 1)
-        raise ValueError(f"order file {path}: names {dup!r} twice")
+        raise UsageError(f"order file {path}: names {dup!r} twice")
     return bases
 
 
@@ -57,7 +58,7 @@ def check_paper_order(sources: list[str], spec: str) -> None:
     """Refuse ``spec`` (a ``paper:*`` label set) unless ``sources``, in audit order, are exactly the files of one
     image set built by sdaudit in the published order, in the order of its manifest."""
     folders = {os.path.dirname(s) for s in sources}
-    manifest = _manifest(next(iter(folders))) if len(folders) == 1 else None
+    manifest = read_manifest(next(iter(folders))) if len(folders) == 1 else None
     hint = ("build the set with 'sdaudit dataset imagenet-subset' from the imagenet-1k stream, or from a local "
             "folder with --order-file (the published order)")
     if manifest is None:
@@ -72,12 +73,3 @@ def check_paper_order(sources: list[str], spec: str) -> None:
         raise LabelFileError(f"{spec}: the audited images are not exactly the files of the image set's manifest, "
                              "in its order (files added, missing or renamed?)")
 
-
-def _manifest(folder: str) -> dict | None:
-    from .dataset import MANIFEST_FORMAT, MANIFEST_NAME
-
-    try:
-        data = json.loads((Path(folder) / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None

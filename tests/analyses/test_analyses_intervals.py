@@ -68,7 +68,7 @@ def test_per_image_stats_order_free_and_refuse_an_image_twice(tmp_path):
     idx, got = merged.arrays()
     assert idx.tolist() == list(range(6)) and np.array_equal(got, rows)
     again = PerImageStats(2)
-    again.load(merged.state("p."), "p.")
+    again.load(merged.state())
     assert again.interval(ratio(0, 1)) == merged.interval(ratio(0, 1))
     merged.add([2], rows[[2]])
     with pytest.raises(ValueError, match=r"image\(s\) \[2\] counted twice"):

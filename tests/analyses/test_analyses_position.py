@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sdaudit.analyses import PositionProbeAccumulator, position_probe
-from sdaudit.analyses.position import _image_hits
+from sdaudit.analyses._probe_scoring import image_hits as _image_hits
 from sdaudit.analyses.synthetic import positional_features
 
 RES = (4, 8, 16)

@@ -1,12 +1,13 @@
 """Analyses of U-Net representations: plain functions on (N, C, rows, cols) arrays (numpy or torch,
 float16/float32; computed in float32 or float64) plus streaming accumulators with
-``update(batch, image_indices=None)`` / ``merge(other)`` / ``result()`` / ``state_dict()``.
+``update(batch, image_indices=None)`` / ``merge(other)`` / ``result()`` / ``state_dict()`` / ``get_params()``.
 
 Non-finite input raises :class:`NonFiniteInputError` naming the layer. No model code is imported
 here; torch is used only for the published ("paper") position probe and to accept tensors.
 """
 
-from ._arrays import NonFiniteInputError, as_float32
+from ._arrays import NonFiniteInputError, as_float32, check_finite
+from ._base import Accumulator, accumulator_class
 from .anomalies import (AnomalyDetector, AnomalyNormAccumulator, anomaly_relative_norms, compare_labels,
                         detect_anomalies, detect_in_map)
 from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts, crop_box,
@@ -21,7 +22,7 @@ from .similarity import (MEASURES, SimilarityMapAccumulator, TokenMeanAccumulato
                          similarity_map)
 
 __all__ = [
-    "NonFiniteInputError", "as_float32",
+    "NonFiniteInputError", "as_float32", "check_finite", "Accumulator", "accumulator_class",
     "similarity_map", "norm_map", "reference_token", "MEASURES", "SimilarityMapAccumulator",
     "TokenMeanAccumulator",
     "position_probe", "PositionProbeAccumulator", "ProbeResult",

@@ -12,9 +12,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import SdauditError
 
-class NonFiniteInputError(ValueError):
-    """Input features contain NaN or Inf. Attributes: ``layer``, ``count``, ``images``."""
+
+class NonFiniteInputError(SdauditError, ValueError):
+    """Input features contain NaN or Inf. Attributes: ``layer``, ``count``, ``images``.
+
+    A user error, not a bug: the values come from the user's data (a store they made, arrays they pass, or the
+    model's output on their images, e.g. float16 overflow), and the fix is theirs (another dtype, model,
+    image or layer set); an audit records it per layer and goes on. Also a ``ValueError``, as before.
+    """
 
     def __init__(self, layer: str | None, count: int, images: Sequence[int], name: str = "features"):
         self.layer = layer
@@ -56,19 +63,38 @@ def _torch():
     return torch
 
 
-def check_finite(arr: np.ndarray, layer: str | None = None, image_indices: Sequence[int] | None = None,
+def check_finite(arr: Any, layer: str | None = None, image_indices: Sequence[int] | None = None,
                  name: str = "features") -> None:
-    """Raise :class:`NonFiniteInputError` if ``arr`` (first axis = images) has NaN/Inf."""
-    finite = np.isfinite(arr)
-    if finite.all():
+    """Raise :class:`NonFiniteInputError` if ``arr`` (numpy or torch, first axis = images) has NaN/Inf.
+
+    The one finiteness check of the analyses. As in scikit-learn's validation: the sum first (one pass,
+    no temporary; finite unless a value is NaN/Inf or the sum overflows), and only when it is not finite,
+    the bad values are located and counted per image.
+    """
+    if is_torch(arr):
+        bad = _torch_nonfinite(arr)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.sum(arr, dtype=np.float64)):
+                return
+        bad = ~np.isfinite(arr)
+    if bad is None or not bad.any():
         return
-    bad = ~finite
     count = int(bad.sum())
-    per_image = bad.reshape(bad.shape[0], -1).any(axis=1) if arr.ndim > 1 else bad
+    per_image = bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim > 1 else bad
     idx = np.nonzero(per_image)[0]
     if image_indices is not None:
         idx = np.asarray(image_indices)[idx]
     raise NonFiniteInputError(layer, count, idx.tolist(), name=name)
+
+
+def _torch_nonfinite(t: Any) -> np.ndarray | None:
+    """Boolean numpy mask of the non-finite values of a tensor (None when all are finite); sum first, on
+    the tensor's device, so that only a failing check moves data to the host."""
+    torch = _torch()
+    if bool(torch.isfinite(t.sum(dtype=torch.float32)).item()):  # float32: MPS has no float64
+        return None
+    return (~torch.isfinite(t)).cpu().numpy()
 
 
 def check_features(x: Any, *, layer: str | None = None, name: str = "features",

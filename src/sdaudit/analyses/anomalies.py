@@ -116,7 +116,6 @@ class AnomalyDetector(Accumulator):
         self.params = {"z_threshold": float(z_threshold), "ratio_threshold": float(ratio_threshold),
                        "max_tokens": int(max_tokens), "local_ratio": float(local_ratio)}
         self.layer, self.provenance = layer, dict(provenance or {})
-        self._config = {**self.params, "layer": layer, "provenance": self.provenance}
         self._rows: list[tuple[int, int, int]] = []
         self._scores: list[float] = []
         self._rel: list[float] = []
@@ -225,8 +224,7 @@ class AnomalyNormAccumulator(Accumulator):
         self.anomalies = validate_labels(getattr(anomalies, "rows", anomalies), grid=self.ref, source="anomalies")
         self.layer, self.provenance = layer, dict(provenance or {})
         self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(seed)}
-        self._config = {"anomalies": self.anomalies.tolist(), "ref_grid": list(self.ref), "layer": layer,
-                        "provenance": self.provenance, **self._boot}
+        self._params["anomalies"] = self.anomalies.tolist()  # the rows, also when given a detection result
         k = len(self.anomalies)
         self._values = np.full(k, np.nan)
         self._seen = np.zeros(k, bool)

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._arrays import NonFiniteInputError, as_float32, check_finite, is_torch, resolve_indices
-from ._base import Accumulator
+from ._arrays import as_float32, check_finite, is_torch, resolve_indices
+from ._base import Accumulator, nest, unnest
 from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, Terms
 from .results import GROUPS, UNDEFINED_SMALL_GRID, BorderArtifactsResult, GroupSimilarityResult
 
@@ -104,13 +104,11 @@ def _check_ring_finite(x: Any, layer: str | None, name: str, image_indices: Sequ
     if is_torch(x):
         import torch
 
-        ring = torch.cat([x[:, :, [0, -1], :].flatten(1), x[:, :, :, [0, -1]].flatten(1)], 1)
-        if not bool(torch.isfinite(ring).all()):
-            bad = ~torch.isfinite(x)
-            where = bad.flatten(1).any(1).cpu().numpy()
-            raise NonFiniteInputError(layer, int(bad.sum()), np.asarray(image_indices)[where].tolist(), name=name)
-        return
-    if not (np.isfinite(x[:, :, [0, -1], :]).all() and np.isfinite(x[:, :, :, [0, -1]]).all()):
+        finite = torch.isfinite
+    else:
+        finite = np.isfinite
+    ring_finite = bool(finite(x[:, :, [0, -1], :]).all()) and bool(finite(x[:, :, :, [0, -1]]).all())
+    if not ring_finite:
         check_finite(x, layer, image_indices, name=name)
 
 
@@ -177,11 +175,7 @@ def _group_stats_torch(x, masks: np.ndarray, layer: str | None = None, name: str
     xf = x.float().reshape(n, c, h * w)
     norms = torch.linalg.vector_norm(xf, dim=1)  # (n, hw)
     if not bool(torch.isfinite(norms).all()):
-        bad = ~torch.isfinite(xf)
-        if bool(bad.any()):
-            where = bad.flatten(1).any(1).cpu().numpy()
-            images = np.asarray(image_indices)[where] if image_indices is not None else np.nonzero(where)[0]
-            raise NonFiniteInputError(layer, int(bad.sum()), images.tolist(), name=name)
+        check_finite(xf, layer, image_indices, name=name)  # raises unless a finite token's norm overflowed
         norms = torch.linalg.vector_norm(xf.double(), dim=1).float()
     inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
     m = torch.as_tensor(masks.reshape(3, h * w).T, dtype=torch.float32, device=xf.device)
@@ -217,7 +211,6 @@ class GroupSimilarityAccumulator(Accumulator):
     def __init__(self, layer: str | None = None, inner: bool = False, provenance: dict | None = None):
         super().__init__()
         self.layer, self.inner, self.provenance = layer, inner, dict(provenance or {})
-        self._config = {"layer": layer, "inner": inner, "provenance": self.provenance}
         self._gram = np.zeros((3, 3))
         self._q = np.zeros(3)
         self._n = 0
@@ -266,14 +259,14 @@ class GroupSimilarityAccumulator(Accumulator):
 
     def _state_arrays(self):
         return {"gram": self._gram, "q": self._q, "n": np.array(self._n),
-                "grid": np.array(self._grid if self._grid else (0, 0)), **self.per_image.state("per_image.")}
+                "grid": np.array(self._grid if self._grid else (0, 0)), **nest("per_image", self.per_image.state())}
 
     def _load_state_arrays(self, state):
         self._gram, self._q = state["gram"].astype(float), state["q"].astype(float)
         self._n = int(state["n"])
         g = tuple(int(v) for v in state["grid"])
         self._grid = g if self._n else None
-        self.per_image.load(state, "per_image.")
+        self.per_image.load(unnest("per_image", state))
 
 
 def group_similarity(features: Any, *, layer: str | None = None, provenance: dict | None = None) -> GroupSimilarityResult:
@@ -300,8 +293,6 @@ class BorderArtifactsAccumulator(Accumulator):
         super().__init__()
         self.layer, self.provenance = layer, dict(provenance or {})
         self.n_boot, self.level, self.seed = int(n_boot), float(level), int(seed)
-        self._config = {"layer": layer, "provenance": self.provenance, "n_boot": self.n_boot, "level": self.level,
-                        "seed": self.seed}
         self.cropped = GroupSimilarityAccumulator(layer=layer)
         self.full = GroupSimilarityAccumulator(layer=layer, inner=True)
         self._full_grid: tuple[int, int] | None = None
@@ -368,14 +359,12 @@ class BorderArtifactsAccumulator(Accumulator):
         return Terms(common, rows, lambda s: s[..., i] / s[..., 3 + i] * factor)
 
     def _state_arrays(self):
-        s = {f"cropped.{k}": v for k, v in self.cropped._state_arrays().items()}
-        s.update({f"full.{k}": v for k, v in self.full._state_arrays().items()})
-        s["full_grid"] = np.array(self._full_grid or (0, 0))
-        return s
+        return {**nest("cropped", self.cropped._state_arrays()), **nest("full", self.full._state_arrays()),
+                "full_grid": np.array(self._full_grid or (0, 0))}
 
     def _load_state_arrays(self, state):
-        self.cropped._load_state_arrays({k[8:]: v for k, v in state.items() if k.startswith("cropped.")})
-        self.full._load_state_arrays({k[5:]: v for k, v in state.items() if k.startswith("full.")})
+        self.cropped._load_state_arrays(unnest("cropped", state))
+        self.full._load_state_arrays(unnest("full", state))
         g = tuple(int(v) for v in state["full_grid"])
         self._full_grid = g if g != (0, 0) else None
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._jsonable import to_jsonable
+
 DEFAULT_BOOT = 2000
 DEFAULT_LEVEL = 0.95
 MIN_IMAGES = 5  # fewer images have too few distinct resamples for a percentile interval (2 images: 3)
@@ -54,8 +56,6 @@ class Interval:
         return bool(np.isfinite(self.low) and np.isfinite(self.high) and (self.low > value or self.high < value))
 
     def to_dict(self) -> dict:
-        from .results import to_jsonable
-
         return to_jsonable({"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level,
                             "n": self.n})
 
@@ -163,13 +163,15 @@ class PerImageStats:
     def interval(self, statistic: Callable[[np.ndarray], np.ndarray], **kwargs) -> Interval:
         return bootstrap_interval(self.arrays()[1], statistic, **kwargs)
 
-    def state(self, prefix: str) -> dict[str, np.ndarray]:
+    def state(self) -> dict[str, np.ndarray]:
+        """The rows as two arrays, ``index`` and ``rows`` (namespace them with :func:`~sdaudit.analyses._base.nest`)."""
         index, rows = self.arrays()
-        return {f"{prefix}index": index, f"{prefix}rows": rows}
+        return {"index": index, "rows": rows}
 
-    def load(self, state: dict[str, np.ndarray], prefix: str) -> None:
-        self._index = [np.asarray(state[f"{prefix}index"], dtype=np.int64)]
-        self._rows = [np.asarray(state[f"{prefix}rows"], dtype=np.float64).reshape(-1, self.width)]
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state` output."""
+        self._index = [np.asarray(state["index"], dtype=np.int64)]
+        self._rows = [np.asarray(state["rows"], dtype=np.float64).reshape(-1, self.width)]
 
 
 @dataclass(frozen=True)

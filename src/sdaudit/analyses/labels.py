@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SdauditError
 
-class LabelFileError(ValueError):
-    """A label file (or label array to be saved) is not in the published format."""
+
+class LabelFileError(SdauditError, ValueError):
+    """A label file (or label array to be saved) is not in the published format: the user's to fix (also a
+    ``ValueError``, for callers that catch that)."""
 
 
 def validate_labels(rows: Any, *, grid: int | tuple[int, int] | None = None, n_images: int | None = None,

@@ -29,64 +29,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._arrays import check_features, check_finite, is_torch, resolve_indices, NonFiniteInputError
-from ._base import Accumulator
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, Terms, bootstrap_interval
+from ..constants import RESOLUTIONS
+from ._arrays import check_features, check_finite, is_torch, resolve_indices
+from ._base import Accumulator, nest, unnest
+from ._probe_scoring import (ProbeCounts, accuracy_terms, image_hits, load_pending, make_result, n_train_images,
+                             pending_state, take, test_rows, to_numpy, without_test_images)
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, PerImageStats, Terms
+from .probe_paper import paper_probe_history
 from .results import ProbeResult
+
+__all__ = ["CLOSED_FORM", "DEFAULT_SHRINKAGE", "PositionProbeAccumulator", "n_train_images", "position_probe",
+           "probe_terms"]
 
 CLOSED_FORM = ("lda", "ridge")
 DEFAULT_SHRINKAGE = 1e-2
 
 
-def _chance(s: int, grid: tuple[int, int]) -> float:
-    return 0.5 * (1.0 / min(s, grid[0]) + 1.0 / min(s, grid[1]))
-
-
-def _image_hits(pred: np.ndarray, label: np.ndarray, n: int, resolutions: Sequence[int]) -> np.ndarray:
-    """(B, R) correct predictions per image and resolution; ``pred``, ``label``: (B, tokens)."""
-    return np.stack([((pred * s) // n == (label * s) // n).sum(axis=1) for s in resolutions], axis=1)
-
-
-def accuracy_statistic(k: int, n_res: int):
-    """Mean row/column accuracy at resolution number ``k`` from summed rows [row hits (R), column hits (R), tokens]."""
-    return lambda t: 0.5 * (t[..., k] + t[..., n_res + k]) / t[..., 2 * n_res]
-
-
-def accuracy_interval(rows: np.ndarray, k: int, n_res: int, **kwargs) -> Interval:
-    """Interval of the mean row/column accuracy at resolution number ``k`` from per-test-image rows."""
-    return bootstrap_interval(rows, accuracy_statistic(k, n_res), **kwargs)
-
-
 def probe_terms(acc, resolution: int) -> Terms:
-    """Bootstrap terms of a probe accumulator's accuracy at ``resolution`` (over its test images)."""
-    index, rows = acc.per_image.arrays()
-    return Terms(index, rows, accuracy_statistic(acc.resolutions.index(int(resolution)), len(acc.resolutions)))
-
-
-def _make_result(method, resolutions, grid, hits_r, hits_c, n_test_tok, n_tr_img, n_te_img, n_tr_tok,
-                 layer, provenance, details, intervals=None) -> ProbeResult:
-    res = [int(s) for s in resolutions]
-    acc_r = {s: float(h) / n_test_tok if n_test_tok else float("nan") for s, h in zip(res, hits_r)}
-    acc_c = {s: float(h) / n_test_tok if n_test_tok else float("nan") for s, h in zip(res, hits_c)}
-    return ProbeResult(method=method, resolutions=res,
-                       accuracy={s: 0.5 * (acc_r[s] + acc_c[s]) for s in res},
-                       row_accuracy=acc_r, col_accuracy=acc_c,
-                       chance={s: _chance(s, grid) for s in res}, grid=tuple(int(g) for g in grid),
-                       n_train_images=int(n_tr_img), n_test_images=int(n_te_img),
-                       n_train_tokens=int(n_tr_tok), n_test_tokens=int(n_test_tok),
-                       layer=layer, provenance=dict(provenance or {}), details=details,
-                       intervals=dict(intervals or {}))
-
-
-def n_train_images(n_images: int, train_fraction: float) -> int:
-    """Number of training images: the first ``int(n_images * train_fraction)`` (as published)."""
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    n_tr = int(n_images * train_fraction)
-    if n_tr < 1 or n_tr >= n_images:
-        raise ValueError(f"{n_images} images with train_fraction {train_fraction} leave "
-                         f"{n_tr} train / {n_images - n_tr} test images; need at least one of each")
-    return n_tr
+    """Bootstrap terms of a probe accumulator's accuracy at ``resolution`` (its :meth:`terms`)."""
+    return acc.terms(resolution)
 
 
 class PositionProbeAccumulator(Accumulator):
@@ -102,7 +63,7 @@ class PositionProbeAccumulator(Accumulator):
     the merged accumulator, then merge the test counts.
     """
 
-    def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64),
+    def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS,
                  method: str = "lda", shrinkage: float = DEFAULT_SHRINKAGE, n_train: int | None = None,
                  layer: str | None = None, provenance: dict | None = None, n_boot: int = DEFAULT_BOOT,
                  level: float = DEFAULT_LEVEL, seed: int = 0):
@@ -116,10 +77,6 @@ class PositionProbeAccumulator(Accumulator):
         self.n_images, self.train_fraction, self.method = int(n_images), float(train_fraction), method
         self.resolutions = [int(s) for s in resolutions]
         self.shrinkage, self.layer, self.provenance = float(shrinkage), layer, dict(provenance or {})
-        self._config = {"n_images": self.n_images, "train_fraction": self.train_fraction,
-                        "resolutions": self.resolutions, "method": method, "shrinkage": self.shrinkage,
-                        "n_train": n_train, "layer": layer, "provenance": self.provenance, "n_boot": int(n_boot),
-                        "level": float(level), "seed": int(seed)}
         self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(seed)}
         self.per_image = PerImageStats(2 * len(self.resolutions) + 1)  # test images: row hits, col hits, tokens
         self._grid: tuple[int, int] | None = None
@@ -147,10 +104,10 @@ class PositionProbeAccumulator(Accumulator):
         self._set_shape(tuple(int(v) for v in x.shape[1:]))
         train = idx < self.n_train
         if train.any():
-            self._add_train(x if train.all() else _take(x, np.nonzero(train)[0]), int(train.sum()))
+            self._add_train(x if train.all() else take(x, np.nonzero(train)[0]), int(train.sum()))
         if (~train).any():
             sel = np.nonzero(~train)[0]
-            xt = _to_numpy(_take(x, sel))
+            xt = to_numpy(take(x, sel))
             if self.train_complete:
                 self._score(xt, idx[sel])
             else:
@@ -163,11 +120,7 @@ class PositionProbeAccumulator(Accumulator):
     def _check_torch(self, x, idx) -> None:
         if x.ndim != 4:
             raise ValueError(f"features (layer {self.layer!r}): expected (N, C, rows, cols), got {tuple(x.shape)}")
-        import torch
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            per = bad.flatten(1).any(1).cpu().numpy()
-            raise NonFiniteInputError(self.layer, int(bad.sum()), idx[per].tolist())
+        check_finite(x, self.layer, idx)
 
     def _set_shape(self, shape: tuple[int, int, int]) -> None:
         c, h, w = shape
@@ -184,7 +137,7 @@ class PositionProbeAccumulator(Accumulator):
         c, (h, w) = self._c, self._grid
         if self._shift is None:
             mean = x.float().mean((0, 2, 3)) if is_torch(x) else x.mean(axis=(0, 2, 3), dtype=np.float64)
-            self._shift = np.asarray(_to_numpy(mean), np.float64)
+            self._shift = np.asarray(to_numpy(mean), np.float64)
             self._s, self._g = np.zeros(c), np.zeros((c, c))
             self._rs, self._rc = np.zeros((h, c)), np.zeros(h)
             self._cs, self._cc = np.zeros((w, c)), np.zeros(w)
@@ -192,9 +145,9 @@ class PositionProbeAccumulator(Accumulator):
             xf = x.float()
             t = xf.permute(0, 2, 3, 1) - xf.new_tensor(self._shift)
             tok = t.reshape(-1, c)
-            self._g += _to_numpy(tok.T @ tok).astype(np.float64)
-            self._rs += _to_numpy(t.double().sum((0, 2)))
-            self._cs += _to_numpy(t.double().sum((0, 1)))
+            self._g += to_numpy(tok.T @ tok).astype(np.float64)
+            self._rs += to_numpy(t.double().sum((0, 2)))
+            self._cs += to_numpy(t.double().sum((0, 1)))
         else:
             t = x.transpose(0, 2, 3, 1) - self._shift.astype(np.float32)
             tok = t.reshape(-1, c)
@@ -217,12 +170,12 @@ class PositionProbeAccumulator(Accumulator):
         pc = np.argmax(tok @ wc + bc, axis=1).reshape(b, h * w)
         rows = np.broadcast_to(np.repeat(np.arange(h), w), (b, h * w))
         cols = np.broadcast_to(np.tile(np.arange(w), h), (b, h * w))
-        hr, hc = _image_hits(pr, rows, h, self.resolutions), _image_hits(pc, cols, w, self.resolutions)
+        hr, hc = image_hits(pr, rows, h, self.resolutions), image_hits(pc, cols, w, self.resolutions)
         self._hits_r += hr.sum(axis=0)
         self._hits_c += hc.sum(axis=0)
         self._n_te_tok += tok.shape[0]
         self._n_te_img += b
-        self.per_image.add(idx, np.concatenate([hr, hc, np.full((b, 1), h * w)], axis=1))
+        self.per_image.add(idx, test_rows(hr, hc, h * w))
 
     def _flush(self) -> None:
         if self._pending and self.train_complete:
@@ -298,38 +251,34 @@ class PositionProbeAccumulator(Accumulator):
         self._flush()
         if not self._n_te_img:
             raise ValueError(f"layer {self.layer!r}: no test images seen")
-        rows = self.per_image.arrays()[1]
-        r = len(self.resolutions)
-        intervals = {s: accuracy_interval(rows, k, r, **self._boot) for k, s in enumerate(self.resolutions)}
-        return _make_result(self.method, self.resolutions, self._grid, self._hits_r, self._hits_c,
-                            self._n_te_tok, self._n_tr_img, self._n_te_img, self._n_tok, self.layer,
-                            self.provenance, {"shrinkage": self.shrinkage}, intervals)
+        counts = ProbeCounts(self._grid, self.per_image.arrays()[1], self._n_tr_img, self._n_tok)
+        return make_result(self.method, self.resolutions, counts, layer=self.layer, provenance=self.provenance,
+                           details={"shrinkage": self.shrinkage}, boot=self._boot)
+
+    def terms(self, resolution: int) -> Terms:
+        """Bootstrap terms of the accuracy at ``resolution`` over the test images (for paired intervals)."""
+        return accuracy_terms(self.per_image, self.resolutions, resolution)
 
     def _state_arrays(self):
         z = np.zeros(0)
-        pend_x = np.concatenate([x for x, _ in self._pending]) if self._pending else np.zeros((0, 0, 0, 0), np.float32)
-        pend_i = np.concatenate([i for _, i in self._pending]) if self._pending else np.zeros(0, np.int64)
         return {"grid": np.array(self._grid or (0, 0)), "c": np.array(self._c),
                 "shift": z if self._shift is None else self._shift, "n_tok": np.array(self._n_tok),
                 "s": z if self._s is None else self._s, "g": z if self._g is None else self._g,
                 "rs": z if self._rs is None else self._rs, "rc": z if self._rc is None else self._rc,
                 "cs": z if self._cs is None else self._cs, "cc": z if self._cc is None else self._cc,
                 "counts": np.array([self._n_tr_img, self._n_te_img, self._n_te_tok]),
-                "hits_r": self._hits_r, "hits_c": self._hits_c, "pending_x": pend_x, "pending_i": pend_i,
-                **self.per_image.state("per_image.")}
+                "hits_r": self._hits_r, "hits_c": self._hits_c, **pending_state(self._pending),
+                **nest("per_image", self.per_image.state())}
 
     _TRAIN_KEYS = ("shift", "s", "g", "rs", "rc", "cs", "cc")
 
     @classmethod
     def train_only_state(cls, state: dict) -> dict:
         """``state`` (a :meth:`state_dict`) with the test counts removed: what shards exchange before testing."""
-        out = dict(state)
         counts = np.array(state["counts"], dtype=np.int64).copy()
         counts[1:] = 0
-        out.update(counts=counts, hits_r=np.zeros_like(state["hits_r"]), hits_c=np.zeros_like(state["hits_c"]),
-                   pending_x=np.zeros((0, 0, 0, 0), np.float32), pending_i=np.zeros(0, np.int64))
-        out.update(_no_rows(state, "per_image."))
-        return out
+        return dict(without_test_images(state), counts=counts, hits_r=np.zeros_like(state["hits_r"]),
+                    hits_c=np.zeros_like(state["hits_c"]))
 
     @classmethod
     def test_only_state(cls, state: dict) -> dict:
@@ -350,14 +299,8 @@ class PositionProbeAccumulator(Accumulator):
             self._rs, self._rc, self._cs, self._cc = st["rs"], st["rc"], st["cs"], st["cc"]
         self._n_tr_img, self._n_te_img, self._n_te_tok = (int(v) for v in st["counts"])
         self._hits_r, self._hits_c = st["hits_r"].astype(np.int64), st["hits_c"].astype(np.int64)
-        self._pending = [(st["pending_x"], st["pending_i"])] if st["pending_i"].size else []
-        self.per_image.load(st, "per_image.")
-
-
-def _no_rows(state: dict, prefix: str) -> dict:
-    """Empty per-image rows of the same width as in ``state``."""
-    rows = np.asarray(state[f"{prefix}rows"])
-    return {f"{prefix}index": np.zeros(0, np.int64), f"{prefix}rows": np.zeros((0, rows.shape[-1]))}
+        self._pending = load_pending(st)
+        self.per_image.load(unnest("per_image", st))
 
 
 def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -369,20 +312,7 @@ def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.linalg.lstsq(a, b, rcond=None)[0]
 
 
-def _to_numpy(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy() if is_torch(t) else np.asarray(t)
-
-
-def _take(x: Any, sel: np.ndarray) -> Any:
-    """Images ``sel`` of a numpy array or torch tensor (index on the tensor's device)."""
-    if not is_torch(x):
-        return x[sel]
-    import torch
-
-    return x[torch.as_tensor(sel, device=x.device)]
-
-
-def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64),
+def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS,
                    method: str = "lda", *, shrinkage: float = DEFAULT_SHRINKAGE, epochs: int = 5,
                    lr: float = 1e-3, batch_size: int = 512, seed: int = 42, device: str | None = None,
                    threads: int | None = None, layer: str | None = None, provenance: dict | None = None,
@@ -405,26 +335,10 @@ def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequ
         return acc.result()
     if method != "paper":
         raise ValueError(f"unknown probe method {method!r}; choose 'paper', 'lda' or 'ridge'")
-    if is_torch(features):
-        import torch
-
-        if features.ndim != 4:
-            raise ValueError(f"expected (N, C, rows, cols), got {tuple(features.shape)}")
-        bad = ~torch.isfinite(features)
-        if bool(bad.any()):
-            raise NonFiniteInputError(layer, int(bad.sum()), np.nonzero(bad.flatten(1).any(1).cpu().numpy())[0])
-        x = features
-    else:
-        arr = np.asarray(features)
-        x = arr if arr.dtype in (np.float16, np.float32) else arr.astype(np.float32)
-        if x.ndim != 4:
-            raise ValueError(f"features (layer {layer!r}): expected (N, C, rows, cols), got {x.shape}")
-        check_finite(x, layer)
+    x = _paper_input(features, layer)
     n, _, h, w = x.shape
     n_tr = n_train_images(n, train_fraction)
     res = [int(s) for s in resolutions]
-    from .probe_paper import paper_probe_history
-
     hist = paper_probe_history(x, n_tr, res, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                                threads=threads)
     n_te_tok = (n - n_tr) * h * w
@@ -433,8 +347,21 @@ def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequ
                "history": [{"epoch": e + 1, "accuracy": {s: 0.5 * (r[:, i].sum() + c[:, i].sum()) / n_te_tok
                                                          for i, s in enumerate(res)}}
                            for e, (r, c, _) in enumerate(hist)]}
-    rows = np.concatenate([hr, hc, np.full((len(hr), 1), h * w)], axis=1)
-    intervals = {s: accuracy_interval(rows, k, len(res), n_boot=n_boot, level=level, seed=boot_seed)
-                 for k, s in enumerate(res)}
-    return _make_result("paper", res, (h, w), hr.sum(axis=0), hc.sum(axis=0), n_te_tok, n_tr, n - n_tr,
-                        n_tr * h * w, layer, provenance, details, intervals)
+    counts = ProbeCounts((h, w), test_rows(hr, hc, h * w), n_tr, n_tr * h * w)
+    return make_result("paper", res, counts, layer=layer, provenance=provenance, details=details,
+                       boot={"n_boot": n_boot, "level": level, "seed": boot_seed})
+
+
+def _paper_input(features: Any, layer: str | None) -> Any:
+    """The published probe's input: a finite (N, C, rows, cols) tensor, or numpy kept in float16/float32."""
+    if is_torch(features):
+        if features.ndim != 4:
+            raise ValueError(f"expected (N, C, rows, cols), got {tuple(features.shape)}")
+        check_finite(features, layer)
+        return features
+    arr = np.asarray(features)
+    x = arr if arr.dtype in (np.float16, np.float32) else arr.astype(np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"features (layer {layer!r}): expected (N, C, rows, cols), got {x.shape}")
+    check_finite(x, layer)
+    return x

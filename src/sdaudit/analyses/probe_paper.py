@@ -25,10 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..constants import RESOLUTIONS
 from ._arrays import check_features, resolve_indices
-from ._base import Accumulator
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, PerImageStats
-from .position import _image_hits, _make_result, _no_rows, _to_numpy, accuracy_interval, n_train_images
+from ._base import Accumulator, nest, unnest
+from ._probe_scoring import (ProbeCounts, accuracy_terms, image_hits, load_pending, make_result, n_train_images,
+                             pending_state, test_rows, to_numpy, without_test_images)
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, PerImageStats, Terms
 from .results import ProbeResult
 
 DEFAULT_MAX_TRAIN_TOKENS = 65536
@@ -84,8 +86,8 @@ def _evaluate(clf, tokens, grid: tuple[int, int], resolutions: Sequence[int]) ->
     with torch.no_grad():
         for i in range(0, tokens.shape[0], step):
             pr, pc = (v.argmax(1).cpu().numpy().reshape(-1, h * w) for v in _split(clf(tokens[i:i + step].float()), h, w))
-            hr.append(_image_hits(pr, np.broadcast_to(rows, pr.shape), h, resolutions))
-            hc.append(_image_hits(pc, np.broadcast_to(cols, pc.shape), w, resolutions))
+            hr.append(image_hits(pr, np.broadcast_to(rows, pr.shape), h, resolutions))
+            hc.append(image_hits(pc, np.broadcast_to(cols, pc.shape), w, resolutions))
     r = len(resolutions)
     empty = np.zeros((0, r), np.int64)
     return (np.concatenate(hr) if hr else empty), (np.concatenate(hc) if hc else empty)
@@ -129,7 +131,7 @@ class PaperProbeAccumulator(Accumulator):
     trained, their test counts add up.
     """
 
-    def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = (8, 16, 32, 64), *,
+    def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS, *,
                  n_train: int | None = None, max_train_tokens: int = DEFAULT_MAX_TRAIN_TOKENS, epochs: int = 5,
                  lr: float = 1e-3, batch_size: int = 512, seed: int = 42, layer: str | None = None,
                  provenance: dict | None = None, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
@@ -142,11 +144,6 @@ class PaperProbeAccumulator(Accumulator):
         self.batch_size, self.seed, self.layer = int(batch_size), int(seed), layer
         self.provenance = dict(provenance or {})
         self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(boot_seed)}
-        self._config = {"n_images": self.n_images, "train_fraction": self.train_fraction,
-                        "resolutions": self.resolutions, "n_train": n_train, "max_train_tokens": self.max_train_tokens,
-                        "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "seed": self.seed,
-                        "layer": layer, "provenance": self.provenance, "n_boot": int(n_boot), "level": float(level),
-                        "boot_seed": int(boot_seed)}
         self._grid: tuple[int, int] | None = None
         self._keys = np.zeros(0)
         self._tokens = np.zeros((0, 0), np.float32)
@@ -163,7 +160,7 @@ class PaperProbeAccumulator(Accumulator):
         if not len(idx):
             return
         self._next_index = max(self._next_index, int(idx.max()) + 1)
-        x = check_features(_to_numpy(batch), layer=self.layer, image_indices=idx)
+        x = check_features(to_numpy(batch), layer=self.layer, image_indices=idx)
         self._set_grid(x.shape)
         train = idx < self.n_train
         if train.any():
@@ -216,7 +213,7 @@ class PaperProbeAccumulator(Accumulator):
             tokens = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])))
             hr, hc = _evaluate(self._clf, tokens, self._grid, self.resolutions)
             h, w = self._grid
-            self.per_image.add(idx, np.concatenate([hr, hc, np.full((len(idx), 1), h * w)], axis=1))
+            self.per_image.add(idx, test_rows(hr, hc, h * w))
         self._pending = []
 
     def _fit(self) -> None:
@@ -257,35 +254,32 @@ class PaperProbeAccumulator(Accumulator):
         index, rows = self.per_image.arrays()
         if not len(index):
             raise ValueError(f"layer {self.layer!r}: no test images seen")
-        r = len(self.resolutions)
-        intervals = {s: accuracy_interval(rows, k, r, **self._boot) for k, s in enumerate(self.resolutions)}
         details = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "seed": self.seed,
                    "final_train_loss": self._loss, "train_tokens_seen": self._n_tr_tok,
                    "train_tokens_kept": int(len(self._keys)), "max_train_tokens": self.max_train_tokens}
-        sums = rows.sum(axis=0)
-        return _make_result("paper", self.resolutions, self._grid, sums[:r], sums[r:2 * r], int(sums[-1]),
-                            self._n_tr_img, len(index), self._n_tr_tok, self.layer, self.provenance, details,
-                            intervals)
+        counts = ProbeCounts(self._grid, rows, self._n_tr_img, self._n_tr_tok)
+        return make_result("paper", self.resolutions, counts, layer=self.layer, provenance=self.provenance,
+                           details=details, boot=self._boot)
+
+    def terms(self, resolution: int) -> Terms:
+        """Bootstrap terms of the accuracy at ``resolution`` over the test images (for paired intervals)."""
+        return accuracy_terms(self.per_image, self.resolutions, resolution)
 
     def _state_arrays(self):
         z = np.zeros(0, np.float32)
         weight = z if self._clf is None else self._clf.weight.detach().numpy()
         bias = z if self._clf is None else self._clf.bias.detach().numpy()
-        pend_x = np.concatenate([x for x, _ in self._pending]) if self._pending else np.zeros((0, 0, 0, 0), np.float32)
-        pend_i = np.concatenate([i for _, i in self._pending]) if self._pending else np.zeros(0, np.int64)
         return {"grid": np.array(self._grid or (0, 0)), "keys": self._keys, "tokens": self._tokens, "pos": self._pos,
                 "counts": np.array([self._n_tr_img, self._n_tr_tok]), "loss": np.array(self._loss),
-                "weight": weight, "bias": bias, "pending_x": pend_x, "pending_i": pend_i,
-                **self.per_image.state("per_image.")}
+                "weight": weight, "bias": bias, **pending_state(self._pending),
+                **nest("per_image", self.per_image.state())}
 
     @classmethod
     def train_only_state(cls, state: dict) -> dict:
         """``state`` without test images (pending or scored): what shards exchange before training."""
         if np.asarray(state["weight"]).size:
             raise ValueError("the probe is trained already: exchange training samples before testing")
-        out = dict(state, pending_x=np.zeros((0, 0, 0, 0), np.float32), pending_i=np.zeros(0, np.int64))
-        out.update(_no_rows(state, "per_image."))
-        return out
+        return without_test_images(state)
 
     @classmethod
     def test_only_state(cls, state: dict) -> dict:
@@ -310,5 +304,5 @@ class PaperProbeAccumulator(Accumulator):
                 self._clf.weight.copy_(torch.from_numpy(st["weight"]))
                 self._clf.bias.copy_(torch.from_numpy(st["bias"]))
             self._clf.eval()
-        self._pending = [(st["pending_x"], st["pending_i"])] if st["pending_i"].size else []
-        self.per_image.load(st, "per_image.")
+        self._pending = load_pending(st)
+        self.per_image.load(unnest("per_image", st))

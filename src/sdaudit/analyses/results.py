@@ -7,36 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ._jsonable import to_jsonable
+from .intervals import Interval
+
+__all__ = ["GROUPS", "UNDEFINED_SMALL_GRID", "AnomalyDetectionResult", "AnomalyNormResult", "BorderArtifactsResult",
+           "GroupSimilarityResult", "ProbeResult", "to_jsonable"]
+
 GROUPS = ("corner", "border", "other")
 UNDEFINED_SMALL_GRID = "not defined (grid too small)"
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Recursively convert to JSON-native types; non-finite floats become None."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return obj.to_dict() if hasattr(obj, "to_dict") else to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
 
 
 def _denull(v: Any) -> Any:
@@ -105,8 +88,6 @@ class ProbeResult(_Result):
 
     @classmethod
     def _convert(cls, kw):
-        from .intervals import Interval
-
         for k in ("accuracy", "row_accuracy", "col_accuracy", "chance"):
             kw[k] = {int(s): _nan(v) for s, v in kw[k].items()}
         kw["intervals"] = {int(s): v if isinstance(v, Interval) else Interval.from_dict(v)
@@ -170,8 +151,6 @@ class BorderArtifactsResult(_Result):
 
     @classmethod
     def _convert(cls, kw):
-        from .intervals import Interval
-
         for k in ("relative", "cropped", "full"):
             kw[k] = {g: _nan(v) for g, v in kw[k].items()}
         kw["intervals"] = {g: v if isinstance(v, Interval) else Interval.from_dict(v)

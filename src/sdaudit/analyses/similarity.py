@@ -127,7 +127,6 @@ class TokenMeanAccumulator(Accumulator):
 
     def __init__(self, layer: str | None = None):
         super().__init__()
-        self._config = {"layer": layer}
         self.layer = layer
         self._sum: np.ndarray | None = None
         self._count = 0
@@ -181,8 +180,6 @@ class SimilarityMapAccumulator(Accumulator):
         self.center = None if center is None else as_float32(center).reshape(-1)
         self.measure = measure
         self.layer = layer
-        self._config = {"ref": None if ref is None else self.ref.tolist(), "measure": measure,
-                        "center": None if center is None else self.center.tolist(), "layer": layer}
         self._maps: dict[int, np.ndarray] = {}
 
     def update(self, batch: Any, image_indices: Sequence[int] | None = None) -> None:

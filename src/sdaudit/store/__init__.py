@@ -43,7 +43,7 @@ import numpy as np
 from .lock import WriterLock
 from .records import (FORMAT_VERSION, MANIFEST_ATTR, Float16OverflowError, ImageEntry, StoreBusyError,
                       StoreConfigMismatch, StoreDamagedError, StoreError)
-from .representation import RepresentationStore, _zarr
+from .representation import RepresentationStore, _zarr, open_store
 from .verify import VerifyReport, verify_store
 
 # Fields of the configuration that must match for two extractions to share a store.
@@ -172,10 +172,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def open_store(path: str | Path, mode: str = "r") -> RepresentationStore:
-    """Open an existing store for reading (``mode="r"``) or appending (``"r+"``, taking its writer lock)."""
-    if not Path(path).exists():
-        raise StoreError(f"store '{path}' does not exist")
-    return RepresentationStore(path, mode=mode)

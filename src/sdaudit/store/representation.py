@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .damage import damaged_rows
 from .lock import WriterLock
 from .records import (FORMAT_VERSION, MANIFEST_ATTR, RECORDS_FILE, Float16OverflowError, ImageEntry, StoreDamagedError,
                       StoreError, append_records, checksum, read_records, record_line, rewrite_records,
@@ -218,8 +219,6 @@ class RepresentationStore:
 
     def damaged_rows(self, rows: Sequence[int] | None = None) -> dict[int, list[str]]:
         """{image index: [what is wrong, ...]} for every committed row (or ``rows``) that fails verification."""
-        from .verify import damaged_rows
-
         return damaged_rows(self, rows)
 
     # ----- writing --------------------------------------------------------------------------------
@@ -329,3 +328,10 @@ class RepresentationStore:
         except OSError as error:
             raise StoreError(f"cannot write to store '{self.path}': {error.strerror or error}; its "
                              f"{self.num_images} committed images are intact") from error
+
+
+def open_store(path: str | Path, mode: str = "r") -> RepresentationStore:
+    """Open an existing store for reading (``mode="r"``) or appending (``"r+"``, taking its writer lock)."""
+    if not Path(path).exists():
+        raise StoreError(f"store '{path}' does not exist")
+    return RepresentationStore(path, mode=mode)
