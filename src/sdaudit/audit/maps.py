@@ -84,16 +84,17 @@ def norm_layers(table: Sequence[LayerRow | Mapping[str, Any]], anomaly_layer: st
     return layers
 
 
-def compute_maps(reps: dict, examples: list[dict], shown_norm_layers: list[str], inputs: np.ndarray,
-                 anomaly_rows: np.ndarray, *, skipped: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+def compute_maps(reps: dict, examples: Sequence[MapExample | Mapping[str, Any]], shown_norm_layers: list[str],
+                 inputs: np.ndarray, anomaly_rows: np.ndarray, *, skipped: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """The arrays of maps.npz for the shown images (``reps``: layer -> (k, C, n, n)).
 
     A map whose layer has non-finite values on the shown images is left out (its key is missing), and
     ``skipped`` (if given) gets ``{layer: message}``: one bad layer must not cost the other maps.
     """
     arrays = {"inputs": inputs.astype(np.uint8), "anomalies": np.asarray(anomaly_rows, dtype=np.int64).reshape(-1, 3)}
-    jobs = [(example["key"], example["layer"], lambda e=example: similarity_map(
-        reps[e["layer"]], ref=tuple(e["ref"]), measure=e["measure"], layer=e["layer"])) for example in examples]
+    chosen = [e if isinstance(e, MapExample) else MapExample.from_dict(e) for e in examples]
+    jobs = [(e.key, e.layer, lambda e=e: similarity_map(reps[e.layer], ref=tuple(e.ref), measure=e.measure,
+                                                          layer=e.layer)) for e in chosen]
     jobs += [(norm_key(layer), layer, lambda layer=layer: norm_map(reps[layer], layer=layer))
              for layer in shown_norm_layers]
     for key, layer, make in jobs:
