@@ -294,10 +294,12 @@ def test_a_second_control_uses_its_own_paired_beyond_fields_and_points_for_accur
     from sdaudit.report.html import fmt_points
     from sdaudit.report.intervals import beyond
 
-    row = {"layer": "L", "corner_rel_sim": 1.5, "corner_rel_sim_low": 1.4, "corner_rel_sim_high": 1.6}
-    control = {"label": "circular padding", "by_layer": {"L": {
+    from sdaudit.audit_results import ControlRun, LayerRow
+
+    row = LayerRow.from_dict({"layer": "L", "corner_rel_sim": 1.5, "corner_rel_sim_low": 1.4, "corner_rel_sim_high": 1.6})
+    control = ControlRun.from_dict({"label": "circular padding", "table": [{
         "layer": "L", "corner_rel_sim": 1.0, "corner_rel_sim_low": 0.9, "corner_rel_sim_high": 1.1,
-        "beyond_corner_rel_sim": 0.5, "beyond_corner_rel_sim_low": 0.45, "beyond_corner_rel_sim_high": 0.55}}}
+        "beyond_corner_rel_sim": 0.5, "beyond_corner_rel_sim_low": 0.45, "beyond_corner_rel_sim_high": 0.55}]})
     assert beyond(row, "corner_rel_sim", control, first=False) == (0.5, 0.45, 0.55)  # not the wide (0.3, 0.7)
     assert fmt_points(0.3) == "30.0 pp"
 
@@ -323,11 +325,13 @@ def test_timesteps_get_one_figure_with_a_curve_family_each(tmp_path):
 
 
 def test_a_missing_interval_is_named_as_such_not_as_spanning_the_threshold():
+    from sdaudit.audit_results import LayerRow
     from sdaudit.report.verdicts import _flag
 
-    row = {"probe_acc_64": 0.9, "probe_acc_64_low": None, "probe_acc_64_high": None}
-    level, note = _flag(row, "probe_acc_64", 0.9, None, mild=0.2, strong=0.5, controls=[], what="position code")
+    row = {"layer": "L", "probe_acc_64": 0.9, "probe_acc_64_low": None, "probe_acc_64_high": None}
+    level, note = _flag(LayerRow.from_dict(row), "probe_acc_64", 0.9, None, mild=0.2, strong=0.5, controls=[],
+                        what="position code")
     assert level == 0 and note == "position code unconfirmed (too few images for an interval)"
-    level, note = _flag({**row, "probe_acc_64_low": 0.3}, "probe_acc_64", 0.9, 0.3, mild=0.2, strong=0.5,
-                        controls=[], what="position code")
+    level, note = _flag(LayerRow.from_dict({**row, "probe_acc_64_low": 0.3}), "probe_acc_64", 0.9, 0.3, mild=0.2,
+                        strong=0.5, controls=[], what="position code")
     assert level == 1 and "spans the threshold" in note

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .audit_results import ANOMALY_MEAN, AuditResults
+from .constants import RESOLUTIONS
+
 
 def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) -> Path:
     """Audit the demo photos with ``tiny`` at ``size`` px (all three analyses and the maps) into ``out``.
@@ -13,10 +16,9 @@ def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) ->
     but the report.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from .audit import AuditSettings, audit
-    from .audit.caveats import caveats, ratio_text, with_interval
+    from .audit.caveats import caveats
     from .images import demo_image_paths
     from .models import load_model
 
@@ -27,30 +29,43 @@ def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) ->
                   f"at {size} px, the paper's 45 layers")
     start = time.perf_counter()
     model = load_model("tiny", device="cpu")
-    results = audit(model, [str(p) for p in paths], out, AuditSettings(size=size, layers="paper"))
-    elapsed = time.perf_counter() - start
-    table = Table(title=f"{len(results['images'])} images, {len(results['layers'])} layers, "
-                        f"{results['run']['unet_passes_per_image']} U-Net passes per image ({elapsed:.0f} s); "
-                        "random weights")
-    table.add_column("layer", no_wrap=True, min_width=30)
-    for column in ("grid", "probe acc (finest)", "chance", "corner rel. sim. [95 % interval]", "anomaly rel. norm"):
-        table.add_column(column, justify="right")
-    for row in results["table"]:
-        s = min(64, row["grid"])
-        s = max(v for v in (8, 16, 32, 64) if v <= max(s, 8))
-        table.add_row(row["layer"], f"{row['grid']}x{row['grid']}",
-                      with_interval(row.get(f"probe_acc_{s}"), row.get(f"probe_acc_{s}_low"),
-                                    row.get(f"probe_acc_{s}_high")),
-                      with_interval(row.get(f"probe_chance_{s}"), None, None), ratio_text(results, row),
-                      with_interval(row.get("anomaly_rel_norm_mean"), row.get("anomaly_rel_norm_mean_low"),
-                                    row.get("anomaly_rel_norm_mean_high")))
-    console.print(table)
-    tests = min((r["probe_test_images"] for r in results["table"] if r.get("probe_test_images")), default=0)
+    written = audit(model, [str(p) for p in paths], out, AuditSettings(size=size, layers="paper"))
+    results = AuditResults.coerce(written)
+    console.print(_table(results, written, time.perf_counter() - start))
+    tests = min((r.probe_test_images for r in results.table if r.probe_test_images), default=0)
     console.print("n.d.: not defined (the crop's grid is under 3x3); n.m.: not meaningful (reference similarity "
                   f"near zero); no interval from fewer than 5 images (the probe tests on {tests} here)",
                   highlight=False)
-    for line in caveats(results):
+    for line in caveats(written):
         console.print(line, markup=False, highlight=False)
     report = out / "report.html"
     console.print(f"report: [bold]{report.resolve()}[/]")
     return report
+
+
+def _finest(grid: int) -> int:
+    """The finest comparison resolution that a ``grid`` x ``grid`` layer resolves (at least the coarsest)."""
+    return max(s for s in RESOLUTIONS if s <= max(min(RESOLUTIONS[-1], grid), RESOLUTIONS[0]))
+
+
+def _table(results: AuditResults, written, elapsed: float):
+    """The per-layer summary the demo prints: probe accuracy at the finest resolution, corner ratio, anomaly norm.
+
+    ``written``: the results as the audit returned them, for :func:`~sdaudit.audit.caveats.ratio_text`.
+    """
+    from rich.table import Table
+
+    from .audit.caveats import ratio_text, with_interval
+
+    table = Table(title=f"{len(results.images)} images, {len(results.layers)} layers, "
+                        f"{results.unet_passes_per_image} U-Net passes per image ({elapsed:.0f} s); random weights")
+    table.add_column("layer", no_wrap=True, min_width=30)
+    for column in ("grid", "probe acc (finest)", "chance", "corner rel. sim. [95 % interval]", "anomaly rel. norm"):
+        table.add_column(column, justify="right")
+    for row in results.table:
+        s = _finest(row.grid)
+        table.add_row(row.layer, f"{row.grid}x{row.grid}",
+                      with_interval(row.accuracy(s), *row.interval(f"probe_acc_{s}")),
+                      with_interval(row.value(f"probe_chance_{s}"), None, None), ratio_text(written, row.to_dict()),
+                      with_interval(row.value(ANOMALY_MEAN), *row.interval(ANOMALY_MEAN)))
+    return table

@@ -6,13 +6,13 @@ callers and tests can find them without relying on drawing order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.lines import Line2D
 
-from .intervals import borders_undefined, controls_of
+from ..audit_results import AuditResults, ControlRun, LayerRow
+from .intervals import controls_of
 from .verdicts import meaningful_mask
 
 BAND_GID = "interval-band"
@@ -23,19 +23,14 @@ CONTROL_LS = (0, (4, 2))
 NOT_MEANINGFUL_LABEL = "not meaningful /\nnot defined"
 
 
-def series(table: Sequence[Mapping[str, Any]], layers: Sequence[str], key: str) -> np.ndarray:
-    by = {str(r["layer"]): r for r in table}
-    out = []
-    for name in layers:
-        v = by[name].get(key) if name in by else None
-        try:
-            out.append(float(v) if v is not None and not isinstance(v, bool) else np.nan)
-        except (TypeError, ValueError):
-            out.append(np.nan)
-    return np.array(out, dtype=float)
+def series(table: Sequence[LayerRow], layers: Sequence[str], key: str) -> np.ndarray:
+    """``key``'s values at ``layers`` (NaN where a layer is missing or has no finite value)."""
+    by = {r.layer: r for r in table}
+    values = [by[name].value(key) if name in by else None for name in layers]
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def band(ax, x: np.ndarray, table: Sequence[Mapping[str, Any]], layers: Sequence[str], metric: str, color, *,
+def band(ax, x: np.ndarray, table: Sequence[LayerRow], layers: Sequence[str], metric: str, color, *,
          keep: np.ndarray | None = None, log: bool = False, alpha: float = 0.22) -> list[np.ndarray]:
     """Shade the 95 % interval of ``metric`` where the table has one; returns the bounds drawn (for
     the axis limits), [] when there is no interval. ``keep``: mask of the layers to draw at all."""
@@ -64,26 +59,25 @@ def edge_marks(ax, x: np.ndarray, mask: np.ndarray, color, slot: int = 0) -> boo
     return True
 
 
-def readable_ratios(run: Mapping[str, Any], layers: Sequence[str], group: str) -> tuple[np.ndarray, np.ndarray]:
+def readable_ratios(run: AuditResults | ControlRun, layers: Sequence[str], group: str) -> tuple[np.ndarray, np.ndarray]:
     """(values to plot, mask of layers to mark at the edge) of a corner / border ratio series: a
     ratio over a near-zero reference or on a grid too small is marked, not plotted."""
-    table = run.get("table") or []
-    y = series(table, layers, f"{group}_rel_sim")
+    y = series(run.table, layers, f"{group}_rel_sim")
     ok = np.array(meaningful_mask(run, layers, group), dtype=bool)
-    by = {str(r.get("layer")): r for r in table}
-    undefined = np.array([borders_undefined(by.get(n) or {}) for n in layers], dtype=bool)
+    by = {r.layer: r for r in run.table}
+    undefined = np.array([bool(by[n].borders_undefined) if n in by else False for n in layers], dtype=bool)
     # values <= 0 are marked at the bottom (off scale) by the caller; these go to the top edge
     mark = undefined | (np.isfinite(y) & (y > 0) & ~ok)
     return np.where(ok, y, np.where(np.isfinite(y) & (y <= 0), y, np.nan)), mark
 
 
-def control_runs(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> list[tuple[int, str, dict[str, Any]]]:
-    """(run index, legend label, control as a run dict) for every control of every run."""
+def control_runs(runs: Sequence[AuditResults], labels: Sequence[str]) -> list[tuple[int, str, ControlRun]]:
+    """(run index, legend label, control) for every control of every run."""
     out = []
     for ri, (run, lab) in enumerate(zip(runs, labels)):
         for c in controls_of(run):
-            name = f"control: {c['label']}" if len(runs) == 1 else f"{lab} control:\n{c['label']}"
-            out.append((ri, name, {"table": list(c.get("table") or []), "borders": c.get("borders") or {}}))
+            name = f"control: {c.label}" if len(runs) == 1 else f"{lab} control:\n{c.label}"
+            out.append((ri, name, c))
     return out
 
 
@@ -105,17 +99,13 @@ def band_handle(color, label: str = "95 % interval"):
     return Patch(color=color, alpha=0.25, lw=0, label=label)
 
 
-def random_weights(run: Mapping[str, Any]) -> bool:
-    return bool((run.get("model") or {}).get("random_weights"))
-
-
 _PROBES = {"lda": "closed-form LDA", "ridge": "closed-form ridge"}
 
 
-def published_label(runs: Sequence[Mapping[str, Any]]) -> str:
+def published_label(runs: Sequence[AuditResults]) -> str:
     """Legend label of a published overlay: says when this audit's probe is not the paper's trained one."""
     # runs that do not record their probe (bare tables) say nothing either way
-    methods = {m for r in runs if (m := (r.get("settings") or {}).get("probe_method"))} - {"paper"}
+    methods = {m for r in runs if (m := r.probe_method)} - {"paper"}
     if not methods:
         return "published"
     used = ", ".join(sorted(_PROBES.get(str(m), str(m)) for m in methods))

@@ -8,13 +8,13 @@ and then the report falls back to point estimates and says so. Nothing here draw
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-# the same tuple as sdaudit.audit.outputs.INTERVAL_METRICS (not imported: the report reads results.json only)
-INTERVAL_METRICS = ("probe_acc_8", "probe_acc_16", "probe_acc_32", "probe_acc_64", "corner_rel_sim", "border_rel_sim",
-                    "other_rel_sim", "anomaly_rel_norm_mean")
+from ..audit_results import INTERVAL_METRICS, AuditResults, ControlRun, LayerRow, Recurrence, finite
+
+__all__ = ["FEW_CHANNELS", "INTERVAL_METRICS", "NOT_DEFINED", "beyond", "clears_control", "controls_of", "fmt_diff",
+           "fmt_interval", "num", "recurrence_text"]
 
 #: what the audit writes for a layer whose cropped (n-2) grid is under 3x3
 NOT_DEFINED = "not defined (grid too small)"
@@ -27,52 +27,18 @@ def num(v: Any) -> float | None:
     """A value as a finite float, else None (None, bool, text, NaN, jinja Undefined)."""
     import jinja2
 
-    if v is None or isinstance(v, (bool, jinja2.Undefined)):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+    return None if isinstance(v, jinja2.Undefined) else finite(v)
 
 
-def has_interval(row: Mapping[str, Any], metric: str) -> bool:
-    """Whether the audit wrote an interval for ``metric`` in this row (its bounds may still be null)."""
-    return f"{metric}_low" in row or f"{metric}_high" in row
+def controls_of(results: AuditResults) -> list[ControlRun]:
+    """The control runs of ``results``; differences to a control without its description (``beyond_*`` in the
+    table but no control recorded) are still judged against, under the generic label "control"."""
+    if not results.controls and results.first_control_has_beyond():
+        return [ControlRun(label="control")]
+    return list(results.controls)
 
 
-def interval(row: Mapping[str, Any], metric: str) -> tuple[float | None, float | None]:
-    """(low, high) of ``metric``; None where absent or undefined."""
-    return num(row.get(f"{metric}_low")), num(row.get(f"{metric}_high"))
-
-
-def borders_undefined(row: Mapping[str, Any]) -> bool:
-    return bool(row.get("borders_undefined"))
-
-
-def controls_of(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The control runs: ``results["controls"]`` (a list) or ``results["control"]`` as a one-element list.
-
-    Each gets a ``label`` (its own, else its kind) and ``by_layer`` (its table keyed by layer name).
-    """
-    raw = results.get("controls")
-    if not isinstance(raw, list):
-        raw = [results["control"]] if isinstance(results.get("control"), Mapping) else []
-    if not raw and any(isinstance(r, Mapping) and any(str(k).startswith("beyond_") for k in r)
-                       for r in results.get("table") or []):
-        # differences to a control without its description: still judged against, under a generic name
-        raw = [{"label": "control"}]
-    out = []
-    for c in raw:
-        if not isinstance(c, Mapping):
-            continue
-        label = str(c.get("label") or c.get("kind") or "control")
-        rows = [r for r in (c.get("table") or []) if isinstance(r, Mapping)]
-        out.append({**c, "label": label, "by_layer": {str(r.get("layer")): r for r in rows}})
-    return out
-
-
-def beyond(row: Mapping[str, Any], metric: str, control: Mapping[str, Any], *,
+def beyond(row: LayerRow, metric: str, control: ControlRun, *,
            first: bool) -> tuple[float | None, float | None, float | None] | None:
     """(model - control, low, high) for ``metric`` at this row's layer, or None when unknown.
 
@@ -80,24 +46,24 @@ def beyond(row: Mapping[str, Any], metric: str, control: Mapping[str, Any], *,
     ``beyond_M*`` of (model - that control) too. Without them, the difference of the point estimates
     with a conservative interval from the two intervals (model low - control high, model high - control low).
     """
-    if first and f"beyond_{metric}" in row:
-        return num(row.get(f"beyond_{metric}")), num(row.get(f"beyond_{metric}_low")), num(row.get(f"beyond_{metric}_high"))
-    crow = control["by_layer"].get(str(row.get("layer")))
-    if not crow:
+    if first and row.beyond(metric) is not None:
+        return row.beyond(metric)
+    crow = control.by_layer().get(row.layer)
+    if crow is None:
         return None
-    if f"beyond_{metric}" in crow:  # the paired interval the audit computed for this control
-        return num(crow.get(f"beyond_{metric}")), num(crow.get(f"beyond_{metric}_low")), num(crow.get(f"beyond_{metric}_high"))
-    m, c = num(row.get(metric)), num(crow.get(metric))
+    if crow.beyond(metric) is not None:  # the paired interval the audit computed for this control
+        return crow.beyond(metric)
+    m, c = row.value(metric), crow.value(metric)
     if m is None or c is None:
         return None
-    m_lo, m_hi = interval(row, metric)
-    c_lo, c_hi = interval(crow, metric)
+    m_lo, m_hi = row.interval(metric)
+    c_lo, c_hi = crow.interval(metric)
     lo = m_lo - c_hi if m_lo is not None and c_hi is not None else None
     hi = m_hi - c_lo if m_hi is not None and c_lo is not None else None
     return m - c, lo, hi
 
 
-def clears_control(row: Mapping[str, Any], metric: str, controls: Sequence[Mapping[str, Any]]) -> str | None:
+def clears_control(row: LayerRow, metric: str, controls: Sequence[ControlRun]) -> str | None:
     """The label of the first control that the model does not clearly exceed on ``metric``, else None.
 
     Exceeding means the interval of (model - control) lies above 0: every artifact measure here is
@@ -108,7 +74,7 @@ def clears_control(row: Mapping[str, Any], metric: str, controls: Sequence[Mappi
             continue  # the control lacks this layer or metric: nothing to compare with
         _, lo, _ = d
         if lo is None or lo <= 0:
-            return str(c["label"])
+            return c.label
     return None
 
 
@@ -129,19 +95,11 @@ def fmt_diff(value: Any, low: Any, high: Any, fmt) -> str:
     return fmt_interval(value, low, high, signed)
 
 
-def warnings_of(results: Mapping[str, Any]) -> list[str]:
-    """``results["warnings"]`` as a list of strings (a single string is one warning)."""
-    raw = results.get("warnings")
-    if isinstance(raw, str):
-        return [raw]
-    return [str(w) for w in raw] if isinstance(raw, list) else []
-
-
-def recurrence_text(rec: Mapping[str, Any] | None) -> str | None:
+def recurrence_text(rec: Recurrence | None) -> str | None:
     """The permutation test of anomaly positions in one plain sentence, or None when absent."""
-    if not isinstance(rec, Mapping):
+    if rec is None:
         return None
-    pairs, expected, p = num(rec.get("pairs")), num(rec.get("null_mean")), num(rec.get("p_value"))
+    pairs, expected, p = finite(rec.pairs), finite(rec.null_mean), finite(rec.p_value)
     if pairs is None or expected is None:
         return None
     p_text = f"p = {p:.3g}" if p is not None else "p not computed"

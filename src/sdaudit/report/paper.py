@@ -18,13 +18,16 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
 import re
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from ..audit_results import FORMAT, LayerRow, finite
+from ..constants import PAPER_ANOMALY_LAYER, PAPER_N_IMAGES, PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, \
+    RESOLUTIONS
 from ..layer_names import kind_of
-
-RESOLUTIONS = (8, 16, 32, 64)
 
 #: csv model key -> the names (squashed: lower case, no separators) that mean it
 _MODEL_ALIASES: dict[str, tuple[str, ...]] = {
@@ -37,10 +40,8 @@ _MODEL_ALIASES: dict[str, tuple[str, ...]] = {
 PAPER_MODEL_NAMES = {"sd15": "SD-1.5", "sd21": "SD-2.1", "sdturbo": "SD-Turbo"}
 
 #: published hand-label statistics (design.md, section 4): anomalies, images with one, images labelled
-PAPER_ANOMALY_LABELS = {"sd15": (196, 144, 500), "sd21": (93, 76, 500), "sdturbo": (457, 438, 500)}
-
-#: the layer on whose 32x32 norm maps the paper's anomalies were labelled
-PAPER_ANOMALY_LAYER = "up_blocks[1].upsamplers[0]"
+PAPER_ANOMALY_LABELS = {"sd15": (196, 144, PAPER_N_IMAGES), "sd21": (93, 76, PAPER_N_IMAGES),
+                        "sdturbo": (457, 438, PAPER_N_IMAGES)}
 
 
 def _squash(text: str) -> str:
@@ -69,13 +70,9 @@ def _csv_rows() -> tuple[dict[str, str], ...]:
     return tuple(csv.DictReader(io.StringIO(text)))
 
 
-def _num(value: str | None) -> float | None:
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+def _num(value: Any) -> float | None:
+    """A csv cell or row value as a finite float; None when empty or not a number."""
+    return finite(value)
 
 
 
@@ -127,13 +124,13 @@ def paper_as_results(model: str) -> dict[str, Any]:
         row["anomaly_count"] = count
     name = {"sd15": "sd15", "sd21": "sd21", "sdturbo": "sd-turbo"}[key]
     return {
-        "format": "sdaudit-audit/1",
+        "format": FORMAT,
         "created": None,
         "model": {"name": name, "kind": "published", "location": "Loos & Linhardt (2025), published result files",
                   "revision": None, "weights_sha256": None},
-        "settings": {"protocol": "paper", "timestep": 50, "seed": 42, "size": 512, "prompt": "", "latent": "sample",
+        "settings": {"protocol": "paper", "timestep": PAPER_TIMESTEP, "seed": PAPER_SEED, "size": 512, "prompt": "", "latent": "sample",
                      "noise_samples": 1, "layers": "paper", "analyses": ["position", "borders", "anomalies"],
-                     "probe_method": "adam-5-epochs", "train_fraction": 0.8, "detector": None,
+                     "probe_method": "adam-5-epochs", "train_fraction": PAPER_TRAIN_FRACTION, "detector": None,
                      "anomaly_layer": PAPER_ANOMALY_LAYER},
         "versions": {},
         "images": [],
@@ -159,3 +156,41 @@ def probe_mismatch_note(probe_method: str | None) -> str | None:
         return f"{head}; this audit does not record which probe it used."
     used = _PROBE_NAMES.get(str(probe_method), f"the '{probe_method}' probe")
     return f"{head}; this audit used {used}."
+
+
+def _pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Pearson correlation of two equally long series; None under 3 points or without spread."""
+    n = len(a)
+    if n < 3:
+        return None
+    ma, mb = sum(a) / n, sum(b) / n
+    va = sum((x - ma) ** 2 for x in a)
+    vb = sum((y - mb) ** 2 for y in b)
+    if va <= 0 or vb <= 0:
+        return None
+    return sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(va * vb)
+
+
+PAPER_METRICS = [(f"probe_acc_{s}", f"probe accuracy, s = {s}") for s in RESOLUTIONS] + [
+    ("corner_rel_sim", "corner relative similarity"),
+    ("border_rel_sim", "border relative similarity (corrected counts)"),
+    ("anomaly_rel_norm_mean", "anomaly relative norm (mean)"),
+]
+
+
+def paper_agreement(table: Sequence[LayerRow], published: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per metric: layers compared, Pearson r, median and largest absolute difference."""
+    pub = {r["layer"]: r for r in published}
+    out = []
+    for key, label in PAPER_METRICS:
+        pairs = [(r.layer, r.value(key), _num(pub[r.layer].get(key))) for r in table if r.layer in pub]
+        pairs = [(n, a, b) for n, a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        diffs = sorted(abs(a - b) for _, a, b in pairs)
+        worst = max(pairs, key=lambda t: abs(t[1] - t[2]))
+        out.append({"key": key, "label": label, "n": len(pairs),
+                    "r": _pearson([a for _, a, _ in pairs], [b for _, _, b in pairs]),
+                    "median": diffs[len(diffs) // 2], "worst_layer": worst[0], "worst": abs(worst[1] - worst[2]),
+                    "ours": worst[1], "theirs": worst[2]})
+    return out

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .intervals import (FEW_CHANNELS, INTERVAL_METRICS, NOT_DEFINED, borders_undefined, clears_control, controls_of,
-                        fmt_interval, has_interval, interval, num, recurrence_text, warnings_of)
-from .paper import RESOLUTIONS
+from ..audit_results import AuditResults, ControlRun, LayerRow
+from ..constants import RESOLUTIONS
+from .intervals import FEW_CHANNELS, INTERVAL_METRICS, NOT_DEFINED, clears_control, controls_of, fmt_interval, \
+    recurrence_text
 
 #: Verdict thresholds (stated on the page). Position: above-chance skill at the finest comparison
 #: resolution, (acc - chance) / (1 - chance): 0 = chance, 1 = perfect. Border: relative similarity
@@ -45,30 +46,16 @@ def _ratio(v: float) -> str:
     return f"{v:.2f}"
 
 
-def finest_resolution(table: Sequence[Mapping[str, Any]]) -> int | None:
+def finest_resolution(table: Sequence[LayerRow]) -> int | None:
     """The largest comparison resolution s with any probe accuracy in the table."""
-    have = [s for s in RESOLUTIONS if any(num(r.get(f"probe_acc_{s}")) is not None for r in table)]
+    have = [s for s in RESOLUTIONS if any(r.accuracy(s) is not None for r in table)]
     return max(have) if have else None
-
-
-def _chance(row: Mapping[str, Any], s: int) -> float | None:
-    c = num(row.get(f"probe_chance_{s}"))
-    if c is None:
-        g = num(row.get("grid"))
-        c = 1.0 / min(s, g) if g else None
-    return c
 
 
 def _skill(acc: float | None, chance: float | None) -> float | None:
     if acc is None or chance is None or chance >= 1:
         return None
     return (acc - chance) / (1 - chance)
-
-
-def _n_images(results: Mapping[str, Any]) -> int | None:
-    if results.get("images"):
-        return len(results["images"])
-    return (results.get("anomalies") or {}).get("n_images")
 
 
 def _level(value: float | None, mild: float, strong: float) -> int:
@@ -83,29 +70,24 @@ def _meaningful(ratio: float | None, reference: float | None) -> bool:
     return ratio is not None and ratio > 0 and (reference is None or reference >= THRESHOLDS["border_min_reference"])
 
 
-def meaningful_mask(results: Mapping[str, Any], layers: Sequence[str], group: str) -> list[bool]:
+def meaningful_mask(results: AuditResults | ControlRun, layers: Sequence[str], group: str) -> list[bool]:
     """Per layer: whether its ``group`` ("corner" / "border") ratio is one the report reads (for the figures)."""
-    by = {str(r.get("layer")): r for r in results.get("table") or []}
-    refs = results.get("borders") or {}
-    out = []
-    for name in layers:
-        row = by.get(name) or {}
-        reference = ((refs.get(name) or {}).get("full") or {}).get(group)
-        out.append(not borders_undefined(row) and _meaningful(num(row.get(f"{group}_rel_sim")), num(reference)))
-    return out
+    by = {r.layer: r for r in results.table}
+    return [name in by and not by[name].borders_undefined
+            and _meaningful(by[name].ratio(group), results.reference(name, group)) for name in layers]
 
 
 NO_INTERVAL = "unconfirmed (too few images for an interval)"
 
 
-def _flag(row: Mapping[str, Any], metric: str, value: float | None, low: float | None, *, mild: float,
-          strong: float, controls: Sequence[Mapping[str, Any]], what: str) -> tuple[int, str | None]:
+def _flag(row: LayerRow, metric: str, value: float | None, low: float | None, *, mild: float,
+          strong: float, controls: Sequence[ControlRun], what: str) -> tuple[int, str | None]:
     """(level, note) of one measure: the level the evidence supports, and why it is lower than the point's."""
     level = _level(value, mild, strong)
     if level <= 0:
         return level, None
     note = None
-    if has_interval(row, metric):
+    if row.has_interval(metric):
         # a finding needs its whole interval over the threshold: judge the low end
         sure = max(_level(low, mild, strong), 0)
         if sure < level:
@@ -119,107 +101,119 @@ def _flag(row: Mapping[str, Any], metric: str, value: float | None, low: float |
     return level, note
 
 
-def _channels(results: Mapping[str, Any]) -> dict[str, int]:
-    out = {}
-    for info in results.get("layers") or []:
-        ch = num(info.get("channels")) if isinstance(info, Mapping) else None
-        if ch is not None:
-            out[str(info.get("name"))] = int(ch)
-    return out
-
-
-def _failed(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"layer": row.get("layer"), "grid": row.get("grid"), "kind": row.get("kind"), "acc": None,
+def _failed(row: LayerRow) -> dict[str, Any]:
+    return {"layer": row.layer, "grid": row.grid, "kind": row.kind, "acc": None,
             "chance": None, "skill": None, "pos_level": -1, "corner": None, "border": None,
             "corner_ok": False, "border_ok": False, "border_level": -1, "ill": False, "anomaly": None,
             "anomaly_std": None, "anomaly_level": -1, "anomaly_text": "—", "acc_text": "not run",
             "border_text": "—", "overall": -1, "verdict": "failed", "label": "failed", "intervals": False,
-            "notes": f"analysis failed: {row['error']}"}
+            "notes": f"analysis failed: {row.error}"}
 
 
-def _verdict(row, results, s, controls, channels, none_found) -> dict[str, Any]:
-    t = THRESHOLDS
-    notes: list[str] = []
-    acc = num(row.get(f"probe_acc_{s}")) if s else None
-    acc_low, acc_high = interval(row, f"probe_acc_{s}") if s else (None, None)
-    chance = _chance(row, s) if s else None
+def _position_flag(row: LayerRow, s: int | None, controls) -> dict[str, Any]:
+    """The position probe's part of a verdict: accuracy, chance, skill, level, and its note."""
+    if not s:
+        return {"acc": None, "acc_low": None, "acc_high": None, "chance": None, "skill": None, "pos_level": -1,
+                "acc_text": "not run", "pos_note": None}
+    t, metric = THRESHOLDS, f"probe_acc_{s}"
+    acc, (acc_low, acc_high), chance = row.accuracy(s), row.interval(metric), row.chance(s)
     skill = _skill(acc, chance)
-    pos_level, pos_note = (_flag(row, f"probe_acc_{s}", skill, _skill(acc_low, chance), mild=t["position_mild"],
-                                 strong=t["position_strong"], controls=controls, what="position code")
-                           if s else (-1, None))
-    undefined = borders_undefined(row)
-    corner = None if undefined else num(row.get("corner_rel_sim"))
-    border = None if undefined else num(row.get("border_rel_sim"))
-    reference = ((results.get("borders") or {}).get(row.get("layer")) or {}).get("full") or {}
-    corner_ok = _meaningful(corner, num(reference.get("corner")))
-    border_ok = _meaningful(border, num(reference.get("border")))
-    c_level, c_note = _flag(row, "corner_rel_sim", corner if corner_ok else None, interval(row, "corner_rel_sim")[0],
+    level, note = _flag(row, metric, skill, _skill(acc_low, chance), mild=t["position_mild"],
+                        strong=t["position_strong"], controls=controls, what="position code")
+    return {"acc": acc, "acc_low": acc_low, "acc_high": acc_high, "chance": chance, "skill": skill,
+            "pos_level": level, "pos_note": note,
+            "acc_text": fmt_interval(acc, acc_low, acc_high, _pct) if acc is not None else "not run"}
+
+
+def _border_flags(row: LayerRow, results: AuditResults, controls) -> dict[str, Any]:
+    """The border analysis' part of a verdict: corner / border ratios, whether readable, level, notes."""
+    t, undefined = THRESHOLDS, bool(row.borders_undefined)
+    corner = None if undefined else row.ratio("corner")
+    border = None if undefined else row.ratio("border")
+    corner_ok = _meaningful(corner, results.reference(row.layer, "corner"))
+    border_ok = _meaningful(border, results.reference(row.layer, "border"))
+    c_level, c_note = _flag(row, "corner_rel_sim", corner if corner_ok else None, row.interval("corner_rel_sim")[0],
                             mild=t["corner_mild"], strong=t["corner_strong"], controls=controls, what="corner ratio")
-    e_level, e_note = _flag(row, "border_rel_sim", border if border_ok else None, interval(row, "border_rel_sim")[0],
+    e_level, e_note = _flag(row, "border_rel_sim", border if border_ok else None, row.interval("border_rel_sim")[0],
                             mild=t["border_mild"], strong=t["border_strong"], controls=controls, what="border ratio")
     b_level = max(c_level, e_level)
     ill = (corner is not None and not corner_ok) or (border is not None and not border_ok)
-    anomaly = num(row.get("anomaly_rel_norm_mean"))
-    a_level, a_note = _flag(row, "anomaly_rel_norm_mean", anomaly, interval(row, "anomaly_rel_norm_mean")[0],
-                            mild=t["anomaly_mild"], strong=t["anomaly_strong"], controls=controls, what="anomaly norm")
-    searched = (results.get("anomalies") or {}).get("layer")
+    if undefined:
+        text = NOT_DEFINED
+    elif b_level >= 0 or ill:
+        text = (fmt_interval(corner, *row.interval("corner_rel_sim"), _ratio) + " / "
+                + fmt_interval(border, *row.interval("border_rel_sim"), _ratio))
+    else:
+        text = "not run"
+    return {"corner": corner, "border": border, "corner_ok": corner_ok, "border_ok": border_ok,
+            "border_level": b_level, "ill": ill, "border_text": text, "borders_undefined": undefined,
+            "c_note": c_note, "e_note": e_note}
+
+
+def _anomaly_flag(row: LayerRow, results: AuditResults, controls, none_found: bool) -> dict[str, Any]:
+    """The anomaly analysis' part of a verdict: the relative norm, its level and text, and its note."""
+    t, anomaly = THRESHOLDS, row.value("anomaly_rel_norm_mean")
+    level, note = _flag(row, "anomaly_rel_norm_mean", anomaly, row.interval("anomaly_rel_norm_mean")[0],
+                        mild=t["anomaly_mild"], strong=t["anomaly_strong"], controls=controls, what="anomaly norm")
+    searched = results.anomalies.layer if results.anomalies is not None else None
     if anomaly is None and none_found:
         # the detector searches one layer; the others are measured at its finds, never searched themselves
-        a_level, a_text = 0, "none found" if row.get("layer") == searched else "not searched"
+        level, text = 0, "none found" if row.layer == searched else "not searched"
     else:
-        a_text = fmt_interval(anomaly, *interval(row, "anomaly_rel_norm_mean"), _ratio) if anomaly is not None else "not run"
-    notes += [{2: "encodes absolute position", 1: "some position information"}.get(pos_level, "")]
-    notes += [{2: "strong border/corner artifact", 1: "mild border/corner artifact"}.get(b_level, "")]
-    if ill:
+        text = fmt_interval(anomaly, *row.interval("anomaly_rel_norm_mean"), _ratio) if anomaly is not None \
+            else "not run"
+    return {"anomaly": anomaly, "anomaly_std": row.value("anomaly_rel_norm_std"), "anomaly_level": level,
+            "anomaly_text": text, "a_note": note}
+
+
+def _notes(pos: dict, bor: dict, ano: dict, few_channels: bool) -> list[str]:
+    """Why a layer got its verdict, in words: the flags, then what lowered them."""
+    notes = [{2: "encodes absolute position", 1: "some position information"}.get(pos["pos_level"], ""),
+             {2: "strong border/corner artifact", 1: "mild border/corner artifact"}.get(bor["border_level"], "")]
+    if bor["ill"]:
         notes.append("border/corner ratio not meaningful (reference similarity near zero)")
-    if undefined:
+    if bor["borders_undefined"]:
         notes.append(f"border/corner {NOT_DEFINED}")
-    notes += [{2: "high-norm anomalies", 1: "raised norm at anomalies"}.get(a_level, "")]
-    notes += [n for n in (pos_note, c_note, e_note, a_note) if n]
-    if 0 < channels.get(str(row.get("layer")), FEW_CHANNELS + 1) <= FEW_CHANNELS:
+    notes.append({2: "high-norm anomalies", 1: "raised norm at anomalies"}.get(ano["anomaly_level"], ""))
+    notes += [n for n in (pos["pos_note"], bor["c_note"], bor["e_note"], ano["a_note"]) if n]
+    if few_channels:
         notes.append(FEW_CHANNELS_NOTE)
-    notes = [n for n in notes if n]
+    return [n for n in notes if n]
+
+
+def _verdict(row: LayerRow, results: AuditResults, s: int | None, controls, none_found: bool) -> dict[str, Any]:
+    pos, bor = _position_flag(row, s, controls), _border_flags(row, results, controls)
+    ano = _anomaly_flag(row, results, controls, none_found)
+    few = 0 < results.channels().get(row.layer, FEW_CHANNELS + 1) <= FEW_CHANNELS
+    notes = _notes(pos, bor, ano, few)
     # position alone is expected in a U-Net: at most "caution"; artifacts can make a layer "affected"
     # a border test that could not be read is no pass either: at least "caution"; nor is an artifact whose
     # interval spans its threshold (one the control shows as well is no artifact of this model: no raise)
-    uncertain = any(n and UNCERTAIN in n for n in (c_note, e_note, a_note))
-    overall = max(min(pos_level, 1), b_level, a_level, 1 if ill or uncertain else 0)
+    uncertain = any(n and UNCERTAIN in n for n in (bor["c_note"], bor["e_note"], ano["a_note"]))
+    overall = max(min(pos["pos_level"], 1), bor["border_level"], ano["anomaly_level"], 1 if bor["ill"] or uncertain else 0)
     verdict = ["usable", "caution", "affected"][overall]
-    with_intervals = any(has_interval(row, m) for m in INTERVAL_METRICS)
-    if undefined:
-        border_text = NOT_DEFINED
-    elif b_level >= 0 or ill:
-        border_text = (fmt_interval(corner, *interval(row, "corner_rel_sim"), _ratio) + " / "
-                       + fmt_interval(border, *interval(row, "border_rel_sim"), _ratio))
-    else:
-        border_text = "not run"
-    return {
-        "layer": row.get("layer"), "grid": row.get("grid"), "kind": row.get("kind"),
-        "acc": acc, "acc_low": acc_low, "acc_high": acc_high, "chance": chance, "skill": skill, "pos_level": pos_level,
-        "acc_text": fmt_interval(acc, acc_low, acc_high, _pct) if acc is not None else "not run",
-        "corner": corner, "border": border, "corner_ok": corner_ok, "border_ok": border_ok,
-        "border_level": b_level, "ill": ill, "border_text": border_text, "borders_undefined": undefined,
-        "anomaly": anomaly, "anomaly_std": num(row.get("anomaly_rel_norm_std")), "anomaly_level": a_level,
-        "anomaly_text": a_text, "overall": overall, "verdict": verdict, "intervals": with_intervals,
-        # old results: the point-estimate rules, labelled as such
-        "label": verdict if with_intervals else f"{verdict} (no interval)",
-        "notes": "; ".join(notes) if notes else "no flag",
-    }
+    with_intervals = any(row.has_interval(m) for m in INTERVAL_METRICS)
+    out = {"layer": row.layer, "grid": row.grid, "kind": row.kind, **pos, **bor, **ano}
+    for key in ("pos_note", "c_note", "e_note", "a_note"):
+        del out[key]
+    # old results: the point-estimate rules, labelled as such
+    out.update(overall=overall, verdict=verdict, intervals=with_intervals,
+               label=verdict if with_intervals else f"{verdict} (no interval)",
+               notes="; ".join(notes) if notes else "no flag")
+    return out
 
 
-def layer_verdicts(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+def layer_verdicts(results: AuditResults | Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per layer: the three flags (level -1 not measured, 0 none, 1 mild, 2 strong) and a verdict.
 
     ``verdict`` is usable / caution / affected / failed; ``label`` adds "(no interval)" when the
     row has no interval fields; ``notes`` says why, including the flags the evidence does not carry.
     """
-    table = results["table"]
-    s = finest_resolution(table)
-    anomalies = results.get("anomalies")
-    none_found = isinstance(anomalies, Mapping) and anomalies.get("count") == 0
-    controls, channels = controls_of(results), _channels(results)
-    return [_failed(row) if row.get("error") else _verdict(row, results, s, controls, channels, none_found)
-            for row in table]
+    results = AuditResults.coerce(results)
+    s = finest_resolution(results.table)
+    none_found = results.anomalies is not None and results.anomalies.count == 0
+    controls = controls_of(results)
+    return [_failed(row) if row.error else _verdict(row, results, s, controls, none_found) for row in results.table]
 
 
 def _layer_range(names: Sequence[str], order: Sequence[str]) -> str:
@@ -234,13 +228,13 @@ def _layer_range(names: Sequence[str], order: Sequence[str]) -> str:
     return ", ".join(names)
 
 
-def _clearly_above(row: Mapping[str, Any], metric: str, threshold: float, controls) -> bool:
+def _clearly_above(row: LayerRow, metric: str, threshold: float, controls) -> bool:
     """Above ``threshold`` by the interval's low end where there is one, and beyond every control."""
-    value = num(row.get(metric))
+    value = row.value(metric)
     if value is None or value <= threshold:
         return False
-    if has_interval(row, metric):
-        low = interval(row, metric)[0]
+    if row.has_interval(metric):
+        low = row.interval(metric)[0]
         if low is None or low <= threshold:
             return False
     return clears_control(row, metric, controls) is None
@@ -257,18 +251,19 @@ def _position(verdicts, s) -> dict[str, Any] | None:
             "n_strong": sum(v["pos_level"] == 2 for v in measured), "n_measured": len(measured)}
 
 
-def _borders(table, verdicts, controls) -> dict[str, Any] | None:
+def _borders(table: Sequence[LayerRow], verdicts, controls) -> dict[str, Any] | None:
     # the readable ratios only: an arbitrary one (see _meaningful) would top these lists
-    rows = {str(r.get("layer")): r for r in table}
+    rows = {r.layer: r for r in table}
+
     def listed(group):
         ok = [v for v in verdicts if v[f"{group}_ok"]]
-        return [(v["layer"], v[group], fmt_interval(v[group], *interval(rows[str(v["layer"])], f"{group}_rel_sim"),
+        return [(v["layer"], v[group], fmt_interval(v[group], *rows[v["layer"]].interval(f"{group}_rel_sim"),
                                                     _ratio)) for v in ok], ok
     corners, c_ok = listed("corner")
     borders, e_ok = listed("border")
     if not corners and not borders and not any(v["ill"] for v in verdicts):
         return None
-    above = lambda ok, m: sum(_clearly_above(rows[str(v["layer"])], m, 1.0, controls) for v in ok)  # noqa: E731
+    above = lambda ok, m: sum(_clearly_above(rows[v["layer"]], m, 1.0, controls) for v in ok)  # noqa: E731
     return {
         "top_corner": sorted(corners, key=lambda t: -t[1])[:3], "top_border": sorted(borders, key=lambda t: -t[1])[:3],
         "n_corner_above_1": above(c_ok, "corner_rel_sim"), "n_corner": len(corners),
@@ -279,39 +274,39 @@ def _borders(table, verdicts, controls) -> dict[str, Any] | None:
     }
 
 
-def _anomalies(results, table, verdicts) -> dict[str, Any] | None:
-    anomalies = results.get("anomalies") or {}
-    rel = [(r.get("layer"), num(r.get("anomaly_rel_norm_mean")), num(r.get("anomaly_rel_norm_std")), r) for r in table]
+def _anomalies(results: AuditResults, verdicts) -> dict[str, Any] | None:
+    found = results.anomalies
+    rel = [(r.layer, r.value("anomaly_rel_norm_mean"), r.value("anomaly_rel_norm_std"), r) for r in results.table]
     rel = [t for t in rel if t[1] is not None]
-    if not anomalies and not rel:
+    if found is None and not rel:
         return None
-    order = [str(r.get("layer")) for r in table]
+    order = [r.layer for r in results.table]
     # the layers with a strong flag: judged on the interval and the controls where there are any
     above = [v["layer"] for v in verdicts if v["anomaly_level"] == 2]
     peak = max(rel, key=lambda t: t[1]) if rel else None
-    n_img = anomalies.get("n_images") or _n_images(results)
-    with_ = anomalies.get("images_with")
-    layer = anomalies.get("layer") or (results.get("settings") or {}).get("anomaly_layer")
+    n_img = (found.n_images if found is not None else None) or results.n_images
+    with_ = found.images_with if found is not None else None
     return {
-        "layer": layer, "count": anomalies.get("count"), "images_with": with_, "n_images": n_img,
-        "share": (with_ / n_img) if (with_ is not None and n_img) else None,
+        "layer": results.anomaly_layer, "count": found.count if found is not None else None, "images_with": with_,
+        "n_images": n_img, "share": (with_ / n_img) if (with_ is not None and n_img) else None,
         "above": above, "above_text": _layer_range(above, order), "peak": peak[:3] if peak else None,
-        "peak_interval": interval(peak[3], "anomaly_rel_norm_mean") if peak else (None, None),
+        "peak_interval": peak[3].interval("anomaly_rel_norm_mean") if peak else (None, None),
     }
 
 
-def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
+def summarize(results: AuditResults | Mapping[str, Any]) -> dict[str, Any]:
     """The findings of an audit as plain data (the page renders them as sentences)."""
-    table = results["table"]
+    results = AuditResults.coerce(results)
+    table = results.table
     verdicts = layer_verdicts(results)
     controls = controls_of(results)
     out: dict[str, Any] = {"n_layers": len(table), "verdicts": verdicts, "controls": controls,
                            "position": _position(verdicts, finest_resolution(table)),
                            "borders": _borders(table, verdicts, controls),
-                           "anomalies": _anomalies(results, table, verdicts),
-                           "recurrence": recurrence_text(results.get("recurrence")),
-                           "random_weights": bool((results.get("model") or {}).get("random_weights")),
-                           "warnings": warnings_of(results),
+                           "anomalies": _anomalies(results, verdicts),
+                           "recurrence": recurrence_text(results.recurrence),
+                           "random_weights": results.random_weights,
+                           "warnings": list(results.warnings),
                            "intervals": any(v["intervals"] for v in verdicts)}
     levels = [v["overall"] for v in verdicts]
     out["n_usable"], out["n_caution"], out["n_affected"] = (levels.count(0), levels.count(1), levels.count(2))

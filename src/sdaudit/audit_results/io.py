@@ -1,0 +1,64 @@
+"""Reading and writing results.json: one writer (atomic, current format) and one checked reader."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..analyses.results import to_jsonable
+from .results import AuditResults
+from .schema import FORMAT, FORMAT_PREFIX, READABLE_VERSIONS, RESULTS_NAME, ResultsFormatError, ResultsNotFoundError
+
+
+def _results_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / RESULTS_NAME if path.is_dir() else path
+
+
+def read_results(path: str | Path) -> AuditResults:
+    """The results of ``path`` (a results.json, or an audit folder holding one), checked to be readable.
+
+    Raises :class:`ResultsNotFoundError` without the file and :class:`ResultsFormatError`, naming the
+    file, when it is damaged, not an audit's, or of a format this version cannot read.
+    """
+    file = _results_file(path)
+    if not file.is_file():
+        raise ResultsNotFoundError(f"no {RESULTS_NAME} in '{file.parent}': is it an sdaudit audit folder?")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsFormatError(f"'{file}' cannot be read as JSON ({error}): rerun the audit") from error
+    if not isinstance(data, Mapping):
+        raise ResultsFormatError(f"'{file}' is not an sdaudit audit result (expected '{FORMAT}')")
+    _check_format(file, str(data.get("format") or ""))
+    try:
+        return AuditResults.from_dict(data)
+    except ResultsFormatError as error:
+        raise ResultsFormatError(f"'{file}': {error}") from None
+
+
+def _check_format(file: Path, fmt: str) -> None:
+    if not fmt.startswith(FORMAT_PREFIX):
+        raise ResultsFormatError(f"'{file}' is not an sdaudit audit result (format '{fmt}', expected '{FORMAT}')")
+    version = fmt[len(FORMAT_PREFIX):]
+    if not version.isdigit() or int(version) not in READABLE_VERSIONS:
+        readable = ", ".join(f"{FORMAT_PREFIX}{v}" for v in READABLE_VERSIONS)
+        raise ResultsFormatError(f"'{file}' has results format '{fmt}', which this sdaudit cannot read (it reads "
+                                 f"{readable}): rerun the audit with this version, or update sdaudit")
+
+
+def write_results(path: str | Path, results: AuditResults | Mapping[str, Any]) -> Path:
+    """Write ``results`` (typed, or a results dict) to ``path`` in the current format, atomically.
+
+    The JSON goes to a temporary file beside ``path`` and is renamed over it, so a reader never sees
+    half a file; non-finite numbers are written as null.
+    """
+    path = Path(path)
+    data = {**AuditResults.coerce(results).to_dict(), "format": FORMAT}
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=1, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
