@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import OutputPathError
+from .errors import OutputPathError, UsageError
 from .images import (
     DEFAULT_MAX_PIXELS, BadImageError, ImageRecord, decode_dataset_value, is_saved_dataset,
     load_image, open_dataset_source, pixel_sha256, scan_folder, to_rgb,
@@ -100,7 +100,7 @@ def read_synset_mapping(path: str | os.PathLike) -> dict[int, str]:
     for index, line in enumerate(lines):
         wnid = line.split()[0]
         if not _WNID_RE.match(wnid):
-            raise ValueError(f"{path}: line {index + 1} does not start with a WordNet id: {line!r}")
+            raise UsageError(f"{path}: line {index + 1} does not start with a WordNet id: {line!r}")
         mapping[index] = wnid
     return mapping
 
@@ -166,7 +166,7 @@ def _folder_candidates(root: Path, classes: tuple[int, ...], wnids: dict[int, st
                 f"ILSVRC-2012 train layout <root>/<wnid>/*.JPEG under {root}")
         listing[cls] = scan_folder(folder)
         if len(listing[cls]) < per_class and not allow_fewer:
-            raise ValueError(f"ImageNet class {cls} ({wnids[cls]}): folder {folder} has only "
+            raise UsageError(f"ImageNet class {cls} ({wnids[cls]}): folder {folder} has only "
                              f"{len(listing[cls])} image files, {per_class} needed "
                              "(use allow_fewer=True to accept fewer)")
     if order is None:
@@ -208,7 +208,7 @@ def _dataset_candidates(src: Any, classes: tuple[int, ...],
     col = src.image_column
     features = src.dataset.features
     if features is not None and label_column not in features:
-        raise ValueError(f"dataset {src.name} has no label column {label_column!r}; "
+        raise UsageError(f"dataset {src.name} has no label column {label_column!r}; "
                          f"columns: {list(features)}")
     ds = src.dataset.select_columns([col, label_column])
     wanted = set(classes)
@@ -339,7 +339,7 @@ def _check_counts(sel: _Selection, wnids: dict[int, str], allow_fewer: bool,
         f"{sum(s['class'] == c for s in sel.skipped_small)} with short side < {min_side} px, "
         f"{sum(s['class'] == c for s in sel.skipped_bad)} unreadable" for c, n in short.items())
     if not allow_fewer:
-        raise ValueError(f"too few eligible images: {details} (use allow_fewer=True to accept)")
+        raise UsageError(f"too few eligible images: {details} (use allow_fewer=True to accept)")
     warnings.warn(f"writing fewer images than requested: {details}", RuntimeWarning, stacklevel=3)
 
 
@@ -360,9 +360,9 @@ def _open_source(source: Any, split: str, image_column: str | None, synset_mappi
 def _validate_args(classes: Any, per_class: int, min_side: int, size: int) -> tuple[int, ...]:
     classes = tuple(int(c) for c in classes)
     if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be a non-empty list of distinct indices, got {classes}")
+        raise UsageError(f"classes must be a non-empty list of distinct indices, got {classes}")
     if per_class < 1 or size < 1 or min_side < 1:
-        raise ValueError("per_class, size and min_side must all be >= 1")
+        raise UsageError("per_class, size and min_side must all be >= 1")
     return classes
 
 
@@ -393,14 +393,14 @@ def build_imagenet_subset(
     kind, src, table, provenance = _open_source(source, split, image_column, synset_mapping)
     order = read_order_file(order_file) if order_file is not None else None
     if order is not None and kind != "folder":
-        raise ValueError("order_file is for a local ILSVRC folder; a datasets source keeps its own stream order")
+        raise UsageError("order_file is for a local ILSVRC folder; a datasets source keeps its own stream order")
     if kind == "datasets":
         table = {**_classlabel_wnids(src, label_column), **table}
     wnids = {c: table.get(c, "unknown") for c in classes}
     if kind == "folder":
         unknown = [c for c in classes if wnids[c] == "unknown"]
         if unknown:
-            raise ValueError(f"no WordNet id known for class(es) {unknown}: pass synset_mapping="
+            raise UsageError(f"no WordNet id known for class(es) {unknown}: pass synset_mapping="
                              "<LOC_synset_mapping.txt> (ILSVRC class index order)")
         src = _train_root(src, split, list(wnids.values()))
         candidates = _folder_candidates(src, classes, wnids, per_class, allow_fewer, order)

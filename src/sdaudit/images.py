@@ -70,6 +70,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .errors import SdauditError, UsageError
+
 __all__ = [
     "BadImageError",
     "ImageRecord",
@@ -121,7 +123,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
 _warned_truncated = False
 
 
-class BadImageError(ValueError):
+class BadImageError(SdauditError, ValueError):
     """An input image that cannot be used. ``str()`` names the source and the reason.
 
     Attributes: ``source`` (path or ``hf:`` item name), ``reason`` (human-readable), ``code``
@@ -602,7 +604,7 @@ def _resolve(source: Any) -> _Candidates:
             if unreadable:
                 raise unreadable[0]
             left_out = f"; left out: {'; '.join(str(e) for e in skipped[:3])}" if skipped else ""
-            raise ValueError(f"no image files found in folder {printable_path(os.path.abspath(p))[0]} "
+            raise UsageError(f"no image files found in folder {printable_path(os.path.abspath(p))[0]} "
                              f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}){left_out}")
         return _file_candidates(files, skipped)
     if p.suffix.lower() in _LIST_FILE_EXTENSIONS:
@@ -682,7 +684,7 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, str | None]:
     """``"hf:NAME[:SPLIT[:IMAGE_COLUMN]]"`` -> (name, split or None, column or None)."""
     parts = spec[len("hf:"):].split(":")
     if not parts[0] or len(parts) > 3:
-        raise ValueError(f"bad dataset source {spec!r}; expected hf:NAME[:SPLIT[:IMAGE_COLUMN]]")
+        raise UsageError(f"bad dataset source {spec!r}; expected hf:NAME[:SPLIT[:IMAGE_COLUMN]]")
     parts += [""] * (3 - len(parts))
     return parts[0], parts[1] or None, parts[2] or None
 
@@ -696,9 +698,9 @@ def _pick_split(dsdict: Any, split: str | None, name: str) -> tuple[Any, str]:
         elif len(names) == 1:
             split = names[0]
         else:
-            raise ValueError(f"dataset {name} has splits {names}; name one (hf:NAME:SPLIT)")
+            raise UsageError(f"dataset {name} has splits {names}; name one (hf:NAME:SPLIT)")
     if split not in names:
-        raise ValueError(f"dataset {name} has no split {split!r}; available: {names}")
+        raise UsageError(f"dataset {name} has no split {split!r}; available: {names}")
     return dsdict[split], split
 
 
@@ -707,13 +709,13 @@ def _detect_image_column(features: Any, name: str) -> str:
     import datasets
 
     if features is None:
-        raise ValueError(f"dataset {name} has unknown features; name the image column "
+        raise UsageError(f"dataset {name} has unknown features; name the image column "
                          "(hf:NAME:SPLIT:IMAGE_COLUMN)")
     for col, feat in features.items():
         if isinstance(feat, datasets.Image):
             return col
     described = ", ".join(f"{c} ({type(f).__name__})" for c, f in features.items())
-    raise ValueError(f"dataset {name} has no column of type datasets.Image; columns: "
+    raise UsageError(f"dataset {name} has no column of type datasets.Image; columns: "
                      f"{described}. Name the image column (hf:NAME:SPLIT:IMAGE_COLUMN)")
 
 
@@ -750,7 +752,7 @@ def open_dataset_source(source: Any, *, split: str | None = None,
     else:
         local = Path(source).expanduser()
         if not is_saved_dataset(local):
-            raise ValueError(f"{os.path.abspath(local)} is not a datasets save_to_disk folder")
+            raise UsageError(f"{os.path.abspath(local)} is not a datasets save_to_disk folder")
         ds, name = datasets.load_from_disk(str(local)), os.path.abspath(local)
     return _finish_dataset_source(ds, name, split, image_column)
 
@@ -767,7 +769,7 @@ def _finish_dataset_source(ds: Any, name: str, split: str | None,
     if image_column is None:
         image_column = _detect_image_column(features, name)
     elif features is not None and image_column not in features:
-        raise ValueError(f"dataset {name} has no column {image_column!r}; columns: "
+        raise UsageError(f"dataset {name} has no column {image_column!r}; columns: "
                          f"{list(features)}")
     if features is not None and isinstance(features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
@@ -812,7 +814,7 @@ def prepare_image(img: Image.Image, size: int) -> Image.Image:
     Non-RGB input is first converted by :func:`to_rgb`. No resize if already the right size.
     """
     if size < 1:
-        raise ValueError(f"size must be >= 1 pixel, got {size}")
+        raise UsageError(f"size must be >= 1 pixel, got {size}")
     rgb = to_rgb(img, "<in-memory image>")
     square = center_crop_square(rgb)
     if square.size == (size, size):

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import SdauditError
 from .layer_names import block_of, kind_of, normalize_name, store_key  # noqa: F401  (re-exported)
 
 PAPER_OMITTED = ("up_blocks[0].resnets[2]",)
 _TOKEN = re.compile(r"^([A-Za-z_]\w*)((?:\[\d+\])*)$")
 
 
-class LayerError(ValueError):
+class LayerError(SdauditError, ValueError):
     """An unknown or malformed layer name."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from .analyses.labels import LabelFileError
+from .errors import UsageError
 
 PAPER_ORDERS = ("stream", "order-file")  # manifest "order" values whose sorted files are in the published order
 
@@ -45,11 +46,11 @@ def read_order_file(path: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(f"order file {path}: cannot be read ({error})") from error
     names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     if not names:
-        raise ValueError(f"order file {path}: lists no file names")
+        raise UsageError(f"order file {path}: lists no file names")
     bases = [Path(n).name for n in names]
     if len(set(bases)) != len(bases):
         dup = next(b for b in bases if bases.count(b) > 1)
-        raise ValueError(f"order file {path}: names {dup!r} twice")
+        raise UsageError(f"order file {path}: names {dup!r} twice")
     return bases
 
 

@@ -12,8 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import SdauditError
 
-class NonFiniteInputError(ValueError):
+
+class NonFiniteInputError(SdauditError, ValueError):
     """Input features contain NaN or Inf. Attributes: ``layer``, ``count``, ``images``."""
 
     def __init__(self, layer: str | None, count: int, images: Sequence[int], name: str = "features"):

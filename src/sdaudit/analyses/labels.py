@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SdauditError
 
-class LabelFileError(ValueError):
+
+class LabelFileError(SdauditError, ValueError):
     """A label file (or label array to be saved) is not in the published format."""
 
 

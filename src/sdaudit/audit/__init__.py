@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from ..store import _versions
 from ..models.controls import is_random_weights
 from .checks import check_store_model
@@ -82,7 +83,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
 
         shard = init_from_env()
     if shard is not None and keep_store:
-        raise ValueError("keep_store is not supported with several processes")
+        raise UsageError("keep_store is not supported with several processes")
     out = Path(out)
     if isinstance(model, str):
         model = load_model(model)
@@ -241,13 +242,13 @@ def _store_source(store, settings: AuditSettings, model):
     if settings.latent is not None and config.get("latent") != settings.latent:
         diffs.append(f"latent: store has {config.get('latent')!r}, audit asks for {settings.latent!r}")
     if diffs:
-        raise ValueError(f"store '{store.path}' was extracted with other settings than this audit:\n  " + "\n  ".join(diffs))
+        raise UsageError(f"store '{store.path}' was extracted with other settings than this audit:\n  " + "\n  ".join(diffs))
     from ..layers import all_layers
 
     layers = select_layers(settings.layers, all_layers(model.unet))
     missing = [layer for layer in layers if layer not in store.layers]
     if missing:
-        raise ValueError(f"store '{store.path}' lacks layers the audit needs: {', '.join(missing)}")
+        raise UsageError(f"store '{store.path}' lacks layers the audit needs: {', '.join(missing)}")
 
     def read(indices):
         return {layer: torch.from_numpy(store.read(layer, indices).astype(np.float32)) for layer in layers}

@@ -88,7 +88,7 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host.strip("[]"), port))
         except OSError as e:
-            raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)") from e
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)") from e
 
 
 def _as_host(name: str) -> str:

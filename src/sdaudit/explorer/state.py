@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..analyses import LabelFileError, NonFiniteInputError, detect_anomalies, load_labels, validate_labels
+from ..errors import SdauditError, UsageError
 from ..layers import block_of, kind_of, normalize_name
 from ..store import RepresentationStore, StoreError, open_store
 from .uploads import shrink_upload
@@ -47,7 +48,7 @@ PRESET_ANOMALY_IMAGES = 64
 LABEL_SIDECAR_FORMAT = "sdaudit-anomaly-labels"
 
 
-class ExplorerError(Exception):
+class ExplorerError(SdauditError):
     """A request the explorer refuses; ``status`` is the HTTP status, ``detail`` the message."""
 
     def __init__(self, status: int, detail: str):
@@ -459,7 +460,7 @@ class ExplorerState:
         else:
             label_paths = list(labels_path)
         if len(label_paths) > len(stores):
-            raise ValueError(f"{len(label_paths)} label files for {len(stores)} stores; give at most one per store "
+            raise UsageError(f"{len(label_paths)} label files for {len(stores)} stores; give at most one per store "
                              "(in the stores' order)")
         self.handles = [StoreHandle(i, Path(p), label_paths[i] if i < len(label_paths) else None)
                         for i, p in enumerate(stores)]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..errors import UsageError
 from ..layers import all_layers, layer_infos, select_layers
 from ..validation import check_seed, check_size
 from .hooks import DeviceToHost, capture_layers, compile_layers, run_until_captured, unet_extra_inputs
@@ -44,13 +45,13 @@ class ExtractionSettings:
     def validated(self) -> ExtractionSettings:
         latent = check_protocol(self.protocol, self.latent)
         if not 0 <= int(self.timestep) <= 999:
-            raise ValueError(f"timestep {self.timestep} is outside [0, 999]")
+            raise UsageError(f"timestep {self.timestep} is outside [0, 999]")
         if self.noise_samples < 1 or (self.protocol == "paper" and self.noise_samples != 1):
-            raise ValueError("noise_samples must be >= 1, and 1 under protocol 'paper'")
+            raise UsageError("noise_samples must be >= 1, and 1 under protocol 'paper'")
         check_size(self.size)
         check_seed(self.seed)
         if not 0 <= self.crop_px < self.size // 2:
-            raise ValueError(f"crop_px {self.crop_px} must be in [0, size/2)")
+            raise UsageError(f"crop_px {self.crop_px} must be in [0, size/2)")
         return ExtractionSettings(self.protocol, int(self.timestep), int(self.seed), int(self.size), self.prompt, latent,
                                   int(self.noise_samples), int(self.crop_px))
 
@@ -201,7 +202,7 @@ def check_batch_size(batch_size: int, protocol: str) -> int:
     0 is refused under protocol 'paper', where the batch size is part of the result.
     """
     if batch_size < 0 or (batch_size == 0 and protocol == "paper"):
-        raise ValueError(f"batch_size {batch_size}: give >= 1 images per U-Net pass, or 0 (as many as fit in GPU "
+        raise UsageError(f"batch_size {batch_size}: give >= 1 images per U-Net pass, or 0 (as many as fit in GPU "
                          "memory) under protocol 'clean' (under 'paper' the batch size changes the result)")
     return batch_size
 

@@ -16,11 +16,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import SdauditError
+
 ARCH_CONFIGS = ("sd15", "sd21")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(SdauditError, ValueError):
     """The model spec names nothing sdaudit knows how to load."""
 
 

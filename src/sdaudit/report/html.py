@@ -22,6 +22,7 @@ from typing import Any
 
 import jinja2
 
+from ..errors import UsageError
 from . import figures as F
 from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval
 from .intervals import num as _num
@@ -95,9 +96,9 @@ def load_results(result_dir: Path) -> dict[str, Any]:
         results = json.load(fh)
     fmt = str(results.get("format") or "")
     if not fmt.startswith(RESULTS_FORMAT):
-        raise ValueError(f"'{path}' is not an sdaudit audit result (format '{fmt}', expected '{RESULTS_FORMAT}1')")
+        raise UsageError(f"'{path}' is not an sdaudit audit result (format '{fmt}', expected '{RESULTS_FORMAT}1')")
     if not isinstance(results.get("table"), list):
-        raise ValueError(f"'{path}' has no per-layer 'table'")
+        raise UsageError(f"'{path}' has no per-layer 'table'")
     return results
 
 
