@@ -102,7 +102,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     elif images is not None:
         items = scan_images(images, skip_bad=skip_bad, errors=errors)
     else:
-        raise ValueError("give images or a store to audit")
+        raise UsageError("give images or a store to audit")
     size = settings.size or model.default_size
     settings.size = size
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UsageError
 from .figures import norm_key, quantitative_figure, save_figure
 from .qualitative import qualitative_figure
 from .paper import load_paper_results, paper_as_results, paper_model_key
@@ -39,7 +40,7 @@ def build_report(result_dirs: list[Path], out: Path | None = None, compare_paper
 
     dirs = [Path(d) for d in result_dirs]
     if not dirs:
-        raise ValueError("build_report needs at least one audit folder")
+        raise UsageError("build_report needs at least one audit folder")
     for d in dirs:
         if not (d / "results.json").is_file():
             raise FileNotFoundError(f"'{d}' is not an audit folder: it has no results.json")

@@ -22,6 +22,7 @@ import re
 from importlib import resources
 from typing import Any
 
+from ..errors import UsageError
 from ..layer_names import kind_of
 
 RESOLUTIONS = (8, 16, 32, 64)
@@ -121,7 +122,7 @@ def paper_as_results(model: str) -> dict[str, Any]:
     table = load_paper_results(model)
     key = paper_model_key(model)
     if table is None or key is None:
-        raise ValueError(f"no published numbers for model '{model}'; known: sd15, sd21, sd-turbo")
+        raise UsageError(f"no published numbers for model '{model}'; known: sd15, sd21, sd-turbo")
     count, images_with, n_images = PAPER_ANOMALY_LABELS[key]
     for row in table:
         row["anomaly_count"] = count
