@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -12,6 +14,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["COLUMNS"] = "200"  # rich tables: no wrapping of long layer names and repo ids
+
+
+def require(check: str | Callable[[], Any], reason: str) -> Any:
+    """A dependency a test needs: a module name (imported and returned) or a check (called; its result returned).
+
+    Missing (an ImportError, or a falsy check) it skips the test on a developer's machine, but under
+    ``CI=true`` it fails: the tests that prove the product (browser, published helper, datasets) must
+    run in CI, and a skip there would pass unnoticed. Usable at module level too.
+    """
+    try:
+        found = importlib.import_module(check) if isinstance(check, str) else check()
+    except ImportError as error:
+        found, reason = None, f"{reason} ({error})"
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; under CI=true a missing dependency fails instead of skipping", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

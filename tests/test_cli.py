@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from sdaudit.cli import app
 from sdaudit.store import open_store
+from tests.conftest import require
 
 runner = CliRunner()
 
@@ -73,7 +74,7 @@ def test_bad_image_mid_run_keeps_committed_batches(tmp_path, image_folder):
 
 
 def test_extract_from_a_saved_datasets_folder(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets", "the datasets package is not installed (pip install datasets)")
     from tests.conftest import random_photo
 
     ds = datasets.Dataset.from_dict({"image": [random_photo(i) for i in range(3)], "label": [0, 1, 2]},

@@ -20,6 +20,7 @@ import pytest
 from sdaudit.analyses import MEASURES, load_labels, similarity_map
 from sdaudit.images import demo_image_paths
 from sdaudit.store import open_store
+from tests.conftest import require
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,20 +29,9 @@ REF = "up_blocks[1].upsamplers[0]"  # 8x8 at 128 px
 FINE = "up_blocks[3].attentions[2]"  # 16x16 at 128 px
 
 
-def _missing() -> str | None:
-    if not os.path.exists(CHROMIUM):
-        return f"{CHROMIUM} is not installed (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright Python package is not installed (pip install playwright)"
-    return None
-
-
-if _missing():
-    pytest.skip(_missing(), allow_module_level=True)
-
-from playwright.sync_api import sync_playwright  # noqa: E402
+require(lambda: os.path.exists(CHROMIUM), f"{CHROMIUM} is not installed (apt-get install chromium)")
+sync_playwright = require("playwright.sync_api", "the playwright Python package is not installed "
+                          "(pip install playwright)").sync_playwright
 
 
 @pytest.fixture(scope="module")

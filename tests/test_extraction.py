@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sdaudit.extraction import ExtractionSettings, Extractor
+from tests.conftest import require
 
 LAYERS = ["conv_in", "down_blocks[1].attentions[0]", "mid_block.resnets[1]", "up_blocks[1].upsamplers[0]", "conv_out"]
 
@@ -102,7 +103,7 @@ def test_bad_settings(kwargs, needle, tiny):
 
 def test_paper_protocol_equals_sdhelper(tiny_folder, images5):
     """Same saved pipeline, images, seed and batch size: sdaudit's 'paper' protocol equals sdhelper 1.0.0."""
-    sdhelper = pytest.importorskip("sdhelper")
+    sdhelper = require("sdhelper", "sdhelper 1.0.0, the authors' helper, is not installed (pip install sdhelper==1.0.0)")
     from sdaudit.models import load_model
 
     reference = sdhelper.SD(str(tiny_folder), device="cpu", disable_progress_bar=True, local_files_only=True)

@@ -1,37 +1,42 @@
-"""The ``sdaudit`` command line: a thin layer over the Python API, one function per command."""
+"""The ``sdaudit`` command line: a thin layer over the Python API, one function per command.
+
+Error contract: a mistake the user can fix (:class:`~sdaudit.errors.SdauditError`, or a missing,
+unreadable or wrong-kind path) prints one line naming what is at fault and exits with status 2;
+``--debug`` adds its traceback. Any other exception is a bug: it keeps its traceback (status 1).
+The options are defined once, in :mod:`sdaudit.cli_options`.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from .validation import MAX_SEED, output_errors
-from .validation import MAX_SIZE as MAX_SIDE
+from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, AnomalyLayer, AuditOut, AuditStore,
+                          BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
+                          ExploreModel, Host, Images, KeepStore, Labels, LayerSelection, Layers, LocalFilesOnly,
+                          MinSide, Model, NoiseSeeds, NumProcesses, OptionalImages, OrderFile, PerClass, Port, Probe,
+                          Prompt, Protocol, ReportComparePaper, ReportOut, ResultDirs, Revision, Seed, Size, SkipBad,
+                          StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
+from .constants import PAPER_SEED, PAPER_TIMESTEP
+from .errors import SdauditError, UsageError
+from .validation import output_errors
 
-app = typer.Typer(
-    help="Extract and audit the internal representations of latent-diffusion U-Nets "
-    "(Stable Diffusion 1.5, 2.1, SD-Turbo, any diffusers UNet2DConditionModel).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-dataset_app = typer.Typer(help="Build image sets for audits.", no_args_is_help=True)
-app.add_typer(dataset_app, name="dataset")
+#: Errors of a path the user named (missing, unreadable, a file where a folder belongs, or the reverse):
+#: the user's to fix, and their message names the path.
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
 console = Console()
 err_console = Console(stderr=True)
-
-MODEL_HELP = ("Model: sd15, sd21, sd-turbo (any usual spelling), tiny, arch:sd15, arch:sd21, a Hugging Face repo "
-              "id, a local diffusers folder, or a .safetensors/.ckpt file.")
-BATCH_HELP = "Images per U-Net pass; 0: as many as fit in GPU memory (protocol clean; 4 on the CPU)."
-SIZE_HELP = "Input size in pixels (a multiple of 64, at most 4096; default: the model's)."
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -41,16 +46,38 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _user_errors():
-    """The exception types that are the user's to fix: printed as one clear message, no traceback."""
-    from .errors import SdauditError
-    from .images import BadImageError
-    from .layer_names import LayerError
-    from .models import ModelNotAvailableError, ModelSpecError
-    from .store import StoreError
+class _Commands(TyperGroup):
+    """The app's command group: the one place where the user's mistakes become one line and exit status 2.
 
-    return (SdauditError, BadImageError, LayerError, ModelNotAvailableError, ModelSpecError, StoreError,
-            FileNotFoundError, ValueError)
+    Wrapping the group's ``invoke`` covers every command, nested groups (``dataset ...``) included;
+    anything that is not a user error passes through untouched and shows its traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (SdauditError, *PATH_ERRORS) as error:
+            if ctx.params.get("debug"):
+                traceback.print_exception(error, file=sys.stderr)
+            _fail(str(error))
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="Extract and audit the internal representations of latent-diffusion U-Nets "
+    "(Stable Diffusion 1.5, 2.1, SD-Turbo, any diffusers UNet2DConditionModel).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dataset_app = typer.Typer(help="Build image sets for audits.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@app.callback()
+def _global_options(debug: Debug = False) -> None:
+    """Options for every command (read by :class:`_Commands` when a command fails)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after a fork otherwise
 
 
 def _check_options(*, out: Path | None = None, size: int | None = None, device: str | None = None) -> None:
@@ -66,6 +93,11 @@ def _check_options(*, out: Path | None = None, size: int | None = None, device: 
         from .models import resolve_device
 
         resolve_device(device)
+
+
+def _sources(images: list[str] | None):
+    """The image sources as the API takes them: one source as itself, several as a list."""
+    return images[0] if images is not None and len(images) == 1 else images
 
 
 @app.command("models")
@@ -86,23 +118,16 @@ def models_cmd() -> None:
 
 
 @app.command("layers")
-def layers_cmd(
-    model: str = typer.Option("sd15", "--model", "-m", help=MODEL_HELP),
-    size: Optional[int] = typer.Option(None, "--size", "-s", help=SIZE_HELP),
-    layers: str = typer.Option("all", "--layers", "-l", help="'all', 'paper', block or layer names, comma separated."),
-) -> None:
+def layers_cmd(model: Model = "sd15", size: Size = None, layers: LayerSelection = "all") -> None:
     """Print every hookable layer with its channels and token grid (no weights needed)."""
-    try:
-        _check_options(size=size)
-        from .models import family_for_config, load_unet_config, parse_model_spec
+    from .models import family_for_config, load_unet_config, parse_model_spec
 
-        spec = parse_model_spec(model)
-        size = size or spec.default_size
-        family = family_for_config(load_unet_config(spec))
-        infos, paper = family.layer_infos(size), set(family.paper_layers())
-        chosen = set(family.select_layers(layers))
-    except _user_errors() as error:
-        _fail(str(error))
+    _check_options(size=size)
+    spec = parse_model_spec(model)
+    size = size or spec.default_size
+    family = family_for_config(load_unet_config(spec))
+    infos, paper = family.layer_infos(size), set(family.paper_layers())
+    chosen = set(family.select_layers(layers))
     table = Table(title=f"{spec.name} at {size}x{size} px: {len(chosen)} layers")
     for column in ("#", "layer", "block", "kind", "channels", "grid", "paper"):
         table.add_column(column, justify="right" if column in ("#", "channels") else "left",
@@ -115,193 +140,133 @@ def layers_cmd(
 
 @app.command("extract")
 def extract_cmd(
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    images: list[str] = typer.Option(..., "--images", "-i", help="Image folder (recursive), file(s), a saved "
-                                     "datasets folder, or hf:NAME[:SPLIT[:COLUMN]]. Repeat for several."),
-    out: Path = typer.Option(..., "--out", "-o", help="Store folder; rerun with the same settings to resume."),
-    layers: str = typer.Option("paper", "--layers", "-l", help="'paper' (45), 'all' (46), block or layer names."),
-    size: Optional[int] = typer.Option(None, "--size", "-s", help=SIZE_HELP),
-    timestep: int = typer.Option(50, "--timestep", "-t", min=0, max=999,
-                                 help="Diffusion timestep of the added noise (0-999)."),
-    seed: int = typer.Option(42, "--seed", min=0, max=MAX_SEED, help="Seed of all random draws."),
-    protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
-    prompt: str = typer.Option("", "--prompt", help="Text prompt (the paper used the empty prompt)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", min=0, help=BATCH_HELP),
-    dtype: str = typer.Option("float16", "--dtype", help="Storage dtype: float16 or float32."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
-    local_files_only: bool = typer.Option(False, "--local-files-only", help="Never contact the Hugging Face hub."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid images and list them."),
+    *,
+    model: Model,
+    images: Images,
+    out: StoreOut,
+    layers: Layers = "paper",
+    size: Size = None,
+    timestep: Timestep = PAPER_TIMESTEP,
+    seed: Seed = PAPER_SEED,
+    protocol: Protocol = "clean",
+    prompt: Prompt = "",
+    batch_size: BatchSize = 4,
+    dtype: Dtype = "float16",
+    device: Device = "auto",
+    revision: Revision = None,
+    local_files_only: LocalFilesOnly = False,
+    skip_bad: SkipBad = False,
 ) -> None:
     """Extract per-layer representations of images into a resumable store."""
     from .extraction import extract
     from .models import load_model
 
-    sources = images[0] if len(images) == 1 else images
     start = time.perf_counter()
-    try:
-        _check_options(out=out, size=size, device=device)
-        with output_errors(out):
-            loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
-            report = extract(loaded, sources, out, layers=layers, size=size, timestep=timestep, seed=seed,
-                             protocol=protocol, prompt=prompt, batch_size=batch_size, dtype=dtype, skip_bad=skip_bad)
-    except _user_errors() as error:
-        _fail(str(error))
-    elapsed = time.perf_counter() - start
-    store = report.store
-    console.print(f"[green]store[/] {store.path}: {store.num_images} images x {len(store.layers)} layers "
-                  f"({report.added} added, {report.already_present} already present) in {elapsed:.1f} s")
-    _print_errors(report.errors)
-    if report.repaired:
-        console.print(f"repaired {len(report.repaired)} damaged image(s) in place: {report.repaired[:20]}")
-    if report.unrepaired:
-        err_console.print(f"[yellow]{len(report.unrepaired)} damaged image(s) not repaired[/] (their images were not "
-                          f"given): {list(report.unrepaired)[:20]}; see 'sdaudit verify {out}'", highlight=False)
+    _check_options(out=out, size=size, device=device)
+    with output_errors(out):
+        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
+        report = extract(loaded, _sources(images), out, layers=layers, size=size, timestep=timestep, seed=seed,
+                         protocol=protocol, prompt=prompt, batch_size=batch_size, dtype=dtype, skip_bad=skip_bad)
+    _print_extraction(report, out, time.perf_counter() - start)
 
 
 @app.command("audit")
 def audit_cmd(
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
-    images: Optional[list[str]] = typer.Option(None, "--images", "-i", help="Image folder, file(s), saved datasets "
-                                               "folder or hf:NAME[:SPLIT[:COLUMN]]. Repeat for several."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; rerun with the same settings to resume."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Audit the images of an existing store, reusing its "
-                                         "representations for the full pass (instead of --images)."),
-    layers: str = typer.Option("paper", "--layers", "-l", help="'paper' (45), 'all' (46), block or layer names."),
-    size: Optional[int] = typer.Option(None, "--size", "-s", help=SIZE_HELP),
-    timestep: str = typer.Option("50", "--timestep", "-t", help="Diffusion timestep of the added noise (0-999); "
-                                 "a list (0,50,200,500) audits each, the first is the main one."),
-    seed: int = typer.Option(42, "--seed", min=0, max=MAX_SEED, help="Seed of all random draws."),
-    protocol: str = typer.Option("clean", "--protocol", help="'clean' (fixed) or 'paper' (the published quirks)."),
-    analyses: str = typer.Option("position,borders,anomalies,maps", "--analyses", "-a",
-                                 help="Comma-separated subset of: position, borders, anomalies, maps."),
-    anomaly_layer: Optional[str] = typer.Option(None, "--anomaly-layer", help="Layer the anomaly detector runs on "
-                                                "(default: up_blocks[1].upsamplers[0], as in the paper)."),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", min=0, help=BATCH_HELP),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hugging Face revision of the model."),
-    local_files_only: bool = typer.Option(False, "--local-files-only", help="Never contact the Hugging Face hub."),
-    keep_store: bool = typer.Option(False, "--keep-store", help="Also keep the full pass's representations in OUT/store."),
-    compare_paper: bool = typer.Option(False, "--compare-paper", help="Overlay the published SD-1.5/2.1/Turbo curves."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid images and list them."),
-    num_processes: int = typer.Option(1, "--num-processes", min=1,
-                                      help="Shard the images over this many local processes (one GPU each when "
-                                      "there are enough, else CPU cores); the results equal a single-process run. "
-                                      "'accelerate launch -m sdaudit audit ...' shards too."),
-    probe: str = typer.Option("lda", "--probe", help="Position probe: 'lda' (closed form, default) or 'paper' (the "
-                              "published trained probe, on a bounded sample of training tokens)."),
-    control: Optional[list[str]] = typer.Option(None, "--control", help="Rerun the same images as a control and "
-                                                "report what lies beyond it: 'untrained' (fresh weights) or "
-                                                "'circular-padding' (no zero padding). Repeat for both."),
-    control_seed: int = typer.Option(1, "--control-seed", min=0, max=MAX_SEED,
-                                     help="Seed of the untrained control's initialisation (tiny and arch:* are drawn "
-                                     "with 0)."),
-    noise_seeds: int = typer.Option(1, "--noise-seeds", min=1, help="Independent noise draws per image (seeds "
-                                    "SEED..SEED+K-1); the numbers are averaged and their spread reported."),
-    anomaly_labels: Optional[str] = typer.Option(None, "--anomaly-labels", help="Measure the relative norm of these "
-                                                 "anomalies instead of the detected ones: paper:sd15, paper:sd21, "
-                                                 "paper:sd-turbo (the published labels; the paper's 500 images) or a "
-                                                 ".npy label file."),
+    *,
+    model: Model,
+    images: OptionalImages = None,
+    out: AuditOut,
+    store: AuditStore = None,
+    layers: Layers = "paper",
+    size: Size = None,
+    timestep: Timesteps = str(PAPER_TIMESTEP),
+    seed: Seed = PAPER_SEED,
+    protocol: Protocol = "clean",
+    analyses: Analyses = "position,borders,anomalies,maps",
+    anomaly_layer: AnomalyLayer = None,
+    batch_size: BatchSize = 4,
+    device: Device = "auto",
+    revision: Revision = None,
+    local_files_only: LocalFilesOnly = False,
+    keep_store: KeepStore = False,
+    compare_paper: ComparePaper = False,
+    skip_bad: SkipBad = False,
+    num_processes: NumProcesses = 1,
+    probe: Probe = "lda",
+    control: Control = None,
+    control_seed: ControlSeed = 1,
+    noise_seeds: NoiseSeeds = 1,
+    anomaly_labels: AnomalyLabels = None,
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""
-    from .audit import ANALYSES, AuditSettings, audit
-    from .models import load_model
+    if (images is None) == (store is None):
+        raise UsageError("give either --images or --store")
+    start = time.perf_counter()
+    _check_options(out=out, size=size, device=device)
+    settings = _audit_settings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
+                               analyses=analyses, anomaly_layer=anomaly_layer, batch_size=batch_size, probe=probe,
+                               controls=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
+                               noise_seeds=noise_seeds)
+    load = {"device": device, "revision": revision, "local_files_only": local_files_only}
+    run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
+    with output_errors(out):
+        results, rank = _run_audit(model, _sources(images), out, settings, load=load, run=run,
+                                   num_processes=num_processes)
+    if rank == 0:  # every process of a launched group returns the results; one summary is enough
+        _print_audit(results, out, time.perf_counter() - start)
+
+
+def _audit_settings(*, layers: str, protocol: str, timestep: str, seed: int, size: int | None, analyses: str,
+                    anomaly_layer: str | None, batch_size: int, probe: str, controls: list[str] | None,
+                    control_seed: int, anomaly_labels: str | None, noise_seeds: int):
+    """The audit's settings from the command's options: the one place where the command line builds them."""
+    from .audit import ANALYSES, AuditSettings
     from .validation import check_choices, parse_int_list
 
-    if (images is None) == (store is None):
-        _fail("give either --images or --store")
-    start = time.perf_counter()
-    shard = None
-    try:
-        _check_options(out=out, size=size, device=device)
-        chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
-        timesteps = parse_int_list(timestep, name="--timestep")
-        settings = AuditSettings(layers=layers, protocol=protocol, timestep=timesteps[0], seed=seed, size=size,
-                                 analyses=chosen, anomaly_layer=anomaly_layer, batch_size=batch_size,
-                                 probe_method=probe, controls=list(control or []), control_seed=control_seed,
-                                 anomaly_labels=anomaly_labels, timesteps=timesteps if len(timesteps) > 1 else [],
-                                 noise_seeds=noise_seeds).validated()
-        sources = None if images is None else (images[0] if len(images) == 1 else images)
-        with output_errors(out):
-            if num_processes > 1:
-                from .audit.distributed import audit_multiprocess
+    chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
+    timesteps = parse_int_list(timestep, name="--timestep")
+    return AuditSettings(layers=layers, protocol=protocol, timestep=timesteps[0], seed=seed, size=size,
+                         analyses=chosen, anomaly_layer=anomaly_layer, batch_size=batch_size, probe_method=probe,
+                         controls=list(controls or []), control_seed=control_seed, anomaly_labels=anomaly_labels,
+                         timesteps=timesteps if len(timesteps) > 1 else [], noise_seeds=noise_seeds).validated()
 
-                results = audit_multiprocess(model, sources, out, settings, num_processes=num_processes,
-                                             load_kwargs={"device": device, "revision": revision,
-                                                          "local_files_only": local_files_only},
-                                             store=store, keep_store=keep_store, skip_bad=skip_bad,
-                                             compare_paper=compare_paper)
-            else:
-                from .audit.distributed import init_from_env
 
-                shard = init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
-                loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
-                results = audit(loaded, sources, out, settings, store=store, keep_store=keep_store, skip_bad=skip_bad,
-                                compare_paper=compare_paper)
-    except _user_errors() as error:
-        _fail(str(error))
-    if shard is not None and shard.rank != 0:
-        return  # every process of a launched group returns the results; one summary is enough
-    settings = results.get("settings", {})
-    runs = len(settings.get("timesteps") or [0]) * settings.get("noise_seeds", 1) + len(results.get("controls", []))
-    per_run = f" in each of {runs} runs (timesteps, noise seeds, controls)" if runs > 1 else ""
-    console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "
-                  f"with {results['run']['unet_passes_per_image']} U-Net passes per image{per_run} "
-                  f"in {time.perf_counter() - start:.1f} s")
-    _print_caveats(results)
-    _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
-    if results.get("non_finite"):  # named here too: these layers have no numbers, maps or figures
-        err_console.print(f"[yellow]{len(results['non_finite'])} layer(s) with NaN/Inf values, not analysed:[/] "
-                          + escape(", ".join(results["non_finite"])), highlight=False)
-    console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
+def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dict, num_processes: int):
+    """Audit in this process (joining the group of a launcher such as torchrun, if any) or sharded over
+    ``num_processes`` local ones; returns the results and this process's rank (0 unless launched)."""
+    from .audit import audit
+    from .audit.distributed import audit_multiprocess, init_from_env
+    from .models import load_model
+
+    if num_processes > 1:
+        return audit_multiprocess(model, sources, out, settings, num_processes=num_processes, load_kwargs=load,
+                                  **run), 0
+    shard = init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
+    results = audit(load_model(model, **load), sources, out, settings, **run)
+    return results, 0 if shard is None else shard.rank
 
 
 @app.command("report")
-def report_cmd(
-    result_dirs: list[Path] = typer.Argument(..., help="One or more audit output folders."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder of the comparison page (several folders)."),
-    compare_paper: bool = typer.Option(False, "--compare-paper", help="Overlay the published curves."),
-) -> None:
+def report_cmd(result_dirs: ResultDirs, out: ReportOut = None, compare_paper: ReportComparePaper = False) -> None:
     """Rebuild figures and report.html from saved results; with several folders, compare the models side by side."""
     from .report import build_report
 
-    try:
-        _check_options(out=out)
-        with output_errors(out, *result_dirs):
-            page = build_report(list(result_dirs), out=out, compare_paper=compare_paper)
-    except (*_user_errors(), KeyError) as error:
-        _fail(str(error))
+    _check_options(out=out)
+    with output_errors(out, *result_dirs):
+        page = build_report(list(result_dirs), out=out, compare_paper=compare_paper)
     console.print(f"report: [bold]{page}[/]")
-
-
-def _print_caveats(results: dict) -> None:
-    """What qualifies every number: random weights, controls run, the audit's own warnings."""
-    from .audit.caveats import caveats
-
-    for line in caveats(results):
-        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _print_errors(errors) -> None:
-    if errors:
-        err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")
-        for source, reason in errors:
-            err_console.print(f"  {escape(str(source))}: {escape(str(reason))}", highlight=False)
 
 
 @dataset_app.command("imagenet-subset")
 def imagenet_subset_cmd(
-    source: str = typer.Argument(..., help="A local ImageNet train folder (<root>/<wnid>/*.JPEG), a saved "
-                                 "datasets folder, or hf:NAME[:SPLIT] with 'label' and image columns."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the PNG files and manifest.json."),
-    per_class: int = typer.Option(100, "--per-class", min=1, help="Images per class."),
-    size: int = typer.Option(512, "--size", min=1, max=MAX_SIDE, help="Output side in pixels."),
-    min_side: int = typer.Option(350, "--min-side", min=1, help="Skip images whose short side is smaller (pixels)."),
-    allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Write fewer images when a class runs short."),
-    order_file: Optional[Path] = typer.Option(None, "--order-file", help="For a local ILSVRC folder: file names in "
-                                              "the published order, one per line (the published anomaly labels "
-                                              "index that order)."),
+    source: SubsetSource,
+    out: SubsetOut,
+    per_class: PerClass = 100,
+    size: SubsetSize = 512,
+    min_side: MinSide = 350,
+    allow_fewer: AllowFewer = False,
+    order_file: OrderFile = None,
 ) -> None:
     """Build the paper's image set: ImageNet classes 235, 242, 282, 717, 980, 100 each, centre-cropped, 512 px,
     in selection order (the order the published anomaly labels index)."""
@@ -309,69 +274,47 @@ def imagenet_subset_cmd(
 
     from .dataset import MANIFEST_NAME, build_imagenet_subset
 
-    try:
-        _check_options(out=out)
-        with output_errors(out):
-            paths = build_imagenet_subset(source, out, per_class=per_class, size=size, min_side=min_side,
-                                          allow_fewer=allow_fewer, order_file=order_file)
-    except (*_user_errors(), KeyError) as error:
-        _fail(str(error))
+    _check_options(out=out)
+    with output_errors(out):
+        paths = build_imagenet_subset(source, out, per_class=per_class, size=size, min_side=min_side,
+                                      allow_fewer=allow_fewer, order_file=order_file)
     manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     console.print(f"[green]wrote[/] {len(paths)} images to {out}", highlight=False)
     console.print(f"order: {manifest['order']}: {manifest['order_note']}", markup=False, highlight=False)
 
 
 @app.command("demo")
-def demo_cmd(
-    out: Path = typer.Option(Path("sdaudit-demo"), "--out", "-o", help="Folder for the demo's outputs."),
-    size: int = typer.Option(256, "--size", help="Input size in pixels, a multiple of 64 (512 gives SD's grids of "
-                             "64..8 tokens; 256 is faster)."),
-) -> None:
+def demo_cmd(out: DemoOut = Path("sdaudit-demo"), size: DemoSize = 256) -> None:
     """Offline demo: the full audit of the bundled sample photos with the tiny model; ends with the report's path."""
     from .demo import run_demo
 
-    try:
-        _check_options(out=out, size=size)
-        with output_errors(out):
-            run_demo(out, size=size, console=console)
-    except _user_errors() as error:
-        _fail(str(error))
+    _check_options(out=out, size=size)
+    with output_errors(out):
+        run_demo(out, size=size, console=console)
 
 
 @app.command("explore")
 def explore_cmd(
-    stores: list[Path] = typer.Argument(..., help="One or more store folders (made by 'sdaudit extract')."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="The stores' model, to add dropped-in images "
-                                        "(extracted with each store's own settings). " + MODEL_HELP),
-    port: int = typer.Option(8765, "--port", "-p", min=1, max=65535, help="TCP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (default: this machine only)."),
-    allowed_host: Optional[list[str]] = typer.Option(None, "--allowed-host", help="A further name the explorer "
-                                                     "answers to (the Host header of requests; repeatable). Other "
-                                                     "names are refused (DNS rebinding); with --host 0.0.0.0 this "
-                                                     "machine's names and addresses are accepted."),
-    labels: Optional[list[Path]] = typer.Option(None, "--labels", help="Anomaly label file (.npy, published "
-                                                "format), one per store in order; default STORE/anomaly_labels.npy."),
+    stores: Stores,
+    model: ExploreModel = None,
+    port: Port = 8765,
+    host: Host = "127.0.0.1",
+    allowed_host: AllowedHost = None,
+    labels: Labels = None,
 ) -> None:
     """Serve the offline web explorer: similarity and norm maps, presets, anomaly labelling."""
-    from .analyses import LabelFileError
     from .explorer import serve
 
-    try:
-        serve(stores, model=model, host=host, port=port, labels_path=labels or None, allowed_hosts=allowed_host or [],
-              echo=lambda text: console.print(text, markup=False, highlight=False))
-    except (*_user_errors(), LabelFileError, OSError) as error:
-        _fail(str(error))
+    serve(stores, model=model, host=host, port=port, labels_path=labels or None, allowed_hosts=allowed_host or [],
+          echo=lambda text: console.print(text, markup=False, highlight=False))
 
 
 @app.command("verify")
-def verify_cmd(store: Path = typer.Argument(..., help="A store folder (made by 'sdaudit extract').")) -> None:
+def verify_cmd(store: StoreArg) -> None:
     """Check every image of a store against its checksums; exit 0 when intact, 1 when damaged."""
     from .store import verify_store
 
-    try:
-        report = verify_store(store)
-    except _user_errors() as error:
-        _fail(str(error))
+    report = verify_store(store)
     for problem in report.problems:
         err_console.print(f"[bold red]damaged:[/] {problem}", highlight=False)
     for index, what in report.damaged.items():
@@ -388,10 +331,46 @@ def verify_cmd(store: Path = typer.Argument(..., help="A store folder (made by '
                   highlight=False)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+def _print_extraction(report, out: Path, elapsed: float) -> None:
+    """What an extraction did: images added and present, skipped, repaired and left damaged."""
+    store = report.store
+    console.print(f"[green]store[/] {store.path}: {store.num_images} images x {len(store.layers)} layers "
+                  f"({report.added} added, {report.already_present} already present) in {elapsed:.1f} s")
+    _print_errors(report.errors)
+    if report.repaired:
+        console.print(f"repaired {len(report.repaired)} damaged image(s) in place: {report.repaired[:20]}")
+    if report.unrepaired:
+        err_console.print(f"[yellow]{len(report.unrepaired)} damaged image(s) not repaired[/] (their images were not "
+                          f"given): {list(report.unrepaired)[:20]}; see 'sdaudit verify {out}'", highlight=False)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def _print_audit(results: dict, out: Path, elapsed: float) -> None:
+    """The audit's summary: what ran, what qualifies the numbers, what was skipped, where the report is."""
+    settings = results.get("settings", {})
+    runs = len(settings.get("timesteps") or [0]) * settings.get("noise_seeds", 1) + len(results.get("controls", []))
+    per_run = f" in each of {runs} runs (timesteps, noise seeds, controls)" if runs > 1 else ""
+    console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "
+                  f"with {results['run']['unet_passes_per_image']} U-Net passes per image{per_run} "
+                  f"in {elapsed:.1f} s")
+    _print_caveats(results)
+    _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
+    if results.get("non_finite"):  # named here too: these layers have no numbers, maps or figures
+        err_console.print(f"[yellow]{len(results['non_finite'])} layer(s) with NaN/Inf values, not analysed:[/] "
+                          + escape(", ".join(results["non_finite"])), highlight=False)
+    console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
+
+
+def _print_caveats(results: dict) -> None:
+    """What qualifies every number: random weights, controls run, the audit's own warnings."""
+    from .audit.caveats import caveats
+
+    for line in caveats(results):
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_errors(errors) -> None:
+    """The images skipped (``--skip-bad``), one line each, their names printed as they are."""
+    if errors:
+        err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")
+        for source, reason in errors:
+            err_console.print(f"  {escape(str(source))}: {escape(str(reason))}", highlight=False)

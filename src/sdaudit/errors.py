@@ -1,7 +1,11 @@
 """The one family of errors that are the user's to fix (a bad option, file, folder, store or model).
 
-The command line prints any :class:`SdauditError` as one line naming what is at fault and exits with
-status 2; every other exception is a bug and keeps its traceback.
+The command line prints any :class:`SdauditError` (and a missing, unreadable or wrong-kind path) as one
+line naming what is at fault and exits with status 2 (``sdaudit --debug`` adds the traceback); every other
+exception is a bug and keeps its traceback. Each module's own user errors (``LayerError``,
+``BadImageError``, ``ModelSpecError``, ``StoreError``, ``LabelFileError``...) derive from
+:class:`SdauditError` and keep their old builtin base (``ValueError``, ``RuntimeError``), so existing
+``except ValueError`` code still catches them.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
+
 _PROBE = "probe/"
 _SYNCED = "probe-sync"
 
@@ -295,11 +297,11 @@ def audit_multiprocess(model: str, images, out: str | Path, settings=None, *, nu
     from .run import AuditSettings
 
     if num_processes < 1:
-        raise ValueError("num_processes must be at least 1")
+        raise UsageError("num_processes must be at least 1")
     if not isinstance(model, str):
         raise TypeError("audit_multiprocess takes a model spec (each process loads the model itself)")
     if audit_kwargs.get("keep_store"):
-        raise ValueError("keep_store is not supported with several processes")
+        raise UsageError("keep_store is not supported with several processes")
     settings = settings or AuditSettings()
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // num_processes)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..analyses import crop_pixels
 from ..analyses.position import n_train_images
+from ..errors import UsageError
 from ..extraction import ExtractionSettings, Extractor, prepare_for_model
 from ..extraction.extractor import auto_batch_size, check_batch_size
 from .state import AuditState
@@ -83,7 +84,7 @@ class AuditSettings:
         if unknown:
             raise UsageError(f"unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
         if not 0 < self.train_fraction < 1:
-            raise ValueError("train_fraction must be in (0, 1)")
+            raise UsageError("train_fraction must be in (0, 1)")
         bad = [t for t in [self.timestep, *self.timesteps] if not 0 <= int(t) <= 999]
         if bad:
             raise UsageError(f"invalid value for '--timestep': {bad[0]} is outside 0..999")
@@ -175,7 +176,7 @@ def choose_anomaly_layer(layers: Sequence[str], grids: dict[str, tuple[int, int]
     if requested:
         name = normalize_name(requested)
         if name not in layers:
-            raise ValueError(f"anomaly layer '{requested}' is not among the audited layers")
+            raise UsageError(f"anomaly layer '{requested}' is not among the audited layers")
         return name
     if PREFERRED_ANOMALY_LAYER in layers:
         return PREFERRED_ANOMALY_LAYER
@@ -299,7 +300,7 @@ def run_passes(model, items: Sequence[ImageItem], settings: AuditSettings, out: 
     anomaly_layer = choose_anomaly_layer(full.layers, grids, settings.anomaly_layer) \
         if "anomalies" in settings.analyses else None
     if "position" in settings.analyses and n < 2:
-        raise ValueError("the position probe needs at least 2 images (train and test)")
+        raise UsageError("the position probe needs at least 2 images (train and test)")
     probe = {"train_fraction": settings.train_fraction, "method": settings.probe_method,
              "resolutions": settings.resolutions}
     if settings.probe_method == "paper":

@@ -6,7 +6,7 @@ are read by index, and ``datasets`` sources are iterated again for each pass.
 
 from __future__ import annotations
 
-from ..errors import SdauditError
+from ..errors import SdauditError, UsageError
 from .run import ImageItem
 
 
@@ -67,7 +67,7 @@ def scan_images(source, *, skip_bad: bool = False, errors: list | None = None) -
                                source_bytes=record.source_bytes))
         paths.append(record.path)
     if not items:
-        raise ValueError(f"no usable images in '{source}'")
+        raise UsageError(f"no usable images in '{source}'")
     if all(path is not None for path in paths):  # files: reopened by their exact path, checked against the scan
         for item, path in zip(items, paths):
             item.load = (lambda path=path, item=item: _reread(path, item))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import UsageError
 from ..store import ImageEntry, RepresentationStore, _versions, create_store
 from .extractor import ExtractionSettings, Extractor, auto_batch_size, check_batch_size
 
@@ -83,7 +84,7 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
     from ..models import load_model
 
     if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"unknown storage dtype '{dtype}'; choose one of {', '.join(STORAGE_DTYPES)}")
+        raise UsageError(f"unknown storage dtype '{dtype}'; choose one of {', '.join(STORAGE_DTYPES)}")
     check_batch_size(batch_size, protocol)
     if isinstance(model, str):
         model = load_model(model)
@@ -180,7 +181,7 @@ def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = Fals
 
         model = load_model(model)
     if model.identity() != config["model"]:
-        raise ValueError(f"model {model.identity()['name']} is not the model of store '{store_path}' "
+        raise UsageError(f"model {model.identity()['name']} is not the model of store '{store_path}' "
                          f"({config['model']['name']})")
     return extract(model, images, store_path, layers=config["layers"], size=config["size"],
                    timestep=config["timestep"], seed=config["seed"], protocol=config["protocol"],

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 CLIP_PREFIX = "cond_stage_model.transformer."  # SD-1: Hugging Face CLIPTextModel
@@ -37,13 +39,13 @@ class Checkpoint:
         self.global_step: int | None = None
         self._state: dict[str, torch.Tensor] | None = None
         if not self.path.exists():
-            raise ValueError(f"checkpoint file '{self.name}' does not exist")
+            raise UsageError(f"checkpoint file '{self.name}' does not exist")
         if self.path.is_dir():
-            raise ValueError(f"'{self.name}' is a folder, not a checkpoint file (for a diffusers folder, pass the "
+            raise UsageError(f"'{self.name}' is a folder, not a checkpoint file (for a diffusers folder, pass the "
                              "folder itself as the model)")
         size = self.path.stat().st_size
         if size == 0:
-            raise ValueError(f"checkpoint file '{self.name}' is empty")
+            raise UsageError(f"checkpoint file '{self.name}' is empty")
         with open(self.path, "rb") as f:
             head = f.read(9)
         header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else -1
@@ -55,7 +57,7 @@ class Checkpoint:
             self._state = self._torch_load(zipped=head[:4] == b"PK\x03\x04")
             self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
         if not self.shapes:
-            raise ValueError(f"checkpoint file '{self.name}' holds no tensors; expected a Stable Diffusion checkpoint")
+            raise UsageError(f"checkpoint file '{self.name}' holds no tensors; expected a Stable Diffusion checkpoint")
 
     def _safetensors_shapes(self) -> dict[str, tuple[int, ...]]:
         from safetensors import safe_open
@@ -64,7 +66,7 @@ class Checkpoint:
             with safe_open(str(self.path), framework="pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as error:  # noqa: BLE001 - any parse error means a broken file
-            raise ValueError(f"'{self.name}' is not a readable .safetensors file ({type(error).__name__}: {error}); "
+            raise UsageError(f"'{self.name}' is not a readable .safetensors file ({type(error).__name__}: {error}); "
                              "expected a Stable Diffusion checkpoint") from None
 
     def _torch_load(self, zipped: bool) -> dict[str, torch.Tensor]:
@@ -73,7 +75,7 @@ class Checkpoint:
         except Exception as error:  # noqa: BLE001 - unpickling fails in many ways
             text = str(error)
             if "weights only load failed" in text.lower() or "weights_only" in text:
-                raise ValueError(
+                raise UsageError(
                     f"'{self.name}' holds Python objects besides tensors that torch.load(weights_only=True) refuses to "
                     "unpickle (sdaudit never unpickles arbitrary objects). If you trust the file, convert its weights "
                     "to .safetensors once, e.g.\n"
@@ -81,7 +83,7 @@ class Checkpoint:
                     "c = c.get('state_dict', c); st.save_file({k: v.contiguous() for k, v in c.items() "
                     "if isinstance(v, torch.Tensor)}, 'OUT.safetensors')\"\n"
                     f"({type(error).__name__}: {text.splitlines()[0] if text else ''})") from None
-            raise ValueError(f"'{self.name}' is neither a safetensors file nor a PyTorch checkpoint that torch.load can "
+            raise UsageError(f"'{self.name}' is neither a safetensors file nor a PyTorch checkpoint that torch.load can "
                              f"read ({type(error).__name__}: {text.splitlines()[0] if text else ''}); expected a Stable "
                              "Diffusion .safetensors or .ckpt file") from None
         if isinstance(obj, Mapping) and isinstance(obj.get("global_step"), int):
@@ -89,7 +91,7 @@ class Checkpoint:
         while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
             obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
-            raise ValueError(f"'{self.name}' holds a {type(obj).__name__}, not a state dict of tensors; expected a "
+            raise UsageError(f"'{self.name}' holds a {type(obj).__name__}, not a state dict of tensors; expected a "
                              "Stable Diffusion checkpoint")
         return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
@@ -121,7 +123,7 @@ def _indices(keys, pattern: str) -> list[int]:
 
 def _need(s: Mapping[str, tuple], key: str, what: str, source: str) -> tuple:
     if key not in s:
-        raise ValueError(f"'{source}': the {what} weights lack '{key}'; the file is incomplete or not a Stable "
+        raise UsageError(f"'{source}': the {what} weights lack '{key}'; the file is incomplete or not a Stable "
                          "Diffusion 1.x/2.x checkpoint in the original layout")
     return s[key]
 
@@ -130,7 +132,7 @@ def check_sd_checkpoint(shapes: Mapping[str, tuple], source: str) -> None:
     """Raise a ValueError that says what the file is if it is not an SD-1/2 LDM checkpoint."""
     if any(k.startswith(UNET_PREFIX) for k in shapes):
         if any(k.startswith("conditioner.embedders.") for k in shapes):
-            raise ValueError(f"'{source}' is an SDXL-style checkpoint (conditioner.embedders.*); single-file loading "
+            raise UsageError(f"'{source}' is an SDXL-style checkpoint (conditioner.embedders.*); single-file loading "
                              "supports Stable Diffusion 1.x/2.x only: convert it to a diffusers folder and pass that")
         return
     examples = ", ".join(sorted(shapes)[:3])
@@ -142,7 +144,7 @@ def check_sd_checkpoint(shapes: Mapping[str, tuple], source: str) -> None:
                 "encoder; single-file loading needs a full checkpoint.")
     else:
         hint = ""
-    raise ValueError(f"'{source}' is not a Stable Diffusion checkpoint in the original (LDM/CompVis) layout: it has no "
+    raise UsageError(f"'{source}' is not a Stable Diffusion checkpoint in the original (LDM/CompVis) layout: it has no "
                      f"U-Net weights (keys starting with '{UNET_PREFIX}'); its {len(shapes)} tensors are named like "
                      f"{examples}.{hint}")
 
@@ -152,7 +154,7 @@ def infer_unet(shapes: Mapping[str, tuple], source: str) -> dict:
     s = _strip(shapes, UNET_PREFIX)
     what = "U-Net"
     if any(k.startswith("label_emb.") for k in s):
-        raise ValueError(f"'{source}': the U-Net has class or size embeddings (label_emb.*: SDXL, upscaler or "
+        raise UsageError(f"'{source}': the U-Net has class or size embeddings (label_emb.*: SDXL, upscaler or "
                          "unCLIP); single-file loading supports Stable Diffusion 1.x/2.x only")
     conv_in = _need(s, "input_blocks.0.0.weight", what, source)
     n_in = len(_indices(s, r"input_blocks\.(\d+)\."))
@@ -160,7 +162,7 @@ def infer_unet(shapes: Mapping[str, tuple], source: str) -> dict:
     lpb = (downs[0] - 1) if downs else n_in - 1
     levels = len(downs) + 1
     if lpb < 1 or n_in != 1 + levels * lpb + len(downs):
-        raise ValueError(f"'{source}': unsupported U-Net layout ({n_in} input blocks, downsamplers at {downs})")
+        raise UsageError(f"'{source}': unsupported U-Net layout ({n_in} input blocks, downsamplers at {downs})")
     block_out, down_types, depth = [], [], []
     for level in range(levels):
         i = 1 + level * (lpb + 1)
@@ -171,7 +173,7 @@ def infer_unet(shapes: Mapping[str, tuple], source: str) -> dict:
     up_types = []
     n_out = len(_indices(s, r"output_blocks\.(\d+)\."))
     if n_out != levels * (lpb + 1):
-        raise ValueError(f"'{source}': unsupported U-Net layout ({n_out} output blocks for {levels} levels of {lpb})")
+        raise UsageError(f"'{source}': unsupported U-Net layout ({n_out} output blocks for {levels} levels of {lpb})")
     for level in range(levels):
         attn = f"output_blocks.{level * (lpb + 1)}.1.proj_in.weight" in s
         up_types.append("CrossAttnUpBlock2D" if attn else "UpBlock2D")
@@ -179,7 +181,7 @@ def infer_unet(shapes: Mapping[str, tuple], source: str) -> dict:
     to_k = sorted(k for k in s if k.endswith("attn2.to_k.weight"))
     proj_in = sorted(k for k in s if k.endswith(".proj_in.weight"))
     if int(conv_in[0]) != block_out[0]:
-        raise ValueError(f"'{source}': unsupported U-Net layout (conv_in has {conv_in[0]} channels, the first block "
+        raise UsageError(f"'{source}': unsupported U-Net layout (conv_in has {conv_in[0]} channels, the first block "
                          f"{block_out[0]})")
     return {
         "in_channels": int(conv_in[1]),
@@ -243,7 +245,7 @@ def infer_text(shapes: Mapping[str, tuple], layout: str, source: str) -> dict:
         layers = [i for i in _indices(s, r"transformer\.resblocks\.(\d+)\.") if i != 23]
         inter = _need(s, "transformer.resblocks.0.mlp.c_fc.weight", what, source)[0]
     if layers != list(range(len(layers))) or not layers:
-        raise ValueError(f"'{source}': unsupported text-encoder layout (layers {layers})")
+        raise UsageError(f"'{source}': unsupported text-encoder layout (layers {layers})")
     return {"vocab_size": int(vocab), "hidden_size": int(hidden), "intermediate_size": int(inter),
             "num_hidden_layers": len(layers), "max_position_embeddings": int(max_pos)}
 

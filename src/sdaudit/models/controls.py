@@ -22,6 +22,7 @@ import dataclasses
 
 import torch
 
+from ..errors import UsageError
 from .load import LoadedModel, place, state_dict_sha256
 
 CONTROLS = ("untrained", "circular-padding")
@@ -39,7 +40,7 @@ def control_model(model: LoadedModel, control: str, *, seed: int = DEFAULT_CONTR
         unet = circular_padding(model.unet)
         label = "circular padding"
     else:
-        raise ValueError(f"unknown control '{control}'; choose one of {', '.join(CONTROLS)}")
+        raise UsageError(f"unknown control '{control}'; choose one of {', '.join(CONTROLS)}")
     spec = dataclasses.replace(model.spec, name=f"{model.spec.name} [{label}]")
     extra = {**model.extra, "control": {"kind": control, "label": label,
                                         "seed": seed if control == "untrained" else None, "of": model.identity()}}
@@ -68,13 +69,13 @@ def circular_padding(module: torch.nn.Module) -> torch.nn.Module:
             layer.padding_mode = "circular"  # Conv2d then pads with F.pad(mode="circular") and convolves unpadded
             changed += 1
     if not changed:
-        raise ValueError("the denoiser has no zero-padded convolution to switch to circular padding")
+        raise UsageError("the denoiser has no zero-padded convolution to switch to circular padding")
     return out
 
 
 def _padding(layer: torch.nn.Conv2d) -> tuple[int, ...]:
     if isinstance(layer.padding, str):
-        raise ValueError(f"convolution with padding={layer.padding!r} cannot be switched to circular padding")
+        raise UsageError(f"convolution with padding={layer.padding!r} cannot be switched to circular padding")
     return tuple(int(p) for p in layer.padding)
 
 

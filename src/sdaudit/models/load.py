@@ -131,7 +131,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
     if dtype not in table:
-        raise ValueError(f"unknown dtype '{dtype}'; use one of auto, float16, bfloat16, float32")
+        raise UsageError(f"unknown dtype '{dtype}'; use one of auto, float16, bfloat16, float32")
     return table[dtype]
 
 
@@ -196,7 +196,7 @@ def _refuse_two_text_encoders(location: str, common: dict) -> None:
     except (OSError, ValueError):
         return  # the component loaders below give the precise error
     if "text_encoder_2" in index:
-        raise ValueError(f"'{location}' is an SDXL-style pipeline (two text encoders); sdaudit extracts from "
+        raise UsageError(f"'{location}' is an SDXL-style pipeline (two text encoders); sdaudit extracts from "
                          "single-text-encoder Stable Diffusion pipelines (SD 1.x, 2.x, SD-Turbo) for now")
 
 
@@ -301,7 +301,7 @@ def load_model(
             raise
         revision_out = _hub_revision(spec.location, revision)
     else:  # pragma: no cover - parse_model_spec only makes the kinds above
-        raise ValueError(f"unknown model kind {spec.kind}")
+        raise UsageError(f"unknown model kind {spec.kind}")
 
     vae_dtype = dtype if not getattr(parts["vae"].config, "force_upcast", True) else torch.float32
     if device.type == "cpu":

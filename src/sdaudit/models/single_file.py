@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
 from .checkpoint import CLIP_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, Checkpoint
 from .registry import ARCH_CONFIGS, ModelNotAvailableError
 from .single_file_plan import CONFIG_HELP, Plan, plan_components, read_json, text_kwargs
@@ -144,7 +145,7 @@ def _build_vae(ckpt: Checkpoint, plan: Plan, folder: Path):
     if plan.vae is None:
         if plan.folder is not None and (plan.folder / "vae").is_dir():
             return AutoencoderKL.from_pretrained(str(plan.folder), subfolder="vae", local_files_only=True).eval()
-        raise ValueError(f"'{ckpt.name}' has no VAE weights (keys starting with 'first_stage_model.'); pass a diffusers "
+        raise UsageError(f"'{ckpt.name}' has no VAE weights (keys starting with 'first_stage_model.'); pass a diffusers "
                          "folder with a vae/ subfolder as the single-file config to take the VAE from there")
     try:
         return _from_single_file(AutoencoderKL, ckpt.tensors(plan.vae_prefix), folder, "vae", torch.float32)
@@ -162,7 +163,7 @@ def _build_text_encoder(ckpt: Checkpoint, plan: Plan, dtype: torch.dtype):
         if plan.folder is not None and (plan.folder / "text_encoder").is_dir():
             model = CLIPTextModel.from_pretrained(str(plan.folder), subfolder="text_encoder", local_files_only=True)
             return model.to(dtype).eval()
-        raise ValueError(f"'{ckpt.name}' has no text-encoder weights (keys starting with '{CLIP_PREFIX}' or "
+        raise UsageError(f"'{ckpt.name}' has no text-encoder weights (keys starting with '{CLIP_PREFIX}' or "
                          f"'{OPEN_CLIP_PREFIX}'); pass a diffusers folder with a text_encoder/ subfolder as the "
                          "single-file config to take the text encoder from there")
     with _empty_init():
@@ -208,10 +209,10 @@ def _load_tokenizer(plan: Plan, source: str):
     folder = plan.folder / "tokenizer" if plan.folder is not None else None
     if folder is not None and folder.is_dir():
         if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-            raise ValueError(f"the tokenizer folder '{folder}' holds no tokenizer.json or vocab.json")
+            raise UsageError(f"the tokenizer folder '{folder}' holds no tokenizer.json or vocab.json")
         tokenizer = AutoTokenizer.from_pretrained(str(plan.folder), subfolder="tokenizer", local_files_only=True)
         if vocab is not None and len(tokenizer) > vocab:
-            raise ValueError(f"the tokenizer in '{folder}' has {len(tokenizer)} tokens but the text encoder of "
+            raise UsageError(f"the tokenizer in '{folder}' has {len(tokenizer)} tokens but the text encoder of "
                              f"'{source}' only {vocab}; they do not belong together")
         return tokenizer
     if vocab == TINY_VOCAB_SIZE:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
 from .checkpoint import check_sd_checkpoint, infer_text, infer_unet, infer_vae, text_layout, vae_prefix
 from .registry import ModelNotAvailableError
 
@@ -110,7 +111,7 @@ def _cached_repo_folder(repo_id: str) -> Path:
             f"single-file config '{repo_id}' is not in the local Hugging Face cache ({type(error).__name__}); sdaudit "
             f"never downloads configs for single files. Pass {CONFIG_HELP}.") from None
     if not (folder / "unet" / "config.json").is_file():
-        raise ValueError(f"single-file config '{repo_id}' (cached at {folder}) has no unet/config.json; expected a "
+        raise UsageError(f"single-file config '{repo_id}' (cached at {folder}) has no unet/config.json; expected a "
                          "diffusers Stable Diffusion pipeline repo")
     return folder
 
@@ -126,14 +127,14 @@ def _config_source(config) -> tuple[str | None, Path | None]:
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"single-file config '{text}' is a file; expected {CONFIG_HELP}")
+            raise UsageError(f"single-file config '{text}' is a file; expected {CONFIG_HELP}")
         if not (path / "unet" / "config.json").is_file():
-            raise ValueError(f"single-file config folder '{text}' has no unet/config.json; expected a diffusers pipeline "
+            raise UsageError(f"single-file config folder '{text}' has no unet/config.json; expected a diffusers pipeline "
                              "folder (model_index.json, unet/, vae/, text_encoder/, scheduler/, tokenizer/)")
         return None, path.resolve()
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", text) and not text.startswith((".", "/", "~")):
         return None, _cached_repo_folder(text)
-    raise ValueError(f"unknown single-file config '{text}'; expected {CONFIG_HELP}")
+    raise UsageError(f"unknown single-file config '{text}'; expected {CONFIG_HELP}")
 
 
 def _common_groups(channels) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from ..errors import UsageError
 from ..audit_results import FORMAT, LayerRow, finite
 from ..constants import PAPER_ANOMALY_LAYER, PAPER_N_IMAGES, PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, \
     RESOLUTIONS
@@ -118,7 +119,7 @@ def paper_as_results(model: str) -> dict[str, Any]:
     table = load_paper_results(model)
     key = paper_model_key(model)
     if table is None or key is None:
-        raise ValueError(f"no published numbers for model '{model}'; known: sd15, sd21, sd-turbo")
+        raise UsageError(f"no published numbers for model '{model}'; known: sd15, sd21, sd-turbo")
     count, images_with, n_images = PAPER_ANOMALY_LABELS[key]
     for row in table:
         row["anomaly_count"] = count
