@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Exceptions that are not the user's to fix, each with the reason.
 NOT_USER_ERRORS = {
-    "sdaudit.extraction.hooks._StopForward": "control flow: ends a forward pass once every hook has fired",
+    "sdaudit.models.hooks._StopForward": "control flow: ends a forward pass once every hook has fired",
     "sdaudit.explorer.limits.BodyError": "an HTTP 413/408 answered to the browser, never reaches the command line",
 }
 
