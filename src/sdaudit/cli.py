@@ -136,6 +136,7 @@ def extract_cmd(
     """Extract per-layer representations of images into a resumable store."""
     from .extraction import extract
     from .models import load_model
+    from .settings import ExtractionSettings
 
     sources = images[0] if len(images) == 1 else images
     start = time.perf_counter()
@@ -143,8 +144,9 @@ def extract_cmd(
         _check_options(out=out, size=size, device=device)
         with output_errors(out):
             loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
-            report = extract(loaded, sources, out, layers=layers, size=size, timestep=timestep, seed=seed,
-                             protocol=protocol, prompt=prompt, batch_size=batch_size, dtype=dtype, skip_bad=skip_bad)
+            settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
+            report = extract(loaded, sources, out, settings, layers=layers, batch_size=batch_size, dtype=dtype,
+                             skip_bad=skip_bad)
     except _user_errors() as error:
         _fail(str(error))
     elapsed = time.perf_counter() - start

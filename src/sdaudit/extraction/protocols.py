@@ -24,22 +24,7 @@ import copy
 import numpy as np
 import torch
 
-PROTOCOLS = ("clean", "paper")
-LATENT_MODES = ("mean", "sample")
-
-
-def check_protocol(protocol: str, latent: str | None) -> str:
-    """Validate the protocol and return the latent mode it uses."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
-    if protocol == "paper":
-        if latent not in (None, "sample"):
-            raise ValueError("protocol 'paper' samples the VAE posterior; --latent cannot be changed")
-        return "sample"
-    latent = latent or "mean"
-    if latent not in LATENT_MODES:
-        raise ValueError(f"unknown latent mode '{latent}'; choose one of: {', '.join(LATENT_MODES)}")
-    return latent
+from ..settings import LATENT_MODES, PROTOCOLS, check_protocol  # noqa: F401 - settings validation lives there
 
 
 def image_generator(seed: int, index: int, stream: int) -> torch.Generator:
