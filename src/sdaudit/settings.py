@@ -15,7 +15,7 @@ changed after it is made, so one object can be reused for several models or audi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from .constants import PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, RESOLUTIONS
 from .errors import UsageError

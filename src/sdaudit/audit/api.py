@@ -11,7 +11,7 @@ from ..settings import AuditSettings
 from .controls import run_controls
 from .progress import progress_bars
 from .results import ResultsWriter
-from .run import AuditRun, RunOptions
+from .run import AuditRun, RunOptions, RunOutcome
 from .sharding import SingleProcess, init_from_env
 from .sources import AuditInputs
 from .variants import run_variants

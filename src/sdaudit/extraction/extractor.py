@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..layers import all_layers, layer_infos, select_layers
-from ..settings import ExtractionSettings, check_batch_size  # noqa: F401 - re-exported: their home is sdaudit.settings
+from ..settings import ExtractionSettings
 from .hooks import DeviceToHost, capture_layers, compile_layers, run_until_captured, unet_extra_inputs
 from .protocols import clean_latents, clean_noised, paper_noised_latents, pixels_to_tensor
 

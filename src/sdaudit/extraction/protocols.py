@@ -24,9 +24,6 @@ import copy
 import numpy as np
 import torch
 
-from ..settings import LATENT_MODES, PROTOCOLS, check_protocol  # noqa: F401 - settings validation lives there
-
-
 def image_generator(seed: int, index: int, stream: int) -> torch.Generator:
     """A CPU generator for one image and one purpose, seeded from (seed, image index, stream).
 
