@@ -24,6 +24,7 @@ import copy
 import numpy as np
 import torch
 
+
 def image_generator(seed: int, index: int, stream: int) -> torch.Generator:
     """A CPU generator for one image and one purpose, seeded from (seed, image index, stream).
 
