@@ -127,8 +127,8 @@ def test_keep_store_and_reuse_it(tiny, folder, tmp_path, audited):
 def test_pass_plan_for_sd_at_512():
     grids = {"a": (64, 64), "b": (32, 32), "c": (16, 16), "d": (8, 8), "e": (64, 64)}
     plan = pass_plan(grids, 512, ["borders"])
-    assert [p[0] for p in plan] == ["full", "crop8", "crop16", "crop32", "crop64"]
-    assert plan[1][2] == ["a", "e"]
+    assert [p.name for p in plan] == ["full", "crop8", "crop16", "crop32", "crop64"]
+    assert plan[1].layers == ("a", "e") and plan[1].crop_px == 8
     assert len(pass_plan(grids, 512, ["position"])) == 1
 
 

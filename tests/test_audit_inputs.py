@@ -17,14 +17,14 @@ QUICK = dict(size=SIZE, layers="mid_block", analyses=["position", "borders"])
 
 def test_image_replaced_after_the_scan_stops_the_audit(tiny, tmp_path, monkeypatch):
     folder = photo_folder(tmp_path / "images", 3, first_seed=80)
-    scan = sdaudit.audit.scan_images
+    scan = sdaudit.audit.sources.scan_images
 
     def scan_then_replace(*args, **kwargs):
         items = scan(*args, **kwargs)
         random_photo(99, size=(64, 64)).save(folder / "img1.png")  # another picture under the same name
         return items
 
-    monkeypatch.setattr(sdaudit.audit, "scan_images", scan_then_replace)
+    monkeypatch.setattr(sdaudit.audit.sources, "scan_images", scan_then_replace)
     with pytest.raises(SourceChangedError) as caught:
         audit(tiny, folder, tmp_path / "out", AuditSettings(**QUICK), report=False, progress=False)
     message = str(caught.value)
@@ -34,14 +34,14 @@ def test_image_replaced_after_the_scan_stops_the_audit(tiny, tmp_path, monkeypat
 
 def test_image_deleted_after_the_scan_is_named_as_changed(tiny, tmp_path, monkeypatch):
     folder = photo_folder(tmp_path / "images", 3, first_seed=80)
-    scan = sdaudit.audit.scan_images
+    scan = sdaudit.audit.sources.scan_images
 
     def scan_then_delete(*args, **kwargs):
         items = scan(*args, **kwargs)
         (folder / "img2.png").unlink()
         return items
 
-    monkeypatch.setattr(sdaudit.audit, "scan_images", scan_then_delete)
+    monkeypatch.setattr(sdaudit.audit.sources, "scan_images", scan_then_delete)
     with pytest.raises(SourceChangedError, match=r"img2\.png: image changed during the audit \(file not found\)"):
         audit(tiny, folder, tmp_path / "out", AuditSettings(**QUICK), report=False, progress=False)
 

@@ -21,7 +21,7 @@ def test_caveats_list_random_weights_controls_and_warnings():
 
 def test_progress_of_other_runs_is_labelled():
     """The passes of other timesteps, seeds and controls are told apart in the terminal."""
-    from sdaudit.audit.variants import labelled
+    from sdaudit.audit.progress import labelled
 
     class Progress:
         def __init__(self):

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from sdaudit.audit import AuditSettings, audit
-from sdaudit.audit.distributed import _block, _without_probe_training, audit_multiprocess, probe_test_only, \
-    probe_train_only
+from sdaudit.audit.distributed import audit_multiprocess
+from sdaudit.audit.sharding import _block
 from sdaudit.audit.outputs import layer_results
 from sdaudit.audit.state import AuditState
 
@@ -82,21 +82,15 @@ def test_sharded_states_merge_to_the_single_state():
     for state, idx in zip(shards, train):
         feed(state, idx, "full")
     # the probe sync: merged training statistics for everyone, own test counts kept
-    from sdaudit.analyses import PositionProbeAccumulator as P
-
-    for layer in layers:
-        merged = P.from_state_dict(probe_train_only(shards[0].probe[layer].state_dict()))
-        merged.merge(P.from_state_dict(probe_train_only(shards[1].probe[layer].state_dict())))
-        for state in shards:
-            acc = P.from_state_dict(merged.state_dict())
-            acc.merge(P.from_state_dict(probe_test_only(state.probe[layer].state_dict())))
-            state.probe[layer] = acc
+    merged_training = shards[0].merge_probe_training(shards[0].probe_training(), shards[1].probe_training())
+    for state in shards:
+        state.take_probe_training(merged_training)
     for state, idx, t in zip(shards, train, test):
         feed(state, t, "full")
         feed(state, idx + t, "cropped")
     # the final reduction: rank 1 sends its state without the (shared) training statistics
     other = shards[0].empty_like()
-    other.load_state_dict(_without_probe_training(shards[1].state_dict()))
+    other.load_state_dict(shards[1].state_dict(probe_training=False))
     merged_state = shards[0].merge(other)
 
     _, _, want = layer_results(single, grids)
@@ -138,10 +132,10 @@ def test_keep_store_is_refused_with_several_processes(tmp_path):
 
 
 def test_overlapped_device_style_analyses_equal_inline(tiny, images, tmp_path, monkeypatch):
-    """The CUDA code path of run_passes, exercised on the CPU: analyses in a background thread one batch
+    """The CUDA code path of AuditRun, exercised on the CPU: analyses in a background thread one batch
     behind the extraction, and anomaly analyses on token-norm maps (as when the features stay on a GPU)."""
     from sdaudit.audit import state as state_module
-    from sdaudit.audit.run import run_passes
+    from sdaudit.audit.run import AuditRun, RunOptions
     from sdaudit.audit.sources import scan_images
 
     settings = AuditSettings(size=SIZE, layers="conv_in,up_blocks[1]", analyses=["position", "borders", "anomalies"],
@@ -149,9 +143,10 @@ def test_overlapped_device_style_analyses_equal_inline(tiny, images, tmp_path, m
     items = scan_images(images)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    inline, full, _ = run_passes(tiny, items, settings, tmp_path / "a", overlap=False)
+    outcome = AuditRun(tiny, items, settings, tmp_path / "a", RunOptions(overlap=False)).execute()
+    inline, full = outcome.state, outcome.full
     monkeypatch.setattr(state_module, "_on_device", lambda x: True)
-    overlapped, _, _ = run_passes(tiny, items, settings, tmp_path / "b", overlap=True)
+    overlapped = AuditRun(tiny, items, settings, tmp_path / "b", RunOptions(overlap=True)).execute().state
     grids = {name: (shape[1], shape[2]) for name, shape in full.shapes.items()}
     assert_tables_equal(layer_results(inline, grids)[2], layer_results(overlapped, grids)[2])
     assert inline.detector.result().rows.tolist() == overlapped.detector.result().rows.tolist()

@@ -155,7 +155,8 @@ def test_out_of_memory_under_paper_protocol_names_the_batch_size(tiny, images5, 
 
 
 def test_batch_size_zero_means_auto_and_is_refused_under_paper(tiny):
-    from sdaudit.extraction.extractor import auto_batch_size, check_batch_size
+    from sdaudit.extraction.extractor import auto_batch_size
+    from sdaudit.settings import check_batch_size
 
     assert check_batch_size(0, "clean") == 0 and check_batch_size(3, "paper") == 3
     for bad, protocol in ((0, "paper"), (-1, "clean")):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -158,20 +159,18 @@ def test_verify_command_reports_damage(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-def test_a_format_1_store_opens_as_unverifiable(tmp_path):
-    """Stores made before checksums still read; 'verify' says they cannot be verified; they are not extended."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_store_of_an_older_format_is_refused_with_one_message(tmp_path, version):
+    """Stores written before format 3 (the settings tree's configuration) are refused, reading or writing, with
+    one message that says to re-extract; the command line prints it as one line."""
     make_store(tmp_path / "s")
-    rewrite_manifest(tmp_path / "s", format_version=1)
-    records = tmp_path / "s" / "images.jsonl"
-    old = [json.loads(line) for line in records.read_text().splitlines()]
-    records.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "crc32"}) + "\n" for r in old))
-    os.remove(chunk(tmp_path / "s", 0))
-    store = open_store(tmp_path / "s")
-    assert store.num_images == 4 and not store.verifiable and store.read("conv_in").shape == (4, 4, 8, 8)
+    rewrite_manifest(tmp_path / "s", format_version=version)
+    message = f"store '{tmp_path / 's'}' was written by format {version}; this sdaudit reads format 3: re-extract"
+    for mode in ("r", "r+"):
+        with pytest.raises(StoreError, match=re.escape(message)):
+            open_store(tmp_path / "s", mode=mode)
     result = runner.invoke(app, ["verify", str(tmp_path / "s")])
-    assert result.exit_code == 0 and "format 1, without checksums" in result.output
-    with pytest.raises(StoreError, match="format version 1 .* can be read but not extended"):
-        open_store(tmp_path / "s", mode="r+")
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_a_failed_write_keeps_the_committed_images(tmp_path, monkeypatch):

@@ -160,13 +160,15 @@ def extract_cmd(
     """Extract per-layer representations of images into a resumable store."""
     from .extraction import extract
     from .models import load_model
+    from .settings import ExtractionSettings
 
     start = time.perf_counter()
     _check_options(out=out, size=size, device=device)
     with output_errors(out):
         loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
-        report = extract(loaded, _sources(images), out, layers=layers, size=size, timestep=timestep, seed=seed,
-                         protocol=protocol, prompt=prompt, batch_size=batch_size, dtype=dtype, skip_bad=skip_bad)
+        settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
+        report = extract(loaded, _sources(images), out, settings, layers=layers, batch_size=batch_size, dtype=dtype,
+                         skip_bad=skip_bad)
     _print_extraction(report, out, time.perf_counter() - start)
 
 

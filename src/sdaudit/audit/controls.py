@@ -10,46 +10,24 @@ interval excludes 0.
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..analyses.intervals import difference_interval
+from ..models.controls import control_model
+from ..settings import AuditSettings
+from .outputs import INTERVAL_METRICS, _finite, metric_terms
+from .run import AuditRun, RunOptions
 
-from ..analyses.intervals import Terms, difference_interval, item_mean_terms
-from ..analyses.position import probe_terms
-from .outputs import INTERVAL_METRICS, _finite
 
-
-def run_controls(model, items, settings, out: Path, *, progress=None, checkpoint_seconds: float = 120.0,
-                 shard=None) -> list[dict]:
-    """Run every control of ``settings``; returns [{kind, label, model, state, full}] (states merged over shards)."""
-    from ..models.controls import control_model
-    from .run import run_passes
-    from .variants import labelled
-
+def run_controls(main: AuditRun, settings: AuditSettings, options: RunOptions) -> list[dict]:
+    """Run every control of ``settings`` on ``main``'s images; [{kind, label, model, state}] (states merged
+    over processes)."""
     controls = []
     for kind in settings.controls:
-        control = control_model(model, kind, seed=settings.control_seed)
-        folder = out / "controls" / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        state, full, _ = run_passes(control, items, settings.single(), folder,
-                                    progress=labelled(progress, f"control {kind}: "),
-                                    checkpoint_seconds=checkpoint_seconds, shard=shard)
-        if shard is not None:
-            state = shard.reduce_state(state)
+        control = control_model(main.model, kind, seed=settings.control_seed)
+        run = main.derived(control, settings.single(), main.out / "controls" / kind,
+                           options.labelled(f"control {kind}: "))
         controls.append({"kind": kind, "label": control.extra["control"]["label"], "model": control.identity(),
-                         "state": state, "full": full})
+                         "state": run.execute().state})
     return controls
-
-
-def metric_terms(state, layer: str, metric: str) -> Terms | None:
-    """Bootstrap terms of one table metric of ``layer`` in an audit state (None where it has none)."""
-    if layer in state.failed:
-        return None
-    if metric.startswith("probe_acc_") and layer in state.probe:
-        return probe_terms(state.probe[layer], int(metric.rsplit("_", 1)[1]))
-    if metric.endswith("_rel_sim") and layer in state.borders:
-        return state.borders[layer].terms(metric.split("_", 1)[0])
-    if metric == "anomaly_rel_norm_mean" and state.norms is not None and state.anomaly_layer not in state.failed:
-        return item_mean_terms(state.norms.images[layer], state.norms.values[layer])
-    return None
 
 
 def add_beyond_columns(table: list[dict], state, control_state, prefix: str = "beyond_") -> None:

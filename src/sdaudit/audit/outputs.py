@@ -12,6 +12,8 @@ import numpy as np
 
 from ..analyses import save_labels, to_jsonable
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
+from ..analyses.intervals import Terms, item_mean_terms
+from ..analyses.position import probe_terms
 from ..analyses.results import UNDEFINED_SMALL_GRID
 from ..layer_names import block_of, kind_of
 
@@ -66,6 +68,19 @@ def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict,
             row["anomaly_rel_norm_mean_high"] = _finite(norms[layer]["high"])
         table.append(row)
     return position, borders, table
+
+
+def metric_terms(state, layer: str, metric: str) -> Terms | None:
+    """Bootstrap terms of one table metric of ``layer`` in an audit state (None where it has none)."""
+    if layer in state.failed:
+        return None
+    if metric.startswith("probe_acc_") and layer in state.probe:
+        return probe_terms(state.probe[layer], int(metric.rsplit("_", 1)[1]))
+    if metric.endswith("_rel_sim") and layer in state.borders:
+        return state.borders[layer].terms(metric.split("_", 1)[0])
+    if metric == "anomaly_rel_norm_mean" and state.norms is not None and state.anomaly_layer not in state.failed:
+        return item_mean_terms(state.norms.images[layer], state.norms.values[layer])
+    return None
 
 
 def _interval(row: dict, metric: str, interval) -> None:

@@ -6,8 +6,24 @@ are read by index, and ``datasets`` sources are iterated again for each pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
 from ..errors import SdauditError, UsageError
-from .run import ImageItem
+from ..settings import AuditSettings, ExtractionSettings
+
+
+@dataclass
+class ImageItem:
+    """An image of the audit: its record (source, hash, size) and how to get its pixels again."""
+
+    index: int
+    source: str
+    sha256: str
+    width: int
+    height: int
+    load: object  # callable -> PIL image (original size) or prepared input
+    source_bytes: str | None = None  # hex of the exact path bytes when ``source`` (printable) is not the exact name
 
 
 class SourceChangedError(SdauditError, RuntimeError):
@@ -86,3 +102,59 @@ def store_images(store) -> list[ImageItem]:
         return lambda: Image.fromarray(store.read_inputs(i))
 
     return [ImageItem(e.index, e.source, e.sha256, e.width, e.height, loader(e.index)) for e in store.images]
+
+
+@dataclass
+class AuditInputs:
+    """What an audit runs on: its images, the ones skipped, where they came from, the settings adapted to
+    them, and (for an existing store) the full pass read from the store instead of the model."""
+
+    items: list[ImageItem]
+    settings: AuditSettings
+    errors: list = field(default_factory=list)  # (source, reason) of skipped images
+    provenance: dict = field(default_factory=dict)
+    full_source: Callable | None = None
+
+    @classmethod
+    def from_images(cls, images, settings: AuditSettings, *, skip_bad: bool = False) -> AuditInputs:
+        errors: list = []
+        return cls(scan_images(images, skip_bad=skip_bad, errors=errors), settings, errors)
+
+    @classmethod
+    def from_store(cls, path, model, settings: AuditSettings) -> AuditInputs:
+        """The images of the store at ``path``, after checking it was made by ``model`` (before anything is
+        computed: another model's store would mix two models' numbers) and with the audit's settings."""
+        from ..store import open_store
+        from .checks import check_store_model
+
+        store = open_store(path)
+        provenance = {"store": {"path": str(store.path), "model_check": check_store_model(store, model)}}
+        made_with = ExtractionSettings.from_dict(store.config)
+        # what the store fixes: its size where none was asked for; under 'paper' its batch size (quirk 3)
+        settings = settings.for_model(made_with.size)
+        if made_with.protocol == "paper":
+            settings = replace(settings, batch_size=store.config["batch_size"])
+        return cls(store_images(store), settings, [], provenance,
+                   _store_source(store, settings.for_model(model.default_size), model))
+
+
+def _store_source(store, settings: AuditSettings, model) -> Callable:
+    """Read the full pass from an existing store, after checking it was made with the audit's settings."""
+    import numpy as np
+    import torch
+
+    have = ExtractionSettings.from_dict(store.config).to_dict()
+    want = settings.validated().extraction.to_dict()
+    diffs = [f"{k}: store has {have.get(k)!r}, audit asks for {v!r}" for k, v in want.items() if have.get(k) != v]
+    if diffs:
+        raise UsageError(f"store '{store.path}' was extracted with other settings than this audit:\n  "
+                         + "\n  ".join(diffs))
+    layers = model.family.select_layers(settings.layers)
+    missing = [layer for layer in layers if layer not in store.layers]
+    if missing:
+        raise UsageError(f"store '{store.path}' lacks layers the audit needs: {', '.join(missing)}")
+
+    def read(indices):
+        return {layer: torch.from_numpy(store.read(layer, indices).astype(np.float32)) for layer in layers}
+
+    return read

@@ -1,16 +1,14 @@
-"""The audit's streaming state: one accumulator per layer and analysis, checkpointed atomically.
+"""The audit's streaming state: one accumulator per layer and analysis, the passes' progress, the failed layers.
 
-A checkpoint is one ``.npz`` file holding every accumulator's ``state_dict`` (prefixed by its
-name) plus the progress of each extraction pass, written to a temporary file and renamed, so
-that a kill never leaves a half-written checkpoint.
+:meth:`AuditState.state_dict` is a flat dict of numpy arrays (each accumulator's ``state_dict`` under
+its part's name): what a checkpoint holds (:mod:`sdaudit.audit.checkpoint`) and what the processes of
+a multi-process audit exchange (:mod:`sdaudit.audit.sharding`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -112,9 +110,9 @@ class AuditState:
     """All accumulators of one audit, the passes' progress, and the layers that failed."""
 
     def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
-                 anomaly_layer: str | None, probe: dict, detector: dict, labels: np.ndarray | None = None):
-        self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer, dict(probe), dict(detector),
-                      labels)
+                 anomaly_layer: str | None = None, *, probe: dict, detector: dict, labels: np.ndarray | None = None):
+        self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer)
+        self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels}
         self.labels = labels  # given anomalies (e.g. the published labels): their norms instead of the detector's
         self.layers = list(layers)
         self.analyses = set(analyses)
@@ -134,7 +132,7 @@ class AuditState:
 
     def empty_like(self) -> "AuditState":
         """A fresh state with the same layers, analyses and settings (e.g. to load another shard into)."""
-        return AuditState(*self._args)
+        return AuditState(*self._args, **self._kwargs)
 
     # ----- updates -----------------------------------------------------------------------------
     def _guard(self, layer: str, fn) -> None:
@@ -172,21 +170,32 @@ class AuditState:
             if layer in self.borders:
                 self._guard(layer, lambda: self.borders[layer].update(cropped=x, image_indices=indices))
 
-    # ----- checkpoints ---------------------------------------------------------------------------
+    # ----- state dicts: checkpoints and shards --------------------------------------------------------
     def _parts(self) -> dict[str, object]:
+        """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>" or "detector"."""
         parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
         parts.update({f"borders/{k}": v for k, v in self.borders.items()})
         if self.detector is not None:
             parts["detector"] = self.detector
         return parts
 
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def _set_part(self, name: str, acc) -> None:
+        kind, _, layer = name.partition("/")
+        if kind == "detector":
+            self.detector = acc
+        else:
+            {"probe": self.probe, "borders": self.borders}[kind][layer] = acc
+
+    def state_dict(self, *, probe_training: bool = True) -> dict[str, np.ndarray]:
         """Every accumulator's state, the progress and the failed layers, as a flat dict of numpy arrays
-        (keys ``"<part>|<key>"`` plus ``"__meta__"``): what a checkpoint holds and what shards exchange."""
+        (keys ``"<part>|<key>"`` plus ``"__meta__"``). ``probe_training=False`` leaves out the probes'
+        training statistics (keeping their test counts): a shard's part once the statistics are shared."""
         arrays: dict[str, np.ndarray] = {}
         for name, acc in self._parts().items():
-            for key, value in acc.state_dict().items():
-                arrays[f"{name}|{key}"] = value
+            state = acc.state_dict()
+            if not probe_training and name.startswith("probe/"):
+                state = type(acc).test_only_state(state)
+            arrays.update({f"{name}|{key}": value for key, value in state.items()})
         if self.norms is not None:
             arrays.update({f"norms|{k}": v for k, v in self.norms.state_dict().items()})
         arrays["__meta__"] = np.array(json.dumps({"progress": self.progress, "failed": self.failed}))
@@ -201,7 +210,7 @@ class AuditState:
                 name, sub = key.split("|", 1)
                 grouped.setdefault(name, {})[sub] = value
         for name, acc in self._parts().items():
-            self._replace(name, type(acc).from_state_dict(grouped[name]))
+            self._set_part(name, type(acc).from_state_dict(grouped[name]))
         if self.norms is not None:
             empty = {k: np.zeros(0) for i in range(len(self.layers)) for k in (f"{i}", f"{i}.images")}
             self.norms.load_state_dict(grouped.get("norms", {}) or empty)
@@ -220,38 +229,28 @@ class AuditState:
             acc.merge(theirs[name])
         if self.norms is not None:
             self.norms.merge(other.norms)
-        for layer, message in other.failed.items():
-            self.failed.setdefault(layer, message)
+        self.add_failed(other.failed)
         return self
 
-    def save(self, path: Path, fingerprint: str) -> None:
-        """Write a checkpoint atomically (temporary file, then rename)."""
-        arrays = self.state_dict()
-        meta = json.loads(str(arrays["__meta__"]))
-        arrays["__meta__"] = np.array(json.dumps({"fingerprint": fingerprint, **meta}))
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    def add_failed(self, failed: dict[str, str]) -> None:
+        """Mark more layers as failed (another shard's); a layer's first message is kept."""
+        for layer, message in failed.items():
+            self.failed.setdefault(layer, message)
 
-    def load(self, path: Path, fingerprint: str) -> bool:
-        """Restore from a checkpoint made with the same fingerprint; False if there is none or it differs."""
-        if not path.exists():
-            return False
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
-            if meta.get("fingerprint") != fingerprint:
-                return False
-            arrays = {key: data[key] for key in data.files}
-        self.load_state_dict(arrays)
-        return True
+    # ----- the position probe's training statistics, shared by the shards ----------------------------------
+    def probe_training(self) -> dict[str, dict]:
+        """{layer: the probe's training statistics (its test counts left out)}."""
+        return {layer: type(acc).train_only_state(acc.state_dict()) for layer, acc in self.probe.items()}
 
-    def _replace(self, name: str, acc) -> None:
-        if name == "detector":
-            self.detector = acc
-        elif name.startswith("probe/"):
-            self.probe[name[6:]] = acc
-        else:
-            self.borders[name[8:]] = acc
+    def merge_probe_training(self, a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict]:
+        """Two shards' :meth:`probe_training` merged into one."""
+        return {layer: type(acc).from_state_dict(a[layer]).merge(type(acc).from_state_dict(b[layer])).state_dict()
+                for layer, acc in self.probe.items()}
+
+    def take_probe_training(self, train: dict[str, dict]) -> None:
+        """Replace each probe's training statistics by ``train`` (every shard's), keeping its own test counts."""
+        for layer, acc in self.probe.items():
+            cls = type(acc)
+            merged = cls.from_state_dict(train[layer])
+            merged.merge(cls.from_state_dict(cls.test_only_state(acc.state_dict())))
+            self.probe[layer] = merged

@@ -12,49 +12,24 @@ own numbers (standard deviation, ddof 1).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..analyses.intervals import mean_interval
-from .controls import metric_terms
-from .outputs import INTERVAL_METRICS, _finite
+from ..settings import AuditSettings
+from .outputs import INTERVAL_METRICS, _finite, metric_terms
+from .run import AuditRun, RunOptions
 
 
-def run_variants(model, items, settings, out: Path, *, progress=None, checkpoint_seconds: float = 120.0,
-                 shard=None) -> list[dict]:
-    """Run every (timestep, seed) of ``settings`` but the main one; [{timestep, seed, state}] (merged over shards)."""
-    from .run import run_passes
-
+def run_variants(main: AuditRun, settings: AuditSettings, options: RunOptions) -> list[dict]:
+    """Run every (timestep, seed) of ``settings`` but the main one, on ``main``'s model and images;
+    [{timestep, seed, state}] (states merged over processes)."""
     runs = []
     for timestep, seed in settings.variants()[1:]:
-        folder = out / "variants" / f"t{timestep}-s{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        state, _, _ = run_passes(model, items, settings.single(timestep, seed), folder,
-                                 progress=labelled(progress, f"t={timestep} seed={seed}: "),
-                                 checkpoint_seconds=checkpoint_seconds, shard=shard)
-        if shard is not None:
-            state = shard.reduce_state(state)
-        runs.append({"timestep": timestep, "seed": seed, "state": state})
+        folder = main.out / "variants" / f"t{timestep}-s{seed}"
+        run = main.derived(main.model, settings.single(timestep, seed), folder,
+                           options.labelled(f"t={timestep} seed={seed}: "))
+        runs.append({"timestep": timestep, "seed": seed, "state": run.execute().state})
     return runs
-
-
-class labelled:
-    """A rich progress whose new tasks carry a prefix (which run of the audit a pass belongs to)."""
-
-    def __new__(cls, progress, prefix: str):
-        if progress is None:
-            return None
-        return super().__new__(cls)
-
-    def __init__(self, progress, prefix: str):
-        self.progress, self.prefix = progress, prefix
-
-    def add_task(self, description: str, **kwargs):
-        return self.progress.add_task(self.prefix + description, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.progress, name)
 
 
 def average_over_seeds(table: list[dict], states: list) -> None:

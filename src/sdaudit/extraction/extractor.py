@@ -4,62 +4,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import torch
 
-from ..validation import check_seed, check_size
+from ..settings import ExtractionSettings
 from .hooks import DeviceToHost
-from .protocols import check_protocol, pixels_to_tensor
-
-
-@dataclass(frozen=True)
-class ExtractionSettings:
-    """Everything besides the model and the images that decides the representations.
-
-    Attributes:
-        protocol: 'clean' (default) or 'paper' (see :mod:`sdaudit.extraction.protocols`).
-        timestep: diffusion timestep t in [0, 999] at which the latents are noised.
-        seed: base seed of every random draw.
-        size: side in pixels of the square model input (a multiple of 64 for SD).
-        prompt: text prompt; '' is the paper's empty prompt.
-        latent: 'mean' or 'sample' of the VAE posterior ('paper' always samples).
-        noise_samples: noise draws averaged per image ('clean' only).
-        crop_px: pixels cropped from each side of the prepared ``size`` px image; the crop is
-            extracted at its own size, ``input_size = size - 2 * crop_px`` (the border experiment's
-            second pass, as published: no resize, so a layer's grid shrinks by 2 crop_px / (size / n)
-            tokens and aligns token for token with the full image's interior); 0 for none.
-    """
-
-    protocol: str = "clean"
-    timestep: int = 50
-    seed: int = 42
-    size: int = 512
-    prompt: str = ""
-    latent: str | None = None
-    noise_samples: int = 1
-    crop_px: int = 0
-
-    def validated(self) -> ExtractionSettings:
-        latent = check_protocol(self.protocol, self.latent)
-        if not 0 <= int(self.timestep) <= 999:
-            raise ValueError(f"timestep {self.timestep} is outside [0, 999]")
-        if self.noise_samples < 1 or (self.protocol == "paper" and self.noise_samples != 1):
-            raise ValueError("noise_samples must be >= 1, and 1 under protocol 'paper'")
-        check_size(self.size)
-        check_seed(self.seed)
-        if not 0 <= self.crop_px < self.size // 2:
-            raise ValueError(f"crop_px {self.crop_px} must be in [0, size/2)")
-        return ExtractionSettings(self.protocol, int(self.timestep), int(self.seed), int(self.size), self.prompt, latent,
-                                  int(self.noise_samples), int(self.crop_px))
-
-    @property
-    def input_size(self) -> int:
-        """Side in pixels of what the U-Net's VAE sees: the prepared image less the crop."""
-        return self.size - 2 * self.crop_px
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .protocols import pixels_to_tensor
 
 
 class Extractor:
@@ -173,17 +123,6 @@ class Extractor:
         if len(inputs) > 1:
             total = {k: v / len(inputs) for k, v in total.items()}
         return {n: total[n] for n in self.layers}
-
-
-def check_batch_size(batch_size: int, protocol: str) -> int:
-    """``batch_size`` if valid: >= 1 images per pass, or 0 for "as many as fit" (:func:`auto_batch_size`).
-
-    0 is refused under protocol 'paper', where the batch size is part of the result.
-    """
-    if batch_size < 0 or (batch_size == 0 and protocol == "paper"):
-        raise ValueError(f"batch_size {batch_size}: give >= 1 images per U-Net pass, or 0 (as many as fit in GPU "
-                         "memory) under protocol 'clean' (under 'paper' the batch size changes the result)")
-    return batch_size
 
 
 def auto_batch_size(extractor: Extractor, *, fraction: float = 0.8, max_batch: int = 256, default: int = 4,

@@ -11,25 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import UsageError
-
-PROTOCOLS = ("clean", "paper")
-LATENT_MODES = ("mean", "sample")
-
-
-def check_protocol(protocol: str, latent: str | None) -> str:
-    """Validate the protocol and return the latent mode it uses."""
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
-    if protocol == "paper":
-        if latent not in (None, "sample"):
-            raise UsageError("protocol 'paper' samples the VAE posterior; --latent cannot be changed")
-        return "sample"
-    latent = latent or "mean"
-    if latent not in LATENT_MODES:
-        raise UsageError(f"unknown latent mode '{latent}'; choose one of: {', '.join(LATENT_MODES)}")
-    return latent
-
 
 def pixels_to_tensor(images, protocol: str) -> torch.Tensor:
     """(B, 3, H, W) float32 from equally sized RGB PIL images: [0, 1] for ``paper``, [-1, 1] for ``clean``."""

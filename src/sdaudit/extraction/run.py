@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UsageError
-from ..store import ImageEntry, RepresentationStore, _versions, create_store
-from .extractor import ExtractionSettings, Extractor, auto_batch_size, check_batch_size
+from ..settings import ExtractionSettings, check_batch_size
+from ..store import STORE_FIELDS, ImageEntry, RepresentationStore, _versions, create_store
+from .extractor import Extractor, auto_batch_size
 
 STORAGE_DTYPES = ("float16", "float32")
 
@@ -41,19 +42,19 @@ class ExtractionReport:
 
 
 def store_config(model, extractor: Extractor, dtype: str, batch_size: int) -> dict:
-    """The configuration recorded in (and required to match) a store."""
-    config = extractor.settings.to_dict()
-    config.update(model=model.identity(), layers=list(extractor.layers), dtype=dtype,
-                  # Under 'paper' the batch size changes the representations (quirk 3), so it is part of
-                  # the configuration; under 'clean' it is not.
-                  batch_size=batch_size if extractor.settings.protocol == "paper" else None)
-    return config
+    """The configuration recorded in (and required to match) a store: the extractor's
+    :class:`~sdaudit.settings.ExtractionSettings` plus :data:`~sdaudit.store.STORE_FIELDS`."""
+    store_fields = {"model": model.identity(), "layers": list(extractor.layers), "dtype": dtype,
+                    # Under 'paper' the batch size changes the representations (quirk 3), so it is part of
+                    # the configuration; under 'clean' it is not.
+                    "batch_size": batch_size if extractor.settings.protocol == "paper" else None}
+    assert tuple(store_fields) == STORE_FIELDS
+    return {**extractor.settings.to_dict(), **store_fields}
 
 
-def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "paper", size: int | None = None,
-            timestep: int = 50, seed: int = 42, protocol: str = "clean", prompt: str = "", latent: str | None = None,
-            noise_samples: int = 1, crop_px: int = 0, batch_size: int = 4, dtype: str = "float16",
-            skip_bad: bool = False, progress: bool = True, verify: bool = True) -> ExtractionReport:
+def extract(model, images, out: str | Path, settings: ExtractionSettings | None = None, *,
+            layers: str | Sequence[str] = "paper", batch_size: int = 4, dtype: str = "float16",
+            skip_bad: bool = False, progress: bool = True, verify: bool = True, **fields) -> ExtractionReport:
     """Extract representations of ``images`` with ``model`` into the store at ``out``.
 
     Args:
@@ -62,9 +63,10 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
         out: store folder. If it exists with the same configuration, images already in it (by
             content hash) are skipped and new ones appended: a killed run resumes where it stopped.
             A different configuration is refused.
+        settings: :class:`~sdaudit.settings.ExtractionSettings` (protocol, timestep, seed, size, prompt,
+            latent, noise_samples, crop_px); ``size`` None is the model's size. Instead of it, its fields
+            may be given as keywords (``extract(model, images, out, size=64, protocol="paper")``).
         layers: 'paper' (45 layers), 'all' (46), block names or layer names.
-        size, timestep, seed, protocol, prompt, latent, noise_samples, crop_px: see
-            :class:`~sdaudit.extraction.ExtractionSettings`; ``size`` defaults to the model's size.
         batch_size: images per U-Net pass. Changes nothing under 'clean'; under 'paper' it is part
             of the configuration, since the published code shares noise within a batch. 0 (under
             'clean'): as many as fit in GPU memory (:func:`~sdaudit.extraction.extractor.auto_batch_size`;
@@ -83,14 +85,15 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
     from ..images import count_images
     from ..models import load_model
 
+    if settings is not None and fields:
+        raise TypeError("give either settings or its fields as keywords, not both")
+    settings = (settings or ExtractionSettings(**fields)).validated()
     if dtype not in STORAGE_DTYPES:
         raise UsageError(f"unknown storage dtype '{dtype}'; choose one of {', '.join(STORAGE_DTYPES)}")
-    check_batch_size(batch_size, protocol)
+    check_batch_size(batch_size, settings.protocol)
     if isinstance(model, str):
         model = load_model(model)
-    settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size or model.default_size,
-                                  prompt=prompt, latent=latent, noise_samples=noise_samples, crop_px=crop_px)
-    extractor = Extractor(model, layers, settings)
+    extractor = Extractor(model, layers, settings.for_model(model.default_size))
     batch_size = batch_size or auto_batch_size(extractor)
     config = store_config(model, extractor, dtype, batch_size)
     # The store's writer lock is held from here to the end: a second extract into it is refused.
@@ -101,69 +104,75 @@ def extract(model, images, out: str | Path, *, layers: str | Sequence[str] = "pa
                           f"{_versions()}", stacklevel=2)
         report = ExtractionReport(store=store)
         damaged = store.damaged_rows() if verify and store.num_images else {}
-        _extract_into(store, extractor, settings, images, batch_size, damaged, report,
-                      skip_bad=skip_bad, progress=progress)
+        _Filler(store, extractor, batch_size, report).fill(images, damaged, skip_bad=skip_bad, progress=progress)
         report.unrepaired = {i: why for i, why in damaged.items() if i not in report.repaired}
     return report
 
 
-def _extract_into(store: RepresentationStore, extractor: Extractor, settings: ExtractionSettings, images,
-                  batch_size: int, damaged: dict, report: ExtractionReport, *, skip_bad: bool, progress: bool) -> None:
-    """Append the new images; re-extract (in place, at their index) the damaged rows whose image is given."""
-    from ..images import count_images, iter_images
+class _Filler:
+    """Appends new images to a store and re-extracts (in place, at their index) damaged rows whose image
+    is given, a batch at a time."""
 
-    present = {entry.sha256: entry.index for entry in store.images}
+    def __init__(self, store: RepresentationStore, extractor: Extractor, batch_size: int, report: ExtractionReport):
+        self.store, self.extractor, self.batch_size, self.report = store, extractor, batch_size, report
 
-    def records():
-        for record in iter_images(images, skip_bad=skip_bad, errors=report.errors):
+    def fill(self, images, damaged: dict, *, skip_bad: bool, progress: bool) -> None:
+        from ..images import count_images
+
+        new: list = []  # records to append
+        fixes: list = []  # (index, record) of damaged rows to rewrite; batched apart, since their indices are not new
+        with _progress(progress, count_images(images)) as advance:
+            for index, record in self._records(images, damaged, skip_bad):
+                if index is None:
+                    new.append(record)
+                else:
+                    fixes.append((index, record))
+                self._flush(new, self._append, advance, full=True)
+                self._flush(fixes, self._repair, advance, full=True)
+            self._flush(new, self._append, advance, full=False)
+            self._flush(fixes, self._repair, advance, full=False)
+
+    def _records(self, images, damaged: dict, skip_bad: bool):
+        """(None, record) for each new image, (index, record) for each damaged row's image; counts the rest."""
+        from ..images import iter_images
+
+        present = {entry.sha256: entry.index for entry in self.store.images}
+        for record in iter_images(images, skip_bad=skip_bad, errors=self.report.errors):
             index = present.get(record.sha256)
             if index is None:
                 present[record.sha256] = -1  # a duplicate later in the input is already present
                 yield None, record
-            elif index in damaged and index not in report.repaired:
-                report.repaired.append(index)
+            elif index in damaged and index not in self.report.repaired:
+                self.report.repaired.append(index)
                 yield index, record
             else:
-                report.already_present += 1
+                self.report.already_present += 1
 
-    def run(batch, indices):
+    def _flush(self, pending: list, write, advance, full: bool) -> None:
+        if pending and (len(pending) == self.batch_size or not full):
+            write(pending)
+            advance(len(pending), self.report.already_present)
+            pending.clear()
+
+    def _run(self, batch, indices):
+        settings = self.extractor.settings
         prepared = [prepare_for_model(r.image, settings.size, settings.crop_px) for r in batch]
-        reps = extractor.run(prepared, indices)
+        reps = self.extractor.run(prepared, indices)
         return {name: tensor.numpy() for name, tensor in reps.items()}, np.stack([np.asarray(im) for im in prepared])
 
-    def append(batch):
-        start = store.num_images
+    def _append(self, batch) -> None:
+        start = self.store.num_images
         indices = list(range(start, start + len(batch)))
-        arrays, inputs = run(batch, indices)
+        arrays, inputs = self._run(batch, indices)
         entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode, r.source_bytes)
                    for i, r in zip(indices, batch)]
-        store.write_batch(start, arrays, entries, inputs=inputs)
-        report.added += len(batch)
+        self.store.write_batch(start, arrays, entries, inputs=inputs)
+        self.report.added += len(batch)
 
-    def repair(pairs):
+    def _repair(self, pairs) -> None:
         indices = [i for i, _ in pairs]
-        arrays, inputs = run([r for _, r in pairs], indices)
-        store.rewrite_rows(indices, arrays, inputs=inputs)
-
-    new: list = []  # records to append
-    fixes: list = []  # (index, record) of damaged rows to rewrite; batched apart, since their indices are not new
-    with _progress(progress, count_images(images)) as advance:
-
-        def flush(pending: list, write, full: bool) -> None:
-            if pending and (len(pending) == batch_size or not full):
-                write(pending)
-                advance(len(pending), report.already_present)
-                pending.clear()
-
-        for index, record in records():
-            if index is None:
-                new.append(record)
-            else:
-                fixes.append((index, record))
-            flush(new, append, full=True)
-            flush(fixes, repair, full=True)
-        flush(new, append, full=False)
-        flush(fixes, repair, full=False)
+        arrays, inputs = self._run([r for _, r in pairs], indices)
+        self.store.rewrite_rows(indices, arrays, inputs=inputs)
 
 
 def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = False, progress: bool = False,
@@ -183,11 +192,9 @@ def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = Fals
     if model.identity() != config["model"]:
         raise UsageError(f"model {model.identity()['name']} is not the model of store '{store_path}' "
                          f"({config['model']['name']})")
-    return extract(model, images, store_path, layers=config["layers"], size=config["size"],
-                   timestep=config["timestep"], seed=config["seed"], protocol=config["protocol"],
-                   prompt=config["prompt"], latent=config["latent"], noise_samples=config["noise_samples"],
-                   crop_px=config["crop_px"], batch_size=config.get("batch_size") or batch_size or 4,
-                   dtype=config["dtype"], skip_bad=skip_bad, progress=progress, verify=verify)
+    return extract(model, images, store_path, ExtractionSettings.from_dict(config), layers=config["layers"],
+                   batch_size=config.get("batch_size") or batch_size or 4, dtype=config["dtype"], skip_bad=skip_bad,
+                   progress=progress, verify=verify)
 
 
 class _progress:

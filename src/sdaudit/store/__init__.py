@@ -27,8 +27,8 @@ folder is never half created either.
 Reading. Every committed record must parse, and every row read is checked against its checksum: a
 deleted or altered chunk raises :class:`StoreDamagedError` naming the store, layer and image instead
 of reading as zeros. :func:`verify_store` (``sdaudit verify``) checks a whole store; ``extract``
-re-extracts damaged rows whose images it is given. Stores of format 1 (before checksums) are read
-as unverifiable and are not written into.
+re-extracts damaged rows whose images it is given. Stores of an older format are refused with a
+message to re-extract (format 3 records the configuration as the settings tree writes it).
 """
 
 from __future__ import annotations
@@ -40,17 +40,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..settings import EXTRACTION_FIELDS
 from .lock import WriterLock
 from .records import (FORMAT_VERSION, MANIFEST_ATTR, Float16OverflowError, ImageEntry, StoreBusyError,
                       StoreConfigMismatch, StoreDamagedError, StoreError)
 from .representation import RepresentationStore, _zarr, open_store
 from .verify import VerifyReport, verify_store
 
-# Fields of the configuration that must match for two extractions to share a store.
-IDENTITY_FIELDS = ("model", "protocol", "timestep", "seed", "size", "dtype", "layers", "prompt", "latent",
-                   "noise_samples", "batch_size", "crop_px")
+# Fields of the configuration that must match for two extractions to share a store: the extraction
+# settings (one home: sdaudit.settings) plus what the store adds (see extraction.run.store_config).
+STORE_FIELDS = ("model", "layers", "dtype", "batch_size")
+IDENTITY_FIELDS = (*EXTRACTION_FIELDS, *STORE_FIELDS)
 
-__all__ = ["FORMAT_VERSION", "Float16OverflowError", "IDENTITY_FIELDS", "ImageEntry", "RepresentationStore",
+__all__ = ["FORMAT_VERSION", "Float16OverflowError", "IDENTITY_FIELDS", "ImageEntry", "RepresentationStore", "STORE_FIELDS",
            "StoreBusyError", "StoreConfigMismatch", "StoreDamagedError", "StoreError", "VerifyReport",
            "config_differences", "create_store", "open_store", "verify_store"]
 

@@ -15,9 +15,9 @@ import numpy as np
 from ..errors import SdauditError
 
 # 2: every committed image record carries a crc32 of each of its rows (every layer and the inputs).
-FORMAT_VERSION = 2
-# Format 1 (no checksums) is still read, as unverifiable; it is not written into (see RepresentationStore).
-READABLE_VERSIONS = (1, 2)
+# 3: the configuration is the settings tree's (``ExtractionSettings.to_dict()``, latent resolved, plus model,
+#    layers, dtype, batch_size: see ``store_config``). Older stores are refused: re-extract them.
+FORMAT_VERSION = 3
 MANIFEST_ATTR = "sdaudit"
 RECORDS_FILE = "images.jsonl"
 _KEY = re.compile(r"^[A-Za-z_][\w.\-]*$")  # a layer's array name: never a path that leaves layers/
@@ -72,9 +72,13 @@ def validate_manifest(manifest, where: Path) -> dict:
     """The manifest if every field has the expected type, else a :class:`StoreDamagedError` naming the field."""
     if not isinstance(manifest, dict):
         raise StoreError(f"'{where}' is not an sdaudit store (its zarr.json has no '{MANIFEST_ATTR}' manifest)")
-    if manifest.get("format_version") not in READABLE_VERSIONS:
+    version = manifest.get("format_version")
+    if type(version) is int and 0 < version < FORMAT_VERSION:
+        raise StoreError(f"store '{where}' was written by format {version}; this sdaudit reads format "
+                         f"{FORMAT_VERSION}: re-extract")
+    if version != FORMAT_VERSION:
         raise StoreError(f"'{where}' is not an sdaudit store of format version {FORMAT_VERSION} "
-                         f"(it says {manifest.get('format_version')!r})")
+                         f"(it says {version!r})")
 
     def bad(field: str, value) -> StoreDamagedError:
         return StoreDamagedError(f"store '{where}' is damaged: manifest field {field} is {str(value)[:80]!r}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .damage import damaged_rows
 from .lock import WriterLock
-from .records import (FORMAT_VERSION, MANIFEST_ATTR, RECORDS_FILE, Float16OverflowError, ImageEntry, StoreDamagedError,
+from .records import (MANIFEST_ATTR, RECORDS_FILE, Float16OverflowError, ImageEntry, StoreDamagedError,
                       StoreError, append_records, checksum, read_records, record_line, rewrite_records,
                       validate_manifest)
 
@@ -56,14 +56,10 @@ class RepresentationStore:
         except (*_READ_ERRORS, TypeError) as error:  # a zarr.json that is not (valid) group metadata
             raise StoreDamagedError(f"store '{self.path}' is damaged: its zarr.json cannot be read "
                                     f"({type(error).__name__}: {error})") from error
-        self._manifest = validate_manifest(manifest, self.path)
-        self.verifiable = self._manifest["format_version"] >= 2
-        if self.mode != "r" and not self.verifiable:
-            raise StoreError(f"store '{self.path}' has format version {self._manifest['format_version']} (made by an "
-                             f"older sdaudit, without checksums): it can be read but not extended; extract into "
-                             f"another --out (format {FORMAT_VERSION})")
+        self._manifest = validate_manifest(manifest, self.path)  # refuses older formats
+        self.verifiable = True  # every readable format has checksums (verify reports still carry the flag)
         self._entries, self._checksums, self._records_end = read_records(
-            self.path / RECORDS_FILE, self.num_images, self.path, with_checksums=self.verifiable)
+            self.path / RECORDS_FILE, self.num_images, self.path, with_checksums=True)
         self._arrays: dict[str, object] = {}
 
     # ----- life cycle -----------------------------------------------------------------------------
@@ -196,8 +192,6 @@ class RepresentationStore:
         return f"{part} of image {i} ({self._entries[i].source})"
 
     def _expected(self, name: str, i: int) -> int | None:
-        if not self.verifiable:
-            return None
         crc = self._checksums[i]
         return crc.get("inputs") if name == INPUTS else crc["layers"].get(name)
 

@@ -52,6 +52,11 @@ class ModelFamily(ABC):
         :func:`sdaudit.layer_names.select_layers`)."""
         return select_layers(spec, self.layer_names(), paper=self.paper_layers())
 
+    def default_anomaly_layer(self, layers: Sequence[str]) -> str:
+        """The layer anomalies are detected on when the user names none, among the audited ``layers``:
+        the family's :attr:`anomaly_layer` when audited, else the family's fallback (here: the middle layer)."""
+        return self.anomaly_layer if self.anomaly_layer in layers else list(layers)[len(layers) // 2]
+
     # ---- computation: on a loaded model's components ------------------------------------------
 
     @abstractmethod

@@ -53,6 +53,14 @@ class UNetFamily(ModelFamily):
     def paper_layers(self) -> list[str]:
         return [n for n in self.layer_names() if n not in PAPER_OMITTED]
 
+    def default_anomaly_layer(self, layers: Sequence[str]) -> str:
+        """The paper's layer (the second up-block's upsampler) when audited; else the second audited up-block
+        upsampler (the first when there is one), else the middle layer."""
+        if self.anomaly_layer in layers:
+            return self.anomaly_layer
+        ups = [n for n in layers if n.startswith("up_blocks") and n.split(".")[-1].startswith("upsamplers")]
+        return ups[1] if len(ups) > 1 else (ups[0] if ups else list(layers)[len(layers) // 2])
+
     def layer_infos(self, size: int) -> list[LayerInfo]:
         """Shapes from a forward pass on the meta device (nothing computed), cached per (config, size).
 

@@ -1,0 +1,79 @@
+"""Checkpoints of a run of the passes: the audit state, saved atomically, restored only when it matches.
+
+A checkpoint is one ``.npz`` file holding :meth:`AuditState.state_dict` (every accumulator's state,
+the passes' progress, the failed layers) and, in ``__meta__``, the checkpoint format and the run's
+fingerprint: a hash of the model's identity, :meth:`AuditSettings.to_dict` and the images' sha256.
+It is written to a temporary file and renamed, so that a kill never leaves a half-written checkpoint.
+A checkpoint of other settings or images is ignored (the run starts afresh and overwrites it); one of
+an older checkpoint format is ignored too, with a warning that the audit starts again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# 2: the fingerprint hashes the settings tree (AuditSettings.to_dict()) and __meta__ holds "format".
+CHECKPOINT_FORMAT = 2
+
+
+def fingerprint(model_identity: dict, settings, items: Sequence) -> str:
+    """What a run's results depend on: the model, the settings (one run's) and the images, in order."""
+    h = hashlib.sha256(json.dumps({"model": model_identity, "settings": settings.to_dict()}, sort_keys=True,
+                                  default=str).encode())
+    for item in items:
+        h.update(item.sha256.encode())
+    return h.hexdigest()
+
+
+class Checkpointer:
+    """Saves and restores one run's :class:`~sdaudit.audit.state.AuditState` at ``path``.
+
+    ``interval_s``: :meth:`due` says when that long has passed since the last save (0: after every batch).
+    """
+
+    def __init__(self, path: Path, fingerprint: str, interval_s: float = 120.0):
+        self.path, self.fingerprint, self.interval_s = Path(path), fingerprint, float(interval_s)
+        self.last_save = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_save > self.interval_s
+
+    def save(self, state) -> None:
+        """Write ``state`` atomically (temporary file, then rename)."""
+        arrays = state.state_dict()
+        meta = json.loads(str(arrays["__meta__"]))
+        arrays["__meta__"] = np.array(json.dumps({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
+                                                  **meta}))
+        tmp = self.path.with_name(self.path.name + ".partial")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.last_save = time.monotonic()
+
+    def load(self, state) -> bool:
+        """Restore ``state`` from a checkpoint of this format and fingerprint; False (state untouched) if
+        there is none, or it belongs to other settings or images, or to an older format (with a warning)."""
+        if not self.path.exists():
+            return False
+        with np.load(self.path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            if meta.get("format", 1) != CHECKPOINT_FORMAT:
+                warnings.warn(f"checkpoint '{self.path}' was written by checkpoint format {meta.get('format', 1)}; "
+                              f"this sdaudit writes format {CHECKPOINT_FORMAT}: it is ignored and the run starts "
+                              "again from the beginning", RuntimeWarning, stacklevel=2)
+                return False
+            if meta.get("fingerprint") != self.fingerprint:
+                return False
+            arrays = {key: data[key] for key in data.files}
+        state.load_state_dict(arrays)
+        return True
