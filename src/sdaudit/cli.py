@@ -327,9 +327,7 @@ def verify_cmd(store: StoreArg) -> None:
         err_console.print(f"store {store}: {what}; rerun 'sdaudit extract' with the same settings and images to "
                           "re-extract damaged images", highlight=False)
         raise typer.Exit(1)
-    note = "" if report.verifiable else (" (format 1, without checksums: every row is readable, but its "
-                                         "contents cannot be verified)")
-    console.print(f"[green]intact[/] {store}: {report.num_images} images x {report.layers} layers{note}",
+    console.print(f"[green]intact[/] {store}: {report.num_images} images x {report.layers} layers",
                   highlight=False)
 
 

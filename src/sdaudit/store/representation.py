@@ -57,7 +57,6 @@ class RepresentationStore:
             raise StoreDamagedError(f"store '{self.path}' is damaged: its zarr.json cannot be read "
                                     f"({type(error).__name__}: {error})") from error
         self._manifest = validate_manifest(manifest, self.path)  # refuses older formats
-        self.verifiable = True  # every readable format has checksums (verify reports still carry the flag)
         self._entries, self._checksums, self._records_end = read_records(
             self.path / RECORDS_FILE, self.num_images, self.path, with_checksums=True)
         self._arrays: dict[str, object] = {}

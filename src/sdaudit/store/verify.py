@@ -17,7 +17,6 @@ class VerifyReport:
     path: Path
     num_images: int = 0
     layers: int = 0
-    verifiable: bool = True  # False for format-1 stores: rows were read, but there is nothing to check them against
     problems: list[str] = field(default_factory=list)  # store-wide damage (records, manifest, a whole array)
     damaged: dict[int, list[str]] = field(default_factory=dict)  # image index -> what is wrong with it
 
@@ -38,7 +37,7 @@ def verify_store(path: str | Path) -> VerifyReport:
     except StoreDamagedError as error:
         report.problems.append(str(error))
         return report
-    report.num_images, report.layers, report.verifiable = store.num_images, len(store.layers), store.verifiable
+    report.num_images, report.layers = store.num_images, len(store.layers)
     report.damaged = damaged_rows(store)
     return report
 
