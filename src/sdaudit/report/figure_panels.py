@@ -197,6 +197,16 @@ def _border_legend(ax, P: PanelContext, edge: bool, band: bool, off_scale: bool)
               alignment="left")
 
 
+def _ratio_limits(ax, drawn: list[np.ndarray], missing: str) -> None:
+    """A ratio panel's parity line at 1 and its log limits around what was drawn (or ``missing`` when nothing was)."""
+    ax.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
+    if drawn:
+        fit_log_limits(ax, drawn)
+    else:
+        ax.set_ylim(0.5, 2)
+        no_data(ax, missing)
+
+
 def border_panel(ax, P: PanelContext) -> None:
     """Panel 2: corner / border relative similarity (log 2), unreadable ratios at the top edge."""
     log2_axis(ax)
@@ -206,12 +216,7 @@ def border_panel(ax, P: PanelContext) -> None:
         e, b, o = _border_run(ax, P, ri, drawn)
         edge, band, off_scale = edge | e, band | b, off_scale | o
     _border_references(ax, P, drawn)
-    ax.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
-    if drawn:
-        fit_log_limits(ax, drawn)
-    else:
-        ax.set_ylim(0.5, 2)
-        no_data(ax, "border analysis not run")
+    _ratio_limits(ax, drawn, "border analysis not run")
     ax.set_ylabel("relative similarity\n(cropped / full)")
     ax.set_title("Border artifacts: mean pairwise cosine of edge tokens relative to the same content "
                  "away from the edge (> 1: more alike at the edge)", fontsize=10.5, loc="left")
@@ -277,13 +282,8 @@ def anomaly_panel(ax, P: PanelContext) -> None:
         b, s = _anomaly_run(ax, P, ri, drawn)
         band, std = band | b, std | s
     _anomaly_references(ax, P, drawn)
-    ax.axhline(1.0, color="0.25", ls="--", lw=0.9, zorder=1)
-    if drawn:
-        fit_log_limits(ax, drawn)
-    else:
-        ax.set_ylim(0.5, 2)
-        ran = any(r.anomalies is not None for r in P.runs)
-        no_data(ax, "no anomalies detected" if ran else "anomaly analysis not run")
+    ran = any(r.anomalies is not None for r in P.runs)
+    _ratio_limits(ax, drawn, "no anomalies detected" if ran else "anomaly analysis not run")
     ax.set_ylabel("relative norm\n(anomaly / map mean)")
     band_text = " / ".join(t for t, on in (("95 % interval", band), ("± 1 std over anomalies", std)) if on)
     ax.set_title("High-norm anomalies: norm of the anomaly patches relative to the mean token norm"
