@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..constants import PAPER_ANOMALY_LAYER
 from ..layer_names import block_of, kind_of, normalize_name
+from ..settings import EXTRACTION_FIELDS
 from ..store import ImageEntry, open_store
 from .errors import ExplorerError
 from .labels import LabelSet
@@ -54,10 +55,8 @@ class StoreHandle:
             layers.append({"name": name, "block": block_of(name), "kind": kind_of(name), "channels": c,
                            "rows": h, "cols": w})
         return {"index": self.index, "path": str(self.path), "name": self.path.name,
-                "model": model.get("name"), "model_identity": model, "timestep": cfg.get("timestep"),
-                "protocol": cfg.get("protocol"), "size": cfg.get("size"), "prompt": cfg.get("prompt"),
-                "seed": cfg.get("seed"), "latent": cfg.get("latent"), "noise_samples": cfg.get("noise_samples"),
-                "dtype": cfg.get("dtype"), "num_images": s.num_images, "layers": layers,
+                "model": model.get("name"), "model_identity": model,
+                **{name: cfg.get(name) for name in EXTRACTION_FIELDS}, "dtype": cfg.get("dtype"), "num_images": s.num_images, "layers": layers,
                 "reference_layer": self.reference_layer,
                 "can_upload": self.upload_error is None, "upload_error": self.upload_error}
 
