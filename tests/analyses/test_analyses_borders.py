@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sdaudit.analyses import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts, crop_box,
-                              crop_pixels, crop_plan, group_masks, group_similarity)
+from sdaudit.analyses import (Bootstrap, BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts,
+                              crop_box, crop_pixels, crop_plan, group_masks, group_similarity)
 from sdaudit.analyses.synthetic import border_features
 
 
@@ -129,7 +129,7 @@ def test_intervals_cover_the_planted_ratio_90_to_99_percent_of_the_time():
     hits = {"corner": 0, "border": 0, "other": 0}
     for rep in range(200):
         s = border_features(30, 16, 6, corner_ratio=2.0, border_ratio=1.5, seed=1000 + rep)
-        r = border_artifacts(s.features, s.cropped, n_boot=500, seed=rep)
+        r = border_artifacts(s.features, s.cropped, bootstrap=Bootstrap(n_boot=500, seed=rep))
         for g in hits:
             hits[g] += r.intervals[g].low <= s.info["expected"][g] <= r.intervals[g].high
     assert all(180 <= h <= 198 for h in hits.values()), hits

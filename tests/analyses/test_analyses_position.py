@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sdaudit.analyses import PositionProbeAccumulator, position_probe
+from sdaudit.analyses import PaperTraining, PositionProbeAccumulator, position_probe
 from sdaudit.analyses._probe_scoring import image_hits as _image_hits
 from sdaudit.analyses.synthetic import positional_features
 
@@ -35,7 +35,8 @@ def test_closed_forms_agree_with_trained_probe():
         x = positional_features(60, 64, 16, strength=s, seed=3).features
         lda = position_probe(x, resolutions=RES)
         ridge = position_probe(x, resolutions=RES, method="ridge")
-        paper = position_probe(x, resolutions=RES, method="paper", epochs=10, lr=1e-2, threads=1)
+        paper = position_probe(x, resolutions=RES, method="paper", training=PaperTraining(epochs=10, lr=1e-2),
+                               threads=1)
         for k in RES:
             diffs["ridge"].append(abs(ridge.accuracy[k] - lda.accuracy[k]))
             diffs["paper"].append(abs(paper.accuracy[k] - lda.accuracy[k]))
@@ -65,7 +66,7 @@ def test_resolution_rule():
 @pytest.mark.parametrize("method", ["lda", "ridge", "paper"])
 def test_non_square_grid(method):
     x = positional_features(30, 64, 6, cols=10, strength=0.5, seed=2).features
-    r = position_probe(x, resolutions=(4, 64), method=method, threads=1, epochs=20, lr=1e-2)
+    r = position_probe(x, resolutions=(4, 64), method=method, threads=1, training=PaperTraining(epochs=20, lr=1e-2))
     assert r.grid == (6, 10)
     assert r.chance[64] == pytest.approx(0.5 * (1 / 6 + 1 / 10))
     assert r.chance[4] == pytest.approx(0.25)
@@ -130,5 +131,6 @@ def test_probe_interval_covers_the_accuracy_and_shrinks_with_test_images():
         assert iv.low <= r.accuracy[8] <= iv.high and iv.n == r.n_test_images
         widths.append(iv.width)
     assert widths[0] > 1.4 * widths[1] > 1.4 * 1.4 * widths[2], widths  # about 2x per 4x images
-    paper = position_probe(s.features[:40], resolutions=(8,), method="paper", epochs=1, threads=1)
+    paper = position_probe(s.features[:40], resolutions=(8,), method="paper", training=PaperTraining(epochs=1),
+                           threads=1)
     assert paper.intervals[8].low <= paper.accuracy[8] <= paper.intervals[8].high

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sdaudit.analyses import position_probe
+from sdaudit.analyses import PaperTraining, position_probe
 from sdaudit.analyses.probe_paper import PaperProbeAccumulator
 from sdaudit.analyses.synthetic import positional_features
 
@@ -24,7 +24,7 @@ def _streamed(x, order, **kw):
 
 
 def test_streamed_probe_matches_the_one_shot_published_probe(planted):
-    one = position_probe(planted, resolutions=RES, method="paper", epochs=10, threads=1)
+    one = position_probe(planted, resolutions=RES, method="paper", training=PaperTraining(epochs=10), threads=1)
     got = _streamed(planted, np.arange(30)).result()
     for s in RES:
         assert abs(got.accuracy[s] - one.accuracy[s]) < 0.04

@@ -7,8 +7,8 @@ import pytest
 
 from sdaudit.analyses import (AnomalyDetectionResult, AnomalyDetector, AnomalyNormAccumulator, AnomalyNormResult,
                               BorderArtifactsAccumulator, BorderArtifactsResult, GroupSimilarityAccumulator,
-                              GroupSimilarityResult, NonFiniteInputError, PositionProbeAccumulator, ProbeResult,
-                              SimilarityMapAccumulator, TokenMeanAccumulator, anomaly_relative_norms,
+                              GroupSimilarityResult, NonFiniteInputError, PaperTraining, PositionProbeAccumulator,
+                              ProbeResult, SimilarityMapAccumulator, TokenMeanAccumulator, anomaly_relative_norms,
                               border_artifacts, detect_anomalies, group_similarity, norm_map, position_probe,
                               similarity_map)
 from sdaudit.analyses.synthetic import anomaly_features, border_features, positional_features
@@ -59,7 +59,7 @@ CALLS = {
     "similarity_map": lambda x: similarity_map(x, (0, 0, 0), layer="L"),
     "norm_map": lambda x: norm_map(x, layer="L"),
     "position_probe": lambda x: position_probe(x, layer="L"),
-    "position_probe_paper": lambda x: position_probe(x, layer="L", method="paper", epochs=1),
+    "position_probe_paper": lambda x: position_probe(x, layer="L", method="paper", training=PaperTraining(epochs=1)),
     "group_similarity": lambda x: group_similarity(x, layer="L"),
     "border_full": lambda x: border_artifacts(x, np.ones_like(x[:, :, 1:-1, 1:-1]), layer="L"),
     "border_cropped": lambda x: border_artifacts(np.ones((*x.shape[:2], x.shape[2] + 2, x.shape[3] + 2)), x, layer="L"),

@@ -12,9 +12,10 @@ from .anomalies import (AnomalyDetector, AnomalyNormAccumulator, anomaly_relativ
                         detect_anomalies, detect_in_map)
 from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts, crop_box,
                       crop_pixels, crop_plan, group_masks, group_similarity)
-from .intervals import Interval, PerImageStats, bootstrap_interval
+from .intervals import Bootstrap, Interval, PerImageStats, bootstrap_interval
 from .labels import LabelFileError, load_labels, resolve_labels, save_labels, validate_labels
-from .position import PositionProbeAccumulator, position_probe
+from .position import PaperTraining, PositionProbeAccumulator, n_train_images, position_probe
+from .probe_paper import PaperProbeAccumulator
 from .recurrence import RecurrenceResult, position_recurrence
 from .results import (GROUPS, AnomalyDetectionResult, AnomalyNormResult, BorderArtifactsResult,
                       GroupSimilarityResult, ProbeResult, to_jsonable)
@@ -25,13 +26,14 @@ __all__ = [
     "NonFiniteInputError", "as_float32", "check_finite", "Accumulator", "accumulator_class",
     "similarity_map", "norm_map", "reference_token", "MEASURES", "SimilarityMapAccumulator",
     "TokenMeanAccumulator",
-    "position_probe", "PositionProbeAccumulator", "ProbeResult",
+    "position_probe", "n_train_images", "PositionProbeAccumulator", "PaperProbeAccumulator", "PaperTraining",
+    "ProbeResult",
     "group_similarity", "border_artifacts", "group_masks", "crop_pixels", "crop_box", "crop_plan",
     "GroupSimilarityAccumulator", "BorderArtifactsAccumulator", "GroupSimilarityResult",
     "BorderArtifactsResult", "GROUPS",
     "detect_anomalies", "detect_in_map", "compare_labels", "anomaly_relative_norms", "AnomalyDetector",
     "AnomalyNormAccumulator", "AnomalyDetectionResult", "AnomalyNormResult",
     "load_labels", "save_labels", "validate_labels", "resolve_labels", "LabelFileError",
-    "Interval", "PerImageStats", "bootstrap_interval", "position_recurrence", "RecurrenceResult",
+    "Bootstrap", "Interval", "PerImageStats", "bootstrap_interval", "position_recurrence", "RecurrenceResult",
     "to_jsonable",
 ]

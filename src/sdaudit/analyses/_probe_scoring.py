@@ -14,7 +14,7 @@ import numpy as np
 
 from ._arrays import is_torch
 from ._base import nest, unnest
-from .intervals import Interval, PerImageStats, Terms, bootstrap_interval
+from .intervals import Bootstrap, PerImageStats, Terms
 from .results import ProbeResult
 
 
@@ -44,11 +44,6 @@ def accuracy_statistic(k: int, n_res: int):
     return lambda t: 0.5 * (t[..., k] + t[..., n_res + k]) / t[..., 2 * n_res]
 
 
-def accuracy_interval(rows: np.ndarray, k: int, n_res: int, **kwargs) -> Interval:
-    """Interval of the mean row/column accuracy at resolution number ``k`` from per-test-image rows."""
-    return bootstrap_interval(rows, accuracy_statistic(k, n_res), **kwargs)
-
-
 def accuracy_terms(per_image: PerImageStats, resolutions: Sequence[int], resolution: int) -> Terms:
     """Bootstrap terms of a probe's accuracy at ``resolution`` from its per-test-image rows."""
     index, rows = per_image.arrays()
@@ -66,8 +61,8 @@ class ProbeCounts:
 
 
 def make_result(method: str, resolutions: Sequence[int], counts: ProbeCounts, *, layer: str | None,
-                provenance: dict | None, details: dict, boot: dict) -> ProbeResult:
-    """The :class:`ProbeResult` of summed test rows; ``boot`` = the interval's n_boot, level and seed."""
+                provenance: dict | None, details: dict, boot: Bootstrap) -> ProbeResult:
+    """The :class:`ProbeResult` of summed test rows, with ``boot``'s interval of the accuracy at each resolution."""
     res = [int(s) for s in resolutions]
     r = len(res)
     sums = counts.rows.sum(axis=0)
@@ -81,7 +76,7 @@ def make_result(method: str, resolutions: Sequence[int], counts: ProbeCounts, *,
                        grid=tuple(int(g) for g in grid), n_train_images=int(counts.n_train_images),
                        n_test_images=len(counts.rows), n_train_tokens=int(counts.n_train_tokens),
                        n_test_tokens=n_test_tok, layer=layer, provenance=dict(provenance or {}), details=details,
-                       intervals={s: accuracy_interval(counts.rows, k, r, **boot) for k, s in enumerate(res)})
+                       intervals={s: boot.interval(counts.rows, accuracy_statistic(k, r)) for k, s in enumerate(res)})
 
 
 def pending_state(pending: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:

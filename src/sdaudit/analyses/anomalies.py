@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ._arrays import check_features, resolve_indices, token_norms
 from ._base import Accumulator
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, item_mean_terms
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, Interval, item_mean_terms
 from .labels import validate_labels
 from .results import AnomalyDetectionResult, AnomalyNormResult
 
@@ -56,7 +56,7 @@ def best_patch(norms: np.ndarray, row: int, col: int) -> tuple[int, int]:
     return y0, x0
 
 
-def detect_in_map(norms: np.ndarray, z_threshold: float = 3.5, ratio_threshold: float = 2.0,
+def detect_in_map(norms: np.ndarray, *, z_threshold: float = 3.5, ratio_threshold: float = 2.0,
                   max_tokens: int = 16, local_ratio: float = 1.5) -> list[tuple[int, int, float, float]]:
     """Detect anomalies in one (rows, cols) norm map -> [(x, y, score, relative_norm)]."""
     h, w = norms.shape
@@ -110,7 +110,7 @@ def _checked_batch(acc, batch: Any, image_indices: Sequence[int] | None) -> tupl
 class AnomalyDetector(Accumulator):
     """Streamed :func:`detect_anomalies`; keeps only the detections (grows with their number)."""
 
-    def __init__(self, z_threshold: float = 3.5, ratio_threshold: float = 2.0, max_tokens: int = 16,
+    def __init__(self, *, z_threshold: float = 3.5, ratio_threshold: float = 2.0, max_tokens: int = 16,
                  local_ratio: float = 1.5, layer: str | None = None, provenance: dict | None = None):
         super().__init__()
         self.params = {"z_threshold": float(z_threshold), "ratio_threshold": float(ratio_threshold),
@@ -172,7 +172,8 @@ def detect_anomalies(features: Any, *, z_threshold: float = 3.5, ratio_threshold
     Rows refer to ``image_indices`` (default 0..N-1) and to this layer's grid. To reproduce the
     paper's labelling, run it on ``up_blocks[1].upsamplers[0]`` (32x32 at 512 px).
     """
-    det = AnomalyDetector(z_threshold, ratio_threshold, max_tokens, local_ratio, layer=layer, provenance=provenance)
+    det = AnomalyDetector(z_threshold=z_threshold, ratio_threshold=ratio_threshold, max_tokens=max_tokens,
+                          local_ratio=local_ratio, layer=layer, provenance=provenance)
     det.update(features, image_indices)
     return det.result()
 
@@ -216,14 +217,14 @@ class AnomalyNormAccumulator(Accumulator):
     independent), ``n_boot`` / ``level`` / ``seed`` as in :mod:`sdaudit.analyses.intervals`.
     """
 
-    def __init__(self, anomalies: Any, ref_grid: int | Sequence[int] = 32, layer: str | None = None,
+    def __init__(self, anomalies: Any, *, ref_grid: int | Sequence[int] = 32, layer: str | None = None,
                  provenance: dict | None = None, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
                  seed: int = 0):
         super().__init__()
         self.ref = (int(ref_grid), int(ref_grid)) if np.isscalar(ref_grid) else tuple(int(v) for v in ref_grid)
         self.anomalies = validate_labels(getattr(anomalies, "rows", anomalies), grid=self.ref, source="anomalies")
         self.layer, self.provenance = layer, dict(provenance or {})
-        self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(seed)}
+        self._boot = Bootstrap(int(n_boot), float(level), int(seed))
         self._params["anomalies"] = self.anomalies.tolist()  # the rows, also when given a detection result
         k = len(self.anomalies)
         self._values = np.full(k, np.nan)
@@ -274,7 +275,8 @@ class AnomalyNormAccumulator(Accumulator):
 
     def _interval(self, ok: np.ndarray) -> Interval:
         """Bootstrap interval of the mean over images: per image, (sum of its anomalies' values, count)."""
-        return item_mean_terms(self.anomalies[ok, 0], self._values[ok]).interval(**self._boot)
+        terms = item_mean_terms(self.anomalies[ok, 0], self._values[ok])
+        return self._boot.interval(terms.rows, terms.statistic)
 
     def _state_arrays(self):
         return {"values": self._values, "seen": self._seen, "grid": np.array(self._grid or (0, 0))}
@@ -285,7 +287,7 @@ class AnomalyNormAccumulator(Accumulator):
         self._grid = g if g != (0, 0) else None
 
 
-def anomaly_relative_norms(layers: Mapping[str, Any], anomalies: Any, ref_grid: int = 32, *,
+def anomaly_relative_norms(layers: Mapping[str, Any], anomalies: Any, *, ref_grid: int = 32,
                            image_indices: Sequence[int] | None = None,
                            provenance: dict | None = None) -> AnomalyNormResult:
     """Per layer mean and std of the anomalies' relative norm.
@@ -298,7 +300,7 @@ def anomaly_relative_norms(layers: Mapping[str, Any], anomalies: Any, ref_grid: 
     """
     results = []
     for name, feats in layers.items():
-        acc = AnomalyNormAccumulator(anomalies, ref_grid, layer=name)
+        acc = AnomalyNormAccumulator(anomalies, ref_grid=ref_grid, layer=name)
         acc.update(feats, image_indices)
         results.append(acc.result())
     if not results:

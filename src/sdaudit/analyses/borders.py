@@ -28,7 +28,7 @@ import numpy as np
 
 from ._arrays import as_float32, check_finite, is_torch, resolve_indices
 from ._base import Accumulator, nest, unnest
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, PerImageStats, Terms
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, Interval, PerImageStats, Terms
 from .results import GROUPS, UNDEFINED_SMALL_GRID, BorderArtifactsResult, GroupSimilarityResult
 
 _CHUNK_VALUES = 1 << 24  # images are processed in chunks of about this many float32 values
@@ -112,7 +112,7 @@ def _check_ring_finite(x: Any, layer: str | None, name: str, image_indices: Sequ
         check_finite(x, layer, image_indices, name=name)
 
 
-def _group_stats(x: np.ndarray, masks: np.ndarray, layer: str | None = None, name: str = "features",
+def _group_stats(x: np.ndarray, masks: np.ndarray, *, layer: str | None = None, name: str = "features",
                  image_indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the 3x3 Gram of group sums of unit vectors (N, 3, 3) and |u|^2 summed per group (N, 3).
 
@@ -165,7 +165,7 @@ def _standard_group_sums(x4: np.ndarray, xi: np.ndarray, inv: np.ndarray) -> np.
     return out
 
 
-def _group_stats_torch(x, masks: np.ndarray, layer: str | None = None, name: str = "features",
+def _group_stats_torch(x, masks: np.ndarray, *, layer: str | None = None, name: str = "features",
                        image_indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_group_stats` for a torch tensor on its own device (e.g. a GPU): same formulas, float32
     products, float64 accumulation; only the per-image 3x3 results leave the device. Checks finiteness."""
@@ -191,16 +191,6 @@ def _pairs_per_image(grid: tuple[int, int], group: int) -> float:
     return k * (k - 1)
 
 
-def _finish(gram: np.ndarray, q: np.ndarray, n_images: int, grid: tuple[int, int], layer, provenance):
-    k = group_masks(*grid).reshape(3, -1).sum(axis=1).astype(np.float64)
-    counts = n_images * (np.outer(k, k) - np.diag(k))
-    num = gram - np.diag(q)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        matrix = np.where(counts > 0, num / np.where(counts > 0, counts, 1), np.nan)
-    return GroupSimilarityResult(matrix=matrix, pair_counts=counts.astype(np.int64), grid=tuple(grid),
-                                 n_images=int(n_images), layer=layer, provenance=dict(provenance or {}))
-
-
 class GroupSimilarityAccumulator(Accumulator):
     """Streamed :func:`group_similarity`; state = a 3x3 matrix, 3 numbers and the image count, plus per image
     the three within-group numerators |S_g|^2 - q_g (for bootstrap intervals; 3 floats per image).
@@ -208,7 +198,7 @@ class GroupSimilarityAccumulator(Accumulator):
     ``inner=True`` drops the outer ring of every map first (used for (b) of border artifacts).
     """
 
-    def __init__(self, layer: str | None = None, inner: bool = False, provenance: dict | None = None):
+    def __init__(self, *, layer: str | None = None, inner: bool = False, provenance: dict | None = None):
         super().__init__()
         self.layer, self.inner, self.provenance = layer, inner, dict(provenance or {})
         self._gram = np.zeros((3, 3))
@@ -230,9 +220,9 @@ class GroupSimilarityAccumulator(Accumulator):
         if self._grid is not None and grid != self._grid:
             raise ValueError(f"layer {self.layer!r}: grid changed from {self._grid} to {grid}")
         if is_torch(x):
-            g, q = _group_stats_torch(x, group_masks(*grid), self.layer, name, idx)
+            g, q = _group_stats_torch(x, group_masks(*grid), layer=self.layer, name=name, image_indices=idx)
         else:
-            g, q = _group_stats(x, group_masks(*grid), self.layer, name, idx)
+            g, q = _group_stats(x, group_masks(*grid), layer=self.layer, name=name, image_indices=idx)
         self._next_index = max(self._next_index, int(idx.max()) + 1) if len(idx) else self._next_index
         self._grid = grid
         self._gram += g.sum(axis=0)
@@ -255,7 +245,13 @@ class GroupSimilarityAccumulator(Accumulator):
     def result(self) -> GroupSimilarityResult:
         if not self._n:
             raise ValueError(f"layer {self.layer!r}: no images seen")
-        return _finish(self._gram, self._q, self._n, self._grid, self.layer, self.provenance)
+        k = group_masks(*self._grid).reshape(3, -1).sum(axis=1).astype(np.float64)
+        counts = self._n * (np.outer(k, k) - np.diag(k))  # pairs of distinct tokens over all images
+        num = self._gram - np.diag(self._q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            matrix = np.where(counts > 0, num / np.where(counts > 0, counts, 1), np.nan)
+        return GroupSimilarityResult(matrix=matrix, pair_counts=counts.astype(np.int64), grid=tuple(self._grid),
+                                     n_images=int(self._n), layer=self.layer, provenance=dict(self.provenance or {}))
 
     def _state_arrays(self):
         return {"gram": self._gram, "q": self._q, "n": np.array(self._n),
@@ -288,11 +284,11 @@ class BorderArtifactsAccumulator(Accumulator):
     seen in both passes (see :mod:`sdaudit.analyses.intervals`).
     """
 
-    def __init__(self, layer: str | None = None, provenance: dict | None = None, n_boot: int = DEFAULT_BOOT,
+    def __init__(self, *, layer: str | None = None, provenance: dict | None = None, n_boot: int = DEFAULT_BOOT,
                  level: float = DEFAULT_LEVEL, seed: int = 0):
         super().__init__()
         self.layer, self.provenance = layer, dict(provenance or {})
-        self.n_boot, self.level, self.seed = int(n_boot), float(level), int(seed)
+        self.bootstrap = Bootstrap(int(n_boot), float(level), int(seed))
         self.cropped = GroupSimilarityAccumulator(layer=layer)
         self.full = GroupSimilarityAccumulator(layer=layer, inner=True)
         self._full_grid: tuple[int, int] | None = None
@@ -343,7 +339,8 @@ class BorderArtifactsAccumulator(Accumulator):
 
     def _intervals(self, a: GroupSimilarityResult, b: GroupSimilarityResult) -> dict[str, Interval]:
         """Bootstrap intervals of the relative similarities over the images seen in both passes."""
-        return {g: self.terms(g).interval(n_boot=self.n_boot, level=self.level, seed=self.seed) for g in GROUPS}
+        terms = {g: self.terms(g) for g in GROUPS}
+        return {g: self.bootstrap.interval(t.rows, t.statistic) for g, t in terms.items()}
 
     def terms(self, group: str) -> Terms:
         """Bootstrap terms of ``relative[group]``: per image the cropped and the full within-group numerators."""
@@ -370,8 +367,8 @@ class BorderArtifactsAccumulator(Accumulator):
 
 
 def border_artifacts(full: Any, cropped: Any, *, layer: str | None = None, provenance: dict | None = None,
-                     n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> BorderArtifactsResult:
-    """Relative within-group similarity of edge tokens, (a) cropped / (b) full-interior, with bootstrap intervals.
+                     bootstrap: Bootstrap = Bootstrap()) -> BorderArtifactsResult:
+    """Relative within-group similarity of edge tokens, (a) cropped / (b) full-interior, with ``bootstrap`` intervals.
 
     ``full``: the layer for the original images, (N, C, n, n). ``cropped``: the same layer for the
     images cropped by :func:`crop_pixels` on each side and extracted at their own size (no resize),
@@ -379,6 +376,7 @@ def border_artifacts(full: Any, cropped: Any, *, layer: str | None = None, prove
     docstring. For n - 2 < 3 the groups are not defined: the result's ``undefined`` says so and
     every ratio is NaN.
     """
-    acc = BorderArtifactsAccumulator(layer=layer, provenance=provenance, n_boot=n_boot, level=level, seed=seed)
+    acc = BorderArtifactsAccumulator(layer=layer, provenance=provenance, n_boot=bootstrap.n_boot, level=bootstrap.level,
+                                     seed=bootstrap.seed)
     acc.update(full=full, cropped=cropped)
     return acc.result()

@@ -66,6 +66,22 @@ class Interval:
                    level=float(d.get("level", DEFAULT_LEVEL)), n=int(d.get("n", 0)))
 
 
+@dataclass(frozen=True)
+class Bootstrap:
+    """How an interval is resampled: ``n_boot`` resamples, coverage ``level``, ``seed`` of the resampling.
+
+    The three travel together from an accumulator's settings to every interval it reports.
+    """
+
+    n_boot: int = DEFAULT_BOOT
+    level: float = DEFAULT_LEVEL
+    seed: int = 0
+
+    def interval(self, rows: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray]) -> Interval:
+        """:func:`bootstrap_interval` of ``rows`` with these settings."""
+        return bootstrap_interval(rows, statistic, n_boot=self.n_boot, level=self.level, seed=self.seed)
+
+
 def resample_sums(rows: np.ndarray, *, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> np.ndarray:
     """(n_boot, m) sums of ``rows`` (N, m) over bootstrap resamples of the N images (float64)."""
     rows = np.asarray(rows, dtype=np.float64)

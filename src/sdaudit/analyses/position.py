@@ -34,20 +34,15 @@ from ._arrays import check_features, check_finite, is_torch, resolve_indices
 from ._base import Accumulator, nest, unnest
 from ._probe_scoring import (ProbeCounts, accuracy_terms, image_hits, load_pending, make_result, n_train_images,
                              pending_state, take, test_rows, to_numpy, without_test_images)
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, PerImageStats, Terms
-from .probe_paper import paper_probe_history
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, PerImageStats, Terms
+from .probe_paper import PaperTraining, paper_probe_history
 from .results import ProbeResult
 
-__all__ = ["CLOSED_FORM", "DEFAULT_SHRINKAGE", "PositionProbeAccumulator", "n_train_images", "position_probe",
-           "probe_terms"]
+__all__ = ["CLOSED_FORM", "DEFAULT_SHRINKAGE", "PaperTraining", "PositionProbeAccumulator", "n_train_images",
+           "position_probe"]
 
 CLOSED_FORM = ("lda", "ridge")
 DEFAULT_SHRINKAGE = 1e-2
-
-
-def probe_terms(acc, resolution: int) -> Terms:
-    """Bootstrap terms of a probe accumulator's accuracy at ``resolution`` (its :meth:`terms`)."""
-    return acc.terms(resolution)
 
 
 class PositionProbeAccumulator(Accumulator):
@@ -63,7 +58,7 @@ class PositionProbeAccumulator(Accumulator):
     the merged accumulator, then merge the test counts.
     """
 
-    def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS,
+    def __init__(self, n_images: int, *, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS,
                  method: str = "lda", shrinkage: float = DEFAULT_SHRINKAGE, n_train: int | None = None,
                  layer: str | None = None, provenance: dict | None = None, n_boot: int = DEFAULT_BOOT,
                  level: float = DEFAULT_LEVEL, seed: int = 0):
@@ -77,7 +72,7 @@ class PositionProbeAccumulator(Accumulator):
         self.n_images, self.train_fraction, self.method = int(n_images), float(train_fraction), method
         self.resolutions = [int(s) for s in resolutions]
         self.shrinkage, self.layer, self.provenance = float(shrinkage), layer, dict(provenance or {})
-        self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(seed)}
+        self._boot = Bootstrap(int(n_boot), float(level), int(seed))
         self.per_image = PerImageStats(2 * len(self.resolutions) + 1)  # test images: row hits, col hits, tokens
         self._grid: tuple[int, int] | None = None
         self._c = 0
@@ -312,25 +307,29 @@ def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.linalg.lstsq(a, b, rcond=None)[0]
 
 
-def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS,
-                   method: str = "lda", *, shrinkage: float = DEFAULT_SHRINKAGE, epochs: int = 5,
-                   lr: float = 1e-3, batch_size: int = 512, seed: int = 42, device: str | None = None,
-                   threads: int | None = None, layer: str | None = None, provenance: dict | None = None,
-                   n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, boot_seed: int = 0) -> ProbeResult:
+def position_probe(features: Any, *, method: str = "lda", train_fraction: float = 0.8,
+                   resolutions: Sequence[int] = RESOLUTIONS, shrinkage: float = DEFAULT_SHRINKAGE,
+                   training: PaperTraining = PaperTraining(), device: str | None = None, threads: int | None = None,
+                   layer: str | None = None, provenance: dict | None = None,
+                   bootstrap: Bootstrap = Bootstrap()) -> ProbeResult:
     """Test accuracy of a linear position probe per comparison resolution, with chance level and a
-    bootstrap interval over test images (``n_boot``, ``level``, ``boot_seed``; the probe is held fixed).
+    bootstrap interval over test images (``bootstrap``; the probe is held fixed).
 
-    ``features``: (N, C, rows, cols) numpy or torch (float16/32). ``method``: "lda" (default),
-    "ridge" or "paper" (see the module docstring; ``epochs``, ``lr``, ``batch_size``, ``seed``,
-    ``device``, ``threads`` (torch CPU threads during training; None = torch's current setting;
-    1 is fastest for small C on a busy machine) apply to "paper", ``shrinkage`` to the closed
-    forms). For "paper",
-    ``details["history"]`` has the accuracy per epoch.
+    Parameters:
+        features: (N, C, rows, cols) numpy or torch (float16/32); the first ``int(train_fraction * N)`` images train.
+        method: "lda" (default), "ridge" or "paper" (see the module docstring).
+        shrinkage: regularisation of the closed forms ("lda", "ridge").
+        training: the optimiser recipe of "paper" (default: the published one).
+        device, threads: where "paper" trains (default: the features' device) and with how many torch CPU
+            threads (None = torch's current setting; 1 is fastest for small C on a busy machine).
+        layer, provenance: recorded in the result.
+
+    For "paper", ``details["history"]`` has the accuracy per epoch.
     """
     if method in CLOSED_FORM:
-        n = len(features)
-        acc = PositionProbeAccumulator(n, train_fraction, resolutions, method, shrinkage, layer=layer,
-                                       provenance=provenance, n_boot=n_boot, level=level, seed=boot_seed)
+        acc = PositionProbeAccumulator(len(features), train_fraction=train_fraction, resolutions=resolutions,
+                                       method=method, shrinkage=shrinkage, layer=layer, provenance=provenance,
+                                       n_boot=bootstrap.n_boot, level=bootstrap.level, seed=bootstrap.seed)
         acc.update(features)
         return acc.result()
     if method != "paper":
@@ -339,17 +338,15 @@ def position_probe(features: Any, train_fraction: float = 0.8, resolutions: Sequ
     n, _, h, w = x.shape
     n_tr = n_train_images(n, train_fraction)
     res = [int(s) for s in resolutions]
-    hist = paper_probe_history(x, n_tr, res, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                               threads=threads)
+    hist = paper_probe_history(x, n_tr, res, training, device=device, threads=threads)
     n_te_tok = (n - n_tr) * h * w
     hr, hc, loss = hist[-1]
-    details = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "final_train_loss": loss,
+    details = {**training.details(), "final_train_loss": loss,
                "history": [{"epoch": e + 1, "accuracy": {s: 0.5 * (r[:, i].sum() + c[:, i].sum()) / n_te_tok
                                                          for i, s in enumerate(res)}}
                            for e, (r, c, _) in enumerate(hist)]}
     counts = ProbeCounts((h, w), test_rows(hr, hc, h * w), n_tr, n_tr * h * w)
-    return make_result("paper", res, counts, layer=layer, provenance=provenance, details=details,
-                       boot={"n_boot": n_boot, "level": level, "seed": boot_seed})
+    return make_result("paper", res, counts, layer=layer, provenance=provenance, details=details, boot=bootstrap)
 
 
 def _paper_input(features: Any, layer: str | None) -> Any:

@@ -21,6 +21,7 @@ float32 per layer (65,536 x 1,280 x 4 B = 320 MiB at SD's widest layers).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,10 +31,25 @@ from ._arrays import check_features, resolve_indices
 from ._base import Accumulator, nest, unnest
 from ._probe_scoring import (ProbeCounts, accuracy_terms, image_hits, load_pending, make_result, n_train_images,
                              pending_state, test_rows, to_numpy, without_test_images)
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, PerImageStats, Terms
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, PerImageStats, Terms
 from .results import ProbeResult
 
 DEFAULT_MAX_TRAIN_TOKENS = 65536
+
+
+@dataclass(frozen=True)
+class PaperTraining:
+    """The published probe's optimiser recipe: Adam at ``lr``, ``batch_size`` tokens a step, ``epochs`` passes,
+    torch seeded with ``seed`` (the defaults are the published ones)."""
+
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 512
+    seed: int = 42
+
+    def details(self) -> dict:
+        """The recipe as a result's ``details`` entries."""
+        return asdict(self)
 
 
 def _split(logits, h: int, w: int):
@@ -43,20 +59,23 @@ def _split(logits, h: int, w: int):
     return logits[:, :h], logits[:, h:]
 
 
-def _train(tokens, rows, cols, grid: tuple[int, int], *, epochs: int, lr: float, batch_size: int, seed: int,
-           epoch_tokens: int | None = None, on_epoch=None):
-    """Train the published probe on ``tokens`` (T, C); ``on_epoch(clf, loss)`` after every epoch."""
+def _train(tokens, labels, grid: tuple[int, int], training: PaperTraining, *, epoch_tokens: int | None = None,
+           on_epoch=None):
+    """Train the published probe on ``tokens`` (T, C) with ``labels`` = (rows, cols) of each token;
+    ``on_epoch(clf, loss)`` after every epoch."""
     import torch
     import torch.nn.functional as F
 
     h, w = grid
+    rows, cols = labels
     dev, (t, c) = tokens.device, tokens.shape
     n_epoch = t if epoch_tokens is None else int(epoch_tokens)
+    batch_size = training.batch_size
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(training.seed)
         clf = torch.nn.Linear(c, h + w).to(dev)
-        opt = torch.optim.Adam(clf.parameters(), lr=lr)
-        for _ in range(epochs):
+        opt = torch.optim.Adam(clf.parameters(), lr=training.lr)
+        for _ in range(training.epochs):
             clf.train()
             perm = (torch.randperm(n_epoch) % t).to(dev)
             for i in range(0, n_epoch, batch_size):
@@ -93,9 +112,12 @@ def _evaluate(clf, tokens, grid: tuple[int, int], resolutions: Sequence[int]) ->
     return (np.concatenate(hr) if hr else empty), (np.concatenate(hc) if hc else empty)
 
 
-def paper_probe_history(x: Any, n_train: int, resolutions: Sequence[int], *, epochs: int, lr: float,
-                        batch_size: int, seed: int, device: str | None, threads: int | None = None):
-    """The published probe on all of ``x`` (N, C, h, w): per epoch (row hits, column hits per test image, loss)."""
+def paper_probe_history(x: Any, n_train: int, resolutions: Sequence[int], training: PaperTraining, *,
+                        device: str | None = None, threads: int | None = None):
+    """The published probe on all of ``x`` (N, C, h, w): per epoch (row hits, column hits per test image, loss).
+
+    ``device``: where to train (default: ``x``'s); ``threads``: torch CPU threads while training (None: as set).
+    """
     import torch
 
     xt = x.detach() if hasattr(x, "detach") else torch.from_numpy(np.ascontiguousarray(x))
@@ -116,8 +138,7 @@ def paper_probe_history(x: Any, n_train: int, resolutions: Sequence[int], *, epo
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        _train(tokens[:ntr], rows[:ntr], cols[:ntr], (h, w), epochs=epochs, lr=lr, batch_size=batch_size,
-               seed=seed, on_epoch=on_epoch)
+        _train(tokens[:ntr], (rows[:ntr], cols[:ntr]), (h, w), training, on_epoch=on_epoch)
     finally:
         torch.set_num_threads(old_threads)
     return history
@@ -131,7 +152,7 @@ class PaperProbeAccumulator(Accumulator):
     trained, their test counts add up.
     """
 
-    def __init__(self, n_images: int, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS, *,
+    def __init__(self, n_images: int, *, train_fraction: float = 0.8, resolutions: Sequence[int] = RESOLUTIONS,
                  n_train: int | None = None, max_train_tokens: int = DEFAULT_MAX_TRAIN_TOKENS, epochs: int = 5,
                  lr: float = 1e-3, batch_size: int = 512, seed: int = 42, layer: str | None = None,
                  provenance: dict | None = None, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
@@ -140,10 +161,10 @@ class PaperProbeAccumulator(Accumulator):
         self.n_images, self.train_fraction = int(n_images), float(train_fraction)
         self.n_train = n_train_images(n_images, train_fraction) if n_train is None else int(n_train)
         self.resolutions = [int(s) for s in resolutions]
-        self.max_train_tokens, self.epochs, self.lr = int(max_train_tokens), int(epochs), float(lr)
-        self.batch_size, self.seed, self.layer = int(batch_size), int(seed), layer
+        self.max_train_tokens, self.layer = int(max_train_tokens), layer
+        self.training = PaperTraining(int(epochs), float(lr), int(batch_size), int(seed))
         self.provenance = dict(provenance or {})
-        self._boot = {"n_boot": int(n_boot), "level": float(level), "seed": int(boot_seed)}
+        self._boot = Bootstrap(int(n_boot), float(level), int(boot_seed))
         self._grid: tuple[int, int] | None = None
         self._keys = np.zeros(0)
         self._tokens = np.zeros((0, 0), np.float32)
@@ -182,7 +203,7 @@ class PaperProbeAccumulator(Accumulator):
             raise ValueError(f"layer {self.layer!r}: more than n_train={self.n_train} training images "
                              "(an image given twice?)")
         h, w = self._grid
-        keys = np.concatenate([np.random.default_rng([self.seed, int(i)]).random(h * w) for i in idx])
+        keys = np.concatenate([np.random.default_rng([self.training.seed, int(i)]).random(h * w) for i in idx])
         tokens = x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1]).astype(np.float32)
         self._keep(keys, tokens, np.tile(np.arange(h * w), len(idx)))
         self._n_tr_img += len(idx)
@@ -223,9 +244,8 @@ class PaperProbeAccumulator(Accumulator):
         w = self._grid[1]
         pos = torch.from_numpy(self._pos[order])
         losses = []
-        self._clf = _train(torch.from_numpy(self._tokens[order]), pos // w, pos % w, self._grid, epochs=self.epochs,
-                           lr=self.lr, batch_size=self.batch_size, seed=self.seed, epoch_tokens=self._n_tr_tok,
-                           on_epoch=lambda clf, loss: losses.append(loss))
+        self._clf = _train(torch.from_numpy(self._tokens[order]), (pos // w, pos % w), self._grid, self.training,
+                           epoch_tokens=self._n_tr_tok, on_epoch=lambda clf, loss: losses.append(loss))
         self._loss = losses[-1] if losses else float("nan")
 
     # -- merge / result / state ----------------------------------------------------------------
@@ -254,8 +274,7 @@ class PaperProbeAccumulator(Accumulator):
         index, rows = self.per_image.arrays()
         if not len(index):
             raise ValueError(f"layer {self.layer!r}: no test images seen")
-        details = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "seed": self.seed,
-                   "final_train_loss": self._loss, "train_tokens_seen": self._n_tr_tok,
+        details = {**self.training.details(), "final_train_loss": self._loss, "train_tokens_seen": self._n_tr_tok,
                    "train_tokens_kept": int(len(self._keys)), "max_train_tokens": self.max_train_tokens}
         counts = ProbeCounts(self._grid, rows, self._n_tr_img, self._n_tr_tok)
         return make_result("paper", self.resolutions, counts, layer=self.layer, provenance=self.provenance,

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .borders import group_masks
+
 
 @dataclass
 class Synthetic:
@@ -51,7 +53,7 @@ def positional_code(rows: int, cols: int, channels: int, seed: int = 0) -> tuple
     return emb(rows) @ proj[:2 * m] * scale, emb(cols) @ proj[2 * m:] * scale
 
 
-def positional_features(n_images: int = 40, channels: int = 64, rows: int = 16, cols: int | None = None,
+def positional_features(n_images: int = 40, channels: int = 64, rows: int = 16, *, cols: int | None = None,
                         strength: float = 0.5, seed: int = 0, dtype: Any = np.float32) -> Synthetic:
     """token(i, j) = content + strength * (row_code[i] + col_code[j]), content ~ N(0, 1) per channel.
 
@@ -64,7 +66,7 @@ def positional_features(n_images: int = 40, channels: int = 64, rows: int = 16, 
     return Synthetic(x.astype(dtype), info={"strength": strength, "grid": (rows, cols)})
 
 
-def border_features(n_images: int = 50, channels: int = 256, n: int = 16, corner_ratio: float = 1.0,
+def border_features(n_images: int = 50, channels: int = 256, n: int = 16, *, corner_ratio: float = 1.0,
                     border_ratio: float = 1.0, base_similarity: float = 0.2, seed: int = 0,
                     dtype: Any = np.float32) -> Synthetic:
     """Full and cropped maps with edge tokens made more alike by known factors.
@@ -81,38 +83,48 @@ def border_features(n_images: int = 50, channels: int = 256, n: int = 16, corner
     c0 = float(base_similarity)
     if not 0 < c0 < 1:
         raise ValueError("base_similarity must be in (0, 1)")
-    a2 = c0 / (1 - c0)
-    b2 = {}
-    for g, r in (("corner", corner_ratio), ("border", border_ratio)):
-        if r < 1 or r * c0 >= 1:
-            raise ValueError(f"{g}_ratio must be in [1, 1/base_similarity), got {r}")
-        v = r * c0 / (1 - r * c0)
-        b2[g] = v - a2
+    weights = _RingWeights.of(c0, corner_ratio=corner_ratio, border_ratio=border_ratio)
     rng = np.random.default_rng(seed)
-
-    def one_map(q: np.ndarray, n: int) -> np.ndarray:
-        ring = np.zeros((n, n), bool)
-        ring[[0, -1], :] = ring[:, [0, -1]] = True
-        corner = np.zeros((n, n), bool)
-        corner[[0, 0, -1, -1], [0, -1, 0, -1]] = True
-        boost = {"corner": corner, "border": ring & ~corner}
-        eps = rng.standard_normal((n * n, channels))
-        eps -= (eps @ q.T) @ q
-        eps *= np.sqrt(channels) / np.linalg.norm(eps, axis=1, keepdims=True)
-        tok = np.sqrt(a2) * np.sqrt(channels) * q[0] + eps
-        for k, g in enumerate(("corner", "border")):
-            tok[boost[g].reshape(-1)] += np.sqrt(b2[g]) * np.sqrt(channels) * q[k + 1]
-        return tok.T.reshape(channels, n, n)
-
     full = np.empty((n_images, channels, n, n), np.float32)
     crop = np.empty((n_images, channels, n - 2, n - 2), np.float32)
     for i in range(n_images):
         q = _orthonormal(3, channels, rng)
-        full[i] = one_map(q, n)
-        crop[i] = one_map(q, n - 2)
+        full[i] = weights.map(q, n, rng)
+        crop[i] = weights.map(q, n - 2, rng)
     expected = {"corner": float(corner_ratio), "border": float(border_ratio), "other": 1.0}
     return Synthetic(full.astype(dtype), cropped=crop.astype(dtype),
                      info={"expected": expected, "base_similarity": c0})
+
+
+@dataclass(frozen=True)
+class _RingWeights:
+    """Squared weights of a token's shared direction (``a2``) and of its ring group's direction (``b2``)."""
+
+    a2: float
+    b2: dict[str, float]
+
+    @classmethod
+    def of(cls, c0: float, *, corner_ratio: float, border_ratio: float) -> "_RingWeights":
+        """Weights giving interior cosine ``c0`` and ring-group cosines ``ratio * c0``."""
+        a2 = c0 / (1 - c0)
+        b2 = {}
+        for g, r in (("corner", corner_ratio), ("border", border_ratio)):
+            if r < 1 or r * c0 >= 1:
+                raise ValueError(f"{g}_ratio must be in [1, 1/base_similarity), got {r}")
+            b2[g] = r * c0 / (1 - r * c0) - a2
+        return cls(a2, b2)
+
+    def map(self, q: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """One (C, n, n) map on the orthonormal directions ``q`` (3, C): shared, corner, border."""
+        channels = q.shape[1]
+        masks = dict(zip(("corner", "border"), group_masks(n)))  # the ring's two groups; the interior is left out
+        eps = rng.standard_normal((n * n, channels))
+        eps -= (eps @ q.T) @ q
+        eps *= np.sqrt(channels) / np.linalg.norm(eps, axis=1, keepdims=True)
+        tok = np.sqrt(self.a2) * np.sqrt(channels) * q[0] + eps
+        for k, g in enumerate(("corner", "border")):
+            tok[masks[g].reshape(-1)] += np.sqrt(self.b2[g]) * np.sqrt(channels) * q[k + 1]
+        return tok.T.reshape(channels, n, n)
 
 
 def _smooth_field(n: int, variation: float, rng: np.random.Generator) -> np.ndarray:
@@ -134,9 +146,27 @@ def _place(n: int, k: int, edge_fraction: float, rng: np.random.Generator) -> li
     return out
 
 
-def anomaly_features(n_images: int = 100, channels: int = 64, n: int = 32, ratio: float | tuple[float, float] = (2.5, 5.0),
-                     max_per_image: int = 3, clean_fraction: float = 0.3, edge_fraction: float = 0.5,
-                     norm_variation: float = 0.5, seed: int = 0, dtype: Any = np.float32) -> Synthetic:
+def _plant(xi: np.ndarray, places: list[tuple[int, int]], r: np.ndarray, d: np.ndarray,
+           rng: np.random.Generator) -> None:
+    """Overwrite the 2x2 patches at ``places`` (upper-left (y, x)) of the (C, n, n) map ``xi`` in place, so that
+    patch j's mean norm / the map's mean norm is ``r[j]``; tokens point along ``d`` (shared) plus noise."""
+    channels, n = xi.shape[0], xi.shape[1]
+    norms = np.linalg.norm(xi, axis=0)
+    mask = np.zeros((n, n), bool)
+    for y0, x0 in places:
+        mask[y0:y0 + 2, x0:x0 + 2] = True
+    mean = norms[~mask].sum() / (n * n - 4 * r.sum())
+    for (y0, x0), rj in zip(places, r):
+        for yy in (y0, y0 + 1):
+            for xx in (x0, x0 + 1):
+                v = d + 0.5 * rng.standard_normal(channels) / np.sqrt(channels)
+                xi[:, yy, xx] = rj * mean * v / np.linalg.norm(v)
+
+
+def anomaly_features(n_images: int = 100, channels: int = 64, n: int = 32, *,
+                     ratio: float | tuple[float, float] = (2.5, 5.0), max_per_image: int = 3,
+                     clean_fraction: float = 0.3, edge_fraction: float = 0.5, norm_variation: float = 0.5,
+                     seed: int = 0, dtype: Any = np.float32) -> Synthetic:
     """Maps with planted 2x2 high-norm patches of exact relative norm.
 
     Content tokens are N(0, 1) per channel times a smooth per-image field in [1 - v, 1 + v]
@@ -159,17 +189,8 @@ def anomaly_features(n_images: int = 100, channels: int = 64, n: int = 32, ratio
             continue
         places = _place(n, int(rng.integers(1, max_per_image + 1)), edge_fraction, rng)
         r = rng.uniform(lo, hi, len(places))
-        norms = np.linalg.norm(x[i], axis=0)
-        mask = np.zeros((n, n), bool)
-        for y0, x0 in places:
-            mask[y0:y0 + 2, x0:x0 + 2] = True
-        mean = norms[~mask].sum() / (n * n - 4 * r.sum())
-        for (y0, x0), rj in zip(places, r):
-            for yy in (y0, y0 + 1):
-                for xx in (x0, x0 + 1):
-                    v = d + 0.5 * rng.standard_normal(channels) / np.sqrt(channels)
-                    x[i, :, yy, xx] = rj * mean * v / np.linalg.norm(v)
-            rows.append((i, x0, y0))
-            ratios.append(rj)
+        _plant(x[i], places, r, d, rng)
+        rows += [(i, x0, y0) for y0, x0 in places]
+        ratios += list(r)
     return Synthetic(x.astype(dtype), anomalies=np.array(rows, np.int64).reshape(-1, 3),
                      anomaly_ratios=np.array(ratios), info={"grid": n})

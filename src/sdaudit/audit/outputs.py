@@ -13,7 +13,6 @@ import numpy as np
 from ..analyses import save_labels, to_jsonable
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.intervals import Terms, item_mean_terms
-from ..analyses.position import probe_terms
 from ..analyses.results import UNDEFINED_SMALL_GRID
 from ..layer_names import block_of, kind_of
 
@@ -75,7 +74,7 @@ def metric_terms(state, layer: str, metric: str) -> Terms | None:
     if layer in state.failed:
         return None
     if metric.startswith("probe_acc_") and layer in state.probe:
-        return probe_terms(state.probe[layer], int(metric.rsplit("_", 1)[1]))
+        return state.probe[layer].terms(int(metric.rsplit("_", 1)[1]))
     if metric.endswith("_rel_sim") and layer in state.borders:
         return state.borders[layer].terms(metric.split("_", 1)[0])
     if metric == "anomaly_rel_norm_mean" and state.norms is not None and state.anomaly_layer not in state.failed:

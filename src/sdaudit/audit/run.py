@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..analyses.position import n_train_images
+from ..analyses import n_train_images
 from ..errors import UsageError
 from ..layer_names import normalize_name
 from ..extraction import Extractor, prepare_for_model

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, NonFiniteInputError, PositionProbeAccumulator,
-                        anomaly_relative_norms)
+from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, NonFiniteInputError, PaperProbeAccumulator,
+                        PositionProbeAccumulator, anomaly_relative_norms)
 from ..analyses.intervals import item_mean_terms
 
 
@@ -75,8 +75,6 @@ class AnomalyNormStream:
 def _probe(n_images: int, layer: str, probe: dict):
     """The position probe accumulator of one layer: closed form (lda, ridge) or the published trained probe."""
     if probe.get("method") == "paper":
-        from ..analyses.probe_paper import PaperProbeAccumulator
-
         kwargs = {k: v for k, v in probe.items() if k != "method"}
         return PaperProbeAccumulator(n_images, layer=layer, **kwargs)
     return PositionProbeAccumulator(n_images, layer=layer, **probe)

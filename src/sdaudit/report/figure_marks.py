@@ -30,7 +30,7 @@ def series(table: Sequence[LayerRow], layers: Sequence[str], key: str) -> np.nda
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def band(ax, x: np.ndarray, table: Sequence[LayerRow], layers: Sequence[str], metric: str, color, *,
+def band(ax, x: np.ndarray, table: Sequence[LayerRow], layers: Sequence[str], metric: str, *, color,
          keep: np.ndarray | None = None, log: bool = False, alpha: float = 0.22) -> list[np.ndarray]:
     """Shade the 95 % interval of ``metric`` where the table has one; returns the bounds drawn (for
     the axis limits), [] when there is no interval. ``keep``: mask of the layers to draw at all."""

@@ -77,7 +77,8 @@ def _probe_run(ax, P: PanelContext, ri: int, chance_drawn: set) -> tuple[list[in
         color = P.families[ri](P.shade[s]) if P.multi else colormaps["Blues"](P.shade[s])
         ax.plot(P.x, y, color=color, ls=P.style(ri), lw=1.5, marker=".", ms=3.5,
                 label=None if P.multi else f"{s}", zorder=3)
-        any_band |= bool(M.band(ax, P.x, table, P.layers, f"probe_acc_{s}", color, alpha=0.15 if P.multi else 0.2))
+        any_band |= bool(M.band(ax, P.x, table, P.layers, f"probe_acc_{s}", color=color,
+                                alpha=0.15 if P.multi else 0.2))
         c = chance_series(table, P.layers, s)
         sig = (s, tuple(np.round(np.nan_to_num(c, nan=-1), 6)))
         if np.isfinite(c).any() and sig not in chance_drawn:
@@ -101,7 +102,7 @@ def _probe_references(ax, P: PanelContext) -> None:
             y = series(control.table, P, f"probe_acc_{s}")
             if np.isfinite(y).any():
                 M.control_line(ax, P.x, y, shade=1 - P.shade[s])
-                M.band(ax, P.x, control.table, P.layers, f"probe_acc_{s}", "0.5", alpha=0.1)
+                M.band(ax, P.x, control.table, P.layers, f"probe_acc_{s}", color="0.5", alpha=0.1)
 
 
 def _probe_legend(ax, P: PanelContext, present: list[int], any_band: bool) -> None:
@@ -152,7 +153,7 @@ def _border_run(ax, P: PanelContext, ri: int, drawn: list) -> tuple[bool, bool, 
             continue
         ax.plot(P.x, np.where(y > 0, y, np.nan), color=color, ls=P.style(ri), lw=1.5, marker=mk, ms=2.8, zorder=3)
         drawn.append(y)
-        bounds = M.band(ax, P.x, run.table, P.layers, key, color, keep=np.isfinite(y) & (y > 0), log=True,
+        bounds = M.band(ax, P.x, run.table, P.layers, key, color=color, keep=np.isfinite(y) & (y > 0), log=True,
                         alpha=0.15 if P.multi else 0.2)
         drawn += bounds
         band |= bool(bounds)
@@ -234,7 +235,7 @@ def _anomaly_run(ax, P: PanelContext, ri: int, drawn: list) -> tuple[bool, bool]
         return False, False
     color = P.families[ri](0.8) if P.multi else SINGLE_COLORS["anomaly"]
     # with an interval the band is the 95 % interval of the mean; without, the spread over anomalies
-    bounds = M.band(ax, P.x, table, P.layers, "anomaly_rel_norm_mean", color, log=True,
+    bounds = M.band(ax, P.x, table, P.layers, "anomaly_rel_norm_mean", color=color, log=True,
                     alpha=0.18 if P.multi else 0.25)
     if bounds:
         drawn += bounds

@@ -61,7 +61,7 @@ def clean_latents(model, pixels: torch.Tensor, indices, seed: int, latent: str) 
     return latents.to(model.dtype) * model.scaling_factor
 
 
-def clean_noised(model, latents: torch.Tensor, indices, timestep: int, seed: int, sample: int) -> torch.Tensor:
+def clean_noised(model, latents: torch.Tensor, indices, *, timestep: int, seed: int, sample: int = 0) -> torch.Tensor:
     """DDIM-noised latents with independent per-image noise (noise draw number ``sample``)."""
     noise = torch.stack([torch.randn(latents.shape[1:], generator=image_generator(seed, i, 1 + sample)) for i in indices])
     t = torch.tensor(timestep, dtype=torch.long, device=model.device)
@@ -74,4 +74,5 @@ def noised_inputs(model, pixels: torch.Tensor, indices, settings) -> list[torch.
     if s.protocol == "paper":
         return [paper_noised_latents(model, pixels, s.timestep, s.seed)]
     latents = clean_latents(model, pixels, indices, s.seed, s.latent)
-    return [clean_noised(model, latents, indices, s.timestep, s.seed, k) for k in range(s.noise_samples)]
+    return [clean_noised(model, latents, indices, timestep=s.timestep, seed=s.seed, sample=k)
+            for k in range(s.noise_samples)]
