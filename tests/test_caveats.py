@@ -1,22 +1,27 @@
 """The terminal's words for what qualifies a number."""
 
 from sdaudit.audit.caveats import caveats, ratio_text, with_interval
+from sdaudit.audit_results import AuditResults, LayerRow
 
 
 def test_ratio_text_names_undefined_and_unreadable_ratios():
-    results = {"borders": {"a": {"full": {"corner": 0.4}}, "b": {"full": {"corner": 0.001}}}}
-    assert ratio_text(results, {"layer": "a", "corner_rel_sim": 1.25, "corner_rel_sim_low": 1.1,
-                                "corner_rel_sim_high": 1.4}) == "1.250 [1.100, 1.400]"
-    assert ratio_text(results, {"layer": "b", "corner_rel_sim": 450.0}) == "n.m."  # over a near-zero reference
-    assert ratio_text(results, {"layer": "c", "borders_undefined": "not defined (grid too small)"}) == "n.d."
+    results = AuditResults.from_dict({"table": [], "borders": {"a": {"full": {"corner": 0.4}},
+                                                               "b": {"full": {"corner": 0.001}}}})
+    assert ratio_text(results, LayerRow.from_dict({"layer": "a", "corner_rel_sim": 1.25, "corner_rel_sim_low": 1.1,
+                                                   "corner_rel_sim_high": 1.4})) == "1.250 [1.100, 1.400]"
+    # over a near-zero reference
+    assert ratio_text(results, LayerRow.from_dict({"layer": "b", "corner_rel_sim": 450.0})) == "n.m."
+    assert ratio_text(results, LayerRow("c", borders_undefined="not defined (grid too small)")) == "n.d."
+    assert ratio_text(results, LayerRow("a")) == "-"
     assert with_interval(0.5, None, None) == "0.500" and with_interval(None, 1, 2) == "-"
 
 
 def test_caveats_list_random_weights_controls_and_warnings():
-    lines = caveats({"model": {"random_weights": True}, "controls": [{"label": "circular padding"}],
-                     "warnings": ["only 9 images"]})
+    lines = caveats(AuditResults.from_dict({"table": [], "model": {"random_weights": True},
+                                            "controls": [{"label": "circular padding"}],
+                                            "warnings": ["only 9 images"]}))
     assert lines[0].startswith("random weights") and "circular padding" in lines[1] and lines[2] == "warning: only 9 images"
-    assert caveats({"model": {"random_weights": False}}) == []
+    assert caveats(AuditResults.from_dict({"table": [], "model": {"random_weights": False}})) == []
 
 
 def test_progress_of_other_runs_is_labelled():

@@ -131,7 +131,9 @@ def test_audit_under_a_launcher_prints_one_summary(tmp_path, monkeypatch):
         def __init__(self, rank):
             self.rank = rank
 
-    results = {"images": [{}] * 3, "layers": [{}] * 45, "run": {"unet_passes_per_image": 4}, "skipped_images": []}
+    images = [{"index": i, "source": f"{i}.png", "sha256": f"{i:064x}", "width": 8, "height": 8} for i in range(3)]
+    results = {"images": images, "layers": [{}] * 45, "table": [], "run": {"unet_passes_per_image": 4},
+               "skipped_images": []}
     monkeypatch.setattr(sdaudit.models, "load_model", lambda *a, **k: "model")
     monkeypatch.setattr(sdaudit.audit, "audit", lambda *a, **k: results)
     (tmp_path / "imgs").mkdir()

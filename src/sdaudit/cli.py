@@ -344,24 +344,26 @@ def _print_extraction(report, out: Path, elapsed: float) -> None:
                           f"given): {list(report.unrepaired)[:20]}; see 'sdaudit verify {out}'", highlight=False)
 
 
-def _print_audit(results: dict, out: Path, elapsed: float) -> None:
+def _print_audit(written: dict, out: Path, elapsed: float) -> None:
     """The audit's summary: what ran, what qualifies the numbers, what was skipped, where the report is."""
-    settings = results.get("settings", {})
-    runs = len(settings.get("timesteps") or [0]) * settings.get("noise_seeds", 1) + len(results.get("controls", []))
-    per_run = f" in each of {runs} runs (timesteps, noise seeds, controls)" if runs > 1 else ""
-    console.print(f"[green]audited[/] {len(results['images'])} images x {len(results['layers'])} layers "
-                  f"with {results['run']['unet_passes_per_image']} U-Net passes per image{per_run} "
+    from .audit_results import AuditResults
+
+    results = AuditResults.coerce(written)
+    per_run = f" in each of {results.n_runs} runs (timesteps, noise seeds, controls)" if results.n_runs > 1 else ""
+    console.print(f"[green]audited[/] {len(results.images)} images x {len(results.layers)} layers "
+                  f"with {results.unet_passes_per_image} U-Net passes per image{per_run} "
                   f"in {elapsed:.1f} s")
     _print_caveats(results)
-    _print_errors([(e["source"], e["reason"]) for e in results["skipped_images"]])
-    if results.get("non_finite"):  # named here too: these layers have no numbers, maps or figures
-        err_console.print(f"[yellow]{len(results['non_finite'])} layer(s) with NaN/Inf values, not analysed:[/] "
-                          + escape(", ".join(results["non_finite"])), highlight=False)
+    _print_errors(results.skipped())
+    if results.non_finite:  # named here too: these layers have no numbers, maps or figures
+        err_console.print(f"[yellow]{len(results.non_finite)} layer(s) with NaN/Inf values, not analysed:[/] "
+                          + escape(", ".join(results.non_finite)), highlight=False)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
 
 
-def _print_caveats(results: dict) -> None:
-    """What qualifies every number: random weights, controls run, the audit's own warnings."""
+def _print_caveats(results) -> None:
+    """What qualifies every number (an :class:`~sdaudit.audit_results.AuditResults`): random weights, controls
+    run, the audit's own warnings."""
     from .audit.caveats import caveats
 
     for line in caveats(results):

@@ -31,12 +31,12 @@ def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) ->
     model = load_model("tiny", device="cpu")
     written = audit(model, [str(p) for p in paths], out, AuditSettings(size=size, layers="paper"))
     results = AuditResults.coerce(written)
-    console.print(_table(results, written, time.perf_counter() - start))
+    console.print(_table(results, time.perf_counter() - start))
     tests = min((r.probe_test_images for r in results.table if r.probe_test_images), default=0)
     console.print("n.d.: not defined (the crop's grid is under 3x3); n.m.: not meaningful (reference similarity "
                   f"near zero); no interval from fewer than 5 images (the probe tests on {tests} here)",
                   highlight=False)
-    for line in caveats(written):
+    for line in caveats(results):
         console.print(line, markup=False, highlight=False)
     report = out / "report.html"
     console.print(f"report: [bold]{report.resolve()}[/]")
@@ -48,11 +48,8 @@ def _finest(grid: int) -> int:
     return max(s for s in RESOLUTIONS if s <= max(min(RESOLUTIONS[-1], grid), RESOLUTIONS[0]))
 
 
-def _table(results: AuditResults, written, elapsed: float):
-    """The per-layer summary the demo prints: probe accuracy at the finest resolution, corner ratio, anomaly norm.
-
-    ``written``: the results as the audit returned them, for :func:`~sdaudit.audit.caveats.ratio_text`.
-    """
+def _table(results: AuditResults, elapsed: float):
+    """The per-layer summary the demo prints: probe accuracy at the finest resolution, corner ratio, anomaly norm."""
     from rich.table import Table
 
     from .audit.caveats import ratio_text, with_interval
@@ -66,6 +63,6 @@ def _table(results: AuditResults, written, elapsed: float):
         s = _finest(row.grid)
         table.add_row(row.layer, f"{row.grid}x{row.grid}",
                       with_interval(row.accuracy(s), *row.interval(f"probe_acc_{s}")),
-                      with_interval(row.value(f"probe_chance_{s}"), None, None), ratio_text(written, row.to_dict()),
+                      with_interval(row.value(f"probe_chance_{s}"), None, None), ratio_text(results, row),
                       with_interval(row.value(ANOMALY_MEAN), *row.interval(ANOMALY_MEAN)))
     return table

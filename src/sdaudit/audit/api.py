@@ -34,12 +34,9 @@ class _KeptStore:
         return self.write
 
     def write(self, batch, images, reps) -> None:
-        from ..store import ImageEntry
-
         if batch[0].index < self.store.num_images:
             return  # committed before an interruption
-        entries = [ImageEntry(item.index, item.source, item.sha256, item.width, item.height, "RGB", item.source_bytes)
-                   for item in batch]
+        entries = [replace(item.ref, mode="RGB") for item in batch]  # the store holds the prepared RGB inputs
         arrays = {name: tensor.numpy() for name, tensor in reps.items()}
         self.store.write_batch(batch[0].index, arrays, entries, inputs=np.stack([np.asarray(im) for im in images]))
 

@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from ..audit_results import AuditResults, LayerRow, ratio_metric
 
 NOT_MEANINGFUL_REFERENCE = 0.05  # a ratio over a reference similarity below this is not meaningful (the report's rule)
 
 
-def caveats(results: Mapping[str, Any]) -> list[str]:
+def caveats(results: AuditResults) -> list[str]:
     """Lines to print under an audit's summary."""
     out = []
-    if (results.get("model") or {}).get("random_weights"):
+    if results.random_weights:
         out.append("random weights: this model was not trained; its numbers show what the architecture alone "
                    "produces")
-    for control in results.get("controls", []):
-        out.append(f"control: {control['label']} (its curves and the 'beyond control' columns are in the report)")
-    out += [f"warning: {w}" for w in results.get("warnings", [])]
+    for control in results.controls:
+        out.append(f"control: {control.label} (its curves and the 'beyond control' columns are in the report)")
+    out += [f"warning: {w}" for w in results.warnings]
     return out
 
 
-def ratio_text(results: Mapping[str, Any], row: Mapping[str, Any], group: str = "corner") -> str:
+def ratio_text(results: AuditResults, row: LayerRow, group: str = "corner") -> str:
     """A border/corner ratio with its interval, 'n.d.' where not defined, 'n.m.' where not meaningful."""
-    if row.get("borders_undefined"):
+    if row.borders_undefined:
         return "n.d."
-    value = row.get(f"{group}_rel_sim")
+    value = row.ratio(group)
     if value is None:
         return "-"
-    reference = (((results.get("borders") or {}).get(row["layer"]) or {}).get("full") or {}).get(group)
+    reference = results.reference(row.layer, group)
     if reference is None or reference < NOT_MEANINGFUL_REFERENCE or value <= 0:
         return "n.m."
-    return with_interval(value, row.get(f"{group}_rel_sim_low"), row.get(f"{group}_rel_sim_high"))
+    return with_interval(value, *row.interval(ratio_metric(group)))
 
 
 def with_interval(value, low, high, digits: int = 3) -> str:

@@ -11,9 +11,10 @@ interval excludes 0.
 from __future__ import annotations
 
 from ..analyses.intervals import difference_interval
+from ..audit_results import INTERVAL_METRICS
 from ..models.controls import control_model
 from ..settings import AuditSettings
-from .outputs import INTERVAL_METRICS, _finite, metric_terms
+from .outputs import _finite, metric_terms
 from .run import AuditRun, RunOptions
 
 

@@ -1,27 +1,18 @@
-"""Turning the final audit state into results: the per-layer table, results.json, results.csv, anomalies.npy."""
+"""Turning the final audit state into results: the per-layer table, its warnings, the anomaly recurrence,
+anomalies.npy (results.json and results.csv are written by :mod:`sdaudit.audit_results`)."""
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from ..analyses import save_labels, to_jsonable
+from ..analyses import save_labels
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.intervals import Terms, item_mean_terms
 from ..analyses.results import UNDEFINED_SMALL_GRID
 from ..layer_names import block_of, kind_of
-
-TABLE_METRICS = ("probe_acc_8", "probe_acc_16", "probe_acc_32", "probe_acc_64", "probe_chance_8", "probe_chance_16",
-                 "probe_chance_32", "probe_chance_64", "corner_rel_sim", "border_rel_sim", "other_rel_sim",
-                 "anomaly_rel_norm_mean", "anomaly_rel_norm_std", "anomaly_count")
-# metrics with a 95 % bootstrap interval over images: the table holds ``<metric>_low`` and ``<metric>_high``
-INTERVAL_METRICS = ("probe_acc_8", "probe_acc_16", "probe_acc_32", "probe_acc_64", "corner_rel_sim", "border_rel_sim",
-                    "other_rel_sim", "anomaly_rel_norm_mean")
 
 
 def _finite(value) -> float | None:
@@ -114,36 +105,6 @@ def anomaly_recurrence(state, detection) -> dict | None:
     if rows is None or len(rows) < 2:
         return None
     return position_recurrence(rows, detection.grid).to_dict()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=1, allow_nan=False))
-    os.replace(tmp, path)
-
-
-def write_tidy_csv(path: Path, tables: list[tuple[int, list[dict]]], model_name: str) -> None:
-    """results.csv: one row per timestep, layer and metric (model, timestep, layer, block, kind, grid, metric, value,
-    low, high, seed_sd); ``low`` / ``high`` the 95 % bootstrap interval where the metric has one, ``seed_sd`` the
-    spread between noise seeds where several were drawn (else empty)."""
-    tmp = path.with_name(path.name + ".partial")
-
-    def text(value):
-        return "" if value is None else repr(value) if isinstance(value, float) else value
-
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "timestep", "layer_index", "layer", "block", "kind", "grid", "metric", "value", "low",
-                         "high", "seed_sd"])
-        for timestep, table in tables:
-            for i, row in enumerate(table):
-                for metric in TABLE_METRICS:
-                    if row.get(metric) is not None:
-                        writer.writerow([model_name, timestep, i, row["layer"], row["block"], row["kind"], row["grid"],
-                                         metric, text(row[metric]), text(row.get(f"{metric}_low")),
-                                         text(row.get(f"{metric}_high")), text(row.get(f"{metric}_seed_sd"))])
-    os.replace(tmp, path)
 
 
 def write_anomalies(path: Path, detection) -> None:

@@ -1,5 +1,6 @@
 """The audit's outputs from its runs' final states: results.json, results.csv, anomalies.npy, maps.npz and
-the report. The results dict is built in one place (:meth:`ResultsWriter.results_dict`)."""
+the report. The typed results are built in one place (:meth:`ResultsWriter.results`) and written by
+:mod:`sdaudit.audit_results`."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audit_results import (RESULTS_NAME, AnomalySummary, AuditResults, ControlRun, LayerInfo, MapsInfo, ModelInfo,
+                             Recurrence, TimestepTable, write_results, write_results_csv)
+from ..audit_results.rows import as_rows
 from ..models.controls import is_random_weights
 from ..settings import AuditSettings
 from ..store import _versions
 from .controls import add_beyond_columns
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
-from .outputs import (anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies, write_json_atomic,
-                      write_tidy_csv)
+from .outputs import anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies
 from .run import RunOutcome
 from .sources import AuditInputs
 from .variants import average_over_seeds
-
-RESULTS_FORMAT = "sdaudit-audit/1"
 
 
 @dataclass
@@ -37,15 +38,6 @@ class Measured:
     maps: dict | None = None
 
 
-def _image_entry(item) -> dict:
-    """An image's record in results.json; ``source_bytes`` (hex) only for a name that is not valid UTF-8."""
-    entry = {"index": item.index, "source": item.source, "sha256": item.sha256, "width": item.width,
-             "height": item.height}
-    if item.source_bytes:
-        entry["source_bytes"] = item.source_bytes
-    return entry
-
-
 class ResultsWriter:
     """Writes the outputs of an audit of ``model`` on ``inputs`` with ``settings`` into ``out``."""
 
@@ -60,16 +52,14 @@ class ResultsWriter:
             write_anomalies(self.out / "anomalies.npy", measured.detection)
         if "maps" in self.settings.analyses:
             measured.maps = MapsWriter(self.out, self.inputs.items, self.settings).write(main, measured)
-        results = self.results_dict(main, measured)
-        write_json_atomic(self.out / "results.json", results)
-        tables = [(t["timestep"], t["table"]) for t in measured.timesteps or []] \
-            or [(self.settings.extraction.timestep, measured.table)]
-        write_tidy_csv(self.out / "results.csv", tables, self.model.identity()["name"])
+        results = self.results(main, measured)
+        write_results(self.out / RESULTS_NAME, results)
+        write_results_csv(self.out / "results.csv", results)
         if report:
             from ..report import build_report
 
             build_report([self.out], compare_paper=compare_paper)
-        return results
+        return results.to_dict()
 
     def measure(self, main: RunOutcome, variants: list[dict], controls: list[dict]) -> Measured:
         """The per-layer tables (seed-averaged, with the controls' beyond columns), the detection, the recurrence."""
@@ -88,38 +78,41 @@ class ResultsWriter:
             measured.recurrence = anomaly_recurrence(state, measured.detection)
         return measured
 
-    def results_dict(self, main: RunOutcome, measured: Measured) -> dict:
-        """The results dict (results.json): every number, with its provenance."""
-        state, items, full = main.state, self.inputs.items, main.full
-        results = {
-            "format": RESULTS_FORMAT, "created": now_iso(),
-            "model": {**self.model.identity(), "random_weights": is_random_weights(self.model)},
-            "settings": self.settings.to_dict(), "versions": _versions(),
-            "images": [_image_entry(i) for i in items],
-            "skipped_images": [{"source": s, "reason": r} for s, r in self.inputs.errors],
-            "layers": [{"name": n, "block": r["block"], "kind": r["kind"], "channels": full.shapes[n][0],
-                        "height": measured.grids[n][0], "width": measured.grids[n][1]}
-                       for n, r in zip(full.layers, measured.table)],
-            "table": measured.table, "position": measured.position, "borders": measured.borders,
-            "non_finite": state.failed, "run": main.stats,
-            "warnings": audit_warnings(len(items), measured.table, self.settings),
-            **self.inputs.provenance,
-        }
-        if measured.controls:
-            results["control"], results["controls"] = measured.controls[0], measured.controls
-        if measured.timesteps:
-            results["timesteps"] = measured.timesteps
-        detection = measured.detection
-        if detection is not None:
-            results["anomalies"] = {"layer": state.anomaly_layer, "grid": list(detection.grid),
-                                    "count": int(len(detection.rows)), "images_with": detection.images_with_anomalies,
-                                    "n_images": len(items), "params": detection.params,
-                                    "rows": detection.rows.tolist(), "scores": detection.scores.tolist()}
-        if measured.recurrence is not None:
-            results["recurrence"] = measured.recurrence
-        if measured.maps is not None:
-            results["maps"] = measured.maps
-        return results
+    def results(self, main: RunOutcome, measured: Measured) -> AuditResults:
+        """The audit's results (results.json): every number, with its provenance."""
+        state, items = main.state, self.inputs.items
+        return AuditResults(
+            table=as_rows(measured.table), created=now_iso(),
+            model=ModelInfo.from_dict({**self.model.identity(), "random_weights": is_random_weights(self.model)}),
+            settings=self.settings.to_dict(), versions=_versions(), images=[item.ref for item in items],
+            skipped_images=[{"source": s, "reason": r} for s, r in self.inputs.errors],
+            layers=self._layers(main, measured), position=measured.position, borders=measured.borders,
+            non_finite=state.failed, run=main.stats,
+            warnings=audit_warnings(len(items), measured.table, self.settings),
+            controls=[ControlRun.from_dict(c) for c in measured.controls],
+            timesteps=[TimestepTable(t["timestep"], as_rows(t["table"])) for t in measured.timesteps or []],
+            anomalies=self._anomalies(state.anomaly_layer, measured.detection, len(items)),
+            recurrence=Recurrence.from_dict(measured.recurrence) if measured.recurrence is not None else None,
+            maps=MapsInfo.from_dict(measured.maps) if measured.maps is not None else None,
+            extra=dict(self.inputs.provenance))
+
+    @staticmethod
+    def _layers(main: RunOutcome, measured: Measured) -> list[LayerInfo]:
+        """Each layer's place and shape: block and kind from the table, channels and token grid from the pass."""
+        full = main.full
+        return [LayerInfo(n, block=r["block"], kind=r["kind"], channels=full.shapes[n][0],
+                          height=measured.grids[n][0], width=measured.grids[n][1])
+                for n, r in zip(full.layers, measured.table)]
+
+    @staticmethod
+    def _anomalies(layer: str, detection, n_images: int) -> AnomalySummary | None:
+        """The detector's finds on the anomaly layer (None without a detection)."""
+        if detection is None:
+            return None
+        return AnomalySummary(layer=layer, grid=list(detection.grid), count=int(len(detection.rows)),
+                              images_with=detection.images_with_anomalies, n_images=n_images,
+                              params=detection.params, rows=detection.rows.tolist(),
+                              scores=detection.scores.tolist())
 
     @staticmethod
     def _control_results(control: dict, state, table: list[dict], grids: dict) -> dict:

@@ -10,20 +10,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..errors import SdauditError, UsageError
+from ..image_ref import ImageRef
 from ..settings import AuditSettings, ExtractionSettings
 
 
 @dataclass
 class ImageItem:
-    """An image of the audit: its record (source, hash, size) and how to get its pixels again."""
+    """An image of the audit: its reference (index, source, hash, size) and how to get its pixels again."""
 
-    index: int
-    source: str
-    sha256: str
-    width: int
-    height: int
-    load: object  # callable -> PIL image (original size) or prepared input
-    source_bytes: str | None = None  # hex of the exact path bytes when ``source`` (printable) is not the exact name
+    ref: ImageRef
+    load: Callable[[], object] | None = None  # -> PIL image (original size) or prepared input
+
+    # the fields the run reads most, as shortcuts to the reference
+    @property
+    def index(self) -> int:
+        return self.ref.index
+
+    @property
+    def source(self) -> str:
+        return self.ref.source
+
+    @property
+    def sha256(self) -> str:
+        return self.ref.sha256
 
 
 class SourceChangedError(SdauditError, RuntimeError):
@@ -79,8 +88,7 @@ def scan_images(source, *, skip_bad: bool = False, errors: list | None = None) -
         if record.sha256 in seen:
             continue
         seen.add(record.sha256)
-        items.append(ImageItem(len(items), record.source, record.sha256, record.width, record.height, None,
-                               source_bytes=record.source_bytes))
+        items.append(ImageItem(record.ref(len(items))))
         paths.append(record.path)
     if not items:
         raise UsageError(f"no usable images in '{source}'")
@@ -101,7 +109,7 @@ def store_images(store) -> list[ImageItem]:
     def loader(i):
         return lambda: Image.fromarray(store.read_inputs(i))
 
-    return [ImageItem(e.index, e.source, e.sha256, e.width, e.height, loader(e.index)) for e in store.images]
+    return [ImageItem(entry, loader(entry.index)) for entry in store.images]
 
 
 @dataclass

@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..analyses.intervals import mean_interval
+from ..audit_results import INTERVAL_METRICS
 from ..settings import AuditSettings
-from .outputs import INTERVAL_METRICS, _finite, metric_terms
+from .outputs import _finite, metric_terms
 from .run import AuditRun, RunOptions
 
 

@@ -1,7 +1,9 @@
-"""Reading and writing results.json: one writer (atomic, current format) and one checked reader."""
+"""Reading and writing an audit's results: results.json (one atomic writer in the current format, one checked
+reader) and its tidy table results.csv."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Mapping
@@ -10,7 +12,9 @@ from typing import Any
 
 from ..analyses.results import to_jsonable
 from .results import AuditResults
-from .schema import FORMAT, FORMAT_PREFIX, READABLE_VERSIONS, RESULTS_NAME, ResultsFormatError, ResultsNotFoundError
+from .rows import LayerRow
+from .schema import (CSV_METRICS, FORMAT, FORMAT_PREFIX, READABLE_VERSIONS, RESULTS_NAME, ResultsFormatError,
+                     ResultsNotFoundError)
 
 
 def _results_file(path: str | Path) -> Path:
@@ -62,3 +66,39 @@ def write_results(path: str | Path, results: AuditResults | Mapping[str, Any]) -
     tmp.write_text(json.dumps(to_jsonable(data), indent=1, allow_nan=False), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+CSV_HEADER = ("model", "timestep", "layer_index", "layer", "block", "kind", "grid", "metric", "value", "low", "high",
+              "seed_sd")
+
+
+def write_results_csv(path: str | Path, results: AuditResults) -> Path:
+    """results.csv: one row per timestep, layer and metric of :data:`CSV_HEADER`, atomically.
+
+    ``low`` / ``high`` are the 95 % bootstrap interval where the metric has one, ``seed_sd`` the spread
+    between noise seeds where several were drawn (else empty). The timesteps are those of
+    ``results.timesteps``, else the audit's one timestep with the main table.
+    """
+    path = Path(path)
+    tables = [(t.timestep, t.table) for t in results.timesteps] or [(results.settings.get("timestep"), results.table)]
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_HEADER)
+        for timestep, table in tables:
+            for i, row in enumerate(table):
+                writer.writerows([results.model.name, timestep, i, row.layer, row.block, row.kind, row.grid, metric,
+                                  *_csv_values(row, metric)]
+                                 for metric in CSV_METRICS if row.values.get(metric) is not None)
+    os.replace(tmp, path)
+    return path
+
+
+def _csv_values(row: LayerRow, metric: str) -> list:
+    """(value, low, high, seed_sd) of ``metric`` as results.csv writes them: floats exactly, absent as empty."""
+    def text(value):
+        return "" if value is None else repr(value) if isinstance(value, float) else value
+
+    values = row.values
+    return [text(values[metric]), text(values.get(f"{metric}_low")), text(values.get(f"{metric}_high")),
+            text(values.get(f"{metric}_seed_sd"))]

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..image_ref import ImageRef
 from .records import AnomalySummary, LayerInfo, MapsInfo, ModelInfo, Recurrence, TimestepTable
 from .rows import ControlRun, LayerRow, split_known, reference_of, as_rows
 from .schema import FORMAT, ResultsFormatError, finite
@@ -21,7 +22,8 @@ class AuditResults:
     """One audit's results (``results.json``): provenance, the per-layer table, controls, anomalies, maps.
 
     ``settings`` is the audit's settings as recorded (a plain mapping: their type belongs to the audit);
-    ``images`` and ``skipped_images`` are the image records as written. ``label`` is a display name the
+    ``images`` are the audited images' :class:`~sdaudit.image_ref.ImageRef` (results.json records no mode),
+    ``skipped_images`` the ``{"source", "reason"}`` of each image left out. ``label`` is a display name the
     report gives a run when it draws several; the audit never sets it.
     """
 
@@ -31,7 +33,7 @@ class AuditResults:
     model: ModelInfo = field(default_factory=ModelInfo)
     settings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
-    images: list[dict[str, Any]] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)
     skipped_images: list[dict[str, Any]] = field(default_factory=list)
     layers: list[LayerInfo] = field(default_factory=list)
     position: dict[str, Any] = field(default_factory=dict)
@@ -56,8 +58,10 @@ class AuditResults:
         extra.pop("control", None)  # the first control, also listed in "controls"
         known.update(table=as_rows(data["table"]), model=ModelInfo.from_dict(data.get("model")),
                      layers=[LayerInfo.from_dict(i) for i in data.get("layers") or [] if isinstance(i, Mapping)],
-                     warnings=_warnings(data.get("warnings")), controls=_controls(data),
-                     timesteps=[TimestepTable(int(t["timestep"]), as_rows(t["table"])) for t in data.get("timesteps") or []])
+                     images=_images(data.get("images")), warnings=_warnings(data.get("warnings")),
+                     controls=_controls(data),
+                     timesteps=[TimestepTable(int(t["timestep"]), as_rows(t["table"]))
+                                for t in data.get("timesteps") or []])
         for key, kind in (("anomalies", AnomalySummary), ("recurrence", Recurrence), ("maps", MapsInfo)):
             known[key] = kind.from_dict(data[key]) if isinstance(data.get(key), Mapping) else None
         for key in ("settings", "versions", "position", "borders", "non_finite", "run"):
@@ -72,7 +76,8 @@ class AuditResults:
     def to_dict(self) -> dict[str, Any]:
         """The results.json dict: every key read, unknown ones included."""
         out: dict[str, Any] = {key: getattr(self, key) for key in _ALWAYS}
-        out.update(model=self.model.to_dict(), layers=[i.to_dict() for i in self.layers],
+        out.update(model=self.model.to_dict(), images=[ref.to_json(with_mode=False) for ref in self.images],
+                   layers=[i.to_dict() for i in self.layers],
                    table=[r.to_dict() for r in self.table])
         if self.controls:
             controls = [c.to_dict() for c in self.controls]
@@ -126,6 +131,16 @@ class AuditResults:
     def unet_passes_per_image(self) -> int | None:
         return self.run.get("unet_passes_per_image")
 
+    @property
+    def n_runs(self) -> int:
+        """Runs of the audit: one per timestep and noise seed, plus one per control."""
+        timesteps = len(self.settings.get("timesteps") or [0])
+        return timesteps * int(self.settings.get("noise_seeds") or 1) + len(self.controls)
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(source, reason) of every image left out of the audit."""
+        return [(str(s.get("source")), str(s.get("reason"))) for s in self.skipped_images if isinstance(s, Mapping)]
+
     def reference(self, layer: str, group: str) -> float | None:
         """The full image's mean cosine of ``group`` at ``layer``: the denominator of its relative similarity."""
         return reference_of(self.borders, layer, group)
@@ -148,11 +163,19 @@ class AuditResults:
 
     def image_source(self, index: int) -> str | None:
         """The source (path or name) of audited image ``index``."""
-        return next((im.get("source") for im in self.images if int(im.get("index", -1)) == int(index)), None)
+        return next((ref.source for ref in self.images if ref.index == int(index)), None)
 
     def first_control_has_beyond(self) -> bool:
         """Whether the table carries (model - control) differences."""
         return any(r.has_beyond() for r in self.table)
+
+
+def _images(raw: Any) -> list[ImageRef]:
+    """The image records as references; a record that is not one is a damaged file."""
+    try:
+        return [ImageRef.from_json(entry) for entry in raw or []]
+    except TypeError as error:
+        raise ResultsFormatError(f"'images' holds a record that is not an image's ({error})") from None
 
 
 def _warnings(raw: Any) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..analyses.results import GROUPS
 from ..constants import RESOLUTIONS
 from ..errors import SdauditError
 
@@ -19,10 +20,13 @@ FORMAT = f"{FORMAT_PREFIX}{SCHEMA_VERSION}"
 READABLE_VERSIONS = (1, 2)
 RESULTS_NAME = "results.json"
 
-#: Metrics with a 95 % bootstrap interval over images: a row holds ``<metric>_low`` and ``<metric>_high``.
-INTERVAL_METRICS = tuple(f"probe_acc_{s}" for s in RESOLUTIONS) + (
-    "corner_rel_sim", "border_rel_sim", "other_rel_sim", "anomaly_rel_norm_mean")
 ANOMALY_MEAN, ANOMALY_STD = "anomaly_rel_norm_mean", "anomaly_rel_norm_std"
+#: Metrics with a 95 % bootstrap interval over images: a row holds ``<metric>_low`` and ``<metric>_high``.
+INTERVAL_METRICS = tuple(f"probe_acc_{s}" for s in RESOLUTIONS) + tuple(f"{g}_rel_sim" for g in GROUPS) + (
+    ANOMALY_MEAN,)
+#: The metrics of results.csv, in its order: probe accuracies and chances, relative similarities, anomaly norms.
+CSV_METRICS = (tuple(f"probe_acc_{s}" for s in RESOLUTIONS) + tuple(f"probe_chance_{s}" for s in RESOLUTIONS)
+               + tuple(f"{g}_rel_sim" for g in GROUPS) + (ANOMALY_MEAN, ANOMALY_STD, "anomaly_count"))
 
 
 class ResultsFormatError(SdauditError, ValueError):

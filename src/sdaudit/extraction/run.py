@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..errors import UsageError
 from ..settings import ExtractionSettings, check_batch_size
-from ..store import STORE_FIELDS, ImageEntry, RepresentationStore, _versions, create_store
+from ..store import STORE_FIELDS, RepresentationStore, _versions, create_store
 from .extractor import Extractor, auto_batch_size
 
 STORAGE_DTYPES = ("float16", "float32")
@@ -164,8 +164,7 @@ class _Filler:
         start = self.store.num_images
         indices = list(range(start, start + len(batch)))
         arrays, inputs = self._run(batch, indices)
-        entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode, r.source_bytes)
-                   for i, r in zip(indices, batch)]
+        entries = [r.ref(i) for i, r in zip(indices, batch)]
         self.store.write_batch(start, arrays, entries, inputs=inputs)
         self.report.added += len(batch)
 

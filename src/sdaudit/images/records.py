@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import SdauditError
+from ..image_ref import ImageRef
 
 #: File name endings (lower case) that a folder scan treats as images.
 IMAGE_EXTENSIONS = frozenset(
@@ -61,6 +62,7 @@ class ImageRecord:
     ``notes`` lists the conversions applied (e.g. ``"alpha composited over white"``). ``source`` is
     always printable UTF-8 (see :func:`printable_path`); for a file whose name is not valid UTF-8,
     ``source_bytes`` holds the hex of the path's exact bytes (else None) and ``path`` the path to reopen.
+    A record has no index until a run places it: :meth:`ref` gives its :class:`~sdaudit.image_ref.ImageRef`.
     """
 
     source: str
@@ -72,6 +74,11 @@ class ImageRecord:
     notes: tuple[str, ...] = field(default=())
     source_bytes: str | None = None
     path: str | None = None
+
+    def ref(self, index: int) -> ImageRef:
+        """This image's reference as image ``index`` of a run (a store row, an audit image)."""
+        return ImageRef(index, self.source, self.sha256, self.width, self.height, self.original_mode,
+                        self.source_bytes)
 
 
 def printable_path(path: str | os.PathLike | bytes) -> tuple[str, str | None]:

@@ -7,12 +7,12 @@ import json
 import os
 import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SdauditError
+from ..image_ref import ImageRef
 
 # 2: every committed image record carries a crc32 of each of its rows (every layer and the inputs).
 # 3: the configuration is the settings tree's (``ExtractionSettings.to_dict()``, latent resolved, plus model,
@@ -43,24 +43,8 @@ class Float16OverflowError(StoreError):
     """Finite values too large for a float16 store (they would be stored as inf)."""
 
 
-@dataclass(frozen=True)
-class ImageEntry:
-    """One committed image of a store."""
-
-    index: int
-    source: str
-    sha256: str
-    width: int
-    height: int
-    mode: str
-    source_bytes: str | None = None  # hex of the exact path bytes when ``source`` (printable) is not the exact name
-
-    def to_json(self) -> dict:
-        out = {"index": self.index, "source": self.source, "sha256": self.sha256, "width": self.width,
-               "height": self.height, "mode": self.mode}
-        if self.source_bytes:
-            out["source_bytes"] = self.source_bytes
-        return out
+#: A store's committed row: an :class:`~sdaudit.image_ref.ImageRef` (the name is kept for compatibility).
+ImageEntry = ImageRef
 
 
 def checksum(row: np.ndarray) -> int:
@@ -98,12 +82,12 @@ def validate_manifest(manifest, where: Path) -> dict:
     return manifest
 
 
-def read_records(path: Path, n: int, where: Path, *, with_checksums: bool) -> tuple[list[ImageEntry], list, int]:
+def read_records(path: Path, n: int, where: Path, *, with_checksums: bool) -> tuple[list[ImageRef], list, int]:
     """The first ``n`` records of ``images.jsonl``: (entries, checksums, byte offset after them).
 
     Every committed record must parse; lines past ``n`` are a killed run's leftovers and are ignored.
     """
-    entries: list[ImageEntry] = []
+    entries: list[ImageRef] = []
     sums: list = []
     offset = 0
     if n == 0:
@@ -125,7 +109,9 @@ def read_records(path: Path, n: int, where: Path, *, with_checksums: bool) -> tu
             try:
                 data = json.loads(line)
                 crc = data.pop("crc32", None)
-                entry = ImageEntry(**data)
+                entry = ImageRef.from_json(data)
+                if entry.mode is None:  # a store row always records the mode its image had
+                    raise TypeError("no mode")
             except (ValueError, TypeError, AttributeError):  # bad JSON or UTF-8, not an object, wrong fields
                 raise damaged(f"line {lineno} is not a valid image record") from None
             if entry.index != lineno - 1 or (with_checksums and not _valid_checksums(crc)):
@@ -144,7 +130,7 @@ def _valid_checksums(crc) -> bool:
             and (crc.get("inputs") is None or type(crc["inputs"]) is int))
 
 
-def record_line(entry: ImageEntry, crc: dict | None) -> bytes:
+def record_line(entry: ImageRef, crc: dict | None) -> bytes:
     data = entry.to_json()
     if crc is not None:
         data["crc32"] = crc
