@@ -11,10 +11,10 @@ interval excludes 0.
 from __future__ import annotations
 
 from ..analyses.intervals import difference_interval
-from ..audit_results import INTERVAL_METRICS
+from ..audit_results import INTERVAL_METRICS, finite
 from ..models.controls import control_model
 from ..settings import AuditSettings
-from .outputs import _finite, metric_terms
+from .outputs import metric_terms
 from .run import AuditRun, RunOptions
 
 
@@ -40,6 +40,6 @@ def add_beyond_columns(table: list[dict], state, control_state, prefix: str = "b
             if a is None or b is None or not len(a.index) or not len(b.index):
                 continue
             iv = difference_interval(a, b)
-            row[f"{prefix}{metric}"] = _finite(iv.estimate)
-            row[f"{prefix}{metric}_low"] = _finite(iv.low)
-            row[f"{prefix}{metric}_high"] = _finite(iv.high)
+            row[f"{prefix}{metric}"] = finite(iv.estimate)
+            row[f"{prefix}{metric}_low"] = finite(iv.low)
+            row[f"{prefix}{metric}_high"] = finite(iv.high)

@@ -6,21 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
 from ..analyses import save_labels
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.intervals import Terms, item_mean_terms
 from ..analyses.results import UNDEFINED_SMALL_GRID
+from ..audit_results import finite
 from ..layer_names import block_of, kind_of
-
-
-def _finite(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) else None
 
 
 def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict, list[dict]]:
@@ -38,24 +30,24 @@ def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict,
             result = state.probe[layer].result()
             position[layer] = result.to_dict()
             for s in result.resolutions:
-                row[f"probe_acc_{s}"] = _finite(result.accuracy[s])
-                row[f"probe_chance_{s}"] = _finite(result.chance[s])
+                row[f"probe_acc_{s}"] = finite(result.accuracy[s])
+                row[f"probe_chance_{s}"] = finite(result.chance[s])
                 _interval(row, f"probe_acc_{s}", result.intervals.get(s))
             row["probe_test_images"] = result.n_test_images
         if layer in state.borders and layer not in state.failed:
             result = state.borders[layer].result()
             borders[layer] = result.to_dict()
             for g in ("corner", "border", "other"):
-                row[f"{g}_rel_sim"] = _finite(result.relative[g])
+                row[f"{g}_rel_sim"] = finite(result.relative[g])
                 _interval(row, f"{g}_rel_sim", result.intervals.get(g))
         elif "borders" in state.analyses and layer not in state.failed:
             row["borders_undefined"] = UNDEFINED_SMALL_GRID
         if layer in norms and layer not in state.failed:
-            row["anomaly_rel_norm_mean"] = _finite(norms[layer]["mean"])
-            row["anomaly_rel_norm_std"] = _finite(norms[layer]["std"])
+            row["anomaly_rel_norm_mean"] = finite(norms[layer]["mean"])
+            row["anomaly_rel_norm_std"] = finite(norms[layer]["std"])
             row["anomaly_count"] = norms[layer]["count"]
-            row["anomaly_rel_norm_mean_low"] = _finite(norms[layer]["low"])
-            row["anomaly_rel_norm_mean_high"] = _finite(norms[layer]["high"])
+            row["anomaly_rel_norm_mean_low"] = finite(norms[layer]["low"])
+            row["anomaly_rel_norm_mean_high"] = finite(norms[layer]["high"])
         table.append(row)
     return position, borders, table
 
@@ -75,8 +67,8 @@ def metric_terms(state, layer: str, metric: str) -> Terms | None:
 
 def _interval(row: dict, metric: str, interval) -> None:
     """``<metric>_low`` / ``<metric>_high`` from an :class:`~sdaudit.analyses.Interval` (None when undefined)."""
-    row[f"{metric}_low"] = _finite(interval.low) if interval is not None else None
-    row[f"{metric}_high"] = _finite(interval.high) if interval is not None else None
+    row[f"{metric}_low"] = finite(interval.low) if interval is not None else None
+    row[f"{metric}_high"] = finite(interval.high) if interval is not None else None
 
 
 MIN_IMAGES = 100  # below this, intervals are wide: the paper used 500 images

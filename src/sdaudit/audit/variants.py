@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..analyses.intervals import mean_interval
-from ..audit_results import INTERVAL_METRICS
+from ..audit_results import INTERVAL_METRICS, finite
 from ..settings import AuditSettings
-from .outputs import _finite, metric_terms
+from .outputs import metric_terms
 from .run import AuditRun, RunOptions
 
 
@@ -45,7 +45,7 @@ def average_over_seeds(table: list[dict], states: list) -> None:
                 continue
             iv = mean_interval(terms)
             per_seed = [float(t.statistic(t.rows.sum(axis=0)[None])[0]) for t in terms]
-            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = (_finite(iv.estimate), _finite(iv.low),
-                                                                       _finite(iv.high))
-            row[f"{metric}_seed_sd"] = _finite(np.std(per_seed, ddof=1))
+            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = (finite(iv.estimate), finite(iv.low),
+                                                                       finite(iv.high))
+            row[f"{metric}_seed_sd"] = finite(np.std(per_seed, ddof=1))
         row["noise_seeds"] = len(states)
