@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from ..analyses import save_labels
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.intervals import Terms, item_mean_terms
