@@ -34,6 +34,18 @@ class LayerInfo:
     def grid(self) -> tuple[int, int]:
         return (self.height, self.width)
 
+    def to_dict(self) -> dict:
+        """The record results.json's ``"layers"`` holds (channels may be None for published results)."""
+        return {"name": self.name, "block": self.block, "kind": self.kind, "channels": self.channels,
+                "height": self.height, "width": self.width}
+
+    @classmethod
+    def from_dict(cls, data) -> LayerInfo:
+        """Read :meth:`to_dict`'s record; block and kind follow from the name when absent."""
+        name = str(data.get("name"))
+        return cls(name, data.get("block") or block_of(name), data.get("kind") or kind_of(name),
+                   data.get("channels"), data.get("height"), data.get("width"))
+
 
 def block_of(name: str) -> str:
     """The block a layer belongs to: ``up_blocks[1].resnets[0]`` -> ``up_blocks[1]``."""

@@ -100,8 +100,7 @@ class ResultsWriter:
     def _layers(main: RunOutcome, measured: Measured) -> list[LayerInfo]:
         """Each layer's place and shape: block and kind from the table, channels and token grid from the pass."""
         full = main.full
-        return [LayerInfo(n, block=r["block"], kind=r["kind"], channels=full.shapes[n][0],
-                          height=measured.grids[n][0], width=measured.grids[n][1])
+        return [LayerInfo(n, r["block"], r["kind"], full.shapes[n][0], *measured.grids[n])
                 for n, r in zip(full.layers, measured.table)]
 
     @staticmethod

@@ -15,8 +15,9 @@ control (``beyond_<metric>*``). Torch-free: the report needs no model.
 
 from __future__ import annotations
 
+from ..layer_names import LayerInfo
 from .io import CSV_HEADER, read_results, write_results, write_results_csv
-from .records import AnomalySummary, LayerInfo, MapExample, MapsInfo, ModelInfo, Recurrence, TimestepTable
+from .records import AnomalySummary, MapExample, MapsInfo, ModelInfo, Recurrence, TimestepTable
 from .results import AuditResults
 from .rows import ControlRun, LayerRow
 from .schema import (ANOMALY_MEAN, ANOMALY_STD, CSV_METRICS, FORMAT, FORMAT_PREFIX, INTERVAL_METRICS,

@@ -34,28 +34,6 @@ class ModelInfo:
 
 
 @dataclass
-class LayerInfo:
-    """A layer's place and shape: name, block, kind, channels and token grid (height x width)."""
-
-    name: str
-    block: str | None = None
-    kind: str | None = None
-    channels: int | None = None
-    height: int | None = None
-    width: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LayerInfo:
-        known, extra = split_known(cls, data)
-        known["name"] = str(known.get("name"))
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        return record_dict(self)
-
-
-@dataclass
 class AnomalySummary:
     """The detector's finds on the anomaly layer: counts, its grid and parameters, the rows [image, x, y]."""
 

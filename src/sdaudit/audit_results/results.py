@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..image_ref import ImageRef
-from .records import AnomalySummary, LayerInfo, MapsInfo, ModelInfo, Recurrence, TimestepTable
+from ..layer_names import LayerInfo
+from .records import AnomalySummary, MapsInfo, ModelInfo, Recurrence, TimestepTable
 from .rows import ControlRun, LayerRow, split_known, reference_of, as_rows
 from .schema import FORMAT, ResultsFormatError, finite
 
