@@ -13,6 +13,7 @@ from PIL import Image
 from ..errors import UsageError
 from ..settings import ExtractionSettings, check_batch_size
 from ..store import STORE_FIELDS, ImageEntry, RepresentationStore, _versions, create_store
+from ..store.writer import BackgroundWriter
 from .extractor import Extractor, auto_batch_size
 
 STORAGE_DTYPES = ("float16", "float32")
@@ -104,17 +105,21 @@ def extract(model, images, out: str | Path, settings: ExtractionSettings | None 
                           f"{_versions()}", stacklevel=2)
         report = ExtractionReport(store=store)
         damaged = store.damaged_rows() if verify and store.num_images else {}
-        _Filler(store, extractor, batch_size, report).fill(images, damaged, skip_bad=skip_bad, progress=progress)
+        # Batches are written on a background thread while the next one is extracted; leaving this block
+        # waits for the last write and raises a failed write's error here (on an exception: drops the queue).
+        with BackgroundWriter(store) as writer:
+            _Filler(writer, extractor, batch_size, report).fill(images, damaged, skip_bad=skip_bad, progress=progress)
         report.unrepaired = {i: why for i, why in damaged.items() if i not in report.repaired}
     return report
 
 
 class _Filler:
     """Appends new images to a store and re-extracts (in place, at their index) damaged rows whose image
-    is given, a batch at a time."""
+    is given, a batch at a time; the writes go through ``writer`` (a :class:`BackgroundWriter` of the store)."""
 
-    def __init__(self, store: RepresentationStore, extractor: Extractor, batch_size: int, report: ExtractionReport):
-        self.store, self.extractor, self.batch_size, self.report = store, extractor, batch_size, report
+    def __init__(self, writer: BackgroundWriter, extractor: Extractor, batch_size: int, report: ExtractionReport):
+        self.writer, self.store, self.extractor = writer, writer.store, extractor
+        self.batch_size, self.report = batch_size, report
 
     def fill(self, images, damaged: dict, *, skip_bad: bool, progress: bool) -> None:
         from ..images import count_images
@@ -161,18 +166,18 @@ class _Filler:
         return {name: tensor.numpy() for name, tensor in reps.items()}, np.stack([np.asarray(im) for im in prepared])
 
     def _append(self, batch) -> None:
-        start = self.store.num_images
+        start = self.writer.next_index  # the store's count lags behind while batches wait to be written
         indices = list(range(start, start + len(batch)))
         arrays, inputs = self._run(batch, indices)
         entries = [ImageEntry(i, r.source, r.sha256, r.width, r.height, r.original_mode, r.source_bytes)
                    for i, r in zip(indices, batch)]
-        self.store.write_batch(start, arrays, entries, inputs=inputs)
+        self.writer.submit(start, arrays, entries, inputs=inputs)
         self.report.added += len(batch)
 
     def _repair(self, pairs) -> None:
         indices = [i for i, _ in pairs]
         arrays, inputs = self._run([r for _, r in pairs], indices)
-        self.store.rewrite_rows(indices, arrays, inputs=inputs)
+        self.writer.submit_repair(indices, arrays, inputs=inputs)
 
 
 def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = False, progress: bool = False,
