@@ -97,9 +97,9 @@ def extract(model, images, out: str | Path, settings: ExtractionSettings | None 
     extractor = Extractor(model, layers, settings.for_model(model.default_size))
     batch_size = batch_size or auto_batch_size(extractor)
     config = store_config(model, extractor, dtype, batch_size)
+    total = count_images(images)  # counted once (a folder is walked): the store's first capacity, the progress bar
     # The store's writer lock is held from here to the end: a second extract into it is refused.
-    with create_store(out, config, extractor.shapes, dtype=dtype,
-                      capacity=max(count_images(images) or 16, 1)) as store:
+    with create_store(out, config, extractor.shapes, dtype=dtype, capacity=max(total or 16, 1)) as store:
         if store.manifest["versions"] != _versions():
             warnings.warn(f"store '{out}' was written with {store.manifest['versions']}, this run uses "
                           f"{_versions()}", stacklevel=2)
@@ -108,7 +108,8 @@ def extract(model, images, out: str | Path, settings: ExtractionSettings | None 
         # Batches are written on a background thread while the next one is extracted; leaving this block
         # waits for the last write and raises a failed write's error here (on an exception: drops the queue).
         with BackgroundWriter(store) as writer:
-            _Filler(writer, extractor, batch_size, report).fill(images, damaged, skip_bad=skip_bad, progress=progress)
+            _Filler(writer, extractor, batch_size, report).fill(images, damaged, skip_bad=skip_bad,
+                                                                progress=_progress(progress, total))
         report.unrepaired = {i: why for i, why in damaged.items() if i not in report.repaired}
     return report
 
@@ -121,12 +122,10 @@ class _Filler:
         self.writer, self.store, self.extractor = writer, writer.store, extractor
         self.batch_size, self.report = batch_size, report
 
-    def fill(self, images, damaged: dict, *, skip_bad: bool, progress: bool) -> None:
-        from ..images import count_images
-
+    def fill(self, images, damaged: dict, *, skip_bad: bool, progress: _progress) -> None:
         new: list = []  # records to append
         fixes: list = []  # (index, record) of damaged rows to rewrite; batched apart, since their indices are not new
-        with _progress(progress, count_images(images)) as advance:
+        with progress as advance:
             for index, record in self._records(images, damaged, skip_bad):
                 if index is None:
                     new.append(record)
