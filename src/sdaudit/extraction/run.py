@@ -13,6 +13,7 @@ from PIL import Image
 from ..errors import UsageError
 from ..settings import ExtractionSettings, check_batch_size
 from ..store import STORE_FIELDS, RepresentationStore, _versions, create_store
+from ..store.writer import BackgroundWriter
 from .extractor import Extractor, auto_batch_size
 
 STORAGE_DTYPES = ("float16", "float32")
@@ -96,32 +97,35 @@ def extract(model, images, out: str | Path, settings: ExtractionSettings | None 
     extractor = Extractor(model, layers, settings.for_model(model.default_size))
     batch_size = batch_size or auto_batch_size(extractor)
     config = store_config(model, extractor, dtype, batch_size)
+    total = count_images(images)  # counted once (a folder is walked): the store's first capacity, the progress bar
     # The store's writer lock is held from here to the end: a second extract into it is refused.
-    with create_store(out, config, extractor.shapes, dtype=dtype,
-                      capacity=max(count_images(images) or 16, 1)) as store:
+    with create_store(out, config, extractor.shapes, dtype=dtype, capacity=max(total or 16, 1)) as store:
         if store.manifest["versions"] != _versions():
             warnings.warn(f"store '{out}' was written with {store.manifest['versions']}, this run uses "
                           f"{_versions()}", stacklevel=2)
         report = ExtractionReport(store=store)
         damaged = store.damaged_rows() if verify and store.num_images else {}
-        _Filler(store, extractor, batch_size, report).fill(images, damaged, skip_bad=skip_bad, progress=progress)
+        # Batches are written on a background thread while the next one is extracted; leaving this block
+        # waits for the last write and raises a failed write's error here (on an exception: drops the queue).
+        with BackgroundWriter(store) as writer:
+            _Filler(writer, extractor, batch_size, report).fill(images, damaged, skip_bad=skip_bad,
+                                                                progress=_progress(progress, total))
         report.unrepaired = {i: why for i, why in damaged.items() if i not in report.repaired}
     return report
 
 
 class _Filler:
     """Appends new images to a store and re-extracts (in place, at their index) damaged rows whose image
-    is given, a batch at a time."""
+    is given, a batch at a time; the writes go through ``writer`` (a :class:`BackgroundWriter` of the store)."""
 
-    def __init__(self, store: RepresentationStore, extractor: Extractor, batch_size: int, report: ExtractionReport):
-        self.store, self.extractor, self.batch_size, self.report = store, extractor, batch_size, report
+    def __init__(self, writer: BackgroundWriter, extractor: Extractor, batch_size: int, report: ExtractionReport):
+        self.writer, self.store, self.extractor = writer, writer.store, extractor
+        self.batch_size, self.report = batch_size, report
 
-    def fill(self, images, damaged: dict, *, skip_bad: bool, progress: bool) -> None:
-        from ..images import count_images
-
+    def fill(self, images, damaged: dict, *, skip_bad: bool, progress: _progress) -> None:
         new: list = []  # records to append
         fixes: list = []  # (index, record) of damaged rows to rewrite; batched apart, since their indices are not new
-        with _progress(progress, count_images(images)) as advance:
+        with progress as advance:
             for index, record in self._records(images, damaged, skip_bad):
                 if index is None:
                     new.append(record)
@@ -161,17 +165,17 @@ class _Filler:
         return {name: tensor.numpy() for name, tensor in reps.items()}, np.stack([np.asarray(im) for im in prepared])
 
     def _append(self, batch) -> None:
-        start = self.store.num_images
+        start = self.writer.next_index  # the store's count lags behind while batches wait to be written
         indices = list(range(start, start + len(batch)))
         arrays, inputs = self._run(batch, indices)
         entries = [r.ref(i) for i, r in zip(indices, batch)]
-        self.store.write_batch(start, arrays, entries, inputs=inputs)
+        self.writer.submit(start, arrays, entries, inputs=inputs)
         self.report.added += len(batch)
 
     def _repair(self, pairs) -> None:
         indices = [i for i, _ in pairs]
         arrays, inputs = self._run([r for _, r in pairs], indices)
-        self.store.rewrite_rows(indices, arrays, inputs=inputs)
+        self.writer.submit_repair(indices, arrays, inputs=inputs)
 
 
 def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = False, progress: bool = False,

@@ -152,31 +152,13 @@ def check_sd_checkpoint(shapes: Mapping[str, tuple], source: str) -> None:
 def infer_unet(shapes: Mapping[str, tuple], source: str) -> dict:
     """The U-Net config fields that tensor shapes determine (LDM ``model.diffusion_model.*`` keys)."""
     s = _strip(shapes, UNET_PREFIX)
-    what = "U-Net"
     if any(k.startswith("label_emb.") for k in s):
         raise UsageError(f"'{source}': the U-Net has class or size embeddings (label_emb.*: SDXL, upscaler or "
                          "unCLIP); single-file loading supports Stable Diffusion 1.x/2.x only")
-    conv_in = _need(s, "input_blocks.0.0.weight", what, source)
-    n_in = len(_indices(s, r"input_blocks\.(\d+)\."))
-    downs = [i for i in range(1, n_in) if f"input_blocks.{i}.0.op.weight" in s]
-    lpb = (downs[0] - 1) if downs else n_in - 1
-    levels = len(downs) + 1
-    if lpb < 1 or n_in != 1 + levels * lpb + len(downs):
-        raise UsageError(f"'{source}': unsupported U-Net layout ({n_in} input blocks, downsamplers at {downs})")
-    block_out, down_types, depth = [], [], []
-    for level in range(levels):
-        i = 1 + level * (lpb + 1)
-        block_out.append(int(_need(s, f"input_blocks.{i}.0.out_layers.3.weight", what, source)[0]))
-        attn = f"input_blocks.{i}.1.proj_in.weight" in s
-        down_types.append("CrossAttnDownBlock2D" if attn else "DownBlock2D")
-        depth.append(len(_indices(s, rf"input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.")) if attn else 1)
-    up_types = []
-    n_out = len(_indices(s, r"output_blocks\.(\d+)\."))
-    if n_out != levels * (lpb + 1):
-        raise UsageError(f"'{source}': unsupported U-Net layout ({n_out} output blocks for {levels} levels of {lpb})")
-    for level in range(levels):
-        attn = f"output_blocks.{level * (lpb + 1)}.1.proj_in.weight" in s
-        up_types.append("CrossAttnUpBlock2D" if attn else "UpBlock2D")
+    conv_in = _need(s, "input_blocks.0.0.weight", "U-Net", source)
+    levels, lpb = _unet_levels(s, source)
+    block_out, down_types, depth = _down_blocks(s, levels, lpb, source)
+    up_types = _up_block_types(s, levels, lpb, source)
     _need(s, "middle_block.1.proj_in.weight", "U-Net mid-block attention", source)
     to_k = sorted(k for k in s if k.endswith("attn2.to_k.weight"))
     proj_in = sorted(k for k in s if k.endswith(".proj_in.weight"))
@@ -185,7 +167,7 @@ def infer_unet(shapes: Mapping[str, tuple], source: str) -> dict:
                          f"{block_out[0]})")
     return {
         "in_channels": int(conv_in[1]),
-        "out_channels": int(_need(s, "out.2.weight", what, source)[0]),
+        "out_channels": int(_need(s, "out.2.weight", "U-Net", source)[0]),
         "block_out_channels": block_out,
         "layers_per_block": lpb,
         "down_block_types": down_types,
@@ -194,6 +176,37 @@ def infer_unet(shapes: Mapping[str, tuple], source: str) -> dict:
         "use_linear_projection": len(s[proj_in[0]]) == 2 if proj_in else False,
         "transformer_layers_per_block": depth[0] if len(set(depth)) == 1 else depth,
     }
+
+
+def _unet_levels(s: Mapping[str, tuple], source: str) -> tuple[int, int]:
+    """(resolution levels, layers per block), from where the input blocks' downsamplers sit."""
+    n_in = len(_indices(s, r"input_blocks\.(\d+)\."))
+    downs = [i for i in range(1, n_in) if f"input_blocks.{i}.0.op.weight" in s]
+    lpb = (downs[0] - 1) if downs else n_in - 1
+    levels = len(downs) + 1
+    if lpb < 1 or n_in != 1 + levels * lpb + len(downs):
+        raise UsageError(f"'{source}': unsupported U-Net layout ({n_in} input blocks, downsamplers at {downs})")
+    return levels, lpb
+
+
+def _down_blocks(s: Mapping[str, tuple], levels: int, lpb: int, source: str) -> tuple[list, list, list]:
+    """Per level: output channels, down-block type (with or without cross-attention), transformer depth."""
+    block_out, down_types, depth = [], [], []
+    for level in range(levels):
+        i = 1 + level * (lpb + 1)
+        block_out.append(int(_need(s, f"input_blocks.{i}.0.out_layers.3.weight", "U-Net", source)[0]))
+        attn = f"input_blocks.{i}.1.proj_in.weight" in s
+        down_types.append("CrossAttnDownBlock2D" if attn else "DownBlock2D")
+        depth.append(len(_indices(s, rf"input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.")) if attn else 1)
+    return block_out, down_types, depth
+
+
+def _up_block_types(s: Mapping[str, tuple], levels: int, lpb: int, source: str) -> list[str]:
+    n_out = len(_indices(s, r"output_blocks\.(\d+)\."))
+    if n_out != levels * (lpb + 1):
+        raise UsageError(f"'{source}': unsupported U-Net layout ({n_out} output blocks for {levels} levels of {lpb})")
+    return ["CrossAttnUpBlock2D" if f"output_blocks.{level * (lpb + 1)}.1.proj_in.weight" in s else "UpBlock2D"
+            for level in range(levels)]
 
 
 def vae_prefix(shapes: Mapping[str, tuple]) -> str | None:

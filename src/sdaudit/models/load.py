@@ -8,7 +8,6 @@ changes a component's config after loading.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from ..errors import UsageError
 from .families import ModelFamily, family_for_config
+from .hashing import InBackground, file_sha256, folder_weights_sha256, state_dict_sha256
 from .registry import ModelNotAvailableError, ModelSpec, parse_model_spec
 from .single_file import load_single_file, single_file_unet_config
 
@@ -135,36 +135,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return table[dtype]
 
 
-def state_dict_sha256(module: torch.nn.Module) -> str:
-    """A content hash of a module's parameters and buffers (names, dtypes, shapes and values)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes, read in 4 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _folder_weights_sha256(folder: Path) -> str:
-    """Hash of a diffusers folder's U-Net weights (the files that decide the representations) and configs."""
-    h = hashlib.sha256()
-    unet = folder / "unet"
-    files = sorted(p for p in unet.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-    for p in files:
-        h.update(p.name.encode())
-        h.update(file_sha256(p).encode())
-    return h.hexdigest()
-
-
 def diffusers_dtype_kwarg(dtype: torch.dtype) -> dict:
     """diffusers renamed ``torch_dtype`` to ``dtype``; pass whichever this version knows."""
     from diffusers.utils import deprecation_utils
@@ -243,6 +213,82 @@ def _not_available_message(spec: ModelSpec, error: Exception) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _LoadOptions:
+    """How to load a spec's components: ``load_model``'s arguments that the sources read."""
+
+    revision: str | None
+    local_files_only: bool
+    variant: str | None
+    single_file_config: str | None
+    torch_dtype: torch.dtype  # the U-Net's and text encoder's dtype while loading (float16 or float32)
+
+
+@dataclass(frozen=True)
+class _Components:
+    """What one source yields: the five components, and what identifies their weights."""
+
+    parts: dict
+    revision: str | None = None
+    weights_sha256: str | None = None
+
+
+def _from_tiny(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    from .offline import build_tiny
+
+    parts = build_tiny()
+    return _Components(parts, options.revision, state_dict_sha256(parts["unet"]))
+
+
+def _from_arch(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    from .offline import ARCH_SEED, build_arch
+
+    return _Components(build_arch(spec.location), f"random-init seed={ARCH_SEED} torch={torch.__version__}")
+
+
+def _from_folder(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    digest = InBackground(folder_weights_sha256, Path(spec.location))
+    parts = _load_components_pretrained(spec.location, revision=None, local_files_only=True, variant=options.variant,
+                                        torch_dtype=options.torch_dtype)
+    return _Components(parts, options.revision, digest.result())
+
+
+def _from_file(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    digest = InBackground(file_sha256, spec.location)
+    parts = load_single_file(spec.location, config=options.single_file_config, torch_dtype=options.torch_dtype)
+    return _Components(parts, options.revision, digest.result())
+
+
+def _from_hub(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    try:
+        parts = _load_components_pretrained(spec.location, revision=options.revision,
+                                            local_files_only=options.local_files_only, variant=options.variant,
+                                            torch_dtype=options.torch_dtype)
+    except (OSError, ValueError, EnvironmentError) as error:
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        if isinstance(error, (OSError, LocalEntryNotFoundError, HfHubHTTPError)) or "local" in str(error).lower():
+            raise ModelNotAvailableError(_not_available_message(spec, error)) from None
+        raise
+    return _Components(parts, _hub_revision(spec.location, options.revision))
+
+
+_SOURCES = {"tiny": _from_tiny, "arch": _from_arch, "folder": _from_folder, "file": _from_file, "hub": _from_hub}
+
+
+def _placed(spec: ModelSpec, loaded: _Components, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """The components moved to ``device`` in their compute dtypes (the VAE in float32 where it asks to be upcast,
+    and always on the CPU)."""
+    parts = loaded.parts
+    vae_dtype = dtype if not getattr(parts["vae"].config, "force_upcast", True) else torch.float32
+    if device.type == "cpu":
+        vae_dtype = torch.float32
+    return LoadedModel(spec=spec, unet=place(parts["unet"], device, dtype), vae=place(parts["vae"], device, vae_dtype),
+                       text_encoder=place(parts["text_encoder"], device, dtype), tokenizer=parts["tokenizer"],
+                       scheduler=parts["scheduler"], device=device, dtype=dtype, vae_dtype=vae_dtype,
+                       revision=loaded.revision, weights_sha256=loaded.weights_sha256)
+
+
 def load_model(
     model: str | ModelSpec,
     *,
@@ -269,49 +315,11 @@ def load_model(
     spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    load_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-    revision_out, weights_hash = revision, None
-    if spec.kind == "tiny":
-        from .offline import build_tiny
-
-        parts = build_tiny()
-        weights_hash = state_dict_sha256(parts["unet"])
-    elif spec.kind == "arch":
-        from .offline import ARCH_SEED, build_arch
-
-        parts = build_arch(spec.location)
-        weights_hash = None
-        revision_out = f"random-init seed={ARCH_SEED} torch={torch.__version__}"
-    elif spec.kind == "folder":
-        parts = _load_components_pretrained(spec.location, revision=None, local_files_only=True, variant=variant,
-                                            torch_dtype=load_dtype)
-        weights_hash = _folder_weights_sha256(Path(spec.location))
-    elif spec.kind == "file":
-        parts = load_single_file(spec.location, config=single_file_config, torch_dtype=load_dtype)
-        weights_hash = file_sha256(spec.location)
-    elif spec.kind == "hub":
-        try:
-            parts = _load_components_pretrained(spec.location, revision=revision, local_files_only=local_files_only,
-                                                variant=variant, torch_dtype=load_dtype)
-        except (OSError, ValueError, EnvironmentError) as error:
-            from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-            if isinstance(error, (OSError, LocalEntryNotFoundError, HfHubHTTPError)) or "local" in str(error).lower():
-                raise ModelNotAvailableError(_not_available_message(spec, error)) from None
-            raise
-        revision_out = _hub_revision(spec.location, revision)
-    else:  # pragma: no cover - parse_model_spec only makes the kinds above
+    if spec.kind not in _SOURCES:  # pragma: no cover - parse_model_spec only makes the kinds above
         raise UsageError(f"unknown model kind {spec.kind}")
-
-    vae_dtype = dtype if not getattr(parts["vae"].config, "force_upcast", True) else torch.float32
-    if device.type == "cpu":
-        vae_dtype = torch.float32
-    unet = place(parts["unet"], device, dtype)
-    text_encoder = place(parts["text_encoder"], device, dtype)
-    vae = place(parts["vae"], device, vae_dtype)
-    return LoadedModel(spec=spec, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=parts["tokenizer"],
-                       scheduler=parts["scheduler"], device=device, dtype=dtype, vae_dtype=vae_dtype,
-                       revision=revision_out, weights_sha256=weights_hash)
+    options = _LoadOptions(revision, local_files_only, variant, single_file_config,
+                           torch.float16 if dtype == torch.float16 else torch.float32)
+    return _placed(spec, _SOURCES[spec.kind](spec, options), device, dtype)
 
 
 def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, local_files_only: bool = False,

@@ -203,25 +203,42 @@ def _load_tokenizer(plan: Plan, source: str):
     (transformers 5's ``CLIPTokenizer.from_pretrained`` returns an empty 2-token tokenizer instead
     of failing when the files are absent, so every source is checked for its files and its size.)
     """
-    from transformers import AutoTokenizer, CLIPTokenizer
-
     vocab = int(plan.text.get("vocab_size", 49408)) if plan.text else None
     folder = plan.folder / "tokenizer" if plan.folder is not None else None
     if folder is not None and folder.is_dir():
-        if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-            raise UsageError(f"the tokenizer folder '{folder}' holds no tokenizer.json or vocab.json")
-        tokenizer = AutoTokenizer.from_pretrained(str(plan.folder), subfolder="tokenizer", local_files_only=True)
-        if vocab is not None and len(tokenizer) > vocab:
-            raise UsageError(f"the tokenizer in '{folder}' has {len(tokenizer)} tokens but the text encoder of "
-                             f"'{source}' only {vocab}; they do not belong together")
-        return tokenizer
+        return _folder_tokenizer(plan.folder, vocab, source)
     if vocab == TINY_VOCAB_SIZE:
         from .offline import load_tokenizer_tiny
 
         return load_tokenizer_tiny()
     sd2 = plan.text_layout == "open_clip" or (plan.text is None and plan.family == "sd21")
     sources = SD2_TOKENIZER_SOURCES if sd2 else SD1_TOKENIZER_SOURCES
-    tried = []
+    tried: list[str] = []
+    tokenizer = _cached_tokenizer(sources, vocab, tried)
+    if tokenizer is None:
+        raise _tokenizer_missing(source, sd2, vocab, sources, tried)
+    return tokenizer
+
+
+def _folder_tokenizer(folder: Path, vocab: int | None, source: str):
+    """The tokenizer of a config folder's ``tokenizer/``, which must hold one and not outsize the text encoder."""
+    from transformers import AutoTokenizer
+
+    where = folder / "tokenizer"
+    if not any((where / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        raise UsageError(f"the tokenizer folder '{where}' holds no tokenizer.json or vocab.json")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), subfolder="tokenizer", local_files_only=True)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise UsageError(f"the tokenizer in '{where}' has {len(tokenizer)} tokens but the text encoder of "
+                         f"'{source}' only {vocab}; they do not belong together")
+    return tokenizer
+
+
+def _cached_tokenizer(sources: list[tuple[str, str]], vocab: int | None, tried: list[str]):
+    """The first tokenizer of ``sources`` in the local Hugging Face cache whose size is ``vocab``, or None;
+    ``tried`` gets a line per source that did not serve."""
+    from transformers import CLIPTokenizer
+
     for repo, subfolder in sources:
         label = f"{repo}{'/' + subfolder if subfolder else ''}"
         cached = _cached_tokenizer_folder(repo, subfolder)
@@ -236,10 +253,15 @@ def _load_tokenizer(plan: Plan, source: str):
         if vocab is None or len(tokenizer) == vocab:
             return tokenizer
         tried.append(f"{label} (has {len(tokenizer)} tokens, the text encoder {vocab})")
+    return None
+
+
+def _tokenizer_missing(source: str, sd2: bool, vocab: int | None, sources: list[tuple[str, str]],
+                       tried: list[str]) -> ModelNotAvailableError:
     kind = "SD-2 OpenCLIP ViT-H/14" if sd2 else "SD-1 CLIP ViT-L/14"
     repo, subfolder = sources[0]
     include = f"'{subfolder}/*'" if subfolder else "'*.json' '*.txt'"
-    raise ModelNotAvailableError(
+    return ModelNotAvailableError(
         f"the tokenizer for '{source}' is not on this machine: the checkpoint holds an {kind} text encoder "
         f"(vocabulary {vocab}) but no tokenizer, and none of these Hugging Face repos is in the local cache: "
         f"{', '.join(tried)}. Provide it in one of two ways:\n"

@@ -194,82 +194,117 @@ class Plan:
     guessed: list[str] = field(default_factory=list)
 
 
-def plan_components(shapes: Mapping[str, tuple], config=None, source: str = "<checkpoint>", global_step: int | None = None) -> Plan:
-    """Decide every component's config from the checkpoint's shapes and the ``config`` argument."""
-    check_sd_checkpoint(shapes, source)
-    unet_inferred = infer_unet(shapes, source)
-    vae_key = vae_prefix(shapes)
-    vae_inferred = infer_vae(shapes, vae_key, source) if vae_key else None
-    layout = text_layout(shapes)
-    text_inferred = infer_text(shapes, layout, source) if layout else None
-    templates = _templates()
-    family, folder = _config_source(config)
-    guessed: list[str] = []
+@dataclass
+class _Base:
+    """The U-Net side of a plan: where its configs come from, the family, and what the other components must fit."""
 
-    def mismatch(component: str, differences: list[str], where: str) -> ValueError:
-        return ValueError(f"'{source}' does not fit the {component} config of {where}: " + "; ".join(differences)
+    where: str  # for messages: "config folder '...'", "the bundled 'sd15' config", ...
+    family: str | None
+    unet: dict
+    given: dict  # {"vae": config | None, "text_encoder": config | None}: configs the checkpoint must fit
+    scheduler: dict | None
+
+
+class _Planner:
+    """Decides a checkpoint's component configs (see :func:`plan_components`)."""
+
+    def __init__(self, shapes: Mapping[str, tuple], source: str):
+        check_sd_checkpoint(shapes, source)
+        self.unet_inferred = infer_unet(shapes, source)
+        self.shapes, self.source, self.templates = shapes, source, _templates()
+        self.guessed: list[str] = []
+
+    def mismatch(self, component: str, differences: list[str], where: str) -> ValueError:
+        return ValueError(f"'{self.source}' does not fit the {component} config of {where}: " + "; ".join(differences)
                           + f". Pass a matching config ({CONFIG_HELP}), or none to infer it from the file.")
 
-    if folder is not None:
+    def _checked_unet(self, unet: dict, where: str) -> dict:
+        if diffs := _differences("unet", unet, self.unet_inferred):
+            raise self.mismatch("U-Net", diffs, where)
+        return unet
+
+    def from_folder(self, folder: Path) -> _Base:
+        """The configs of a diffusers folder; the family is the known one its U-Net matches, if any."""
         where = f"config folder '{folder}'"
-        unet = read_json(folder / "unet" / "config.json")
-        if diffs := _differences("unet", unet, unet_inferred):
-            raise mismatch("U-Net", diffs, where)
+        unet = self._checked_unet(read_json(folder / "unet" / "config.json"), where)
         given = {"vae": read_json(folder / "vae" / "config.json"),
                  "text_encoder": read_json(folder / "text_encoder" / "config.json")}
-        scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
-        family = next((f for f in _known_order(shapes) if not _differences("unet", templates[f]["unet"], unet_inferred)),
-                      None)
-    elif family is not None:
-        where = f"the bundled '{family}' config"
-        unet = dict(templates[family]["unet"])
-        if diffs := _differences("unet", unet, unet_inferred):
-            raise mismatch("U-Net", diffs, where)
-        given = {"vae": templates[family]["vae"], "text_encoder": templates[family]["text_encoder"]}
-        scheduler = dict(templates[family]["scheduler"])
-    else:
-        core = [f for f in _UNET_SIGNATURE if f not in ("in_channels", "out_channels")]
-        family = next((f for f in _known_order(shapes)
-                       if not _differences("unet", templates[f]["unet"], unet_inferred, core)), None)
-        if family is not None:
-            where = f"the bundled '{family}' config (inferred from the weights)"
-            unet = dict(templates[family]["unet"])
-            for key in ("in_channels", "out_channels"):  # e.g. inpainting models: 9 input channels
-                if _signature("unet", unet, [key])[key] != unet_inferred[key]:
-                    unet[key] = unet_inferred[key]
-        else:
-            where = "a config inferred from the weights"
-            unet = _guess_unet(unet_inferred)
-            guessed.append("U-Net attention heads, GroupNorm groups and sample size")
-        given = {"vae": None, "text_encoder": None}
-        scheduler = None
+        family = next((f for f in _known_order(self.shapes)
+                       if not _differences("unet", self.templates[f]["unet"], self.unet_inferred)), None)
+        return _Base(where, family, unet, given, read_json(folder / "scheduler" / "scheduler_config.json"))
 
-    def pick(component: str, inferred: dict | None, guess):
+    def from_bundled(self, family: str) -> _Base:
+        """The bundled configs of ``family`` ('sd15', 'sd21', 'tiny'), named by the user."""
+        where, template = f"the bundled '{family}' config", self.templates[family]
+        unet = self._checked_unet(dict(template["unet"]), where)
+        given = {"vae": template["vae"], "text_encoder": template["text_encoder"]}
+        return _Base(where, family, unet, given, dict(template["scheduler"]))
+
+    def inferred(self) -> _Base:
+        """No config given: the known architecture the shapes fit (in/out channels may differ), else a guess."""
+        core = [f for f in _UNET_SIGNATURE if f not in ("in_channels", "out_channels")]
+        family = next((f for f in _known_order(self.shapes)
+                       if not _differences("unet", self.templates[f]["unet"], self.unet_inferred, core)), None)
+        given = {"vae": None, "text_encoder": None}
+        if family is None:
+            self.guessed.append("U-Net attention heads, GroupNorm groups and sample size")
+            return _Base("a config inferred from the weights", None, _guess_unet(self.unet_inferred), given, None)
+        unet = dict(self.templates[family]["unet"])
+        for key in ("in_channels", "out_channels"):  # e.g. inpainting models: 9 input channels
+            if _signature("unet", unet, [key])[key] != self.unet_inferred[key]:
+                unet[key] = self.unet_inferred[key]
+        return _Base(f"the bundled '{family}' config (inferred from the weights)", family, unet, given, None)
+
+    def pick(self, base: _Base, component: str, inferred: dict | None, guess) -> dict | None:
+        """A VAE or text-encoder config: the given one (which must fit), else the first known one that fits
+        (the family's first), else guessed from the shapes."""
         if inferred is None:
             return None
-        if given[component] is not None:
-            if diffs := _differences(component, given[component], inferred):
-                raise mismatch({"vae": "VAE", "text_encoder": "text-encoder"}[component], diffs, where)
-            return dict(given[component])
-        order = [family] + [f for f in ("sd15", "sd21", "tiny") if f != family] if family else ["sd15", "sd21", "tiny"]
+        if base.given[component] is not None:
+            if diffs := _differences(component, base.given[component], inferred):
+                raise self.mismatch({"vae": "VAE", "text_encoder": "text-encoder"}[component], diffs, base.where)
+            return dict(base.given[component])
+        order = [base.family] + [f for f in KNOWN if f != base.family] if base.family else list(KNOWN)
         for name in order:
-            if not _differences(component, templates[name][component], inferred):
-                return dict(templates[name][component])
-        guessed.append({"vae": "VAE GroupNorm groups and scaling factor",
-                        "text_encoder": "text-encoder attention heads and token ids"}[component])
+            if not _differences(component, self.templates[name][component], inferred):
+                return dict(self.templates[name][component])
+        self.guessed.append({"vae": "VAE GroupNorm groups and scaling factor",
+                             "text_encoder": "text-encoder attention heads and token ids"}[component])
         return guess(inferred)
 
-    vae = pick("vae", vae_inferred, _guess_vae)
-    text = pick("text_encoder", text_inferred, lambda inferred: _guess_text(inferred, layout))
-    if scheduler is None:
-        scheduler = dict(templates[family or "sd15"]["scheduler"])
-        if family == "sd21" and global_step == 875000:
+    def scheduler(self, base: _Base, global_step: int | None) -> dict:
+        if base.scheduler is not None:
+            return base.scheduler
+        scheduler = dict(self.templates[base.family or "sd15"]["scheduler"])
+        if base.family == "sd21" and global_step == 875000:
             scheduler["prediction_type"] = "epsilon"  # SD-2-base, by the same global-step rule as diffusers
-    if guessed:
-        warnings.warn(f"'{source}' does not match a known architecture (sd15, sd21, tiny); its config was inferred from "
-                      f"the tensor shapes and these hyperparameters were guessed by Stable Diffusion's conventions: "
-                      f"{'; '.join(guessed)}. The representations may differ from the original model's: pass the "
-                      f"model's diffusers folder as the single-file config to be exact.", UserWarning, stacklevel=3)
-    return Plan(source=where, family=family, folder=folder, unet=unet, vae=vae, text=text, text_layout=layout,
-                 vae_prefix=vae_key, scheduler=scheduler, guessed=guessed)
+        return scheduler
 
+    def warn_guesses(self) -> None:
+        if self.guessed:
+            warnings.warn(f"'{self.source}' does not match a known architecture (sd15, sd21, tiny); its config was "
+                          f"inferred from the tensor shapes and these hyperparameters were guessed by Stable Diffusion's "
+                          f"conventions: {'; '.join(self.guessed)}. The representations may differ from the original "
+                          f"model's: pass the model's diffusers folder as the single-file config to be exact.",
+                          UserWarning, stacklevel=4)
+
+
+def plan_components(shapes: Mapping[str, tuple], config=None, source: str = "<checkpoint>", global_step: int | None = None) -> Plan:
+    """Decide every component's config from the checkpoint's shapes and the ``config`` argument."""
+    planner = _Planner(shapes, source)
+    vae_key, layout = vae_prefix(shapes), text_layout(shapes)
+    vae_inferred = infer_vae(shapes, vae_key, source) if vae_key else None
+    text_inferred = infer_text(shapes, layout, source) if layout else None
+    family, folder = _config_source(config)
+    if folder is not None:
+        base = planner.from_folder(folder)
+    elif family is not None:
+        base = planner.from_bundled(family)
+    else:
+        base = planner.inferred()
+    vae = planner.pick(base, "vae", vae_inferred, _guess_vae)
+    text = planner.pick(base, "text_encoder", text_inferred, lambda inferred: _guess_text(inferred, layout))
+    planner.warn_guesses()
+    return Plan(source=base.where, family=base.family, folder=folder, unet=base.unet, vae=vae, text=text,
+                text_layout=layout, vae_prefix=vae_key, scheduler=planner.scheduler(base, global_step),
+                guessed=planner.guessed)

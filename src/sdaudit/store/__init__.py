@@ -88,6 +88,28 @@ def create_store(path: str | Path, config: dict, layer_shapes: dict[str, tuple[i
     path = Path(path)
     if (path / "zarr.json").exists():
         return _open_for_writing(path, config)
+    _prepare_new_place(path)
+    # Built beside its final place and renamed into it: a process killed while creating leaves no half
+    # store at ``path`` (which a rerun would refuse to open), only a scratch folder the next run removes.
+    _remove_abandoned_scratch(path)
+    scratch = path.parent / f".{path.name}.creating-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        _write_empty_store(scratch, config, layer_shapes, dtype, capacity)
+        lock = WriterLock(scratch)  # held before the store appears: no other writer can come in between
+        if not _move_into_place(scratch, path, lock):
+            return _open_for_writing(path, config)  # another process created the store first: join it
+    except OSError as error:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise StoreError(f"cannot create store '{path}': {error.strerror or error}") from error
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return RepresentationStore(path, mode="r+", lock=lock)
+
+
+def _prepare_new_place(path: Path) -> None:
+    """Refuse a file or a non-empty folder that is no store at ``path``; create its parent folders."""
     if path.exists() and not path.is_dir():
         raise StoreError(f"'{path}' is a file, not a store folder; refusing to write into it")
     if path.is_dir() and any(path.iterdir()):
@@ -98,30 +120,20 @@ def create_store(path: str | Path, config: dict, layer_shapes: dict[str, tuple[i
         raise StoreError(f"cannot create store '{path}': a part of its path is a file") from error
     except OSError as error:
         raise StoreError(f"cannot create store '{path}': {error.strerror or error}") from error
-    # Built beside its final place and renamed into it: a process killed while creating leaves no half
-    # store at ``path`` (which a rerun would refuse to open), only a scratch folder the next run removes.
-    _remove_abandoned_scratch(path)
-    scratch = path.parent / f".{path.name}.creating-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _move_into_place(scratch: Path, path: Path, lock: WriterLock) -> bool:
+    """Rename the finished scratch store to ``path`` (atomic; replaces an empty folder there). False, with the
+    scratch folder removed and its lock released, when another process's store got there first."""
     try:
-        _write_empty_store(scratch, config, layer_shapes, dtype, capacity)
-        lock = WriterLock(scratch)  # held before the store appears: no other writer can come in between
-        try:
-            os.rename(scratch, path)  # atomic; replaces an empty folder at ``path``
-        except OSError as error:
-            lock.release()
-            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (path / "zarr.json").exists():
-                raise
-            # Another process created the store first: join it like any existing store.
-            shutil.rmtree(scratch, ignore_errors=True)
-            return _open_for_writing(path, config)
+        os.rename(scratch, path)
     except OSError as error:
+        lock.release()
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (path / "zarr.json").exists():
+            raise
         shutil.rmtree(scratch, ignore_errors=True)
-        raise StoreError(f"cannot create store '{path}': {error.strerror or error}") from error
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    return RepresentationStore(path, mode="r+", lock=lock)
+        return False
+    return True
 
 
 def _open_for_writing(path: Path, config: dict) -> RepresentationStore:

@@ -1,14 +1,16 @@
 """Writing a store from a background thread, so that store writes overlap the next batch's compute.
 
 Measured on the issue's workload, store writes cost 63 ms per image in the critical path. A
-:class:`BackgroundWriter` hands each ``write_batch`` call to one worker thread through a bounded
-queue (``depth`` batches, 1-2: the memory of at most that many batches waits), so the caller goes on
-extracting while the previous batch is written. Order is preserved (one thread, FIFO), and the store's
-own commit protocol is unchanged: each batch is committed, or not at all, exactly as a direct
-``write_batch`` would. The first failed write stops the worker; its exception is raised in the caller
-at the next :meth:`~BackgroundWriter.submit` or at :meth:`~BackgroundWriter.close`, and batches queued
-after it are not written (the store keeps every batch committed before the failure, and a rerun
-resumes from there).
+:class:`BackgroundWriter` hands each ``write_batch`` (and ``rewrite_rows``, a repair) call to one
+worker thread through a bounded queue (``depth`` batches, 1-2: the memory of at most that many
+batches waits), so the caller goes on extracting while the previous batch is written. Order is
+preserved (one thread, FIFO), and the store's own commit protocol is unchanged: each batch is
+committed, or not at all, exactly as a direct call would (a float16 store still refuses an
+overflowing batch before writing any of it). The first failed write stops the worker; its exception
+is raised in the caller at the next :meth:`~BackgroundWriter.submit` or at
+:meth:`~BackgroundWriter.close`, and batches queued after it are not written (the store keeps every
+batch committed before the failure, and a rerun resumes from there). Only the worker touches the
+store while the writer is open: the caller counts indices itself (:attr:`BackgroundWriter.next_index`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None  # the failed write's error, until the caller has seen it
         self._failed = False  # sticky: after a failure nothing more is written, so order cannot break
         self._closed = False
+        self.next_index: int = getattr(store, "num_images", 0)  # the image index after the batches submitted
         self._thread = threading.Thread(target=self._work, name="sdaudit-store-writer", daemon=True)
         self._thread.start()
 
@@ -51,7 +54,8 @@ class BackgroundWriter:
                 if item is _STOP:
                     return
                 if not self._failed:  # after a failure, drain without writing
-                    self.store.write_batch(*item[0], **item[1])
+                    method, args, kwargs = item
+                    getattr(self.store, method)(*args, **kwargs)
             except BaseException as error:  # noqa: BLE001 - handed to the caller, which re-raises it
                 self._failed, self._error = True, error
             finally:
@@ -67,10 +71,18 @@ class BackgroundWriter:
 
         The arrays must not be changed by the caller afterwards (they are written later).
         """
+        self._put("write_batch", start, arrays, entries, inputs=inputs)
+        self.next_index = start + len(entries)
+
+    def submit_repair(self, indices: Sequence[int], arrays: dict[str, np.ndarray], inputs: np.ndarray | None = None) -> None:
+        """Queue ``store.rewrite_rows(indices, arrays, inputs=inputs)`` (in order with the batches); as :meth:`submit`."""
+        self._put("rewrite_rows", list(indices), arrays, inputs=inputs)
+
+    def _put(self, method: str, *args, **kwargs) -> None:
         if self._closed:
             raise RuntimeError("submit() on a closed BackgroundWriter")
         self._raise_pending()
-        self._queue.put(((start, arrays, entries), {"inputs": inputs}))
+        self._queue.put((method, args, kwargs))
         self._raise_pending()  # a failure that happened while this call waited for room
 
     def close(self) -> None:
