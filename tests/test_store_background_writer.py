@@ -67,14 +67,27 @@ def test_close_raises_an_error_of_the_last_batch():
         writer.submit(4, {}, [])
 
 
-def test_an_exception_in_the_caller_drops_the_queued_batches():
+def test_an_exception_in_the_caller_still_writes_the_queued_batches():
+    """Batches extracted before the caller failed (a bad image, Ctrl-C) are complete: they are committed, as
+    direct writes would have committed them (regression: a bad image mid-run lost the batch before it)."""
     store = SlowStore()
     with pytest.raises(KeyboardInterrupt):
         with BackgroundWriter(store, depth=2) as writer:
             for start in range(0, 6, 2):
                 writer.submit(start, {}, [])
             raise KeyboardInterrupt
-    assert store.starts == list(range(0, 2 * len(store.starts), 2))  # a prefix, in order
+    assert store.starts == [0, 2, 4]
+
+
+def test_a_write_error_while_the_caller_fails_is_noted_on_the_callers_exception():
+    store = SlowStore(fail_at=2)
+    with pytest.raises(KeyError) as caught:
+        with BackgroundWriter(store, depth=2) as writer:
+            writer.submit(0, {}, [])
+            writer.submit(2, {}, [])
+            raise KeyError("bad image")
+    assert store.starts == [0]
+    assert any("disk full at 2" in note for note in caught.value.__notes__)
 
 
 def test_a_real_store_is_equal_to_direct_writes_and_consistent_after_a_failure(tmp_path):

@@ -208,7 +208,7 @@ def audit_cmd(
     _check_options(out=out, size=size, device=device)
     settings = _audit_settings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
                                analyses=analyses, anomaly_layer=anomaly_layer, batch_size=batch_size, probe=probe,
-                               controls=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
+                               control=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
                                noise_seeds=noise_seeds)
     load = {"device": device, "revision": revision, "local_files_only": local_files_only}
     run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
@@ -219,19 +219,16 @@ def audit_cmd(
         _print_audit(results, out, time.perf_counter() - start)
 
 
-def _audit_settings(*, layers: str, protocol: str, timestep: str, seed: int, size: int | None, analyses: str,
-                    anomaly_layer: str | None, batch_size: int, probe: str, controls: list[str] | None,
-                    control_seed: int, anomaly_labels: str | None, noise_seeds: int):
-    """The audit's settings from the command's options: the one place where the command line builds them."""
+def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[str] | None, **fields):
+    """The audit's settings from the command's options: the one place where the command line builds them.
+    ``fields`` are the options named as :class:`~sdaudit.settings.AuditSettings` fields; the others are parsed."""
     from .audit import ANALYSES, AuditSettings
     from .validation import check_choices, parse_int_list
 
     chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
     timesteps = parse_int_list(timestep, name="--timestep")
-    return AuditSettings(layers=layers, protocol=protocol, timestep=timesteps[0], seed=seed, size=size,
-                         analyses=chosen, anomaly_layer=anomaly_layer, batch_size=batch_size, probe_method=probe,
-                         controls=list(controls or []), control_seed=control_seed, anomaly_labels=anomaly_labels,
-                         timesteps=timesteps if len(timesteps) > 1 else [], noise_seeds=noise_seeds).validated()
+    return AuditSettings(**fields, timestep=timesteps[0], timesteps=timesteps if len(timesteps) > 1 else [],
+                         analyses=chosen, probe_method=probe, controls=list(control or [])).validated()
 
 
 def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dict, num_processes: int):

@@ -32,7 +32,7 @@ class BackgroundWriter:
         depth: batches that may wait in the queue (1 or 2); :meth:`submit` blocks while it is full.
 
     Use as a context manager, or call :meth:`close` (which waits for every queued batch): leaving the
-    ``with`` block on an exception stops the worker without writing what is still queued.
+    ``with`` block on an exception still writes what is queued (those batches are complete), then re-raises.
     """
 
     def __init__(self, store, *, depth: int = 1):
@@ -93,20 +93,17 @@ class BackgroundWriter:
             self._thread.join()
         self._raise_pending()
 
-    def abort(self) -> None:
-        """Stop without writing the batches still queued (the store keeps what was committed)."""
-        if not self._closed:
-            self._closed, self._failed = True, True
-            self._queue.put(_STOP)
-            self._thread.join()
-        self._error = None
-
     def __enter__(self) -> BackgroundWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Write what is queued in every case: those batches were extracted before the caller failed and are
+        valid, and a direct write would have committed them (a bad image or an interruption mid-run must not
+        lose finished batches). The caller's exception stays the one raised; a write error is noted on it."""
         if exc_type is None:
             self.close()
-        else:
-            self.abort()
-
+            return
+        try:
+            self.close()
+        except Exception as error:  # noqa: BLE001 - the caller's exception is raised; this one is attached
+            exc.add_note(f"and a queued store write failed: {type(error).__name__}: {error}")
