@@ -9,8 +9,20 @@ from typing import Any
 from .rows import LayerRow, split_known, record_dict
 
 
+class _Record:
+    """A record of results.json: its declared fields plus ``extra`` (every other key, written back as read)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None):
+        known, extra = split_known(cls, data or {})
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return record_dict(self)
+
+
 @dataclass
-class ModelInfo:
+class ModelInfo(_Record):
     """What identifies the audited weights."""
 
     name: str | None = None
@@ -21,11 +33,6 @@ class ModelInfo:
     random_weights: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> ModelInfo:
-        known, extra = split_known(cls, data or {})
-        return cls(**known, extra=extra)
-
     def to_dict(self) -> dict[str, Any]:
         out = record_dict(self)
         if self.random_weights is None:
@@ -34,7 +41,7 @@ class ModelInfo:
 
 
 @dataclass
-class AnomalySummary:
+class AnomalySummary(_Record):
     """The detector's finds on the anomaly layer: counts, its grid and parameters, the rows [image, x, y]."""
 
     layer: str | None = None
@@ -46,11 +53,6 @@ class AnomalySummary:
     rows: list[list[int]] | None = None
     scores: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AnomalySummary:
-        known, extra = split_known(cls, data)
-        return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in record_dict(self).items() if v is not None or k in self.extra}
@@ -64,7 +66,7 @@ class AnomalySummary:
 
 
 @dataclass
-class MapExample:
+class MapExample(_Record):
     """One similarity-map row of the qualitative figure: a layer, a measure and a reference token [image, row, col]."""
 
     id: str
@@ -80,12 +82,9 @@ class MapExample:
         known, extra = split_known(cls, data)
         return cls(**{"id": "", "layer": "", "key": "", **known}, extra=extra)
 
-    def to_dict(self) -> dict[str, Any]:
-        return record_dict(self)
-
 
 @dataclass
-class MapsInfo:
+class MapsInfo(_Record):
     """What maps.npz holds: the shown images, the similarity examples, the norm layers."""
 
     images: list[int] = field(default_factory=list)
@@ -116,18 +115,10 @@ class TimestepTable:
 
 
 @dataclass
-class Recurrence:
+class Recurrence(_Record):
     """Whether anomalies recur at the same positions: coincident cross-image pairs against a permutation null."""
 
     pairs: int | None = None
     null_mean: float | None = None
     p_value: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Recurrence:
-        known, extra = split_known(cls, data)
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict[str, Any]:
-        return record_dict(self)
