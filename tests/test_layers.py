@@ -83,3 +83,30 @@ def test_size_must_fit_the_unet():
         layer_infos(load_unet_config("tiny"), 500)
     grids = {i.name: (i.height, i.width) for i in layer_infos(load_unet_config("tiny"), 496)}
     assert grids["conv_in"] == (62, 62) and grids["up_blocks[3].resnets[0]"] == (62, 62)
+
+
+def test_the_family_names_its_semantic_and_default_anomaly_layers():
+    """What the audit asks the family instead of knowing U-Net names itself."""
+    family = family_for_config(load_unet_config("sd15"))
+    names = family.paper_layers()
+    semantic = family.semantic_layers(names)
+    assert semantic and {block_of(n) for n in semantic} == {"up_blocks[1]", "up_blocks[2]"}
+    assert family.default_anomaly_layer(names) == "up_blocks[1].upsamplers[0]"
+    without = [n for n in names if n != "up_blocks[1].upsamplers[0]"]
+    assert family.default_anomaly_layer(without) == "up_blocks[2].upsamplers[0]"  # the second up-block upsampler
+    assert family.default_anomaly_layer(["conv_in", "mid_block.resnets[0]", "conv_out"]) == "mid_block.resnets[0]"
+
+
+def test_choose_examples_takes_the_semantic_layer_from_the_given_candidates():
+    from sdaudit.audit.maps import choose_examples
+
+    table = [{"layer": n, "block": block_of(n), "kind": kind_of(n), "grid": 8, "probe_acc_8": acc}
+             for n, acc in (("down_blocks[1].resnets[0]", 0.1), ("up_blocks[1].resnets[0]", 0.9),
+                            ("up_blocks[2].resnets[0]", 0.5))]
+    grids = {row["layer"]: (8, 8) for row in table}
+    chosen = {e["id"]: e["layer"] for e in choose_examples(table, None, None, grids,
+                                                           semantic_layers=["up_blocks[1].resnets[0]",
+                                                                            "up_blocks[2].resnets[0]"])}
+    assert chosen["semantic"] == "up_blocks[2].resnets[0]"  # the least positional candidate, not down_blocks[1]
+    chosen = {e["id"]: e["layer"] for e in choose_examples(table, None, None, grids)}
+    assert chosen["semantic"] == "up_blocks[1].resnets[0]"  # no candidates: the middle layer

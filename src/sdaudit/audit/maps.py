@@ -43,13 +43,15 @@ def _example(kind: str, title: str, layer: str, ref: list[int]) -> dict:
 
 
 def choose_examples(table: Sequence[LayerRow | Mapping[str, Any]], anomaly_layer: str | None,
-                    top_anomaly: tuple[int, int] | None, grids: dict[str, tuple[int, int]]) -> list[dict]:
+                    top_anomaly: tuple[int, int] | None, grids: dict[str, tuple[int, int]], *,
+                    semantic_layers: Sequence[str] = ()) -> list[dict]:
     """The four examples of the paper's Fig. 1/3, chosen from the measured results.
 
     * position: the layer whose probe is most accurate at its finest resolution; an interior token;
     * corner: the layer with the largest corner relative similarity; the top-left corner token;
     * anomaly: the detector's strongest anomaly on the anomaly layer (if any was found);
-    * semantic: the up_blocks[1]/[2] layer with the least positional information; the centre token.
+    * semantic: of ``semantic_layers`` (the model family's, e.g. SD's up_blocks[1]/[2]), the layer with the least
+      positional information (else the middle layer); the centre token.
     """
     rows = [LayerRow.coerce(r) for r in table]
     examples = []
@@ -65,7 +67,7 @@ def choose_examples(table: Sequence[LayerRow | Mapping[str, Any]], anomaly_layer
     if anomaly_layer and top_anomaly is not None:
         x, y = top_anomaly
         examples.append(_example("anomaly", "High-norm anomaly", anomaly_layer, [0, y, x]))
-    semantic = [(finest_accuracy(r) or 0.0, r.layer) for r in rows if r.layer.startswith(("up_blocks[1]", "up_blocks[2]"))]
+    semantic = [(finest_accuracy(r) or 0.0, r.layer) for r in rows if r.layer in set(semantic_layers)]
     layer = min(semantic)[1] if semantic else rows[len(rows) // 2].layer
     n = grids[layer][0]
     examples.append(_example("semantic", "Semantic similarity", layer, [0, n // 2, n // 2]))

@@ -157,7 +157,8 @@ class MapsWriter:
         if len(rows):
             best = rows[int(np.argmax(scores))]
             top = (int(best[1]), int(best[2]))
-        examples = choose_examples(finite, anomaly_layer, top, measured.grids)
+        examples = choose_examples(finite, anomaly_layer, top, measured.grids,
+                                   semantic_layers=main.full.model.family.semantic_layers(main.full.layers))
         shown_norms = norm_layers(finite, anomaly_layer)
         skipped: dict[str, str] = {}
         arrays = self._arrays(main.full, shown, rows, (examples, shown_norms), skipped)

@@ -52,6 +52,12 @@ class ModelFamily(ABC):
         :func:`sdaudit.layer_names.select_layers`)."""
         return select_layers(spec, self.layer_names(), paper=self.paper_layers())
 
+    def semantic_layers(self, layers: Sequence[str]) -> list[str]:
+        """Among ``layers``, those where the paper finds the most semantic features (the report's "semantic
+        similarity" example picks the least positional of them); here: the second half of the network."""
+        layers = list(layers)
+        return layers[len(layers) // 2:]
+
     def default_anomaly_layer(self, layers: Sequence[str]) -> str:
         """The layer anomalies are detected on when the user names none, among the audited ``layers``:
         the family's :attr:`anomaly_layer` when audited, else the family's fallback (here: the middle layer)."""

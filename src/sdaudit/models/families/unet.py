@@ -53,6 +53,11 @@ class UNetFamily(ModelFamily):
     def paper_layers(self) -> list[str]:
         return [n for n in self.layer_names() if n not in PAPER_OMITTED]
 
+    def semantic_layers(self, layers: Sequence[str]) -> list[str]:
+        """The decoder's middle blocks, ``up_blocks[1]`` and ``up_blocks[2]`` (semantic correspondence works best
+        there: DIFT, and the paper's Fig. 1)."""
+        return [n for n in layers if block_of(n) in ("up_blocks[1]", "up_blocks[2]")]
+
     def default_anomaly_layer(self, layers: Sequence[str]) -> str:
         """The paper's layer (the second up-block's upsampler) when audited; else the second audited up-block
         upsampler (the first when there is one), else the middle layer."""
