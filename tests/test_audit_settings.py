@@ -71,7 +71,73 @@ def test_a_checkpoint_of_an_older_format_is_ignored_and_the_audit_restarts(tiny,
     del meta["format"]  # as format 1 wrote it
     arrays["__meta__"] = np.array(json.dumps(meta))
     np.savez(checkpoint, **arrays)
-    with pytest.warns(RuntimeWarning, match="checkpoint format 1; this sdaudit writes format 2: it is ignored"):
+    with pytest.warns(RuntimeWarning, match="checkpoint format 1; this sdaudit writes format 3: it is ignored"):
         again = audit(tiny, folder, out, settings, report=False, progress=False)
     assert again["run"]["passes"][0]["resumed_at"] == 0
     assert again["table"][0]["probe_acc_8"] == pytest.approx(resumed["table"][0]["probe_acc_8"])
+
+
+class _Model:
+    """What the checkpoint key reads of a model."""
+
+    def __init__(self, dtype="torch.float32", device="cpu"):
+        self.dtype, self.device = dtype, type("Device", (), {"type": device})()
+
+    def identity(self):
+        return {"name": "tiny", "kind": "tiny", "weights_sha256": "0" * 64}
+
+
+def test_the_checkpoint_key_covers_what_changes_the_numbers_and_nothing_else():
+    """Review findings: n_show, batch_size (clean) and probe_max_tokens (closed-form probe) do not change the
+    numbers, so they must not discard a checkpoint; the compute dtype and device and a full pass read from a
+    store do."""
+    from sdaudit.audit.checkpoint import fingerprint
+
+    tiny = _Model()
+    items = [type("Item", (), {"sha256": f"{i:064x}"})() for i in range(3)]
+    base = AuditSettings(size=64, **QUICK)
+    key = fingerprint(tiny, base, items)
+    for same in (dataclasses.replace(base, n_show=2), dataclasses.replace(base, batch_size=2),
+                 dataclasses.replace(base, probe_max_tokens=10)):
+        assert fingerprint(tiny, same, items) == key
+    paper = AuditSettings(size=64, protocol="paper", **QUICK)
+    assert fingerprint(tiny, paper, items) != fingerprint(tiny, dataclasses.replace(paper, batch_size=2), items)
+    assert fingerprint(tiny, base, items, from_store=True) != key
+    assert fingerprint(_Model(dtype="torch.float16"), base, items) != key
+    assert fingerprint(_Model(device="cuda"), base, items) != key
+    assert fingerprint(tiny, base, items[:2]) != key
+
+
+def test_crop_px_is_refused_as_an_audit_setting():
+    from sdaudit.errors import UsageError
+
+    with pytest.raises(UsageError, match="crop_px is not an audit setting"):
+        AuditSettings(size=64, crop_px=8).validated()
+
+
+def test_an_extractor_takes_the_models_size_when_its_settings_have_none(tiny):
+    from sdaudit.extraction import Extractor
+
+    assert Extractor(tiny, ["conv_in"], ExtractionSettings(timestep=100)).settings.size == tiny.default_size
+
+
+def test_keep_store_with_an_existing_store_is_refused_before_any_work(tiny, tmp_path):
+    from sdaudit.errors import UsageError
+
+    with pytest.raises(UsageError, match="--keep-store with --store"):
+        audit(tiny, None, tmp_path / "out", AuditSettings(size=64, **QUICK), store=tmp_path / "s", keep_store=True,
+              report=False, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_custom_probe_resolutions_reach_the_seed_average_and_the_csv(tiny, tmp_path):
+    """Regression: resolutions other than the paper's crashed the seed average ('8 is not in list') and left
+    results.csv without probe rows."""
+    folder = photo_folder(tmp_path / "images", 4, first_seed=5)
+    settings = AuditSettings(size=64, resolutions=(2, 4), noise_seeds=2, layers=["conv_in", "mid_block.resnets[0]"],
+                             analyses=["position"])
+    results = audit(tiny, folder, tmp_path / "out", settings, report=False, progress=False)
+    row = results["table"][0]
+    assert row["probe_acc_4"] is not None and "probe_acc_4_seed_sd" in row and "probe_acc_8" not in row
+    csv_text = (tmp_path / "out" / "results.csv").read_text()
+    assert ",probe_acc_4," in csv_text and ",probe_acc_2," in csv_text

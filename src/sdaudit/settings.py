@@ -196,6 +196,9 @@ class AuditSettings:
             raise UsageError(f"--noise-seeds must be at least 1, got {self.noise_seeds}")
         check_seed(self.extraction.seed)
         check_seed(self.extraction.seed + self.noise_seeds - 1)
+        if self.extraction.crop_px:
+            raise UsageError("crop_px is not an audit setting: the audit plans its own cropped passes (the border "
+                             "experiment); extract cropped images with extract(..., crop_px=...)")
         if self.noise_seeds > 1 and self.controls:
             raise UsageError("--noise-seeds with --control is not supported yet: run the control with one noise seed")
         extraction = replace(self.extraction, timestep=timesteps[0] if timesteps else self.extraction.timestep)

@@ -83,6 +83,8 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
     sharding = _sharding(shard)
     if sharding.world_size > 1 and keep_store:
         raise UsageError("keep_store is not supported with several processes")
+    if keep_store and store is not None:
+        raise UsageError("--keep-store with --store: the audited store already holds the representations")
     if isinstance(model, str):
         model = load_model(model)
     if store is not None:

@@ -2,7 +2,7 @@
 
 A checkpoint is one ``.npz`` file holding :meth:`AuditState.state_dict` (every accumulator's state,
 the passes' progress, the failed layers) and, in ``__meta__``, the checkpoint format and the run's
-fingerprint: a hash of the model's identity, :meth:`AuditSettings.to_dict` and the images' sha256.
+fingerprint (:func:`fingerprint`): a hash of the model, the settings that change the numbers and the images.
 It is written to a temporary file and renamed, so that a kill never leaves a half-written checkpoint.
 A checkpoint of other settings or images is ignored (the run starts afresh and overwrites it); one of
 an older checkpoint format is ignored too, with a warning that the audit starts again.
@@ -21,16 +21,34 @@ from pathlib import Path
 import numpy as np
 
 # 2: the fingerprint hashes the settings tree (AuditSettings.to_dict()) and __meta__ holds "format".
-CHECKPOINT_FORMAT = 2
+# 3: the fingerprint also covers the compute dtype and device and a full pass read from a store; it leaves
+#    out the settings that cannot change the numbers (numeric_settings).
+CHECKPOINT_FORMAT = 3
 
 
-def fingerprint(model_identity: dict, settings, items: Sequence) -> str:
-    """What a run's results depend on: the model, the settings (one run's) and the images, in order."""
-    h = hashlib.sha256(json.dumps({"model": model_identity, "settings": settings.to_dict()}, sort_keys=True,
-                                  default=str).encode())
+def fingerprint(model, settings, items: Sequence, *, from_store: bool = False) -> str:
+    """What a run's numbers depend on: the model (its identity, compute dtype and device type), the settings
+    that change the numbers (:func:`numeric_settings`), whether the full pass was read from a store (float16
+    representations) or computed, and the images, in order."""
+    key = {"model": model.identity(), "dtype": str(model.dtype), "device": model.device.type,
+           "settings": numeric_settings(settings), "full_pass_from_store": bool(from_store)}
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for item in items:
         h.update(item.sha256.encode())
     return h.hexdigest()
+
+
+def numeric_settings(settings) -> dict:
+    """:meth:`AuditSettings.to_dict` less what cannot change the checkpointed numbers: ``n_show`` (the maps are
+    drawn after the passes), ``batch_size`` under protocol 'clean' (each image's noise is seeded by its index),
+    ``probe_max_tokens`` unless the probe is the published one (it bounds only that probe's sample)."""
+    data = settings.to_dict()
+    data.pop("n_show", None)
+    if data.get("protocol") != "paper":
+        data.pop("batch_size", None)
+    if data.get("probe_method") != "paper":
+        data.pop("probe_max_tokens", None)
+    return data
 
 
 class Checkpointer:

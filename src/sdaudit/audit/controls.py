@@ -11,7 +11,7 @@ interval excludes 0.
 from __future__ import annotations
 
 from ..analyses.intervals import difference_interval
-from ..audit_results import INTERVAL_METRICS, finite
+from ..audit_results import finite, interval_metrics, row_resolutions
 from ..models.controls import control_model
 from ..settings import AuditSettings
 from .outputs import metric_terms
@@ -34,7 +34,7 @@ def run_controls(main: AuditRun, settings: AuditSettings, options: RunOptions) -
 def add_beyond_columns(table: list[dict], state, control_state, prefix: str = "beyond_") -> None:
     """``<prefix><metric>`` (model - control) with ``_low`` / ``_high`` for every metric both runs have."""
     for row in table:
-        for metric in INTERVAL_METRICS:
+        for metric in interval_metrics(row_resolutions(row)):
             a = metric_terms(state, row["layer"], metric)
             b = metric_terms(control_state, row["layer"], metric)
             if a is None or b is None or not len(a.index) or not len(b.index):

@@ -18,12 +18,12 @@ writes results.json, the figures, the maps and the report; every rank returns th
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audit_results import read_results
 from ..errors import UsageError
 from ..settings import AuditSettings
 from .api import audit
@@ -110,4 +110,4 @@ def audit_multiprocess(model: str, images, out: str | Path, settings: AuditSetti
                settings or AuditSettings(), audit_kwargs,
                threads if threads is not None else max(1, (os.cpu_count() or 1) // num_processes))
     mp.spawn(_worker, args=(job,), nprocs=num_processes, join=True)
-    return json.loads((out / "results.json").read_text())
+    return read_results(out).to_dict()

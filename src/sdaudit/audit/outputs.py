@@ -56,7 +56,9 @@ def metric_terms(state, layer: str, metric: str) -> Terms | None:
     if layer in state.failed:
         return None
     if metric.startswith("probe_acc_") and layer in state.probe:
-        return state.probe[layer].terms(int(metric.rsplit("_", 1)[1]))
+        resolution = int(metric.rsplit("_", 1)[1])  # the audit's resolutions may differ from the paper's
+        probe = state.probe[layer]
+        return probe.terms(resolution) if resolution in probe.resolutions else None
     if metric.endswith("_rel_sim") and layer in state.borders:
         return state.borders[layer].terms(metric.split("_", 1)[0])
     if metric == "anomaly_rel_norm_mean" and state.norms is not None and state.anomaly_layer not in state.failed:

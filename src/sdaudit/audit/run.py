@@ -112,8 +112,9 @@ class AuditRun:
             self.full, fraction=0.5, device_output=model.device.type == "cuda")
         self.state = self._new_state()
         sharding = options.sharding
-        self.checkpointer = Checkpointer(sharding.checkpoint_path(self.out), sharding.own_fingerprint(
-            fingerprint(model.identity(), self.settings, self.items)), options.checkpoint_seconds)
+        key = fingerprint(model, self.settings, self.items, from_store=full_source is not None)
+        self.checkpointer = Checkpointer(sharding.checkpoint_path(self.out), sharding.own_fingerprint(key),
+                                         options.checkpoint_seconds)
         self.store_writer = make_store_writer(self.full) if make_store_writer is not None else None
         self.stats = {"passes": [], "unet_passes_per_image": 0, "batch_size": self.batch_size, **sharding.stats()}
         self.feeder: Feeder | None = None

@@ -210,9 +210,6 @@ class Shard:
         _dist().broadcast_object_list(box, src=src, group=self.group)
         return box[0]
 
-    def barrier(self) -> None:
-        _dist().barrier(group=self.group)
-
     def check_same(self, value, what: str) -> None:
         """Raise on every rank unless all ranks hold the same ``value`` (e.g. the audit's fingerprint)."""
         values = self.all_gather(value)

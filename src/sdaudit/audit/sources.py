@@ -67,7 +67,6 @@ class _SequentialSource:
 
         if self._iter is None or index < self._pos:
             self._iter, self._pos = iter(iter_images(self.source, skip_bad=True, errors=[])), 0
-            self._seen = 0
         for record in self._iter:
             if record.sha256 == self.sha_by_index.get(self._pos):
                 self._pos += 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..analyses.intervals import mean_interval
-from ..audit_results import INTERVAL_METRICS, finite
+from ..audit_results import finite, interval_metrics, row_resolutions
 from ..settings import AuditSettings
 from .outputs import metric_terms
 from .run import AuditRun, RunOptions
@@ -39,7 +39,7 @@ def average_over_seeds(table: list[dict], states: list) -> None:
     if len(states) < 2:
         return
     for row in table:
-        for metric in INTERVAL_METRICS:
+        for metric in interval_metrics(row_resolutions(row)):
             terms = [metric_terms(state, row["layer"], metric) for state in states]
             if any(t is None or not len(t.index) for t in terms):
                 continue

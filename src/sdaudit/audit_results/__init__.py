@@ -22,9 +22,9 @@ from .results import AuditResults
 from .rows import ControlRun, LayerRow
 from .schema import (ANOMALY_MEAN, ANOMALY_STD, CSV_METRICS, FORMAT, FORMAT_PREFIX, INTERVAL_METRICS,
                      READABLE_VERSIONS, RESULTS_NAME, SCHEMA_VERSION, ResultsFormatError, ResultsNotFoundError, finite,
-                     probe_metric, ratio_metric)
+                     interval_metrics, probe_metric, ratio_metric, row_resolutions)
 
-__all__ = ["ANOMALY_MEAN", "ANOMALY_STD", "CSV_HEADER", "CSV_METRICS", "FORMAT", "FORMAT_PREFIX", "INTERVAL_METRICS",
+__all__ = ["interval_metrics", "row_resolutions", "ANOMALY_MEAN", "ANOMALY_STD", "CSV_HEADER", "CSV_METRICS", "FORMAT", "FORMAT_PREFIX", "INTERVAL_METRICS",
            "READABLE_VERSIONS", "RESULTS_NAME", "SCHEMA_VERSION", "AnomalySummary", "AuditResults", "ControlRun",
            "LayerInfo", "LayerRow", "MapExample", "MapsInfo", "ModelInfo", "Recurrence", "ResultsFormatError",
            "ResultsNotFoundError", "TimestepTable", "finite", "probe_metric", "ratio_metric", "read_results",

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ..analyses.results import to_jsonable
+from ..constants import RESOLUTIONS
 from .results import AuditResults
 from .rows import LayerRow
-from .schema import (CSV_METRICS, FORMAT, FORMAT_PREFIX, READABLE_VERSIONS, RESULTS_NAME, ResultsFormatError,
-                     ResultsNotFoundError)
+from .schema import (FORMAT, FORMAT_PREFIX, READABLE_VERSIONS, RESULTS_NAME, ResultsFormatError, ResultsNotFoundError,
+                     csv_metrics)
 
 
 def _results_file(path: str | Path) -> Path:
@@ -81,6 +82,7 @@ def write_results_csv(path: str | Path, results: AuditResults) -> Path:
     """
     path = Path(path)
     tables = [(t.timestep, t.table) for t in results.timesteps] or [(results.settings.get("timestep"), results.table)]
+    metrics = csv_metrics(results.settings.get("resolutions") or RESOLUTIONS)
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -89,7 +91,7 @@ def write_results_csv(path: str | Path, results: AuditResults) -> Path:
             for i, row in enumerate(table):
                 writer.writerows([results.model.name, timestep, i, row.layer, row.block, row.kind, row.grid, metric,
                                   *_csv_values(row, metric)]
-                                 for metric in CSV_METRICS if row.values.get(metric) is not None)
+                                 for metric in metrics if row.values.get(metric) is not None)
     os.replace(tmp, path)
     return path
 

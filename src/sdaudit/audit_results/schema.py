@@ -6,6 +6,8 @@ Torch-free and free of the other ``audit_results`` modules, which all import it.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from ..analyses.results import GROUPS
@@ -21,12 +23,32 @@ READABLE_VERSIONS = (1, 2)
 RESULTS_NAME = "results.json"
 
 ANOMALY_MEAN, ANOMALY_STD = "anomaly_rel_norm_mean", "anomaly_rel_norm_std"
-#: Metrics with a 95 % bootstrap interval over images: a row holds ``<metric>_low`` and ``<metric>_high``.
-INTERVAL_METRICS = tuple(f"probe_acc_{s}" for s in RESOLUTIONS) + tuple(f"{g}_rel_sim" for g in GROUPS) + (
-    ANOMALY_MEAN,)
-#: The metrics of results.csv, in its order: probe accuracies and chances, relative similarities, anomaly norms.
-CSV_METRICS = (tuple(f"probe_acc_{s}" for s in RESOLUTIONS) + tuple(f"probe_chance_{s}" for s in RESOLUTIONS)
-               + tuple(f"{g}_rel_sim" for g in GROUPS) + (ANOMALY_MEAN, ANOMALY_STD, "anomaly_count"))
+
+
+def interval_metrics(resolutions=RESOLUTIONS) -> tuple[str, ...]:
+    """Metrics with a 95 % bootstrap interval over images (a row holds ``<metric>_low`` and ``<metric>_high``):
+    probe accuracies at ``resolutions``, the relative similarities, the anomalies' mean relative norm."""
+    return tuple(f"probe_acc_{s}" for s in resolutions) + tuple(f"{g}_rel_sim" for g in GROUPS) + (ANOMALY_MEAN,)
+
+
+def row_resolutions(row: Mapping[str, Any]) -> list[int]:
+    """The probe resolutions a table row holds accuracies for (the audit's, which need not be the paper's)."""
+    return sorted(int(key[len("probe_acc_"):]) for key in row if re.fullmatch(r"probe_acc_\d+", key))
+
+
+#: The interval metrics at the paper's resolutions.
+INTERVAL_METRICS = interval_metrics()
+
+
+def csv_metrics(resolutions=RESOLUTIONS) -> tuple[str, ...]:
+    """The metrics of results.csv, in its order: probe accuracies and chances at the audit's ``resolutions``,
+    relative similarities, anomaly norms."""
+    return (tuple(f"probe_acc_{s}" for s in resolutions) + tuple(f"probe_chance_{s}" for s in resolutions)
+            + tuple(f"{g}_rel_sim" for g in GROUPS) + (ANOMALY_MEAN, ANOMALY_STD, "anomaly_count"))
+
+
+#: results.csv's metrics for the paper's resolutions.
+CSV_METRICS = csv_metrics()
 
 
 class ResultsFormatError(SdauditError, ValueError):

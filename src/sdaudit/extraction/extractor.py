@@ -39,7 +39,7 @@ class Extractor:
     def __init__(self, model, layers: str | Sequence[str] = "paper", settings: ExtractionSettings | None = None, *,
                  compile: bool = False, channels_last: bool = False):
         self.model, self.family = model, model.family
-        self.settings = (settings or ExtractionSettings(size=model.default_size)).validated()
+        self.settings = (settings or ExtractionSettings()).for_model(model.default_size).validated()
         self.available = self.family.layer_names()
         self.layers = self.family.select_layers(layers)
         infos = {i.name: i for i in self.family.layer_infos(self.settings.input_size)}

@@ -23,9 +23,9 @@ import dataclasses
 import torch
 
 from ..errors import UsageError
+from ..settings import CONTROLS
 from .load import LoadedModel, place, state_dict_sha256
 
-CONTROLS = ("untrained", "circular-padding")
 # not 0: sdaudit's own random-weight models (tiny, arch:*) are drawn with seed 0, and their untrained control
 # must be another draw, not the same weights again
 DEFAULT_CONTROL_SEED = 1
