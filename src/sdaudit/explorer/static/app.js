@@ -10,7 +10,7 @@
   const MUTATE = { "X-Requested-By": "sdaudit" };
   const $ = (id) => document.getElementById(id);
   const enc = encodeURIComponent;
-  const MAX_SELECTED = 12;
+  const MAX_SELECTED = 12;  // also the page size: the first page is shown at start
   const CACHE_BYTES = 512 * 1024 * 1024;
   const MEASURE_NAMES = {
     cosine: "cosine similarity", centered_cosine: "centred cosine", dot: "dot product",
@@ -54,7 +54,7 @@
   const S = {
     info: null, store: 0, images: [], selected: [], layer: null, measure: "cosine", view: "similarity",
     ref: null, pinned: false, opacity: 0.8, showDetections: true, labels: null, detections: {},
-    feats: [], grid: [0, 0], presets: {}, hoverToken: null, loadSeq: 0,
+    feats: [], grid: [0, 0], presets: {}, hoverToken: null, loadSeq: 0, labelMode: false, preset: null,
   };
   const cache = new Map(); // key -> {promise, bytes}
   let cacheBytes = 0;
@@ -65,6 +65,58 @@
     get idle() { return pub.pending === 0; },
   };
   window.sdaudit = pub;
+
+  // ----- state in the URL: a reload restores the page, a link reproduces it ------------------------
+  /** The page's state as query parameters (store, layer, measure, view, images, the pinned token). */
+  function stateQuery() {
+    const q = new URLSearchParams();
+    if (S.store) q.set("store", String(S.store));
+    if (S.layer) q.set("layer", S.layer);
+    q.set("measure", S.measure);
+    q.set("view", S.view);
+    q.set("images", S.selected.join(","));
+    if (S.pinned && S.ref) q.set("token", `${S.ref.image},${S.ref.row},${S.ref.col}`);
+    return q.toString();
+  }
+
+  let lastQuery = null;
+  function syncURL() {
+    if (!S.info) return;
+    const q = stateQuery();
+    if (q === lastQuery) return;  // hovering must not flood the history API
+    lastQuery = q;
+    history.replaceState(null, "", `${location.pathname}?${q}`);
+  }
+
+  const ints = (text) => (text || "").split(",").filter((t) => t.trim() !== "").map(Number);
+
+  /** Apply the URL's parameters to S (before the first load); returns complaints about invalid ones. */
+  function readURL() {
+    const q = new URLSearchParams(location.search), bad = [];
+    const store = q.has("store") ? Number(q.get("store")) : 0;
+    if (Number.isInteger(store) && store >= 0 && store < S.info.stores.length) S.store = store;
+    else bad.push(`store ${q.get("store")}`);
+    const st = currentStore();
+    if (q.has("layer")) {
+      if (st.layers.some((l) => l.name === q.get("layer"))) S.layer = q.get("layer");
+      else bad.push(`layer ${q.get("layer")}`);
+    }
+    if (q.has("measure")) {
+      if (S.info.measures.includes(q.get("measure"))) S.measure = q.get("measure");
+      else bad.push(`measure ${q.get("measure")}`);
+    }
+    if (q.has("view")) {
+      if (["similarity", "norm"].includes(q.get("view"))) S.view = q.get("view");
+      else bad.push(`view ${q.get("view")}`);
+    }
+    if (q.has("images")) S.selected = ints(q.get("images")).filter((i) => Number.isInteger(i) && i >= 0);
+    const tok = ints(q.get("token"));
+    if (tok.length === 3 && tok.every((v) => Number.isInteger(v) && v >= 0)) {
+      S.ref = { image: tok[0], row: tok[1], col: tok[2] };
+      S.pinned = true;
+    } else if (q.has("token")) bad.push(`token ${q.get("token")}`);
+    return bad;
+  }
 
   // ----- server access -----------------------------------------------------------------------------
   async function api(path, opts) {
@@ -341,11 +393,16 @@
         drawMarks();
         const s0 = scaleFor(S.measure, []);
         drawLegend(s0);
+        syncURL();
         return;
       }
       const refIdx = S.selected.indexOf(S.ref.image);
       try {
         if (refIdx < 0) throw new Error("the marked token's image is not selected");
+        if (S.ref.row >= S.grid[0] || S.ref.col >= S.grid[1]) {
+          S.ref = null; S.pinned = false;
+          throw new Error(`the token is outside this layer's ${S.grid[0]}×${S.grid[1]} grid`);
+        }
         maps = computeMaps(feats, refIdx, S.ref.row, S.ref.col, S.measure);
       } catch (e) {
         message(e.message, true);
@@ -368,6 +425,7 @@
       pub.eventTimes.push(t1 - ev.timeStamp);
       if (pub.eventTimes.length > 1000) pub.eventTimes.shift();
     }
+    syncURL();
     $("status-time").textContent = `redraw ${pub.lastRedrawMs.toFixed(1)} ms (${feats.length} image${feats.length > 1 ? "s" : ""}, ${S.grid[0]}×${S.grid[1]})`;
   }
 
@@ -473,6 +531,8 @@
       }
       redraw(ev);
       showValue(k, row, col);
+    } else if (!S.labelMode) {
+      message("label mode is off: turn on “Label mode” (or press L) to label patches by clicking");
     } else {
       try {
         const res = await sendJSON("POST", `/api/stores/${S.store}/labels/toggle`, { layer: S.layer, image, x: col, y: row });
@@ -537,9 +597,47 @@
 
   function currentStore() { return S.info.stores[S.store]; }
 
+  /** Forget what described the previous state: the message and the highlighted example. */
+  function clearTransient() {
+    message("");
+    S.preset = null;
+    document.querySelectorAll(".presets button").forEach((b) => b.classList.remove("active"));
+  }
+
+  function setLabelMode(on) {
+    S.labelMode = !!on && S.view === "norm";
+    const b = $("btn-label-mode");
+    b.classList.toggle("on", S.labelMode);
+    b.setAttribute("aria-pressed", String(S.labelMode));
+    b.textContent = S.labelMode ? "Label mode: on" : "Label mode: off";
+    document.body.classList.toggle("labelling", S.labelMode);
+    message(S.labelMode ? "label mode: a click adds or removes a labelled patch (saved to disk)" : "");
+  }
+
+  // ----- pages of images: MAX_SELECTED at a time ---------------------------------------------------
+  const pageCount = () => Math.max(1, Math.ceil(S.images.length / MAX_SELECTED));
+  const currentPage = () => (S.selected.length ? Math.floor(Math.min(...S.selected) / MAX_SELECTED) : 0);
+
+  function showPage(p) {
+    const first = Math.min(Math.max(0, p), pageCount() - 1) * MAX_SELECTED;
+    const last = Math.min(S.images.length, first + MAX_SELECTED);
+    const list = [];
+    for (let i = first; i < last; i++) list.push(i);
+    return setSelection(list);
+  }
+
+  function updatePager() {
+    const n = S.images.length, p = currentPage();
+    const first = Math.min(...S.selected), last = Math.max(...S.selected);
+    $("page-info").textContent = S.selected.length ? `showing ${S.selected.length}: #${first}–#${last} of ${n}` : `none of ${n} shown`;
+    $("btn-page-prev").disabled = p <= 0;
+    $("btn-page-next").disabled = p >= pageCount() - 1;
+  }
+
   function message(text, isErr) {
     const m = $("message");
     m.textContent = text || "";
+    m.title = text || "";  // the full text when two lines do not hold it
     m.classList.toggle("err", !!isErr);
     if (isErr) pub.errors.push(text);
   }
@@ -609,8 +707,8 @@
       if (oldL && S.ref) { const L = st.layers.find((l) => l.name === S.layer); S.ref.row = Math.floor(S.ref.row * L.rows / oldL.rows); S.ref.col = Math.floor(S.ref.col * L.cols / oldL.cols); }
     }
     await loadImages();
-    S.selected = S.selected.filter((i) => i < S.images.length);
-    if (!S.selected.length) S.selected = S.images.slice(0, 4).map((e) => e.index);
+    S.selected = [...new Set(S.selected.filter((i) => i < S.images.length))].slice(0, MAX_SELECTED);
+    if (!S.selected.length) S.selected = S.images.slice(0, MAX_SELECTED).map((e) => e.index);
     S.detections = {};
     S.labels = await getJSON(`/api/stores/${S.store}/labels`);
     fillStorePickers();
@@ -653,6 +751,7 @@
       li.classList.toggle("sel", k >= 0);
       li.querySelector(".badge").textContent = k >= 0 ? String(k + 1) : "";
     });
+    updatePager();
   }
 
   function setSelection(list) {
@@ -661,6 +760,7 @@
     for (const i of list) if (i >= 0 && i < n && !out.includes(i)) out.push(i);
     out.sort((a, b) => a - b);
     S.selected = out.slice(0, MAX_SELECTED);
+    clearTransient();
     updateThumbSel();
     return refresh();
   }
@@ -690,12 +790,15 @@
     }
     S.layer = name;
     $("sel-layer").value = name;
+    clearTransient();
     updateLabelInfo();
     return refresh();
   }
 
   function setView(view, draw = true) {
     S.view = view;
+    if (draw) clearTransient();
+    if (view !== "norm" && S.labelMode) setLabelMode(false);
     document.querySelectorAll("#view-seg button").forEach((b) => b.classList.toggle("on", b.dataset.view === view));
     $("labelbar").hidden = view !== "norm";
     $("sel-measure").disabled = view === "norm";
@@ -753,7 +856,6 @@
   }
 
   async function applyPreset(name) {
-    document.querySelectorAll(".presets button").forEach((b) => b.classList.toggle("active", b.dataset.preset === name));
     try {
       if (!S.presets[S.store]) {
         message("finding examples in this store…");
@@ -769,6 +871,8 @@
       S.pinned = true;
       if (S.view !== p.view) setView(p.view, false);  // drawn once the layer's features are in
       await setSelection(p.images);
+      S.preset = name;
+      document.querySelectorAll(".presets button").forEach((b) => b.classList.toggle("active", b.dataset.preset === name));
       message(p.description);
     } catch (e) {
       message(e.message, true);
@@ -801,7 +905,7 @@
       ms.appendChild(o);
     }
     ms.value = S.measure;
-    ms.addEventListener("change", (e) => { S.measure = e.target.value; redraw(); });
+    ms.addEventListener("change", (e) => { S.measure = e.target.value; clearTransient(); redraw(); });
     document.querySelectorAll("#view-seg button").forEach((b) => b.addEventListener("click", () => setView(b.dataset.view)));
     $("opacity").addEventListener("input", (e) => {
       S.opacity = Number(e.target.value) / 100;
@@ -820,7 +924,10 @@
         drawMarks();
       } catch (e) { message(e.message, true); }
     });
-    $("sel-store").addEventListener("change", (e) => switchStore(Number(e.target.value)));
+    $("sel-store").addEventListener("change", (e) => { clearTransient(); switchStore(Number(e.target.value)); });
+    $("btn-label-mode").addEventListener("click", () => setLabelMode(!S.labelMode));
+    $("btn-page-prev").addEventListener("click", () => showPage(currentPage() - 1));
+    $("btn-page-next").addEventListener("click", () => showPage(currentPage() + 1));
     $("sel-model").addEventListener("change", () => pickStore("model"));
     $("sel-timestep").addEventListener("change", () => pickStore("timestep"));
     $("sel-protocol").addEventListener("change", () => pickStore("protocol"));
@@ -844,6 +951,8 @@
         const d = e.key === "ArrowRight" ? 1 : -1;
         shiftSelection(e.shiftKey ? d * Math.max(1, S.selected.length) : d);
         e.preventDefault();
+      } else if ((e.key === "l" || e.key === "L") && S.view === "norm") {
+        setLabelMode(!S.labelMode);
       } else if (e.key === "Escape") {
         S.pinned = false;
         message("unpinned: hover to explore");
@@ -855,13 +964,16 @@
   async function init() {
     try {
       S.info = await getJSON("/api/info");
+      const bad = readURL();
       const st = currentStore();
-      S.layer = st.reference_layer || st.layers[0].name;
+      if (!S.layer || !st.layers.some((l) => l.name === S.layer)) S.layer = st.reference_layer || st.layers[0].name;
       wire();
-      await switchStore(0);
-      setView("similarity");
-      if (!S.images.length) message("this store has no images yet");
-      else message("hover over any image to see the similarity of every token to the token under the cursor");
+      $("sel-measure").value = S.measure;
+      setView(S.view, false);
+      await switchStore(S.store);
+      if (bad.length) message(`ignored in the link: ${bad.join("; ")}`, true);
+      else if (!S.images.length) message("this store has no images yet");
+      else if (!S.pinned && !$("message").textContent) message("hover over any image to see the similarity of every token to the token under the cursor");
     } catch (e) {
       message(`cannot start: ${e.message}`, true);
     }
@@ -871,6 +983,8 @@
   pub.setSelection = (list) => setSelection(list);
   pub.setLayer = (name) => setLayer(name);
   pub.setView = (v) => setView(v);
+  pub.showPage = (p) => showPage(p);
+  pub.stateQuery = stateQuery;
   pub.ready = new Promise((resolve) => {
     document.addEventListener("DOMContentLoaded", () => init().then(resolve));
   });
