@@ -430,17 +430,22 @@
   }
 
   // ----- panels --------------------------------------------------------------------------------------
+  /** The number of columns that gives the largest panels with every panel on screen; sets the CSS variables. */
   function layoutPanels() {
     const n = Math.max(1, S.selected.length);
     const content = $("content");
     const avail = content.clientWidth - 32;
-    const cols = Math.min(n, n <= 4 ? n : Math.ceil(n / Math.ceil(n / 4)));
-    const rows = Math.ceil(n / cols);
     const top = $("panels").getBoundingClientRect().top - content.getBoundingClientRect().top;
-    const availH = content.clientHeight - top - rows * 40;
-    let size = Math.floor((avail - (cols - 1) * 12) / cols) - 14;
-    size = Math.min(size, Math.floor(availH / rows), 460);
-    document.documentElement.style.setProperty("--panel-size", `${Math.max(160, size)}px`);
+    let best = { size: -1, cols: 1 };
+    for (let cols = 1; cols <= n; cols++) {
+      const rows = Math.ceil(n / cols);
+      const byWidth = Math.floor((avail - (cols - 1) * 12) / cols) - 14;
+      const byHeight = Math.floor((content.clientHeight - top - rows * 40) / rows);
+      const size = Math.min(byWidth, byHeight, 460);
+      if (size > best.size) best = { size, cols };
+    }
+    document.documentElement.style.setProperty("--panel-size", `${Math.max(160, best.size)}px`);
+    document.documentElement.style.setProperty("--panel-cols", String(best.cols));
   }
 
   function buildPanels() {
@@ -629,7 +634,8 @@
   function updatePager() {
     const n = S.images.length, p = currentPage();
     const first = Math.min(...S.selected), last = Math.max(...S.selected);
-    $("page-info").textContent = S.selected.length ? `showing ${S.selected.length}: #${first}–#${last} of ${n}` : `none of ${n} shown`;
+    $("page-info").textContent = S.selected.length ? `#${first}–#${last} of ${n}` : `none of ${n}`;
+    $("page-info").title = `${S.selected.length} of ${n} images shown`;
     $("btn-page-prev").disabled = p <= 0;
     $("btn-page-next").disabled = p >= pageCount() - 1;
   }
@@ -972,6 +978,7 @@
       setView(S.view, false);
       await switchStore(S.store);
       if (bad.length) message(`ignored in the link: ${bad.join("; ")}`, true);
+      else if (S.pinned && S.ref) message(`pinned token (row ${S.ref.row}, col ${S.ref.col}) of image #${S.ref.image}, from the link; click it again or press Esc to unpin`);
       else if (!S.images.length) message("this store has no images yet");
       else if (!S.pinned && !$("message").textContent) message("hover over any image to see the similarity of every token to the token under the cursor");
     } catch (e) {
