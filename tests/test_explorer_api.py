@@ -120,10 +120,13 @@ def test_page_and_assets(client):
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert "/static/app.js" in r.text and "default-src 'self'" in r.headers["content-security-policy"]
     assert "http://" not in r.text and "https://" not in r.text  # nothing from a CDN
-    for name, kind in (("app.js", "javascript"), ("style.css", "css"), ("index.html", "html")):
+    page = r.text
+    for name, kind in (("app.js", "javascript"), ("maps.js", "javascript"), ("link.js", "javascript"),
+                       ("style.css", "css"), ("index.html", "html")):
+        assert name == "index.html" or f"/static/{name}" in page
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
-    assert "https://" not in client.get("/static/app.js").text
+    assert not any("https://" in client.get(f"/static/{name}").text for name in ("app.js", "maps.js", "link.js"))
     assert client.get("/static/nope.js").status_code == 404
 
 

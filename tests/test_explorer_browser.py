@@ -8,6 +8,7 @@ The page runs under its own Content-Security-Policy, so waiting is done by polli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -45,14 +46,11 @@ def store_path(tiny, tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def server(store_path, tmp_path_factory):
+@contextlib.contextmanager
+def serving(app):
+    """Run ``app`` with uvicorn on a free port of 127.0.0.1 in a background thread; yield its URL."""
     import uvicorn
 
-    from sdaudit.explorer import create_app
-
-    labels = tmp_path_factory.mktemp("explore-browser-labels") / "labels.npy"
-    app = create_app([store_path], labels_path=labels)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -63,9 +61,20 @@ def server(store_path, tmp_path_factory):
     while not srv.started:
         assert time.time() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", labels
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(store_path, tmp_path_factory):
+    from sdaudit.explorer import create_app
+
+    labels = tmp_path_factory.mktemp("explore-browser-labels") / "labels.npy"
+    with serving(create_app([store_path], labels_path=labels)) as url:
+        yield url, labels
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +87,27 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    url, _ = server
+    with open_page(browser, server[0]) as pg:
+        yield pg
+
+
+@contextlib.contextmanager
+def open_page(browser, url: str):
+    """A fresh page at ``url``, once it has drawn; no page error or console error may occur while it is used."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     pg = context.new_page()
     problems: list[str] = []
     pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     pg.goto(url)
-    wait_for(pg, "() => window.sdaudit && window.sdaudit.idle && document.querySelectorAll('.panel').length > 0")
+    wait_for_drawn(pg)
     yield pg
     context.close()
     assert not problems, problems  # includes Content-Security-Policy violations
+
+
+def wait_for_drawn(page) -> None:
+    wait_for(page, "() => window.sdaudit && window.sdaudit.idle && document.querySelectorAll('.panel').length > 0")
 
 
 def wait_for(page, js: str, arg=None, timeout: float = 20.0):
@@ -195,7 +214,16 @@ def test_norm_view_labels_and_keyboard(page, server, store_path):
     norms = np.array(last_maps(page)["values"]).reshape(2, 8, 8)
     np.testing.assert_allclose(norms, np.linalg.norm(store.read(REF, [0, 2]).astype(np.float32), axis=1), rtol=1e-5)
 
-    # a click labels the 2x2 patch around the token; the saved file has it in the published format
+    # without label mode a click writes nothing (and says how to label)
+    page.mouse.click(*token_xy(page, 1, 3, 5, (8, 8)))
+    wait_for(page, "() => window.sdaudit.idle && document.querySelector('#message').textContent.includes('Label mode')")
+    assert page.evaluate("() => window.sdaudit.state.labels.rows.length") == 0 and not labels_path.exists()
+    assert page.inner_text("#btn-label-mode") == "Label mode: off"
+    # label mode on, visibly: a click labels the 2x2 patch around the token, in the published format
+    page.click("#btn-label-mode")
+    assert page.inner_text("#btn-label-mode") == "Label mode: on"
+    assert page.evaluate("() => document.body.classList.contains('labelling')")
+    assert page.evaluate("() => getComputedStyle(document.querySelector('.stage')).cursor") == "cell"
     page.mouse.click(*token_xy(page, 1, 3, 5, (8, 8)))  # image 2, row (y) 3, col (x) 5
     wait_for(page, "() => window.sdaudit.state.labels.rows.length === 1")
     rows = load_labels(labels_path, grid=8, n_images=3)
@@ -211,6 +239,16 @@ def test_norm_view_labels_and_keyboard(page, server, store_path):
     page.mouse.click(*token_xy(page, 1, 3, 5, (8, 8)))
     wait_for(page, "() => window.sdaudit.state.labels.rows.length === 1")
     assert load_labels(labels_path).tolist() == [[image, x0, y0]]
+    # off again (key L): clicks no longer change the file; leaving the norm view also ends label mode
+    page.keyboard.press("l")
+    assert page.inner_text("#btn-label-mode") == "Label mode: off"
+    page.mouse.click(*token_xy(page, 1, 0, 0, (8, 8)))
+    wait_for(page, "() => window.sdaudit.idle")
+    assert load_labels(labels_path).tolist() == [[image, x0, y0]]
+    page.click("#btn-label-mode")
+    page.click("#view-seg button[data-view=similarity]")
+    assert not page.evaluate("() => window.sdaudit.state.labelMode || document.body.classList.contains('labelling')")
+    page.click("#view-seg button[data-view=norm]")
 
     # keyboard: next / previous image
     page.keyboard.press("ArrowRight")

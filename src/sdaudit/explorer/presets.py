@@ -32,6 +32,10 @@ FALLBACK_ANOMALY_IMAGES = 8
 #: The paper's best position-probe layer family: the positional example when no layer can be ranked.
 POSITIONAL_FALLBACK = "up_blocks[1].resnets[1]"
 PRESETS = ("positional", "corner", "anomaly")
+#: A positional score (same- minus any-position cosine) from which the same position visibly lights up.
+POSITION_CLEAR = 0.2
+#: A corner score (corner minus interior cosine) from which the other corners visibly light up.
+CORNER_CLEAR = 0.2
 
 #: detections(layer, image) -> the detector's findings (dicts with image, peak, score, relative_norm).
 Detections = Callable[[str, int], list[dict]]
@@ -108,6 +112,28 @@ def _similarity_preset(name: str, layer: str, scan: _Scan, token: tuple[int, int
             "measure": "cosine", "view": "similarity", "images": scan.images, **extra}
 
 
+def _positional_text(layer: str, score: float, n_images: int) -> str:
+    """What to look for in the positional example, and whether this store's score says it is there."""
+    text = (f"Grid-centre token at {layer}, the layer whose tokens at the same position of different images are "
+            f"most alike (same- minus any-position cosine {score:.3f} over {n_images} images). Look for: the "
+            "same position lighting up in every image, whatever the picture shows.")
+    if score >= POSITION_CLEAR:
+        return text + f" The score ({score:.3f} >= {POSITION_CLEAR}) says it should be visible here."
+    return text + (f" The score is low ({score:.3f} < {POSITION_CLEAR}): on this store expect little or no "
+                   "positional pattern.")
+
+
+def _corner_text(layer: str, score: float) -> str:
+    """What to look for in the corner example, and whether this store's score says it is there."""
+    text = (f"Corner token at {layer}, the down/mid layer whose four corners are most alike relative to the "
+            f"interior (corner minus interior mean cosine {score:.3f}). Look for: the other corners and the border "
+            "brighter than the interior.")
+    if score >= CORNER_CLEAR:
+        return text + f" The score ({score:.3f} >= {CORNER_CLEAR}) says they should stand out here."
+    return text + (f" The score is low ({score:.3f} < {CORNER_CLEAR}): on this store the corners are not clearly "
+                   "more alike than the interior, so expect no corner artifact.")
+
+
 def _positional(scan: _Scan) -> dict:
     finite = {k: v for k, v in scan.position.items() if math.isfinite(v)}
     if finite:
@@ -115,9 +141,7 @@ def _positional(scan: _Scan) -> dict:
         h, w = scan.grids[layer]
         return _similarity_preset(
             "positional", layer, scan, (h // 2, w // 2), score=finite_or_none(finite[layer]),
-            description=f"Grid-centre token at {layer}, the layer whose tokens at the same position of different "
-                        f"images are most alike (same- minus any-position cosine {finite[layer]:.3f} over "
-                        f"{len(scan.images)} images): the map lights up the same position in every image.")
+            description=_positional_text(layer, finite[layer], len(scan.images)))
     ups = [name for name in scan.grids if block_of(name).startswith("up_blocks")]
     if not ups:
         return {"name": "positional", "unavailable": "needs 2 images and a grid of 8x8 or more"}
@@ -137,9 +161,7 @@ def _corner(scan: _Scan) -> dict:
     score, token = finite[layer]
     return _similarity_preset(
         "corner", layer, scan, token, score=finite_or_none(score),
-        description=f"Corner token at {layer}, the down/mid layer whose four corners are most alike relative to "
-                    f"the interior (corner minus interior mean cosine {score:.3f}): the other corners and border "
-                    "light up.")
+        description=_corner_text(layer, score))
 
 
 def _strongest(layers: list[str], count: int, detections: Detections) -> tuple[tuple, str, dict] | None:
@@ -179,8 +201,9 @@ def _anomaly(store: RepresentationStore, grids: dict[str, tuple[int, int]], dete
             "measure": "cosine", "view": "similarity", "images": [d["image"], *others],
             "score": d["score"], "detection": d,
             "description": f"Peak token of the strongest detected high-norm anomaly at {layer} (image "
-                           f"{d['image']}, robust z {score_text}, {d['relative_norm']:.2f}x the mean norm): "
-                           "other anomalies light up, in this image and others."}
+                           f"{d['image']}, robust z {score_text}, {d['relative_norm']:.2f}x the mean norm). Look for: "
+                           "other tokens that light up, in this image and others; if they are high-norm tokens "
+                           "too (norm view), the anomalies share one direction."}
 
 
 def compute_presets(store: RepresentationStore, detections: Detections) -> dict:

@@ -1,8 +1,8 @@
 /* sdaudit explore: the page. Plain JS, no build step, no network access beyond this server.
  *
  * Features arrive once per (store, layer, image) as raw float16 bytes, token-major (h*w, C), and are
- * decoded into Float32Arrays with their token norms. Similarity maps are computed here, in float32
- * like sdaudit.analyses.similarity_map, for every selected image at each hover.
+ * decoded into Float32Arrays with their token norms. Similarity maps are computed in the page (maps.js),
+ * in float32 like sdaudit.analyses.similarity_map, for every selected image at each hover.
  * window.sdaudit exposes the state and the last computed maps (for tests and for the curious).
  */
 "use strict";
@@ -10,61 +10,42 @@
   const MUTATE = { "X-Requested-By": "sdaudit" };
   const $ = (id) => document.getElementById(id);
   const enc = encodeURIComponent;
-  const MAX_SELECTED = 12;
+  const MAX_SELECTED = 12;  // also the page size: the first page is shown at start
   const CACHE_BYTES = 512 * 1024 * 1024;
-  const MEASURE_NAMES = {
-    cosine: "cosine similarity", centered_cosine: "centred cosine", dot: "dot product",
-    l1: "L1 distance", l2: "L2 distance", linf: "L∞ distance", relative_l2_norm: "relative L2 norm",
-  };
-
-  // ----- float16 decoding: one lookup table --------------------------------------------------------
-  const F16 = (() => {
-    const t = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) {
-      const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
-      let v;
-      if (e === 0) v = f * 5.960464477539063e-8;
-      else if (e === 31) v = f ? NaN : Infinity;
-      else v = (1 + f / 1024) * Math.pow(2, e - 15);
-      t[h] = s * v;
-    }
-    return t;
-  })();
-
-  // ----- colour maps ------------------------------------------------------------------------------
-  function lut(stops) {
-    const out = new Uint8ClampedArray(256 * 3);
-    const rgb = stops.map((s) => [s[0], parseInt(s[1].slice(1, 3), 16), parseInt(s[1].slice(3, 5), 16), parseInt(s[1].slice(5, 7), 16)]);
-    for (let i = 0; i < 256; i++) {
-      const x = i / 255;
-      let k = 0;
-      while (k < rgb.length - 2 && x > rgb[k + 1][0]) k++;
-      const a = rgb[k], b = rgb[k + 1], u = (x - a[0]) / (b[0] - a[0] || 1);
-      for (let c = 0; c < 3; c++) out[i * 3 + c] = Math.round(a[c + 1] + (b[c + 1] - a[c + 1]) * Math.min(1, Math.max(0, u)));
-    }
-    return out;
-  }
-  const CMAPS = {
-    diverging: lut([[0, "#2166ac"], [0.17, "#67a9cf"], [0.33, "#d1e5f0"], [0.5, "#f7f7f7"], [0.67, "#fddbc7"], [0.83, "#ef8a62"], [1, "#b2182b"]]),
-    viridis: lut([[0, "#440154"], [0.13, "#482878"], [0.25, "#3e4989"], [0.38, "#31688e"], [0.5, "#26828e"], [0.63, "#1f9e89"], [0.75, "#35b779"], [0.88, "#6ece58"], [1, "#fde725"]]),
-    magma: lut([[0, "#000004"], [0.13, "#1c1044"], [0.25, "#4f127b"], [0.38, "#812581"], [0.5, "#b5367a"], [0.63, "#e55964"], [0.75, "#fb8761"], [0.88, "#fec287"], [1, "#fcfdbf"]]),
-  };
+  const { MEASURE_NAMES, F16, CMAPS, computeMaps, scaleFor, fmt } = window.sdauditMaps;
+  const link = window.sdauditLink;
 
   // ----- state -------------------------------------------------------------------------------------
   const S = {
     info: null, store: 0, images: [], selected: [], layer: null, measure: "cosine", view: "similarity",
     ref: null, pinned: false, opacity: 0.8, showDetections: true, labels: null, detections: {},
-    feats: [], grid: [0, 0], presets: {}, hoverToken: null, loadSeq: 0,
+    feats: [], grid: [0, 0], presets: {}, hoverToken: null, loadSeq: 0, labelMode: false, preset: null,
   };
   const cache = new Map(); // key -> {promise, bytes}
   let cacheBytes = 0;
-  let centerCache = { key: null, value: null };
   const pub = {
     state: S, lastMaps: null, lastRedrawMs: null, lastEventToDrawMs: null, redrawTimes: [], eventTimes: [],
     pending: 0, errors: [],
     get idle() { return pub.pending === 0; },
   };
   window.sdaudit = pub;
+
+  // ----- state in the URL (link.js): a reload restores the page, a link reproduces it ---------------
+  let lastQuery = null;
+  function syncURL() {
+    if (!S.info) return;
+    const q = link.toQuery(S);
+    if (q === lastQuery) return;  // hovering must not flood the history API
+    lastQuery = q;
+    history.replaceState(null, "", `${location.pathname}?${q}`);
+  }
+
+  /** Apply the URL's parameters to S (before the first load); returns complaints about invalid ones. */
+  function readURL() {
+    const { values, bad } = link.fromQuery(location.search, S.info);
+    Object.assign(S, values);
+    return bad;
+  }
 
   // ----- server access -----------------------------------------------------------------------------
   async function api(path, opts) {
@@ -136,119 +117,6 @@
     }
   }
 
-  // ----- maps ----------------------------------------------------------------------------------------
-  /** Similarity of token (row, col) of feats[refIdx] to every token of every feats[k], as float32
-   *  (N, h*w) arrays: the same numbers as sdaudit.analyses.similarity_map on the stacked images. */
-  function computeMaps(feats, refIdx, row, col, measure) {
-    const f0 = feats[refIdx], C = f0.C, p0 = row * f0.w + col;
-    const t = new Float32Array(C);
-    for (let c = 0; c < C; c++) t[c] = f0.data[p0 * C + c];
-    let center = null, cnorms = null, mt = 0;
-    if (measure === "centered_cosine") {
-      ({ mean: center, norms: cnorms } = centering(feats));
-      for (let c = 0; c < C; c++) t[c] = t[c] - center[c];
-      for (let c = 0; c < C; c++) mt += center[c] * t[c];
-    }
-    let tn2 = 0;
-    for (let c = 0; c < C; c++) tn2 += t[c] * t[c];
-    const tn = Math.fround(Math.sqrt(tn2));
-    if (measure === "relative_l2_norm" && tn === 0) throw new Error("relative_l2_norm: the reference token has zero norm");
-    const out = [];
-    for (const f of feats) {
-      const P = f.P, x = f.data, m = new Float32Array(P);
-      if (measure === "cosine" || measure === "dot") {
-        const nx = f.norms;
-        for (let p = 0; p < P; p++) {
-          let d = 0;
-          const o = p * C;
-          for (let c = 0; c < C; c++) d += x[o + c] * t[c];
-          if (measure === "dot") m[p] = d;
-          else { const den = Math.fround(nx[p] * tn); m[p] = den > 0 ? Math.fround(d) / den : 0; }
-        }
-      } else if (measure === "centered_cosine") {
-        // (x - m).t' = x.t' - m.t', and |x - m| is precomputed once per selection
-        const nx = cnorms[out.length];
-        for (let p = 0; p < P; p++) {
-          let d = 0;
-          const o = p * C;
-          for (let c = 0; c < C; c++) d += x[o + c] * t[c];
-          const den = Math.fround(nx[p] * tn);
-          m[p] = den > 0 ? Math.fround(d - mt) / den : 0;
-        }
-      } else if (measure === "relative_l2_norm") {
-        for (let p = 0; p < P; p++) m[p] = f.norms[p] / tn;
-      } else if (measure === "l1" || measure === "l2" || measure === "linf") {
-        for (let p = 0; p < P; p++) {
-          const o = p * C;
-          let acc = 0;
-          if (measure === "l1") { for (let c = 0; c < C; c++) acc += Math.abs(x[o + c] - t[c]); }
-          else if (measure === "l2") { for (let c = 0; c < C; c++) { const v = x[o + c] - t[c]; acc += v * v; } acc = Math.sqrt(acc); }
-          else { for (let c = 0; c < C; c++) { const v = Math.abs(x[o + c] - t[c]); if (v > acc) acc = v; } }
-          m[p] = acc;
-        }
-      } else {
-        throw new Error(`unknown measure ${measure}`);
-      }
-      out.push(m);
-    }
-    return out;
-  }
-
-  /** The mean token m over every token of the given images (float64 sum, float32 result; the default
-   *  centre of similarity_map's centered_cosine) and each token's |x - m|, once per selection. */
-  function centering(feats) {
-    const key = feats.map((f) => featKey(f.store, f.layer, f.image)).join(";");
-    if (centerCache.key === key) return centerCache.value;
-    const C = feats[0].C, sum = new Float64Array(C);
-    let n = 0;
-    for (const f of feats) {
-      for (let p = 0; p < f.P; p++) { const o = p * C; for (let c = 0; c < C; c++) sum[c] += f.data[o + c]; }
-      n += f.P;
-    }
-    const mean = new Float32Array(C);
-    for (let c = 0; c < C; c++) mean[c] = sum[c] / n;
-    const norms = feats.map((f) => {
-      const out = new Float32Array(f.P);
-      for (let p = 0; p < f.P; p++) {
-        let n2 = 0;
-        const o = p * C;
-        for (let c = 0; c < C; c++) { const v = Math.fround(f.data[o + c] - mean[c]); n2 += v * v; }
-        out[p] = Math.sqrt(n2);
-      }
-      return out;
-    });
-    centerCache = { key, value: { mean, norms } };
-    return centerCache.value;
-  }
-
-  /** How values map to colours: returns {cmap, toUnit(v, k), lo, hi, title, note}. */
-  function scaleFor(measure, maps) {
-    let maxV = 0;
-    for (const m of maps) for (let p = 0; p < m.length; p++) { const v = m[p]; if (Number.isFinite(v) && v > maxV) maxV = v; }
-    const name = MEASURE_NAMES[measure] || measure;
-    if (measure === "cosine" || measure === "centered_cosine" || measure === "dot") {
-      let lo = Infinity, hi = -Infinity;
-      for (const m of maps) for (let p = 0; p < m.length; p++) { const v = m[p]; if (Number.isFinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; } }
-      if (!(hi > lo)) { lo = measure === "dot" ? -1 : -1; hi = 1; }
-      const span = hi - lo;
-      return { cmap: "viridis", toUnit: (v) => (v - lo) / span, lo: fmt(lo), hi: fmt(hi), title: name, note: "range of the shown maps (shared by all images)" };
-    }
-    if (measure === "relative_l2_norm") {
-      let a = 0;
-      for (const m of maps) for (let p = 0; p < m.length; p++) { const v = m[p]; if (v > 0 && Number.isFinite(v)) a = Math.max(a, Math.abs(Math.log2(v))); }
-      a = Math.max(a, 0.05);
-      return { cmap: "diverging", toUnit: (v) => (v > 0 ? Math.log2(v) / a : -1) / 2 + 0.5, lo: fmt(Math.pow(2, -a)), hi: fmt(Math.pow(2, a)), title: "|x| / |ref|", note: "log scale, 1 = same norm as the marked token" };
-    }
-    const d = maxV || 1;
-    return { cmap: "viridis", toUnit: (v) => 1 - v / d, lo: fmt(d), hi: "0", title: name, note: "bright = close to the marked token" };
-  }
-
-  function fmt(v) {
-    if (!Number.isFinite(v)) return String(v);
-    const a = Math.abs(v);
-    if (a !== 0 && (a >= 1e4 || a < 1e-3)) return v.toExponential(2);
-    return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(3);
-  }
 
   // ----- drawing -------------------------------------------------------------------------------------
   function paint(canvas, values, toUnit, cmapName, k) {
@@ -341,11 +209,16 @@
         drawMarks();
         const s0 = scaleFor(S.measure, []);
         drawLegend(s0);
+        syncURL();
         return;
       }
       const refIdx = S.selected.indexOf(S.ref.image);
       try {
         if (refIdx < 0) throw new Error("the marked token's image is not selected");
+        if (S.ref.row >= S.grid[0] || S.ref.col >= S.grid[1]) {
+          S.ref = null; S.pinned = false;
+          throw new Error(`the token is outside this layer's ${S.grid[0]}×${S.grid[1]} grid`);
+        }
         maps = computeMaps(feats, refIdx, S.ref.row, S.ref.col, S.measure);
       } catch (e) {
         message(e.message, true);
@@ -368,21 +241,27 @@
       pub.eventTimes.push(t1 - ev.timeStamp);
       if (pub.eventTimes.length > 1000) pub.eventTimes.shift();
     }
+    syncURL();
     $("status-time").textContent = `redraw ${pub.lastRedrawMs.toFixed(1)} ms (${feats.length} image${feats.length > 1 ? "s" : ""}, ${S.grid[0]}×${S.grid[1]})`;
   }
 
   // ----- panels --------------------------------------------------------------------------------------
+  /** The number of columns that gives the largest panels with every panel on screen; sets the CSS variables. */
   function layoutPanels() {
     const n = Math.max(1, S.selected.length);
     const content = $("content");
     const avail = content.clientWidth - 32;
-    const cols = Math.min(n, n <= 4 ? n : Math.ceil(n / Math.ceil(n / 4)));
-    const rows = Math.ceil(n / cols);
     const top = $("panels").getBoundingClientRect().top - content.getBoundingClientRect().top;
-    const availH = content.clientHeight - top - rows * 40;
-    let size = Math.floor((avail - (cols - 1) * 12) / cols) - 14;
-    size = Math.min(size, Math.floor(availH / rows), 460);
-    document.documentElement.style.setProperty("--panel-size", `${Math.max(160, size)}px`);
+    let best = { size: -1, cols: 1 };
+    for (let cols = 1; cols <= n; cols++) {
+      const rows = Math.ceil(n / cols);
+      const byWidth = Math.floor((avail - (cols - 1) * 12) / cols) - 14;
+      const byHeight = Math.floor((content.clientHeight - top - rows * 40) / rows);
+      const size = Math.min(byWidth, byHeight, 460);
+      if (size > best.size) best = { size, cols };
+    }
+    document.documentElement.style.setProperty("--panel-size", `${Math.max(160, best.size)}px`);
+    document.documentElement.style.setProperty("--panel-cols", String(best.cols));
   }
 
   function buildPanels() {
@@ -473,6 +352,8 @@
       }
       redraw(ev);
       showValue(k, row, col);
+    } else if (!S.labelMode) {
+      message("label mode is off: turn on “Label mode” (or press L) to label patches by clicking");
     } else {
       try {
         const res = await sendJSON("POST", `/api/stores/${S.store}/labels/toggle`, { layer: S.layer, image, x: col, y: row });
@@ -537,9 +418,48 @@
 
   function currentStore() { return S.info.stores[S.store]; }
 
+  /** Forget what described the previous state: the message and the highlighted example. */
+  function clearTransient() {
+    message("");
+    S.preset = null;
+    document.querySelectorAll(".presets button").forEach((b) => b.classList.remove("active"));
+  }
+
+  function setLabelMode(on) {
+    S.labelMode = !!on && S.view === "norm";
+    const b = $("btn-label-mode");
+    b.classList.toggle("on", S.labelMode);
+    b.setAttribute("aria-pressed", String(S.labelMode));
+    b.textContent = S.labelMode ? "Label mode: on" : "Label mode: off";
+    document.body.classList.toggle("labelling", S.labelMode);
+    message(S.labelMode ? "label mode: a click adds or removes a labelled patch (saved to disk)" : "");
+  }
+
+  // ----- pages of images: MAX_SELECTED at a time ---------------------------------------------------
+  const pageCount = () => Math.max(1, Math.ceil(S.images.length / MAX_SELECTED));
+  const currentPage = () => (S.selected.length ? Math.floor(Math.min(...S.selected) / MAX_SELECTED) : 0);
+
+  function showPage(p) {
+    const first = Math.min(Math.max(0, p), pageCount() - 1) * MAX_SELECTED;
+    const last = Math.min(S.images.length, first + MAX_SELECTED);
+    const list = [];
+    for (let i = first; i < last; i++) list.push(i);
+    return setSelection(list);
+  }
+
+  function updatePager() {
+    const n = S.images.length, p = currentPage();
+    const first = Math.min(...S.selected), last = Math.max(...S.selected);
+    $("page-info").textContent = S.selected.length ? `#${first}–#${last} of ${n}` : `none of ${n}`;
+    $("page-info").title = `${S.selected.length} of ${n} images shown`;
+    $("btn-page-prev").disabled = p <= 0;
+    $("btn-page-next").disabled = p >= pageCount() - 1;
+  }
+
   function message(text, isErr) {
     const m = $("message");
     m.textContent = text || "";
+    m.title = text || "";  // the full text when two lines do not hold it
     m.classList.toggle("err", !!isErr);
     if (isErr) pub.errors.push(text);
   }
@@ -609,8 +529,8 @@
       if (oldL && S.ref) { const L = st.layers.find((l) => l.name === S.layer); S.ref.row = Math.floor(S.ref.row * L.rows / oldL.rows); S.ref.col = Math.floor(S.ref.col * L.cols / oldL.cols); }
     }
     await loadImages();
-    S.selected = S.selected.filter((i) => i < S.images.length);
-    if (!S.selected.length) S.selected = S.images.slice(0, 4).map((e) => e.index);
+    S.selected = [...new Set(S.selected.filter((i) => i < S.images.length))].slice(0, MAX_SELECTED);
+    if (!S.selected.length) S.selected = S.images.slice(0, MAX_SELECTED).map((e) => e.index);
     S.detections = {};
     S.labels = await getJSON(`/api/stores/${S.store}/labels`);
     fillStorePickers();
@@ -653,6 +573,7 @@
       li.classList.toggle("sel", k >= 0);
       li.querySelector(".badge").textContent = k >= 0 ? String(k + 1) : "";
     });
+    updatePager();
   }
 
   function setSelection(list) {
@@ -661,6 +582,7 @@
     for (const i of list) if (i >= 0 && i < n && !out.includes(i)) out.push(i);
     out.sort((a, b) => a - b);
     S.selected = out.slice(0, MAX_SELECTED);
+    clearTransient();
     updateThumbSel();
     return refresh();
   }
@@ -690,12 +612,15 @@
     }
     S.layer = name;
     $("sel-layer").value = name;
+    clearTransient();
     updateLabelInfo();
     return refresh();
   }
 
   function setView(view, draw = true) {
     S.view = view;
+    if (draw) clearTransient();
+    if (view !== "norm" && S.labelMode) setLabelMode(false);
     document.querySelectorAll("#view-seg button").forEach((b) => b.classList.toggle("on", b.dataset.view === view));
     $("labelbar").hidden = view !== "norm";
     $("sel-measure").disabled = view === "norm";
@@ -753,7 +678,6 @@
   }
 
   async function applyPreset(name) {
-    document.querySelectorAll(".presets button").forEach((b) => b.classList.toggle("active", b.dataset.preset === name));
     try {
       if (!S.presets[S.store]) {
         message("finding examples in this store…");
@@ -769,6 +693,8 @@
       S.pinned = true;
       if (S.view !== p.view) setView(p.view, false);  // drawn once the layer's features are in
       await setSelection(p.images);
+      S.preset = name;
+      document.querySelectorAll(".presets button").forEach((b) => b.classList.toggle("active", b.dataset.preset === name));
       message(p.description);
     } catch (e) {
       message(e.message, true);
@@ -801,7 +727,7 @@
       ms.appendChild(o);
     }
     ms.value = S.measure;
-    ms.addEventListener("change", (e) => { S.measure = e.target.value; redraw(); });
+    ms.addEventListener("change", (e) => { S.measure = e.target.value; clearTransient(); redraw(); });
     document.querySelectorAll("#view-seg button").forEach((b) => b.addEventListener("click", () => setView(b.dataset.view)));
     $("opacity").addEventListener("input", (e) => {
       S.opacity = Number(e.target.value) / 100;
@@ -820,7 +746,10 @@
         drawMarks();
       } catch (e) { message(e.message, true); }
     });
-    $("sel-store").addEventListener("change", (e) => switchStore(Number(e.target.value)));
+    $("sel-store").addEventListener("change", (e) => { clearTransient(); switchStore(Number(e.target.value)); });
+    $("btn-label-mode").addEventListener("click", () => setLabelMode(!S.labelMode));
+    $("btn-page-prev").addEventListener("click", () => showPage(currentPage() - 1));
+    $("btn-page-next").addEventListener("click", () => showPage(currentPage() + 1));
     $("sel-model").addEventListener("change", () => pickStore("model"));
     $("sel-timestep").addEventListener("change", () => pickStore("timestep"));
     $("sel-protocol").addEventListener("change", () => pickStore("protocol"));
@@ -844,6 +773,8 @@
         const d = e.key === "ArrowRight" ? 1 : -1;
         shiftSelection(e.shiftKey ? d * Math.max(1, S.selected.length) : d);
         e.preventDefault();
+      } else if ((e.key === "l" || e.key === "L") && S.view === "norm") {
+        setLabelMode(!S.labelMode);
       } else if (e.key === "Escape") {
         S.pinned = false;
         message("unpinned: hover to explore");
@@ -855,13 +786,17 @@
   async function init() {
     try {
       S.info = await getJSON("/api/info");
+      const bad = readURL();
       const st = currentStore();
-      S.layer = st.reference_layer || st.layers[0].name;
+      if (!S.layer || !st.layers.some((l) => l.name === S.layer)) S.layer = st.reference_layer || st.layers[0].name;
       wire();
-      await switchStore(0);
-      setView("similarity");
-      if (!S.images.length) message("this store has no images yet");
-      else message("hover over any image to see the similarity of every token to the token under the cursor");
+      $("sel-measure").value = S.measure;
+      setView(S.view, false);
+      await switchStore(S.store);
+      if (bad.length) message(`ignored in the link: ${bad.join("; ")}`, true);
+      else if (S.pinned && S.ref) message(`pinned token (row ${S.ref.row}, col ${S.ref.col}) of image #${S.ref.image}, from the link; click it again or press Esc to unpin`);
+      else if (!S.images.length) message("this store has no images yet");
+      else if (!S.pinned && !$("message").textContent) message("hover over any image to see the similarity of every token to the token under the cursor");
     } catch (e) {
       message(`cannot start: ${e.message}`, true);
     }
@@ -871,6 +806,8 @@
   pub.setSelection = (list) => setSelection(list);
   pub.setLayer = (name) => setLayer(name);
   pub.setView = (v) => setView(v);
+  pub.showPage = (p) => showPage(p);
+  pub.stateQuery = () => link.toQuery(S);
   pub.ready = new Promise((resolve) => {
     document.addEventListener("DOMContentLoaded", () => init().then(resolve));
   });
