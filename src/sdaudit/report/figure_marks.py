@@ -107,6 +107,6 @@ def published_label(runs: Sequence[AuditResults], name: str = "published") -> st
     # runs that do not record their probe (bare tables) say nothing either way
     methods = {m for r in runs if (m := r.probe_method)} - {"paper"}
     if not methods:
-        return name
+        return name.replace(" (", "\n(")
     used = ", ".join(sorted(_PROBES.get(str(m), str(m)) for m in methods))
-    return f"{name}\n(trained probe; this audit: {used} probe)"
+    return f"{name.replace(' (', chr(10) + '(')}\n(trained probe;\nthis audit:\n{used} probe)"

@@ -30,8 +30,8 @@ from . import figures as F
 from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval
 from .intervals import num as _num
 from .compare import comparison_labels, run_differences, verdict_cells
-from .paper import PAPER_ANOMALY_LABELS, PublishedCurves, paper_agreement, paper_model_key, probe_mismatch_note, \
-    published_for
+from .paper import PAPER_ANOMALY_LABELS, PublishedCurves, load_paper_results, paper_agreement, paper_model_key, \
+    probe_mismatch_note, published_for
 from .qualitative import qualitative_figure
 from .verdicts import THRESHOLDS, finest_resolution, layer_verdicts, summarize
 
@@ -250,12 +250,22 @@ def _settings_diff(runs: Sequence[AuditResults]) -> list[dict[str, Any]]:
     return rows
 
 
+def _one_overlay(paper: Mapping[str, PublishedCurves]) -> PublishedCurves | None:
+    """Runs that all get the same published model's curves share one overlay (drawn once, in grey)."""
+    curves = list(paper.values())
+    if not curves or len({c.key for c in curves}) > 1:
+        return None
+    layers = {row["layer"] for c in curves for row in c.rows}
+    rows = [row for row in (load_paper_results(curves[0].key) or []) if row["layer"] in layers]
+    return PublishedCurves(curves[0].key, rows, own=all(c.own for c in curves))
+
+
 def _comparison_figure(runs: Sequence[AuditResults], labels: Sequence[str], out: Path,
                        compare_paper: bool) -> tuple[list[str], list[Path], dict[str, PublishedCurves]]:
     """The comparison figure at ``OUT/figures/comparison.*``: (its layers, its files, the overlays by run label)."""
     paper = {lab: pub for lab, r in zip(labels, runs) if (pub := published_for(r))} if compare_paper else {}
     fig = F.quantitative_figure([dataclasses.replace(r, label=lab) for r, lab in zip(runs, labels)],
-                                paper=paper or None)
+                                paper=_one_overlay(paper) or paper or None)
     layers = list(fig.sdaudit_layers)  # type: ignore[attr-defined]
     return layers, _save(fig, out / "figures" / "comparison"), paper
 
