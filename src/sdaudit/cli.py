@@ -25,8 +25,8 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
                           ExploreModel, Host, Images, KeepStore, Labels, LayerSelection, Layers, LocalFilesOnly,
                           MinSide, Model, NoiseSeeds, NumProcesses, OptionalImages, OrderFile, PerClass, Port, Probe,
-                          Prompt, Protocol, ReportComparePaper, ReportOut, ResultDirs, Revision, Seed, Size, SkipBad,
-                          StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
+                          Prompt, Protocol, ReportComparePaper, ReportLabel, ReportOut, ResultDirs, Revision, Seed, Size,
+                          SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import SdauditError, UsageError
 from .validation import output_errors
@@ -247,13 +247,14 @@ def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dic
 
 
 @app.command("report")
-def report_cmd(result_dirs: ResultDirs, out: ReportOut = None, compare_paper: ReportComparePaper = False) -> None:
+def report_cmd(result_dirs: ResultDirs, out: ReportOut = None, compare_paper: ReportComparePaper = False,
+               label: ReportLabel = None) -> None:
     """Rebuild figures and report.html from saved results; with several folders, compare the models side by side."""
     from .report import build_report
 
     _check_options(out=out)
     with output_errors(out, *result_dirs):
-        page = build_report(list(result_dirs), out=out, compare_paper=compare_paper)
+        page = build_report(list(result_dirs), out=out, compare_paper=compare_paper, labels=label or None)
     console.print(f"report: [bold]{page}[/]")
 
 

@@ -88,6 +88,8 @@ ResultDirs = Annotated[list[Path], typer.Argument(help="One or more audit output
 ReportOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder of the comparison page (several "
                                                    "folders).")]
 ReportComparePaper = Annotated[bool, typer.Option("--compare-paper", help="Overlay the published curves.")]
+ReportLabel = Annotated[Optional[list[str]], typer.Option("--label", help="A run's name in a comparison, one per "
+                                                          "folder in order (repeatable; default: the folder name).")]
 
 # dataset imagenet-subset
 SubsetSource = Annotated[str, typer.Argument(help="A local ImageNet train folder (<root>/<wnid>/*.JPEG), a saved "

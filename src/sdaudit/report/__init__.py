@@ -27,7 +27,8 @@ def default_compare_dir(result_dirs: list[Path]) -> Path:
     return Path(result_dirs[0]).resolve().parent / COMPARE_DIRNAME
 
 
-def build_report(result_dirs: list[Path], out: Path | None = None, compare_paper: bool = False) -> Path:
+def build_report(result_dirs: list[Path], out: Path | None = None, compare_paper: bool = False,
+                 labels: list[str] | None = None) -> Path:
     """Turn audit folders into figures and pages; returns the path of the page written.
 
     One folder: redraws ``DIR/figures/quantitative.{svg,png}`` (and ``qualitative.*`` when
@@ -35,7 +36,8 @@ def build_report(result_dirs: list[Path], out: Path | None = None, compare_paper
     folders: one comparison figure (all runs aligned on layer names) at
     ``OUT/figures/comparison.{svg,png}`` and a page ``OUT/report.html``; ``out`` defaults to
     :func:`default_compare_dir`. ``compare_paper``: overlay the published curves of the same model
-    (sd15, sd21, sd-turbo) and compare the numbers.
+    (sd15, sd21, sd-turbo; SD-1.5's at the matching layer names of any other model) and compare the
+    numbers. ``labels``: one name per folder for a comparison (default: the folder names).
     """
     from .html import render_comparison, render_report
 
@@ -46,8 +48,11 @@ def build_report(result_dirs: list[Path], out: Path | None = None, compare_paper
         if not (d / RESULTS_NAME).is_file():
             raise ResultsNotFoundError(f"'{d}' is not an audit folder: it has no {RESULTS_NAME}")
     if len(dirs) == 1:
+        if labels:
+            raise UsageError("--label names the runs of a comparison: give it with several audit folders")
         return render_report(dirs[0], compare_paper=compare_paper)
-    return render_comparison(dirs, Path(out) if out is not None else default_compare_dir(dirs), compare_paper=compare_paper)
+    return render_comparison(dirs, Path(out) if out is not None else default_compare_dir(dirs),
+                             compare_paper=compare_paper, labels=labels)
 
 
 __all__ = [

@@ -95,7 +95,9 @@ def fit_log_limits(ax, arrays: Sequence[np.ndarray]) -> None:
     powers of two (and 0.75, 1.5, 3, ... when the range spans few octaves)."""
     vals = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays] + [np.array([1.0])])
     lo, hi = float(vals.min()), float(vals.max())
-    lo, hi = 2 ** (np.log2(lo) - 0.2), 2 ** (np.log2(hi) + 0.2)
+    # a margin that grows with the range: on a panel spanning many octaves 0.2 octave is less than a marker
+    margin = max(0.2, 0.04 * (np.log2(hi) - np.log2(lo)))
+    lo, hi = 2 ** (np.log2(lo) - margin), 2 ** (np.log2(hi) + margin)
     ax.set_ylim(lo, hi)
     octaves = np.log2(hi) - np.log2(lo)
     if octaves <= 3.0 and lo >= 0.1 and hi <= 16:

@@ -102,11 +102,11 @@ def band_handle(color, label: str = "95 % interval"):
 _PROBES = {"lda": "closed-form LDA", "ridge": "closed-form ridge"}
 
 
-def published_label(runs: Sequence[AuditResults]) -> str:
-    """Legend label of a published overlay: says when this audit's probe is not the paper's trained one."""
+def published_label(runs: Sequence[AuditResults], name: str = "published") -> str:
+    """Legend label of a published overlay (``name``): says when this audit's probe is not the paper's trained one."""
     # runs that do not record their probe (bare tables) say nothing either way
     methods = {m for r in runs if (m := r.probe_method)} - {"paper"}
     if not methods:
-        return "published"
+        return name.replace(" (", "\n(")
     used = ", ".join(sorted(_PROBES.get(str(m), str(m)) for m in methods))
-    return f"published (trained probe;\nthis audit: {used} probe)"
+    return f"{name.replace(' (', chr(10) + '(')}\n(trained probe;\nthis audit:\n{used} probe)"

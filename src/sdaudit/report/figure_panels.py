@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FixedLocator
 
 from ..audit_results import AuditResults, ControlRun, LayerRow
 from . import figure_marks as M
@@ -59,6 +60,11 @@ def control_handles(controls) -> list[Line2D]:
     return [M.control_handle(mpl_text(name)) for name in seen]
 
 
+def _published_name(P: PanelContext) -> str:
+    """The single overlay's own label ("published SD-1.5 (...)"); "published" beside several runs' overlays."""
+    return P.overlays[0][0] if len(P.overlays) == 1 and P.overlays[0][2] is None else "published"
+
+
 def _published_handle(label: str = "published") -> Line2D:
     return Line2D([], [], color="0.5", ls=PUBLISHED_LS, lw=0.9, label=label)
 
@@ -66,9 +72,21 @@ def _published_handle(label: str = "published") -> Line2D:
 # -------------------------------------------------------------------------------------- panel 1: probe
 
 
-def _probe_run(ax, P: PanelContext, ri: int, chance_drawn: set) -> tuple[list[int], bool]:
+CHANCE_GID = "chance"  # gid prefix of the chance lines: "chance-<run index>-<s>"
+
+
+def _chance_line(ax, P: PanelContext, ri: int, s: int, color) -> None:
+    """Run ``ri``'s chance at ``s``, dotted in the run's colour: runs at other sizes have other grids,
+    so each run has its own chance levels."""
+    c = chance_series(P.runs[ri].table, P.layers, s)
+    if np.isfinite(c).any():
+        ax.plot(P.x, c, color=color, ls=":", lw=1.1, drawstyle="steps-mid", zorder=2,
+                gid=f"{CHANCE_GID}-{ri}-{s}")
+
+
+def _probe_run(ax, P: PanelContext, ri: int) -> tuple[list[int], bool]:
     """One run's accuracy curves, interval bands and chance lines; (resolutions drawn, any band)."""
-    table, grey, drawn, any_band = P.runs[ri].table, colormaps["Greys"], [], False
+    table, drawn, any_band = P.runs[ri].table, [], False
     for s in P.resolutions:
         y = series(table, P, f"probe_acc_{s}")
         if not np.isfinite(y).any():
@@ -79,12 +97,7 @@ def _probe_run(ax, P: PanelContext, ri: int, chance_drawn: set) -> tuple[list[in
                 label=None if P.multi else f"{s}", zorder=3)
         any_band |= bool(M.band(ax, P.x, table, P.layers, f"probe_acc_{s}", color=color,
                                 alpha=0.15 if P.multi else 0.2))
-        c = chance_series(table, P.layers, s)
-        sig = (s, tuple(np.round(np.nan_to_num(c, nan=-1), 6)))
-        if np.isfinite(c).any() and sig not in chance_drawn:
-            chance_drawn.add(sig)
-            ax.plot(P.x, c, color=grey(P.shade[s]) if P.multi else color, ls=":", lw=1.1, drawstyle="steps-mid",
-                    zorder=2)
+        _chance_line(ax, P, ri, s, color)
     return drawn, any_band
 
 
@@ -108,12 +121,13 @@ def _probe_references(ax, P: PanelContext) -> None:
 def _probe_legend(ax, P: PanelContext, present: list[int], any_band: bool) -> None:
     shades = colormaps["Greys"] if P.multi else colormaps["Blues"]
     handles = [Line2D([], [], color=shades(P.shade[s]), lw=1.6, label=f"s = {s}") for s in (present or P.resolutions)]
-    handles.append(Line2D([], [], color="0.4", ls=":", lw=1.1, label="chance 1/min(s, n)"))
+    handles.append(Line2D([], [], color="0.4", ls=":", lw=1.1,
+                          label="chance 1/min(s, n)" + (",\nin each run's colour" if P.multi else "")))
     if any_band:
         handles.append(M.band_handle("0.4" if P.multi else colormaps["Blues"](0.7)))
     handles += control_handles(P.controls)
     if P.overlays:
-        handles.append(_published_handle(M.published_label(P.runs)))
+        handles.append(_published_handle(M.published_label(P.runs, _published_name(P))))
     ax.legend(handles=handles, **_LEGEND, title="resolution" + (" (shade)" if P.multi else ""), title_fontsize=8.5,
               alignment="left")
 
@@ -121,14 +135,15 @@ def _probe_legend(ax, P: PanelContext, present: list[int], any_band: bool) -> No
 def probe_panel(ax, P: PanelContext) -> None:
     """Panel 1: probe accuracy per resolution, chance dotted, interval bands, controls, overlays."""
     present: list[int] = []
-    chance_drawn: set[tuple] = set()
     any_band = False
     for ri in range(len(P.runs)):
-        drawn, band = _probe_run(ax, P, ri, chance_drawn)
+        drawn, band = _probe_run(ax, P, ri)
         present += [s for s in drawn if s not in present]
         any_band |= band
     _probe_references(ax, P)
-    ax.set_ylim(0, 1.02)
+    # a margin beyond [0, 1]: a layer at 0 % or 100 % (a 2x2 grid) must show its whole marker, not half of it
+    ax.set_ylim(-0.04, 1.04)
+    ax.yaxis.set_major_locator(FixedLocator([0, 0.2, 0.4, 0.6, 0.8, 1.0]))
     ax.set_ylabel("probe accuracy")
     ax.set_title("Position probe: test accuracy of a linear probe at comparison resolution s (dotted: chance)",
                  fontsize=10.5, loc="left")

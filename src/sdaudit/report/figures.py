@@ -30,6 +30,7 @@ from ..layer_names import block_of, kind_of, norm_key
 from . import figure_marks as M
 from .figure_axes import align_layers, block_spans, layer_axis, mpl_text, run_label, short_block, unique_labels
 from .figure_panels import PUBLISHED_LS, PanelContext, anomaly_panel, border_panel, probe_panel
+from .paper import PublishedCurves
 
 # re-exported: callers draw their own labels with these
 __all__ = ["PNG_DPI", "align_layers", "mpl_text", "norm_key", "quantitative_figure", "run_label", "save_figure",
@@ -43,7 +44,15 @@ _RUN_STYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (3, 1)
 # fixed margins (inches) instead of a layout engine: predictable, and twice as fast to save
 _LEFT, _RIGHT, _BOTTOM, _GAP = 1.0, 2.05, 0.85, 0.42
 
-Overlays = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]] | None
+Overlays = Sequence[Mapping[str, Any]] | PublishedCurves | Mapping[str, Sequence[Mapping[str, Any]] | PublishedCurves] \
+    | None
+
+
+def _published(value: Any, default: str) -> tuple[str, list[LayerRow]]:
+    """(label, rows) of one overlay: a :class:`~.paper.PublishedCurves` names its published model."""
+    if isinstance(value, PublishedCurves):
+        return value.label, [LayerRow.coerce(r) for r in value.rows]
+    return default, [LayerRow.coerce(r) for r in value]
 
 
 def _overlays(paper: Overlays, labels: list[str]) -> list[tuple[str, list[LayerRow], int | None]]:
@@ -51,9 +60,14 @@ def _overlays(paper: Overlays, labels: list[str]) -> list[tuple[str, list[LayerR
     if paper is None:
         return []
     if isinstance(paper, Mapping):
-        return [(f"{lab} published" if len(labels) > 1 else "published", [LayerRow.coerce(r) for r in rows], i)
-                for i, lab in enumerate(labels) if (rows := paper.get(lab))]
-    return [("published", [LayerRow.coerce(r) for r in paper], None)] if len(paper) else []
+        out = []
+        for i, lab in enumerate(labels):
+            if paper.get(lab):
+                name, rows = _published(paper[lab], "published")
+                out.append((f"{lab}: {name}" if len(labels) > 1 else name, rows, i))
+        return out
+    name, rows = _published(paper, "published")
+    return [(name, rows, None)] if rows else []
 
 
 def _kinds_and_blocks(tables: Sequence[Sequence[LayerRow]], layers: list[str]) -> tuple[list[str], list[str]]:
@@ -119,7 +133,8 @@ def quantitative_figure(runs: Sequence[AuditResults | Mapping[str, Any]], paper:
     ``runs``: :class:`~sdaudit.audit_results.AuditResults` (or results.json dicts) or ``{"label": ..., "table": rows}``. Runs are
     aligned on layer names (the union, in the first run's order); a layer a run lacks is a gap.
     ``paper``: published rows (:func:`sdaudit.report.paper.load_paper_results`) drawn thin and
-    dashed as "published"; or a mapping run label -> rows to overlay one per run.
+    dashed as "published", or a :class:`~.paper.PublishedCurves` labelled with its published model
+    ("published SD-1.5 (Loos & Linhardt 2025)"); or a mapping run label -> either, one overlay per run.
 
     Panels (top to bottom): probe accuracy per comparison resolution (darker = finer) with the
     chance level of each resolution dotted; corner and border relative similarity (log 2, dashed

@@ -17,6 +17,7 @@ import base64
 import dataclasses
 import datetime as _dt
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from ..constants import RESOLUTIONS
 from . import figures as F
 from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval
 from .intervals import num as _num
-from .paper import PAPER_ANOMALY_LABELS, PAPER_MODEL_NAMES, load_paper_results, paper_agreement, paper_model_key, \
-    probe_mismatch_note
+from .compare import comparison_labels, run_differences, verdict_cells
+from .paper import PAPER_ANOMALY_LABELS, PublishedCurves, load_paper_results, paper_agreement, paper_model_key, \
+    probe_mismatch_note, published_for
 from .qualitative import qualitative_figure
 from .verdicts import THRESHOLDS, finest_resolution, layer_verdicts, summarize
 
@@ -170,13 +172,30 @@ def _figures(result_dir: Path, results: AuditResults, published) -> dict[str, An
             "maps_present": maps_path.is_file()}
 
 
-def _paper_context(results: AuditResults, published) -> dict[str, Any]:
-    """The page's comparison with the published numbers of the same model (empty without them)."""
+def _paper_context(results: AuditResults, published: PublishedCurves | None) -> dict[str, Any]:
+    """The page's comparison with the published numbers (of the same model, else of the model whose layer
+    names match); empty without them."""
     if not published:
         return {}
-    key = paper_model_key(results.model_name)
-    return {"paper_name": PAPER_MODEL_NAMES[key], "agreement": paper_agreement(results.table, published),
-            "paper_labels": PAPER_ANOMALY_LABELS.get(key)}
+    return {"paper_name": published.name, "paper_own": published.own, "paper_label": published.label,
+            "agreement": paper_agreement(results.table, published.rows),
+            "paper_labels": PAPER_ANOMALY_LABELS.get(published.key) if published.own else None}
+
+
+#: the explorer's address as ``sdaudit explore`` serves it by default; ``store=0``: the first store given
+EXPLORER_URL = "http://127.0.0.1:8765/"
+STORE_DIRNAME = "store"
+
+
+def explorer_links(result_dir: Path, layers: Sequence[str]) -> dict[str, Any]:
+    """Where the audit kept its store (``--keep-store``): the command that serves it and, per layer, the
+    explorer's URL at that layer; ``{}`` without a store."""
+    store = Path(result_dir) / STORE_DIRNAME
+    if not store.is_dir():
+        return {}
+    return {"explore_command": f"sdaudit explore {store.resolve()}",
+            "explore_urls": {name: EXPLORER_URL + "?" + urllib.parse.urlencode({"store": 0, "layer": name})
+                             for name in layers}}
 
 
 def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
@@ -187,7 +206,7 @@ def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
     """
     result_dir = Path(result_dir)
     results = read_results(result_dir)
-    published = load_paper_results(results.model_name) if compare_paper else None
+    published = published_for(results) if compare_paper else None
     summary = summarize(results)
     finest = finest_resolution(results.table)
     return _render(
@@ -199,19 +218,8 @@ def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
         timesteps=[t.timestep for t in results.timesteps], compare_paper=compare_paper,
         paper_key=paper_model_key(results.model_name), result_dir=str(result_dir.resolve()),
         beyond=_beyond_cells(results, summary["controls"], finest), probe_note=probe_mismatch_note(results.probe_method),
-        **_figures(result_dir, results, published), **(_paper_context(results, published) if compare_paper else {}))
-
-
-def _comparison_labels(runs: Sequence[AuditResults], dirs: Sequence[Path]) -> list[str]:
-    """A label per run; the same model twice (e.g. two protocols) is told apart by protocol, else by folder."""
-    labels = [F.run_label(r, d.name) for r, d in zip(runs, dirs)]
-    for i, lab in enumerate(labels):
-        if labels.count(lab) > 1:
-            same = [j for j, l2 in enumerate(labels) if l2 == lab]
-            protocols = [runs[j].protocol for j in same]
-            protocol = runs[i].protocol
-            labels[i] = f"{lab} ({protocol})" if protocol and len(set(protocols)) == len(protocols) else f"{lab} ({dirs[i].name})"
-    return labels
+        **_figures(result_dir, results, published), **(_paper_context(results, published) if compare_paper else {}),
+        **explorer_links(result_dir, [row.layer for row in results.table]))
 
 
 def _side_by_side(runs: Sequence[AuditResults], layers: Sequence[str], s_list) -> list[dict[str, Any]]:
@@ -242,28 +250,52 @@ def _settings_diff(runs: Sequence[AuditResults]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_comparison(result_dirs: Sequence[Path], out: Path, compare_paper: bool = False) -> Path:
-    """Several audits side by side: ``OUT/figures/comparison.{svg,png}`` and ``OUT/report.html``."""
-    dirs = [Path(d) for d in result_dirs]
-    runs = [read_results(d) for d in dirs]
-    labels = _comparison_labels(runs, dirs)
-    paper = {lab: rows for lab, r in zip(labels, runs) if (rows := load_paper_results(r.model_name))} \
-        if compare_paper else {}
-    out = Path(out)
+def _one_overlay(paper: Mapping[str, PublishedCurves]) -> PublishedCurves | None:
+    """Runs that all get the same published model's curves share one overlay (drawn once, in grey)."""
+    curves = list(paper.values())
+    if not curves or len({c.key for c in curves}) > 1:
+        return None
+    layers = {row["layer"] for c in curves for row in c.rows}
+    rows = [row for row in (load_paper_results(curves[0].key) or []) if row["layer"] in layers]
+    return PublishedCurves(curves[0].key, rows, own=all(c.own for c in curves))
+
+
+def _comparison_figure(runs: Sequence[AuditResults], labels: Sequence[str], out: Path,
+                       compare_paper: bool) -> tuple[list[str], list[Path], dict[str, PublishedCurves]]:
+    """The comparison figure at ``OUT/figures/comparison.*``: (its layers, its files, the overlays by run label)."""
+    paper = {lab: pub for lab, r in zip(labels, runs) if (pub := published_for(r))} if compare_paper else {}
     fig = F.quantitative_figure([dataclasses.replace(r, label=lab) for r, lab in zip(runs, labels)],
-                                paper=paper or None)
+                                paper=_one_overlay(paper) or paper or None)
     layers = list(fig.sdaudit_layers)  # type: ignore[attr-defined]
-    files = _save(fig, out / "figures" / "comparison")
+    return layers, _save(fig, out / "figures" / "comparison"), paper
+
+
+def render_comparison(result_dirs: Sequence[Path], out: Path, compare_paper: bool = False,
+                      labels: Sequence[str] | None = None) -> Path:
+    """Several audits side by side: ``OUT/figures/comparison.{svg,png}`` and ``OUT/report.html``.
+
+    ``labels``: one per folder (default: the folder names). The page opens with a banner naming every
+    setting that differs between the runs (:func:`.compare.run_differences`), and puts each run's
+    verdict beside its numbers per layer."""
+    dirs = [Path(d) for d in result_dirs]
+    labels = comparison_labels(dirs, labels)
+    runs = [read_results(d) for d in dirs]
+    out = Path(out)
+    layers, files, paper = _comparison_figure(runs, labels, out, compare_paper)
     s_list = [finest_resolution(r.table) for r in runs]
+    sums = [summarize(r) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     return _render(
         "compare.html.j2", out / "report.html",
-        runs=[{"label": lab, "r": r, "dir": str(d.resolve()), "n_images": r.n_images, "s": s, "sum": summarize(r),
+        runs=[{"label": lab, "r": r, "dir": str(d.resolve()), "n_images": r.n_images, "s": s, "sum": sm,
                "has_report": (d / "report.html").is_file(), "report_href": _relative_href(d / "report.html", out)}
-              for lab, r, d, s in zip(labels, runs, dirs, s_list)],
-        layers=_side_by_side(runs, layers, s_list), settings_rows=_settings_diff(runs),
+              for lab, r, d, s, sm in zip(labels, runs, dirs, s_list, sums)],
+        layers=[dict(row, verdicts=v) for row, v in zip(_side_by_side(runs, layers, s_list),
+                                                        verdict_cells([sm["verdicts"] for sm in sums], layers))],
+        settings_rows=_settings_diff(runs), differences=run_differences(runs, labels),
         fig_uri=_data_uri(files[0], "image/svg+xml"), compare_paper=compare_paper,
-        paper_runs=[lab for lab in labels if lab in paper], t=THRESHOLDS,
+        paper_runs=[f"{lab}: {pub.label}" + ("" if pub.own else " at the layers whose names match")
+                    for lab, pub in paper.items()], t=THRESHOLDS,
         probe_notes=sorted({note for lab, r in zip(labels, runs)
                             if lab in paper and (note := probe_mismatch_note(r.probe_method))}))
 

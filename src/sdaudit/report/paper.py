@@ -21,11 +21,12 @@ import io
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from ..errors import UsageError
-from ..audit_results import FORMAT, LayerRow, finite
+from ..audit_results import FORMAT, AuditResults, LayerRow, finite
 from ..constants import PAPER_ANOMALY_LAYER, PAPER_N_IMAGES, PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, \
     RESOLUTIONS
 from ..layer_names import kind_of
@@ -39,6 +40,12 @@ _MODEL_ALIASES: dict[str, tuple[str, ...]] = {
 }
 #: display names of the published models
 PAPER_MODEL_NAMES = {"sd15": "SD-1.5", "sd21": "SD-2.1", "sdturbo": "SD-Turbo"}
+
+#: who published the numbers (legend labels and page text)
+PAPER_CITATION = "Loos & Linhardt 2025"
+#: the published model whose curves are overlaid on a model without its own when layer names match
+#: (SD-1.5's layer names are the diffusers U-Net names every SD-like model, tiny included, uses)
+NAME_MATCH_MODEL = "sd15"
 
 #: published hand-label statistics (design.md, section 4): anomalies, images with one, images labelled
 PAPER_ANOMALY_LABELS = {"sd15": (196, 144, PAPER_N_IMAGES), "sd21": (93, 76, PAPER_N_IMAGES),
@@ -109,6 +116,37 @@ def load_paper_results(model: str | None) -> list[dict[str, Any]] | None:
         rows.append((int(float(r["layer_idx"])), row))
     rows.sort(key=lambda t: t[0])
     return [row for _, row in rows]
+
+
+@dataclass(frozen=True)
+class PublishedCurves:
+    """The published numbers overlaid on an audit: which published model, its rows, and whether it is the
+    audited model itself (``own``) or a model whose layer names match (e.g. SD-1.5 on ``tiny``)."""
+
+    key: str
+    rows: list[dict[str, Any]]
+    own: bool = True
+
+    @property
+    def name(self) -> str:
+        return PAPER_MODEL_NAMES[self.key]
+
+    @property
+    def label(self) -> str:
+        """The legend label: ``published SD-1.5 (Loos & Linhardt 2025)``."""
+        return f"published {self.name} ({PAPER_CITATION})"
+
+
+def published_for(results: AuditResults) -> PublishedCurves | None:
+    """The published curves to overlay on ``results``: its own model's, else SD-1.5's where any layer name
+    matches (drawn only at those layers); None when neither applies."""
+    key = paper_model_key(results.model_name)
+    if key is not None:
+        return PublishedCurves(key, load_paper_results(key) or [])
+    rows = load_paper_results(NAME_MATCH_MODEL) or []
+    names = {r.layer for r in results.table}
+    matched = [row for row in rows if row["layer"] in names]
+    return PublishedCurves(NAME_MATCH_MODEL, matched, own=False) if matched else None
 
 
 def paper_as_results(model: str) -> dict[str, Any]:
