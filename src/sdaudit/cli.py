@@ -27,9 +27,10 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           MinSide, Model, NoiseSeeds, NumProcesses, OptionalImages, OrderFile, PerClass, Port, Probe,
                           Prompt, Protocol, ReportComparePaper, ReportOut, ResultDirs, Revision, Seed, Size, SkipBad,
                           StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
+from .cli_options import Version
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import SdauditError, UsageError
-from .validation import output_errors
+from .validation import output_errors, removed_on_failure
 
 #: Errors of a path the user named (missing, unreadable, a file where a folder belongs, or the reverse):
 #: the user's to fix, and their message names the path.
@@ -46,20 +47,60 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _device_message(error: BaseException) -> str | None:
+    """One line for an error of the device rather than of sdaudit (GPU memory exhausted, a torch without CUDA),
+    naming the option that avoids it; None for any other error (a bug, which keeps its traceback)."""
+    torch = sys.modules.get("torch")  # no torch loaded: the error cannot be torch's
+    text = str(error)
+    if torch is not None and isinstance(error, torch.OutOfMemoryError) or "CUDA out of memory" in text:
+        return ("out of GPU memory: rerun with a smaller --batch-size (1 uses the least), a smaller --size, "
+                "or --device cpu")
+    if isinstance(error, (AssertionError, RuntimeError)) and "not compiled with CUDA" in text:
+        return "--device: this torch has no CUDA support; use --device cpu, or install a CUDA build of torch"
+    return None
+
+
+def _user_message(error: BaseException) -> str:
+    """The one line printed for a user error: its message, with the option that gets past it where one does."""
+    from .images.records import BadImageError
+
+    message = str(error)
+    if isinstance(error, BadImageError) and "--skip-bad" not in message:
+        message += "; rerun with --skip-bad to skip such images and list them"
+    return message
+
+
 class _Commands(TyperGroup):
     """The app's command group: the one place where the user's mistakes become one line and exit status 2.
 
     Wrapping the group's ``invoke`` covers every command, nested groups (``dataset ...``) included;
-    anything that is not a user error passes through untouched and shows its traceback.
+    device errors (out of GPU memory, no CUDA) count as the user's too. Anything else passes through
+    untouched and shows its traceback.
     """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (SdauditError, *PATH_ERRORS) as error:
-            if ctx.params.get("debug"):
-                traceback.print_exception(error, file=sys.stderr)
-            _fail(str(error))
+            self._debug(ctx, error)
+            _fail(_user_message(error))
+        except Exception as error:
+            message = _device_message(error)
+            if message is None:
+                raise
+            self._debug(ctx, error)
+            _fail(message)
+
+    def get_help_option(self, ctx: click.Context):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""  # a flag: typer would show '<bool>'
+        return option
+
+    @staticmethod
+    def _debug(ctx: click.Context, error: BaseException) -> None:
+        if ctx.params.get("debug"):
+            traceback.print_exception(error, file=sys.stderr)
 
 
 app = typer.Typer(
@@ -69,13 +110,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 dataset_app = typer.Typer(help="Build image sets for audits.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 
 
 @app.callback()
-def _global_options(debug: Debug = False) -> None:
+def _global_options(debug: Debug = False, version: Version = False) -> None:
     """Options for every command (read by :class:`_Commands` when a command fails)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after a fork otherwise
 
@@ -92,7 +134,10 @@ def _check_options(*, out: Path | None = None, size: int | None = None, device: 
     if device is not None:
         from .models import resolve_device
 
-        resolve_device(device)
+        try:
+            resolve_device(device)
+        except UsageError as error:
+            raise UsageError(f"--device: {error}") from None
 
 
 def _sources(images: list[str] | None):
@@ -164,7 +209,7 @@ def extract_cmd(
 
     start = time.perf_counter()
     _check_options(out=out, size=size, device=device)
-    with output_errors(out):
+    with removed_on_failure(out), output_errors(out):
         loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
         settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
         report = extract(loaded, _sources(images), out, settings, layers=layers, batch_size=batch_size, dtype=dtype,
@@ -212,7 +257,7 @@ def audit_cmd(
                                noise_seeds=noise_seeds)
     load = {"device": device, "revision": revision, "local_files_only": local_files_only}
     run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
-    with output_errors(out):
+    with removed_on_failure(out), output_errors(out):
         results, rank = _run_audit(model, _sources(images), out, settings, load=load, run=run,
                                    num_processes=num_processes)
     if rank == 0:  # every process of a launched group returns the results; one summary is enough
