@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, AnomalyLayer, AuditOut, AuditStore,
                           BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
@@ -70,7 +70,25 @@ def _user_message(error: BaseException) -> str:
     return message
 
 
-class _Commands(TyperGroup):
+class _FlagHelp:
+    """``-h/--help`` shown as the flag it is: typer would give it a '<bool>' metavar."""
+
+    def get_help_option(self, ctx: click.Context):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_FlagHelp, TyperCommand):
+    """A command whose help lists ``-h/--help`` as a flag."""
+
+
+class _Group(_FlagHelp, TyperGroup):
+    """A nested command group (``dataset``) whose help lists ``-h/--help`` as a flag."""
+
+
+class _Commands(_FlagHelp, TyperGroup):
     """The app's command group: the one place where the user's mistakes become one line and exit status 2.
 
     Wrapping the group's ``invoke`` covers every command, nested groups (``dataset ...``) included;
@@ -91,12 +109,6 @@ class _Commands(TyperGroup):
             self._debug(ctx, error)
             _fail(message)
 
-    def get_help_option(self, ctx: click.Context):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""  # a flag: typer would show '<bool>'
-        return option
-
     @staticmethod
     def _debug(ctx: click.Context, error: BaseException) -> None:
         if ctx.params.get("debug"):
@@ -112,7 +124,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-dataset_app = typer.Typer(help="Build image sets for audits.", no_args_is_help=True)
+dataset_app = typer.Typer(cls=_Group, help="Build image sets for audits.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 
 
@@ -418,3 +430,9 @@ def _print_errors(errors) -> None:
         err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")
         for source, reason in errors:
             err_console.print(f"  {escape(str(source))}: {escape(str(reason))}", highlight=False)
+
+
+# Every command lists -h/--help as a flag (set here, once, rather than on each decorator).
+for _info in (*app.registered_commands, *dataset_app.registered_commands):
+    if _info.cls in (None, TyperCommand):
+        _info.cls = _Command
