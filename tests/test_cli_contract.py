@@ -151,6 +151,17 @@ def _no_hub_load(monkeypatch):
     monkeypatch.setattr("sdaudit.models.load._load_components_pretrained", called)
 
 
+def _cache_repo(hf_home, repo_id: str) -> None:
+    """Put a pipeline's index and U-Net config in a Hugging Face cache laid out as the hub client writes it."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "c0ffee"
+    (snapshot / "unet").mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (snapshot / "unet" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+
+
 def test_offline_without_weights_fails_before_any_hub_call(monkeypatch, tmp_path, images):
     """HF_HOME an empty folder and hub access off: the message names --local-files-only and how to get the
     weights, and neither the hub nor a network probe was asked."""
@@ -183,14 +194,44 @@ def test_cached_weights_pass_the_check(monkeypatch, tmp_path):
     from sdaudit.models import load_model
     from sdaudit.models.hub import is_cached
 
-    snapshot = tmp_path / "hf" / "hub" / "models--someone--pipe" / "snapshots" / "abc123"
-    (snapshot / "unet").mkdir(parents=True)
-    (snapshot / "model_index.json").write_text("{}")
-    (snapshot / "unet" / "config.json").write_text("{}")
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    _cache_repo(tmp_path / "hf", "someone/pipe")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert is_cached("someone/pipe") and not is_cached("someone/other")
     _no_hub_load(monkeypatch)
     with pytest.raises(AssertionError, match="the hub was called"):
         load_model("someone/pipe", device="cpu")
+
+
+def test_models_table_fits_80_columns_and_says_what_is_local(monkeypatch, tmp_path):
+    """At 80 columns every repo id is printed whole; 'local' is yes for the built-in models and for a repo in
+    the Hugging Face cache (HF_HOME as the process sees it), no otherwise."""
+    from rich.console import Console
+
+    import sdaudit.cli as cli
+    from sdaudit.models import REGISTRY
+
+    _cache_repo(tmp_path / "hf", "stabilityai/sd-turbo")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(cli, "console", Console(width=80))
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80 and "local" in lines[2], result.output
+    local = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 4 and cells[0]:
+            local[cells[0]] = (cells[1], cells[3])
+    for entry in REGISTRY.values():
+        assert local[entry.key] == (entry.repo_id, "yes" if entry.key == "sd-turbo" else "no"), result.output
+    assert local["tiny"][1] == local["arch:sd15"][1] == local["arch:sd21"][1] == "yes"
+
+
+def test_removed_on_failure_keeps_an_audit_checkpoint(tmp_path):
+    from sdaudit.validation import removed_on_failure
+
+    with pytest.raises(OSError), removed_on_failure(tmp_path / "o"):
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / ".checkpoint.npz").write_bytes(b"x")
+        raise OSError("disk full")
+    assert (tmp_path / "o" / ".checkpoint.npz").exists()

@@ -1,25 +1,21 @@
 """The ``sdaudit`` command line: a thin layer over the Python API, one function per command.
 
-Error contract: a mistake the user can fix (:class:`~sdaudit.errors.SdauditError`, or a missing,
-unreadable or wrong-kind path) prints one line naming what is at fault and exits with status 2;
-``--debug`` adds its traceback. Any other exception is a bug: it keeps its traceback (status 1).
-The options are defined once, in :mod:`sdaudit.cli_options`.
+Error contract (:mod:`sdaudit.cli_contract`): a mistake the user can fix prints one line naming what is
+at fault and exits with status 2; ``--debug`` adds its traceback. Any other exception is a bug: it keeps
+its traceback (status 1). The options are defined once, in :mod:`sdaudit.cli_options`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-import traceback
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
 from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, AnomalyLayer, AuditOut, AuditStore,
                           BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
@@ -28,95 +24,15 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           Prompt, Protocol, ReportComparePaper, ReportOut, ResultDirs, Revision, Seed, Size, SkipBad,
                           StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
 from .cli_options import Version
+from .cli_contract import Command, Commands, Group, err_console
 from .constants import PAPER_SEED, PAPER_TIMESTEP
-from .errors import SdauditError, UsageError
+from .errors import UsageError
 from .validation import output_errors, removed_on_failure
 
-#: Errors of a path the user named (missing, unreadable, a file where a folder belongs, or the reverse):
-#: the user's to fix, and their message names the path.
-PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
-
 console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    # soft_wrap: the message stays one line in logs and pipes (rich would break it at 80 columns)
-    # escaped: a file name such as '[red]x.png' is printed as it is, not read as rich markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _device_message(error: BaseException) -> str | None:
-    """One line for an error of the device rather than of sdaudit (GPU memory exhausted, a torch without CUDA),
-    naming the option that avoids it; None for any other error (a bug, which keeps its traceback)."""
-    torch = sys.modules.get("torch")  # no torch loaded: the error cannot be torch's
-    text = str(error)
-    if torch is not None and isinstance(error, torch.OutOfMemoryError) or "CUDA out of memory" in text:
-        return ("out of GPU memory: rerun with a smaller --batch-size (1 uses the least), a smaller --size, "
-                "or --device cpu")
-    if isinstance(error, (AssertionError, RuntimeError)) and "not compiled with CUDA" in text:
-        return "--device: this torch has no CUDA support; use --device cpu, or install a CUDA build of torch"
-    return None
-
-
-def _user_message(error: BaseException) -> str:
-    """The one line printed for a user error: its message, with the option that gets past it where one does."""
-    from .images.records import BadImageError
-
-    message = str(error)
-    if isinstance(error, BadImageError) and "--skip-bad" not in message:
-        message += "; rerun with --skip-bad to skip such images and list them"
-    return message
-
-
-class _FlagHelp:
-    """``-h/--help`` shown as the flag it is: typer would give it a '<bool>' metavar."""
-
-    def get_help_option(self, ctx: click.Context):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
-
-
-class _Command(_FlagHelp, TyperCommand):
-    """A command whose help lists ``-h/--help`` as a flag."""
-
-
-class _Group(_FlagHelp, TyperGroup):
-    """A nested command group (``dataset``) whose help lists ``-h/--help`` as a flag."""
-
-
-class _Commands(_FlagHelp, TyperGroup):
-    """The app's command group: the one place where the user's mistakes become one line and exit status 2.
-
-    Wrapping the group's ``invoke`` covers every command, nested groups (``dataset ...``) included;
-    device errors (out of GPU memory, no CUDA) count as the user's too. Anything else passes through
-    untouched and shows its traceback.
-    """
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (SdauditError, *PATH_ERRORS) as error:
-            self._debug(ctx, error)
-            _fail(_user_message(error))
-        except Exception as error:
-            message = _device_message(error)
-            if message is None:
-                raise
-            self._debug(ctx, error)
-            _fail(message)
-
-    @staticmethod
-    def _debug(ctx: click.Context, error: BaseException) -> None:
-        if ctx.params.get("debug"):
-            traceback.print_exception(error, file=sys.stderr)
-
 
 app = typer.Typer(
-    cls=_Commands,
+    cls=Commands,
     help="Extract and audit the internal representations of latent-diffusion U-Nets "
     "(Stable Diffusion 1.5, 2.1, SD-Turbo, any diffusers UNet2DConditionModel).",
     no_args_is_help=True,
@@ -124,7 +40,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-dataset_app = typer.Typer(cls=_Group, help="Build image sets for audits.", no_args_is_help=True)
+dataset_app = typer.Typer(cls=Group, help="Build image sets for audits.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 
 
@@ -157,21 +73,37 @@ def _sources(images: list[str] | None):
     return images[0] if images is not None and len(images) == 1 else images
 
 
+def _model_rows() -> list[tuple[str, str, str, str, str]]:
+    """(name, source, description, size, available locally) of every named model; 'locally' asks the
+    Hugging Face cache as this process sees it, without a hub call."""
+    from .models import REGISTRY
+    from .models.hub import is_cached
+
+    rows = [("tiny", "built in", "SD-1.5 block layout, tiny channels, deterministic random weights", "256",
+             "yes"),
+            *((f"arch:{arch}", "bundled config", f"{label} architecture, random weights", "512", "yes")
+              for arch, label in (("sd15", "SD-1.5"), ("sd21", "SD-2.1")))]
+    for entry in REGISTRY.values():
+        rows.append((entry.key, entry.repo_id, entry.description, str(entry.default_size),
+                     "yes" if is_cached(entry.repo_id) else "no"))
+    return rows
+
+
 @app.command("models")
 def models_cmd() -> None:
-    """List the known models and the offline ones."""
-    from .models import REGISTRY
-
+    """List the known models, and whether each is available on this machine (no download needed)."""
+    rows = _model_rows()
     table = Table(title="Known models")
-    for column in ("name", "source", "size", "notes"):
-        table.add_column(column)
-    table.add_row("tiny", "built in (no download)", "256", "SD-1.5 block layout, tiny channels, deterministic random weights")
-    table.add_row("arch:sd15", "bundled config (no download)", "512", "SD-1.5 architecture, random weights")
-    table.add_row("arch:sd21", "bundled config (no download)", "512", "SD-2.1 architecture, random weights")
-    for entry in REGISTRY.values():
-        table.add_row(entry.key, entry.repo_id, str(entry.default_size), entry.description)
+    table.add_column("name", no_wrap=True)
+    # the repo id never wraps (it is copied into commands); the description under it wraps at its width
+    table.add_column("source", min_width=max(len(source) for _, source, *_ in rows))
+    table.add_column("px", justify="right")
+    table.add_column("local", no_wrap=True)
+    for name, source, description, size, local in rows:
+        table.add_row(name, f"{escape(source)}\n[dim]{escape(description)}[/]", size, local)
     console.print(table)
-    console.print("Also accepted: a Hugging Face repo id, a local diffusers folder, a .safetensors/.ckpt file.")
+    console.print("local: no download needed (built in, or in the Hugging Face cache). Also accepted: a Hugging "
+                  "Face repo id, a local diffusers folder, a .safetensors/.ckpt file.")
 
 
 @app.command("layers")
@@ -435,4 +367,4 @@ def _print_errors(errors) -> None:
 # Every command lists -h/--help as a flag (set here, once, rather than on each decorator).
 for _info in (*app.registered_commands, *dataset_app.registered_commands):
     if _info.cls in (None, TyperCommand):
-        _info.cls = _Command
+        _info.cls = Command

@@ -130,23 +130,25 @@ def output_errors(*outputs: str | os.PathLike | None) -> Iterator[None]:
         raise
 
 
-def _holds_images(folder: Path) -> bool:
-    """Whether a store under ``folder`` has committed an image (a non-empty images.jsonl): work worth resuming."""
-    return any(p.is_file() and p.stat().st_size > 0 for p in folder.rglob("images.jsonl"))
+def _holds_work(folder: Path) -> bool:
+    """Whether ``folder`` holds work worth resuming: a store that committed an image (a non-empty images.jsonl),
+    an audit's checkpoint (``.checkpoint*.npz``) or its results."""
+    stores = any(p.is_file() and p.stat().st_size > 0 for p in folder.rglob("images.jsonl"))
+    return stores or any(folder.rglob(".checkpoint*.npz")) or any(folder.rglob("results.json"))
 
 
 @contextmanager
 def removed_on_failure(out: str | os.PathLike | None) -> Iterator[None]:
-    """Remove the output folder ``out`` made by a command that then failed before committing any image.
+    """Remove the output folder ``out`` made by a command that then failed before committing any work.
 
     A bad image or option found after the store was created would otherwise leave an empty folder and a
-    0-image store behind; a folder that existed before, or holds committed images to resume, is kept.
+    0-image store behind; a folder that existed before, or holds work to resume, is kept.
     """
     path = None if out is None else Path(out)
     existed = path is None or os.path.lexists(path)
     try:
         yield
     except Exception:
-        if not existed and path.is_dir() and not path.is_symlink() and not _holds_images(path):
+        if not existed and path.is_dir() and not path.is_symlink() and not _holds_work(path):
             shutil.rmtree(path, ignore_errors=True)
         raise
