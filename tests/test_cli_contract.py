@@ -235,3 +235,13 @@ def test_removed_on_failure_keeps_an_audit_checkpoint(tmp_path):
         (tmp_path / "o" / ".checkpoint.npz").write_bytes(b"x")
         raise OSError("disk full")
     assert (tmp_path / "o" / ".checkpoint.npz").exists()
+
+
+def test_layers_of_an_uncached_repo_fails_before_any_hub_call(monkeypatch, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(UNet2DConditionModel, "load_config", lambda *a, **k: pytest.fail("the hub was called"))
+    line = fails_with_one_line(["layers", "-m", "someone/pipe"], "model 'someone/pipe'")
+    assert "not in the local Hugging Face cache" in line

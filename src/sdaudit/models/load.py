@@ -359,6 +359,7 @@ def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, loc
         return json.loads((Path(spec.location) / "unet" / "config.json").read_text())
     if spec.kind == "file":
         return single_file_unet_config(spec.location, config=single_file_config)
+    _check_fetchable(spec, _LoadOptions(revision, local_files_only, None, None, torch.float32))
     try:
         return dict(UNet2DConditionModel.load_config(spec.location, subfolder="unet", revision=revision,
                                                      local_files_only=local_files_only))
