@@ -245,3 +245,21 @@ def test_layers_of_an_uncached_repo_fails_before_any_hub_call(monkeypatch, tmp_p
     monkeypatch.setattr(UNet2DConditionModel, "load_config", lambda *a, **k: pytest.fail("the hub was called"))
     line = fails_with_one_line(["layers", "-m", "someone/pipe"], "model 'someone/pipe'")
     assert "not in the local Hugging Face cache" in line
+
+
+@pytest.mark.parametrize("args,needle,suggestion", [
+    (["extract", "--skp-bad"], "No such option: --skp-bad", "--skip-bad"),
+    (["extrat"], "No such command 'extrat'", "'extract'"),
+    (["dataset", "imagenet-subst"], "No such command 'imagenet-subst'", "'imagenet-subset'"),
+    (["--bogus"], "No such option: --bogus", "-h"),
+    (["extract", "-i", "x", "--out", "o"], "Missing option '--model'", "extract -h"),
+])
+def test_click_usage_errors_are_one_line_with_the_suggestion(args, needle, suggestion):
+    line = fails_with_one_line(args, needle)
+    assert suggestion in line and "help:" in line, line
+    assert len(runner.invoke(app, args).output.strip().splitlines()) == 1  # no usage block, no box
+
+
+def test_a_bare_command_still_prints_its_help():
+    result = runner.invoke(app, ["dataset"])
+    assert "Usage" in result.output and "imagenet-subset" in result.output
