@@ -27,13 +27,24 @@ def _run(command: str, images, out, *extra):
 
 
 @pytest.mark.parametrize("args,needle,suggestion", [
-    (["layers", "-m", "tiny", "--layers", "up_blocks[1].attention[0]"], "unknown layer", "'up_blocks[1].attentions[0]'"),
-    (["layers", "-m", "sd16"], "unknown model 'sd16'", "'sd15'"),
-    (["layers", "-m", "arch:sd16"], "unknown architecture", "'arch:sd15'"),
+    (["layers", "-m", "tiny", "--layers", "up_blocks[1].attention[0]"], "unknown layer",
+     "did you mean 'up_blocks[1].attentions[0]'"),
+    (["layers", "-m", "sd16"], "unknown model 'sd16'", "did you mean 'sd14' or 'sd15' or 'sd21'?"),
+    (["layers", "-m", "arch:sd16"], "unknown architecture", "did you mean 'arch:sd15'"),
 ])
 def test_unknown_names_get_did_you_mean(args, needle, suggestion):
     line = fails_with_one_line(args, needle)
     assert "did you mean" in line and suggestion in line, line
+
+
+def test_resolve_dtype_suggests_the_closest():
+    import torch
+
+    from sdaudit.errors import UsageError
+    from sdaudit.models.load import resolve_dtype
+
+    with pytest.raises(UsageError, match=r"unknown dtype 'flaot16' \(did you mean 'float16'"):
+        resolve_dtype("flaot16", torch.device("cpu"))
 
 
 def test_unknown_layer_points_to_the_listing_instead_of_dumping_it():
@@ -54,7 +65,7 @@ def test_audit_options_get_did_you_mean(option, value, suggestion, tmp_path, ima
 
 def test_unknown_model_on_extract_creates_nothing(tmp_path, images):
     line = fails_with_one_line(["extract", "-m", "sd16", "-i", images, "--out", tmp_path / "o"], "unknown model")
-    assert "did you mean" in line and "'sd15'" in line
+    assert "did you mean 'sd14' or 'sd15' or" in line  # same ratio as 'sd21', a longer common prefix first
     assert not (tmp_path / "o").exists()
 
 

@@ -47,9 +47,16 @@ def check_seed(seed: int, *, name: str = "seed") -> int:
 
 
 def close_matches(value: str, known: Sequence[str], *, n: int = 3) -> list[str]:
-    """The few names of ``known`` closest to ``value`` (difflib's ratio, case-insensitive), best first."""
-    lowered = {str(k).lower(): str(k) for k in known}
-    return [lowered[m] for m in difflib.get_close_matches(str(value).lower(), list(lowered), n=n, cutoff=0.6)]
+    """The few names of ``known`` closest to ``value`` (difflib's ratio, case-insensitive, at least 0.6), best
+    first; ties go to the longer common prefix ('sd16' -> 'sd15' before 'sd21')."""
+    value = str(value).lower()
+
+    def score(name: str) -> tuple[float, int]:
+        name = name.lower()
+        return difflib.SequenceMatcher(None, value, name).ratio(), len(os.path.commonprefix([value, name]))
+
+    scored = sorted(((score(str(k)), str(k)) for k in known), key=lambda item: item[0], reverse=True)
+    return [name for (ratio, _), name in scored if ratio >= 0.6][:n]
 
 
 def did_you_mean(value: str, known: Sequence[str], *, n: int = 3) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..validation import did_you_mean
 from .families import ModelFamily, family_for_config
 from .hashing import InBackground, file_sha256, folder_weights_sha256, state_dict_sha256
 from .hub import hub_cache_dir, hub_offline, hub_reachable, is_cached
@@ -132,7 +133,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
     if dtype not in table:
-        raise UsageError(f"unknown dtype '{dtype}'; use one of auto, float16, bfloat16, float32")
+        names = ("auto", "float16", "bfloat16", "float32")
+        raise UsageError(f"unknown dtype '{dtype}'{did_you_mean(dtype, names)}; use one of {', '.join(names)}")
     return table[dtype]
 
 
