@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
+from .cli_contract import Command, Commands, Group, err_console
 from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, AnomalyLayer, AuditOut, AuditStore,
                           BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
                           ExploreModel, Host, Images, KeepStore, Labels, LayerSelection, Layers, LocalFilesOnly,
@@ -24,7 +25,6 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           Prompt, Protocol, ReportComparePaper, ReportOut, ResultDirs, Revision, Seed, Size, SkipBad,
                           StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
 from .cli_options import Version
-from .cli_contract import Command, Commands, Group, err_console
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import UsageError
 from .validation import output_errors, removed_on_failure
