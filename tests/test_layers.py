@@ -64,7 +64,8 @@ def test_selection(tiny):
     assert select_layers("up_blocks.1.upsamplers.0,conv_in", available) == ["conv_in", "up_blocks[1].upsamplers[0]"]
     assert select_layers(["mid_block"], available) == ["mid_block.resnets[0]", "mid_block.attentions[0]",
                                                          "mid_block.resnets[1]"]
-    with pytest.raises(LayerError, match=r"unknown layer 'up_blocks\[9\]'.*conv_in"):
+    with pytest.raises(LayerError, match=r"unknown layer 'up_blocks\[9\]' \(did you mean 'up_blocks\[\d\]'.*"
+                                         r"'sdaudit layers --model MODEL' lists"):
         select_layers("up_blocks[9]", available)
     with pytest.raises(LayerError, match="no layers selected"):
         select_layers("", available)

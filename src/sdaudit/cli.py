@@ -1,81 +1,51 @@
 """The ``sdaudit`` command line: a thin layer over the Python API, one function per command.
 
-Error contract: a mistake the user can fix (:class:`~sdaudit.errors.SdauditError`, or a missing,
-unreadable or wrong-kind path) prints one line naming what is at fault and exits with status 2;
-``--debug`` adds its traceback. Any other exception is a bug: it keeps its traceback (status 1).
-The options are defined once, in :mod:`sdaudit.cli_options`.
+Error contract (:mod:`sdaudit.cli_contract`): a mistake the user can fix prints one line naming what is
+at fault and exits with status 2; ``--debug`` adds its traceback. Any other exception is a bug: it keeps
+its traceback (status 1). The options are defined once, in :mod:`sdaudit.cli_options`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-import traceback
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand
 
+from .cli_contract import Command, Commands, Group, err_console
 from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, AnomalyLayer, AuditOut, AuditStore,
                           BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
                           ExploreModel, Host, Images, KeepStore, Labels, LayerSelection, Layers, LocalFilesOnly,
                           MinSide, Model, NoiseSeeds, NumProcesses, OptionalImages, OrderFile, PerClass, Port, Probe,
                           Prompt, Protocol, ReportComparePaper, ReportLabel, ReportOut, ResultDirs, Revision, Seed, Size,
                           SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
+from .cli_options import Version
 from .constants import PAPER_SEED, PAPER_TIMESTEP
-from .errors import SdauditError, UsageError
-from .validation import output_errors
-
-#: Errors of a path the user named (missing, unreadable, a file where a folder belongs, or the reverse):
-#: the user's to fix, and their message names the path.
-PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+from .errors import UsageError
+from .validation import output_errors, removed_on_failure
 
 console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    # soft_wrap: the message stays one line in logs and pipes (rich would break it at 80 columns)
-    # escaped: a file name such as '[red]x.png' is printed as it is, not read as rich markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-class _Commands(TyperGroup):
-    """The app's command group: the one place where the user's mistakes become one line and exit status 2.
-
-    Wrapping the group's ``invoke`` covers every command, nested groups (``dataset ...``) included;
-    anything that is not a user error passes through untouched and shows its traceback.
-    """
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (SdauditError, *PATH_ERRORS) as error:
-            if ctx.params.get("debug"):
-                traceback.print_exception(error, file=sys.stderr)
-            _fail(str(error))
-
 
 app = typer.Typer(
-    cls=_Commands,
+    cls=Commands,
     help="Extract and audit the internal representations of latent-diffusion U-Nets "
     "(Stable Diffusion 1.5, 2.1, SD-Turbo, any diffusers UNet2DConditionModel).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-dataset_app = typer.Typer(help="Build image sets for audits.", no_args_is_help=True)
+dataset_app = typer.Typer(cls=Group, help="Build image sets for audits.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 
 
 @app.callback()
-def _global_options(debug: Debug = False) -> None:
+def _global_options(debug: Debug = False, version: Version = False) -> None:
     """Options for every command (read by :class:`_Commands` when a command fails)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after a fork otherwise
 
@@ -92,7 +62,10 @@ def _check_options(*, out: Path | None = None, size: int | None = None, device: 
     if device is not None:
         from .models import resolve_device
 
-        resolve_device(device)
+        try:
+            resolve_device(device)
+        except UsageError as error:
+            raise UsageError(f"--device: {error}") from None
 
 
 def _sources(images: list[str] | None):
@@ -100,21 +73,37 @@ def _sources(images: list[str] | None):
     return images[0] if images is not None and len(images) == 1 else images
 
 
+def _model_rows() -> list[tuple[str, str, str, str, str]]:
+    """(name, source, description, size, available locally) of every named model; 'locally' asks the
+    Hugging Face cache as this process sees it, without a hub call."""
+    from .models import REGISTRY
+    from .models.hub import is_cached
+
+    rows = [("tiny", "built in", "SD-1.5 block layout, tiny channels, deterministic random weights", "256",
+             "yes"),
+            *((f"arch:{arch}", "bundled config", f"{label} architecture, random weights", "512", "yes")
+              for arch, label in (("sd15", "SD-1.5"), ("sd21", "SD-2.1")))]
+    for entry in REGISTRY.values():
+        rows.append((entry.key, entry.repo_id, entry.description, str(entry.default_size),
+                     "yes" if is_cached(entry.repo_id) else "no"))
+    return rows
+
+
 @app.command("models")
 def models_cmd() -> None:
-    """List the known models and the offline ones."""
-    from .models import REGISTRY
-
+    """List the known models, and whether each is available on this machine (no download needed)."""
+    rows = _model_rows()
     table = Table(title="Known models")
-    for column in ("name", "source", "size", "notes"):
-        table.add_column(column)
-    table.add_row("tiny", "built in (no download)", "256", "SD-1.5 block layout, tiny channels, deterministic random weights")
-    table.add_row("arch:sd15", "bundled config (no download)", "512", "SD-1.5 architecture, random weights")
-    table.add_row("arch:sd21", "bundled config (no download)", "512", "SD-2.1 architecture, random weights")
-    for entry in REGISTRY.values():
-        table.add_row(entry.key, entry.repo_id, str(entry.default_size), entry.description)
+    table.add_column("name", no_wrap=True)
+    # the repo id never wraps (it is copied into commands); the description under it wraps at its width
+    table.add_column("source", min_width=max(len(source) for _, source, *_ in rows))
+    table.add_column("px", justify="right")
+    table.add_column("local", no_wrap=True)
+    for name, source, description, size, local in rows:
+        table.add_row(name, f"{escape(source)}\n[dim]{escape(description)}[/]", size, local)
     console.print(table)
-    console.print("Also accepted: a Hugging Face repo id, a local diffusers folder, a .safetensors/.ckpt file.")
+    console.print("local: no download needed (built in, or in the Hugging Face cache). Also accepted: a Hugging "
+                  "Face repo id, a local diffusers folder, a .safetensors/.ckpt file.")
 
 
 @app.command("layers")
@@ -164,7 +153,7 @@ def extract_cmd(
 
     start = time.perf_counter()
     _check_options(out=out, size=size, device=device)
-    with output_errors(out):
+    with removed_on_failure(out), output_errors(out):
         loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
         settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
         report = extract(loaded, _sources(images), out, settings, layers=layers, batch_size=batch_size, dtype=dtype,
@@ -212,7 +201,7 @@ def audit_cmd(
                                noise_seeds=noise_seeds)
     load = {"device": device, "revision": revision, "local_files_only": local_files_only}
     run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
-    with output_errors(out):
+    with removed_on_failure(out), output_errors(out):
         results, rank = _run_audit(model, _sources(images), out, settings, load=load, run=run,
                                    num_processes=num_processes)
     if rank == 0:  # every process of a launched group returns the results; one summary is enough
@@ -374,3 +363,9 @@ def _print_errors(errors) -> None:
         err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")
         for source, reason in errors:
             err_console.print(f"  {escape(str(source))}: {escape(str(reason))}", highlight=False)
+
+
+# Every command lists -h/--help as a flag (set here, once, rather than on each decorator).
+for _info in (*app.registered_commands, *dataset_app.registered_commands):
+    if _info.cls in (None, TyperCommand):
+        _info.cls = Command

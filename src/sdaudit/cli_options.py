@@ -22,6 +22,8 @@ IMAGES_HELP = ("Image folder (recursive), file(s), a saved datasets folder, or h
 BATCH_HELP = "Images per U-Net pass; 0: as many as fit in GPU memory (protocol clean; 4 on the CPU)."
 SIZE_HELP = "Input size in pixels (a multiple of 64, at most 4096; default: the model's)."
 LAYERS_HELP = "'paper' (45), 'all' (46), block or layer names."
+#: The metavar of an on/off flag: none (typer would show '<bool>', suggesting '--skip-bad true', which a flag refuses).
+FLAG = ""
 
 # Shared by the commands that load a model and run it over images (extract, audit, layers, explore).
 _images = typer.Option("--images", "-i", help=IMAGES_HELP)
@@ -37,12 +39,28 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=0, help=BATCH_
 Dtype = Annotated[str, typer.Option("--dtype", help="Storage dtype: float16 or float32.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hugging Face revision of the model.")]
-LocalFilesOnly = Annotated[bool, typer.Option("--local-files-only", help="Never contact the Hugging Face hub.")]
-SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable or invalid images and list them.")]
+LocalFilesOnly = Annotated[bool, typer.Option("--local-files-only", metavar=FLAG,
+                                              help="Never contact the Hugging Face hub.")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", metavar=FLAG,
+                                       help="Skip unreadable or invalid images and list them.")]
 Timestep = Annotated[int, typer.Option("--timestep", "-t", min=0, max=999,
                                        help="Diffusion timestep of the added noise (0-999).")]
-Debug = Annotated[bool, typer.Option("--debug", help="Also show the traceback of an error that is the user's to "
+Debug = Annotated[bool, typer.Option("--debug", metavar=FLAG,
+                                     help="Also show the traceback of an error that is the user's to "
                                      "fix (bugs always show theirs).")]
+
+
+def _show_version(value: bool) -> None:
+    """``--version``: print the installed version and stop before any command runs."""
+    if value:
+        from . import __version__
+
+        typer.echo(f"sdaudit {__version__}")
+        raise typer.Exit()
+
+
+Version = Annotated[bool, typer.Option("--version", metavar=FLAG, is_eager=True, callback=_show_version,
+                                       help="Print sdaudit's version and exit.")]
 
 # extract
 StoreOut = Annotated[Path, typer.Option("--out", "-o", help="Store folder; rerun with the same settings to resume.")]
@@ -57,9 +75,11 @@ Analyses = Annotated[str, typer.Option("--analyses", "-a",
                                        help="Comma-separated subset of: position, borders, anomalies, maps.")]
 AnomalyLayer = Annotated[Optional[str], typer.Option("--anomaly-layer", help="Layer the anomaly detector runs on "
                                                      f"(default: {PAPER_ANOMALY_LAYER}, as in the paper).")]
-KeepStore = Annotated[bool, typer.Option("--keep-store", help="Also keep the full pass's representations in "
+KeepStore = Annotated[bool, typer.Option("--keep-store", metavar=FLAG,
+                                         help="Also keep the full pass's representations in "
                                          "OUT/store.")]
-ComparePaper = Annotated[bool, typer.Option("--compare-paper", help="Overlay the published SD-1.5/2.1/Turbo "
+ComparePaper = Annotated[bool, typer.Option("--compare-paper", metavar=FLAG,
+                                            help="Overlay the published SD-1.5/2.1/Turbo "
                                             "curves.")]
 NumProcesses = Annotated[int, typer.Option("--num-processes", min=1, help="Shard the images over this many local "
                                            "processes (one GPU each when there are enough, else CPU cores); the "
@@ -87,7 +107,8 @@ LayerSelection = Annotated[str, typer.Option("--layers", "-l", help="'all', 'pap
 ResultDirs = Annotated[list[Path], typer.Argument(help="One or more audit output folders.")]
 ReportOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder of the comparison page (several "
                                                    "folders).")]
-ReportComparePaper = Annotated[bool, typer.Option("--compare-paper", help="Overlay the published curves.")]
+ReportComparePaper = Annotated[bool, typer.Option("--compare-paper", metavar=FLAG,
+                                                  help="Overlay the published curves.")]
 ReportLabel = Annotated[Optional[list[str]], typer.Option("--label", help="A run's name in a comparison, one per "
                                                           "folder in order (repeatable; default: the folder name).")]
 
@@ -98,7 +119,8 @@ SubsetOut = Annotated[Path, typer.Option("--out", "-o", help="Output folder for 
 PerClass = Annotated[int, typer.Option("--per-class", min=1, help="Images per class.")]
 SubsetSize = Annotated[int, typer.Option("--size", min=1, max=MAX_SIZE, help="Output side in pixels.")]
 MinSide = Annotated[int, typer.Option("--min-side", min=1, help="Skip images whose short side is smaller (pixels).")]
-AllowFewer = Annotated[bool, typer.Option("--allow-fewer", help="Write fewer images when a class runs short.")]
+AllowFewer = Annotated[bool, typer.Option("--allow-fewer", metavar=FLAG,
+                                          help="Write fewer images when a class runs short.")]
 OrderFile = Annotated[Optional[Path], typer.Option("--order-file", help="For a local ILSVRC folder: file names in "
                                                    "the published order, one per line (the published anomaly "
                                                    "labels index that order).")]

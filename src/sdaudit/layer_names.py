@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .validation import did_you_mean
 
 
 class LayerError(UsageError):
@@ -85,7 +86,7 @@ def select_layers(spec: str | Iterable[str], available: Sequence[str], *, paper:
     ``spec`` is ``"all"``, ``"paper"`` (the layers in ``paper``: the model family's paper set), or
     names separated by commas (or an iterable of names). A block name (``up_blocks[1]``,
     ``mid_block``, ``down_blocks.2``) expands to its layers. Unknown names raise
-    :class:`LayerError` listing the valid ones.
+    :class:`LayerError` naming the closest valid names.
     """
     items = [normalize_name(s) for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
     if not items:
@@ -104,6 +105,7 @@ def select_layers(spec: str | Iterable[str], available: Sequence[str], *, paper:
         elif item in blocks:
             chosen.update(n for n in available if block_of(n) == item)
         else:
-            raise LayerError(f"unknown layer '{item}'. Valid: all, paper, the blocks {', '.join(blocks)}, or one of: "
-                             + ", ".join(available))
+            raise LayerError(f"unknown layer '{item}'{did_you_mean(item, ['all', 'paper', *blocks, *available])}; "
+                             f"'sdaudit layers --model MODEL' lists the model's {len(available)} layers and "
+                             f"{len(blocks)} blocks")
     return [n for n in available if n in chosen]

@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from .constants import PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, RESOLUTIONS
 from .errors import UsageError
-from .validation import check_seed, check_size
+from .validation import check_seed, check_size, did_you_mean
 
 PROTOCOLS = ("clean", "paper")
 LATENT_MODES = ("mean", "sample")
@@ -32,7 +32,8 @@ def check_protocol(protocol: str, latent: str | None) -> str:
     """Validate the protocol and return the latent mode it uses ('paper' always samples; 'clean' defaults
     to the posterior mean)."""
     if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+        raise UsageError(f"unknown protocol '{protocol}'{did_you_mean(protocol, PROTOCOLS)}; choose one of: "
+                         f"{', '.join(PROTOCOLS)}")
     if protocol == "paper":
         if latent not in (None, "sample"):
             raise UsageError("protocol 'paper' samples the VAE posterior; --latent cannot be changed")
@@ -209,17 +210,20 @@ class AuditSettings:
     def _check_choices(self) -> None:
         unknown = [a for a in self.analyses if a not in ANALYSES]
         if unknown or not self.analyses:  # none at all would write an empty report
-            raise UsageError(f"unknown analyses {list(unknown)}; choose from {', '.join(ANALYSES)}" if unknown
+            raise UsageError(f"unknown analyses {list(unknown)}{did_you_mean(unknown[0], ANALYSES)}; choose from "
+                             f"{', '.join(ANALYSES)}" if unknown
                              else f"no analyses given; choose one or more of {', '.join(ANALYSES)}")
         if self.extraction.size is not None:  # None: the model's size; 0 must not silently mean that too
             check_size(self.extraction.size)
         if self.probe_method not in PROBES:
-            raise UsageError(f"unknown probe '{self.probe_method}'; choose one of {', '.join(PROBES)}")
+            raise UsageError(f"unknown probe '{self.probe_method}'{did_you_mean(self.probe_method, PROBES)}; "
+                             f"choose one of {', '.join(PROBES)}")
         if self.probe_max_tokens < 1:
             raise UsageError(f"probe_max_tokens must be at least 1, got {self.probe_max_tokens}")
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown:
-            raise UsageError(f"unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
+            raise UsageError(f"unknown control {unknown[0]!r}{did_you_mean(unknown[0], CONTROLS)}; choose from "
+                             f"{', '.join(CONTROLS)}")
         if not 0 < self.train_fraction < 1:
             raise UsageError("train_fraction must be in (0, 1)")
 

@@ -7,8 +7,10 @@ the same values with the same words.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,12 +46,33 @@ def check_seed(seed: int, *, name: str = "seed") -> int:
     return int(seed)
 
 
+def close_matches(value: str, known: Sequence[str], *, n: int = 3) -> list[str]:
+    """The few names of ``known`` closest to ``value`` (difflib's ratio, case-insensitive, at least 0.6), best
+    first; ties go to the longer common prefix ('sd16' -> 'sd15' before 'sd21')."""
+    value = str(value).lower()
+
+    def score(name: str) -> tuple[float, int]:
+        name = name.lower()
+        return difflib.SequenceMatcher(None, value, name).ratio(), len(os.path.commonprefix([value, name]))
+
+    scored = sorted(((score(str(k)), str(k)) for k in known), key=lambda item: item[0], reverse=True)
+    return [name for (ratio, _), name in scored if ratio >= 0.6][:n]
+
+
+def did_you_mean(value: str, known: Sequence[str], *, n: int = 3) -> str:
+    """" (did you mean 'a' or 'b'?)" for the names of ``known`` closest to ``value``; '' when none is close.
+    Appended to an "unknown NAME" message, so a typo is answered with its fix instead of a list to scan."""
+    matches = close_matches(value, known, n=n)
+    return f" (did you mean {' or '.join(map(repr, matches))}?)" if matches else ""
+
+
 def check_choices(values: Sequence[str], known: Sequence[str], *, name: str) -> list[str]:
     """A non-empty list of known names, else a UsageError naming ``name`` and listing ``known``."""
     unknown = [v for v in values if v not in known]
     if not values or unknown:
         what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
-        raise UsageError(f"{name}: {what}; choose one or more of {', '.join(known)}")
+        hint = did_you_mean(unknown[0], known) if unknown else ""
+        raise UsageError(f"{name}: {what}{hint}; choose one or more of {', '.join(known)}")
     return list(values)
 
 
@@ -111,4 +134,28 @@ def output_errors(*outputs: str | os.PathLike | None) -> Iterator[None]:
                 error.errno in _PATH_ERRNOS and filename is not None and _inside(filename, folders)):
             where = filename if filename is not None else (folders[0] if folders else "the output")
             raise OutputPathError(f"cannot write {where}: {error.strerror or error}") from error
+        raise
+
+
+def _holds_work(folder: Path) -> bool:
+    """Whether ``folder`` holds work worth resuming: a store that committed an image (a non-empty images.jsonl),
+    an audit's checkpoint (``.checkpoint*.npz``) or its results."""
+    stores = any(p.is_file() and p.stat().st_size > 0 for p in folder.rglob("images.jsonl"))
+    return stores or any(folder.rglob(".checkpoint*.npz")) or any(folder.rglob("results.json"))
+
+
+@contextmanager
+def removed_on_failure(out: str | os.PathLike | None) -> Iterator[None]:
+    """Remove the output folder ``out`` made by a command that then failed before committing any work.
+
+    A bad image or option found after the store was created would otherwise leave an empty folder and a
+    0-image store behind; a folder that existed before, or holds work to resume, is kept.
+    """
+    path = None if out is None else Path(out)
+    existed = path is None or os.path.lexists(path)
+    try:
+        yield
+    except Exception:
+        if not existed and path.is_dir() and not path.is_symlink() and not _holds_work(path):
+            shutil.rmtree(path, ignore_errors=True)
         raise

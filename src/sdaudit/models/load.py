@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..validation import did_you_mean
 from .families import ModelFamily, family_for_config
 from .hashing import InBackground, file_sha256, folder_weights_sha256, state_dict_sha256
+from .hub import hub_cache_dir, hub_offline, hub_reachable, is_cached
 from .registry import ModelNotAvailableError, ModelSpec, parse_model_spec
 from .single_file import load_single_file, single_file_unet_config
 
@@ -131,7 +133,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
     if dtype not in table:
-        raise UsageError(f"unknown dtype '{dtype}'; use one of auto, float16, bfloat16, float32")
+        names = ("auto", "float16", "bfloat16", "float32")
+        raise UsageError(f"unknown dtype '{dtype}'{did_you_mean(dtype, names)}; use one of {', '.join(names)}")
     return table[dtype]
 
 
@@ -201,15 +204,17 @@ def _hub_revision(repo_id: str, revision: str | None) -> str | None:
         return revision
 
 
-def _not_available_message(spec: ModelSpec, error: Exception) -> str:
+def _not_available_message(spec: ModelSpec, error: Exception | str) -> str:
     repo = spec.location
+    why = error if isinstance(error, str) else \
+        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return (
-        f"model '{spec.name}' (Hugging Face repo '{repo}') is not available on this machine: {type(error).__name__}: "
-        f"{str(error).splitlines()[0] if str(error) else ''}\n"
+        f"model '{spec.name}' (Hugging Face repo '{repo}') is not available on this machine: {why}\n"
         f"To use it, download it once where there is internet access, e.g.\n"
         f"    huggingface-cli download {repo} --include 'unet/*' 'vae/*' 'text_encoder/*' 'tokenizer/*' 'scheduler/*' 'model_index.json'\n"
         f"then copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
-        f"(or a single .safetensors checkpoint) as --model PATH. Offline models: tiny, arch:sd15, arch:sd21."
+        f"(or a single .safetensors checkpoint) as --model PATH; with --local-files-only sdaudit never contacts "
+        f"the hub. Offline models: tiny, arch:sd15, arch:sd21."
     )
 
 
@@ -259,7 +264,20 @@ def _from_file(spec: ModelSpec, options: _LoadOptions) -> _Components:
     return _Components(parts, options.revision, digest.result())
 
 
+def _check_fetchable(spec: ModelSpec, options: _LoadOptions) -> None:
+    """Fail at once, before any hub call, when the weights are not cached and cannot be fetched."""
+    if is_cached(spec.location, options.revision):
+        return
+    offline = hub_offline(options.local_files_only)
+    if offline or not hub_reachable():
+        why = (f"it is not in the local Hugging Face cache ({hub_cache_dir()}) and "
+               + ("hub access is off (--local-files-only or HF_HUB_OFFLINE)" if offline
+                  else "the hub cannot be reached"))
+        raise ModelNotAvailableError(_not_available_message(spec, why))
+
+
 def _from_hub(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    _check_fetchable(spec, options)
     try:
         parts = _load_components_pretrained(spec.location, revision=options.revision,
                                             local_files_only=options.local_files_only, variant=options.variant,
@@ -343,6 +361,7 @@ def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, loc
         return json.loads((Path(spec.location) / "unet" / "config.json").read_text())
     if spec.kind == "file":
         return single_file_unet_config(spec.location, config=single_file_config)
+    _check_fetchable(spec, _LoadOptions(revision, local_files_only, None, None, torch.float32))
     try:
         return dict(UNet2DConditionModel.load_config(spec.location, subfolder="unet", revision=revision,
                                                      local_files_only=local_files_only))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SdauditError, UsageError
+from ..validation import did_you_mean
 
 ARCH_CONFIGS = ("sd15", "sd21")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -107,7 +108,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
         arch = _squash(spec[5:])
         arch = {"sd1": "sd15", "sd2": "sd21", "sd14": "sd15", "sd20": "sd21", "sdturbo": "sd21"}.get(arch, arch)
         if arch not in ARCH_CONFIGS:
-            raise ModelSpecError(f"unknown architecture '{spec}'; choose one of: " + ", ".join(f"arch:{a}" for a in ARCH_CONFIGS))
+            archs = [f"arch:{a}" for a in ARCH_CONFIGS]
+            raise ModelSpecError(f"unknown architecture '{spec}'{did_you_mean(spec, archs)}; choose one of: "
+                                 + ", ".join(archs))
         return ModelSpec("arch", f"arch:{arch}", arch)
     path = Path(spec).expanduser()
     if path.exists():
@@ -125,5 +128,6 @@ def parse_model_spec(spec: str) -> ModelSpec:
         return ModelSpec("hub", entry.key, entry.repo_id, entry)
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
         return ModelSpec("hub", spec, spec)
-    raise ModelSpecError(f"unknown model '{spec}'; known models: {', '.join(known_model_names())}; "
+    raise ModelSpecError(f"unknown model '{spec}'{did_you_mean(spec, known_model_names())}; known models: "
+                         f"{', '.join(known_model_names())} ('sdaudit models' describes them); "
                          "or give a Hugging Face repo id (owner/name), a diffusers folder, or a .safetensors/.ckpt file")
