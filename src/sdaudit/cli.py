@@ -234,15 +234,21 @@ def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[s
 def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dict, num_processes: int):
     """Audit in this process (joining the group of a launcher such as torchrun, if any) or sharded over
     ``num_processes`` local ones; returns the results and this process's rank (0 unless launched)."""
-    from .audit import audit
-    from .audit.distributed import audit_multiprocess, init_from_env
-    from .models import load_model
+    from .terminal import Stages
+
+    stages = Stages(console, enabled=os.environ.get("RANK", "0") == "0")  # one process of a group speaks
+    with stages("importing torch and diffusers", done="imports"):  # seconds of silence otherwise
+        from .audit import audit
+        from .audit.distributed import audit_multiprocess, init_from_env
+        from .models import load_model
 
     if num_processes > 1:
         return audit_multiprocess(model, sources, out, settings, num_processes=num_processes, load_kwargs=load,
                                   **run), 0
     shard = init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
-    results = audit(load_model(model, **load), sources, out, settings, **run)
+    with stages("loading the model", done=f"model loaded ({model})"):
+        loaded = load_model(model, **load)
+    results = audit(loaded, sources, out, settings, console=console, **run)
     return results, 0 if shard is None else shard.rank
 
 
@@ -355,7 +361,16 @@ def _print_audit(written: dict, out: Path, elapsed: float) -> None:
     if results.non_finite:  # named here too: these layers have no numbers, maps or figures
         err_console.print(f"[yellow]{len(results.non_finite)} layer(s) with NaN/Inf values, not analysed:[/] "
                           + escape(", ".join(results.non_finite)), highlight=False)
+    _print_closing(results)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
+
+
+def _print_closing(results) -> None:
+    """The closing summary: verdict counts, the strongest layer per artifact, warnings (part of _print_audit)."""
+    from .terminal import closing_summary
+
+    for line in closing_summary(results):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_caveats(results) -> None:
