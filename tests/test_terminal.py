@@ -13,7 +13,7 @@ from sdaudit.audit import AuditSettings, audit
 from sdaudit.audit.outputs import grid_warnings
 from sdaudit.constants import DEGENERATE_GRID
 from sdaudit.extraction import Extractor
-from sdaudit.terminal import RateColumn, Stages, closing_summary
+from sdaudit.terminal import RateColumn, RemainingColumn, Stages, closing_summary
 
 SIZE = 128
 LAYERS = ["mid_block.resnets[0]", "up_blocks[3].resnets[0]"]  # a 2x2 and a 16x16 grid at 128 px
@@ -75,7 +75,7 @@ def test_stages_print_a_line_with_its_time_and_are_quiet_when_disabled():
     assert quiet.getvalue() == ""
 
 
-def test_rate_column_shows_images_per_second():
+def test_rate_and_remaining_columns_show_images_per_second_after_one_batch():
     from rich.progress import Progress
 
     progress = Progress(RateColumn(), disable=True)
@@ -88,6 +88,8 @@ def test_rate_column_shows_images_per_second():
     progress.update(resumed, completed=8)
     progress.tasks[resumed].start_time = progress.get_time() - 2.0
     assert RateColumn().render(progress.tasks[resumed]).plain == "2.00 images/s"
+    # and the time remaining from it, where rich's own column still says '-:--:--'
+    assert RemainingColumn().render(progress.tasks[resumed]).plain == "0:00:01"
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +140,8 @@ def test_cli_audit_prints_stages_and_ends_with_the_closing_summary(folder, tmp_p
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    for stage in ("✓ imports", "✓ model loaded (tiny)", "✓ 3 images checked", "✓ probe fits and analyses",
-                  "✓ figures and report page"):
+    for stage in ("✓ imports", "✓ model loaded (tiny)", "✓ 3 images checked", "✓ passes prepared (2 layers, batch",
+                  "✓ probe fits and analyses", "✓ figures and report page"):
         assert any(line.startswith(stage) for line in lines), result.output
     start = next(i for i, line in enumerate(lines) if line.startswith("verdicts: "))
     assert lines[start + 1].startswith("position: strongest up_blocks[3].resnets[0] (16x16)")

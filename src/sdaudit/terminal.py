@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-from rich.progress import ProgressColumn
+from rich.progress import ProgressColumn, TimeRemainingColumn
 from rich.text import Text
 
 from .audit_results import AuditResults
@@ -58,15 +58,33 @@ class _Stage:
         self.done = done
 
 
+def images_per_second(task) -> float | None:
+    """A rich task's speed in images per second: rich's own estimate, or, before it has one (it needs two
+    updates, and one batch of images gives one), the images done in this run over its time; a task's
+    ``resumed_at`` field counts the images a checkpoint held. None before anything was done."""
+    speed = task.finished_speed or task.speed
+    if speed is None and task.elapsed:
+        speed = (task.completed - task.fields.get("resumed_at", 0)) / task.elapsed or None
+    return speed
+
+
 class RateColumn(ProgressColumn):
-    """A progress column with the task's speed in images per second (images done in this run over its time
-    before rich has an estimate; a task's ``resumed_at`` field counts the images a checkpoint held)."""
+    """A progress column with the task's speed in images per second."""
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        if speed is None and task.elapsed:  # rich's estimate needs two updates: one batch of images gives one
-            speed = (task.completed - task.fields.get("resumed_at", 0)) / task.elapsed or None
+        speed = images_per_second(task)
         return Text("- images/s" if speed is None else f"{speed:.2f} images/s", style="progress.data.speed")
+
+
+class RemainingColumn(TimeRemainingColumn):
+    """Rich's time remaining, from :func:`images_per_second` while rich has no estimate (after one batch)."""
+
+    def render(self, task) -> Text:
+        speed = images_per_second(task)
+        if task.finished or task.time_remaining is not None or not speed or task.total is None:
+            return super().render(task)
+        minutes, seconds = divmod(int((task.total - task.completed) / speed), 60)
+        return Text(f"{minutes // 60:d}:{minutes % 60:02d}:{seconds:02d}", style="progress.remaining")
 
 
 def _position_line(results: AuditResults, verdicts: list[dict]) -> str | None:

@@ -98,7 +98,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
         inputs = _inputs(model, images, store, settings, skip_bad)
         stage.done = f"{len(inputs.items)} images checked" + (f", {len(inputs.errors)} skipped" if inputs.errors else "")
     job = _Audit(model, inputs, inputs.settings.for_model(model.default_size), Path(out),
-                 RunOptions(sharding=sharding, checkpoint_seconds=checkpoint_seconds))
+                 RunOptions(sharding=sharding, checkpoint_seconds=checkpoint_seconds), stages)
     stamp = fingerprint({"model": model.identity(), "keep_store": keep_store}, job.settings, inputs.items)
     finished = finished_results(job.out, stamp)
     if finished is not None:
@@ -145,22 +145,26 @@ def remove_checkpoints(out: Path, name: str) -> None:
 
 @dataclass(frozen=True)
 class _Audit:
-    """One audit's model, inputs, settings (the model's size filled in), output folder and run options."""
+    """One audit's model, inputs, settings (the model's size filled in), output folder, run options and the
+    stage lines it prints."""
 
     model: object
     inputs: AuditInputs
     settings: AuditSettings
     out: Path
     options: RunOptions
+    stages: Stages = Stages(enabled=False)
 
     def main_run(self, keep_store: bool, show: bool) -> tuple[AuditRun, RunOutcome]:
         """The main run (the first timestep and seed), keeping its full pass in ``out/store`` if asked."""
         kept = _KeptStore(self.out / "store", self.model, self.settings.batch_size) if keep_store else None
         try:  # the kept store's writer lock is released when the passes end
-            with progress_bars(show) as bars:
-                run = AuditRun(self.model, self.inputs.items, self.settings.single(), self.out,
-                               replace(self.options, progress=bars.progress),
+            with self.stages("preparing the passes (layer shapes, batch size)") as stage:
+                run = AuditRun(self.model, self.inputs.items, self.settings.single(), self.out, self.options,
                                make_store_writer=kept.writer if kept else None, full_source=self.inputs.full_source)
+                stage.done = f"passes prepared ({len(run.full.layers)} layers, batch size {run.batch_size})"
+            with progress_bars(show) as bars:
+                run.options = replace(run.options, progress=bars.progress)  # the bars exist only while it runs
                 return run, run.execute()
         finally:
             if kept is not None:

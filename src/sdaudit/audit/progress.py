@@ -13,14 +13,13 @@ class progress_bars:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            from ..terminal import RateColumn
+            from ..terminal import RateColumn, RemainingColumn
 
             # elapsed and images/s per pass: each pass's bar stays on screen as its stage line
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     RateColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+                                     RateColumn(), TimeElapsedColumn(), RemainingColumn())
             self.progress.start()
         return self
 
