@@ -48,6 +48,10 @@ def test_closing_summary_names_the_strongest_layers():
     assert "corners: largest ratio up_blocks[3].resnets[0] 2.60" in lines[2]
     assert "anomalies: largest relative norm up_blocks[1].resnets[0] 3.50x" in lines[3]
     assert lines[-1] == "warnings: random weights, small N (9 images), degenerate grids (1 warning)"
+    none_found = {**results, "anomalies": {"layer": "up_blocks[1].resnets[0]", "count": 0, "images_with": 0,
+                                           "n_images": 9}, "table": [{**r, "anomaly_rel_norm_mean": None}
+                                                                     for r in table]}
+    assert "anomalies: none found on up_blocks[1].resnets[0] (9 images)" in closing_summary(none_found)
 
 
 def test_grid_warnings_name_degenerate_grids_and_sizes():

@@ -112,6 +112,8 @@ def _border_line(found: dict | None) -> str | None:
 
 def _anomaly_line(found: dict | None) -> str | None:
     """The layer with the largest relative norm of the anomaly patches, and what the detector found."""
+    if found and not found["peak"] and found["count"] == 0:
+        return f"anomalies: none found on {found['layer']} ({found['n_images']} images)"
     if not found or not found["peak"]:
         return None
     layer, value, _ = found["peak"]
