@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 from rich.console import Console
@@ -144,11 +145,14 @@ def test_cli_audit_prints_stages_and_ends_with_the_closing_summary(folder, tmp_p
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    for stage in ("✓ imports", "✓ model loaded (tiny)", "✓ 3 images checked", "✓ passes prepared (2 layers, batch",
+    for stage in ("✓ model loaded (tiny)", "✓ 3 images checked", "✓ passes prepared (2 layers, batch",
                   "✓ probe fits and analyses", "✓ figures and report page"):
         assert any(line.startswith(stage) for line in lines), result.output
     start = next(i for i, line in enumerate(lines) if line.startswith("verdicts: "))
     assert lines[start + 1].startswith("position: strongest up_blocks[3].resnets[0] (16x16)")
     assert lines[-1].startswith("report: ")
+    time.sleep(1.1)  # results created in an earlier second than the rerun
     rerun = runner.invoke(app, args)
     assert rerun.exit_code == 0 and sum("finished audit" in line for line in rerun.output.splitlines()) == 1
+    created = json.loads((tmp_path / "o" / "results.json").read_text())["created"]
+    assert f"on {created}" in rerun.output and "U-Net passes per image in " in result.output

@@ -234,14 +234,12 @@ def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[s
 def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dict, num_processes: int):
     """Audit in this process (joining the group of a launcher such as torchrun, if any) or sharded over
     ``num_processes`` local ones; returns the results and this process's rank (0 unless launched)."""
+    from .audit import audit
+    from .audit.distributed import audit_multiprocess, init_from_env
+    from .models import load_model
     from .terminal import Stages
 
     stages = Stages(console, enabled=os.environ.get("RANK", "0") == "0")  # one process of a group speaks
-    with stages("importing torch and diffusers", done="imports"):  # seconds of silence otherwise
-        from .audit import audit
-        from .audit.distributed import audit_multiprocess, init_from_env
-        from .models import load_model
-
     if num_processes > 1:
         return audit_multiprocess(model, sources, out, settings, num_processes=num_processes, load_kwargs=load,
                                   **run), 0
@@ -353,9 +351,9 @@ def _print_audit(written: dict, out: Path, elapsed: float) -> None:
 
     results = AuditResults.coerce(written)
     per_run = f" in each of {results.n_runs} runs (timesteps, noise seeds, controls)" if results.n_runs > 1 else ""
+    when = f"on {results.created}" if _written_before(results.created, elapsed) else f"in {elapsed:.1f} s"
     console.print(f"[green]audited[/] {len(results.images)} images x {len(results.layers)} layers "
-                  f"with {results.unet_passes_per_image} U-Net passes per image{per_run} "
-                  f"in {elapsed:.1f} s")
+                  f"with {results.unet_passes_per_image} U-Net passes per image{per_run} {when}")
     _print_caveats(results)
     _print_errors(results.skipped())
     if results.non_finite:  # named here too: these layers have no numbers, maps or figures
@@ -363,6 +361,17 @@ def _print_audit(written: dict, out: Path, elapsed: float) -> None:
                           + escape(", ".join(results.non_finite)), highlight=False)
     _print_closing(results)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
+
+
+def _written_before(created: str | None, elapsed: float) -> bool:
+    """Whether results created at ``created`` (ISO, UTC) predate this command: a finished audit found again."""
+    from datetime import datetime, timedelta, timezone
+
+    try:
+        written = datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return False
+    return written < datetime.now(timezone.utc) - timedelta(seconds=elapsed + 1)
 
 
 def _print_closing(results) -> None:
