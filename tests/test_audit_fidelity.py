@@ -131,14 +131,14 @@ def test_given_labels_are_measured_instead_of_detections(tiny, folder, tmp_path,
 
 def test_timesteps_and_noise_seeds_in_one_audit(tiny, folder, tmp_path):
     """Two timesteps x two noise seeds: numbers per timestep, averaged over the seeds with their spread; each
-    run has its own checkpoint, so adding a timestep later reuses the finished runs."""
+    run has its own checkpoint while the audit runs, and none is left once it has finished."""
     settings = AuditSettings(size=SIZE, layers=LAYERS, analyses=["position", "borders"], timesteps=[50, 500],
                              noise_seeds=2)
     results = audit(tiny, folder, tmp_path, settings, report=False, progress=False)
     assert [t["timestep"] for t in results["timesteps"]] == [50, 500]
     assert results["timesteps"][0]["table"] is not None and results["settings"]["noise_seeds"] == 2
-    assert (tmp_path / "variants" / "t50-s43" / ".checkpoint.npz").is_file()
-    assert (tmp_path / "variants" / "t500-s42" / ".checkpoint.npz").is_file()
+    assert (tmp_path / "variants" / "t50-s43").is_dir() and (tmp_path / "variants" / "t500-s42").is_dir()
+    assert not list(tmp_path.rglob(".checkpoint*.npz"))
     layer = "up_blocks[3].resnets[0]"
     main = {r["layer"]: r for r in results["table"]}[layer]
     late = {r["layer"]: r for r in results["timesteps"][1]["table"]}[layer]

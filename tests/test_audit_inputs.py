@@ -52,7 +52,8 @@ def test_audit_output_inside_the_image_folder_is_not_audited_again(tiny, tmp_pat
     out = folder / "audit" if inside == "sub" else folder
     first = audit(tiny, folder, out, AuditSettings(**QUICK), progress=False)
     assert (out / "figures" / "quantitative.png").is_file()
-    second = audit(tiny, folder, out, AuditSettings(**QUICK), progress=False)
+    assert audit(tiny, folder, out, AuditSettings(**QUICK), progress=False) == first  # finished: not redone
+    second = audit(tiny, folder, out, AuditSettings(**QUICK, seed=7), progress=False)  # other settings: redone
     assert [i["sha256"] for i in second["images"]] == [i["sha256"] for i in first["images"]]
     listed = {s["source"]: s["reason"] for s in json.loads((out / "results.json").read_text())["skipped_images"]}
     left_out = out if inside == "sub" else out / "figures"

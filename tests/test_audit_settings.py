@@ -57,13 +57,29 @@ def test_a_settings_object_reused_for_a_second_model_takes_that_models_size(tiny
     assert settings.to_dict() == before and settings.extraction.size is None
 
 
-def test_a_checkpoint_of_an_older_format_is_ignored_and_the_audit_restarts(tiny, tmp_path):
+def _interrupted_before_the_outputs(tiny, folder, out, settings, monkeypatch) -> None:
+    """An audit whose passes all ran (and were checkpointed) but whose outputs were never written (a finished
+    audit leaves no checkpoint)."""
+    from sdaudit.audit.results import ResultsWriter
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption")
+
+    (out / "results.json").unlink(missing_ok=True)  # else a finished audit is found and nothing runs
+    with monkeypatch.context() as patch:
+        patch.setattr(ResultsWriter, "write", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            audit(tiny, folder, out, settings, report=False, progress=False)
+
+
+def test_a_checkpoint_of_an_older_format_is_ignored_and_the_audit_restarts(tiny, tmp_path, monkeypatch):
     folder = photo_folder(tmp_path / "images", 3, first_seed=5)
     settings = AuditSettings(size=64, **QUICK)
     out = tmp_path / "out"
-    audit(tiny, folder, out, settings, report=False, progress=False)
+    _interrupted_before_the_outputs(tiny, folder, out, settings, monkeypatch)
     resumed = audit(tiny, folder, out, settings, report=False, progress=False)
     assert resumed["run"]["passes"][0]["resumed_at"] == 3  # the current format resumes
+    _interrupted_before_the_outputs(tiny, folder, out, settings, monkeypatch)
     checkpoint = out / ".checkpoint.npz"
     with np.load(checkpoint) as data:
         arrays = {key: data[key] for key in data.files}

@@ -226,12 +226,16 @@ def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dic
     from .audit import audit
     from .audit.distributed import audit_multiprocess, init_from_env
     from .models import load_model
+    from .terminal import Stages
 
+    stages = Stages(console, enabled=os.environ.get("RANK", "0") == "0")  # one process of a group speaks
     if num_processes > 1:
         return audit_multiprocess(model, sources, out, settings, num_processes=num_processes, load_kwargs=load,
                                   **run), 0
     shard = init_from_env()  # under accelerate launch / torchrun: join the group, use this process's GPU
-    results = audit(load_model(model, **load), sources, out, settings, **run)
+    with stages("loading the model", done=f"model loaded ({model})"):
+        loaded = load_model(model, **load)
+    results = audit(loaded, sources, out, settings, console=console, **run)
     return results, 0 if shard is None else shard.rank
 
 
@@ -337,15 +341,35 @@ def _print_audit(written: dict, out: Path, elapsed: float) -> None:
 
     results = AuditResults.coerce(written)
     per_run = f" in each of {results.n_runs} runs (timesteps, noise seeds, controls)" if results.n_runs > 1 else ""
+    when = f"on {results.created}" if _written_before(results.created, elapsed) else f"in {elapsed:.1f} s"
     console.print(f"[green]audited[/] {len(results.images)} images x {len(results.layers)} layers "
-                  f"with {results.unet_passes_per_image} U-Net passes per image{per_run} "
-                  f"in {elapsed:.1f} s")
+                  f"with {results.unet_passes_per_image} U-Net passes per image{per_run} {when}")
     _print_caveats(results)
     _print_errors(results.skipped())
     if results.non_finite:  # named here too: these layers have no numbers, maps or figures
         err_console.print(f"[yellow]{len(results.non_finite)} layer(s) with NaN/Inf values, not analysed:[/] "
                           + escape(", ".join(results.non_finite)), highlight=False)
+    _print_closing(results)
     console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
+
+
+def _written_before(created: str | None, elapsed: float) -> bool:
+    """Whether results created at ``created`` (ISO, UTC) predate this command: a finished audit found again."""
+    from datetime import datetime, timedelta, timezone
+
+    try:
+        written = datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return False
+    return written < datetime.now(timezone.utc) - timedelta(seconds=elapsed + 1)
+
+
+def _print_closing(results) -> None:
+    """The closing summary: verdict counts, the strongest layer per artifact, warnings (part of _print_audit)."""
+    from .terminal import closing_summary
+
+    for line in closing_summary(results):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_caveats(results) -> None:

@@ -21,3 +21,9 @@ PAPER_TRAIN_FRACTION = 0.8
 #: The timestep and seed of the paper's extraction.
 PAPER_TIMESTEP = 50
 PAPER_SEED = 42
+
+#: results.json warnings about grids too small for a measure start with this (the report groups them).
+DEGENERATE_GRID = "degenerate grid: "
+#: Below this many tokens per side the position probe has <= 3 classes per axis (chance >= 33 %): a
+#: linear probe reaches 100 % there trivially (a 2x2 mid block at 128 px), which is no positional code.
+MIN_PROBE_GRID = 4

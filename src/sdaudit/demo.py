@@ -7,29 +7,33 @@ from pathlib import Path
 
 from .audit_results import ANOMALY_MEAN, AuditResults
 from .constants import RESOLUTIONS
+from .terminal import Stages, closing_summary
 
 
 def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) -> Path:
     """Audit the demo photos with ``tiny`` at ``size`` px (all three analyses and the maps) into ``out``.
 
-    Returns the path of ``report.html``. Rerunning resumes or, when finished, recomputes nothing
-    but the report.
+    Returns the path of ``report.html``. Rerunning resumes an interrupted demo or, when finished, says so
+    and recomputes nothing. Every stage prints a line with its time; a closing summary ends the output.
     """
     from rich.console import Console
 
-    from .audit import AuditSettings, audit
-    from .audit.caveats import caveats
     from .images import demo_image_paths
-    from .models import load_model
 
     console = console or Console()
+    stages = Stages(console)
     out = Path(out)
     paths = demo_image_paths()
     console.print(f"sdaudit demo: {len(paths)} sample photographs, tiny model (random weights, SD-1.5 layout) "
                   f"at {size} px, the paper's 45 layers")
     start = time.perf_counter()
-    model = load_model("tiny", device="cpu")
-    written = audit(model, [str(p) for p in paths], out, AuditSettings(size=size, layers="paper"))
+    with stages("importing torch and diffusers", done="imports"):
+        from .audit import AuditSettings, audit
+        from .audit.caveats import caveats
+        from .models import load_model
+    with stages("loading the model", done="model loaded (tiny)"):
+        model = load_model("tiny", device="cpu")
+    written = audit(model, [str(p) for p in paths], out, AuditSettings(size=size, layers="paper"), console=console)
     results = AuditResults.coerce(written)
     console.print(_table(results, time.perf_counter() - start))
     tests = min((r.probe_test_images for r in results.table if r.probe_test_images), default=0)
@@ -38,6 +42,8 @@ def run_demo(out: str | Path = "sdaudit-demo", size: int = 256, console=None) ->
                   highlight=False)
     for line in caveats(results):
         console.print(line, markup=False, highlight=False)
+    for line in closing_summary(results):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     report = out / "report.html"
     console.print(f"report: [bold]{report.resolve()}[/]")
     return report

@@ -11,6 +11,7 @@ from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.intervals import Terms, item_mean_terms
 from ..analyses.results import UNDEFINED_SMALL_GRID
 from ..audit_results import finite
+from ..constants import DEGENERATE_GRID, MIN_PROBE_GRID, RESOLUTIONS
 from ..layer_names import block_of, kind_of
 
 
@@ -87,6 +88,33 @@ def audit_warnings(n_images: int, table: list[dict], settings) -> list[str]:
         out.append(f"the position probe's test split holds {min(tests)} images (fewer than {MIN_TEST_IMAGES}): "
                    f"its accuracies rest on few images (train fraction {settings.train_fraction})"
                    + (f"; with fewer than {MIN_BOOT_IMAGES} no interval is given" if min(tests) < MIN_BOOT_IMAGES else ""))
+    if "position" in settings.analyses:
+        out += grid_warnings([(row["layer"], row["grid"]) for row in table if "error" not in row],
+                             settings.extraction.size)
+    return out
+
+
+def grid_warnings(grids: list[tuple[str, int]], size: int) -> list[str]:
+    """Layers whose grid is too small for the position probe, and comparison resolutions s that no layer's
+    grid reaches at this ``size`` (their columns repeat the finest one reached); each starts with
+    :data:`~sdaudit.constants.DEGENERATE_GRID`. Grids scale with the size, so each names the size that helps."""
+    out = []
+    small: dict[int, list[str]] = {}
+    for layer, grid in grids:
+        if grid < MIN_PROBE_GRID:
+            small.setdefault(grid, []).append(layer)
+    for grid, layers in sorted(small.items()):
+        out.append(f"{DEGENERATE_GRID}{len(layers)} layer(s) at {grid}x{grid} ({', '.join(layers)}): the position "
+                   f"probe has {grid} classes per axis there (chance {100 / grid:.0f} %), so a high accuracy is "
+                   f"trivial, not a positional code; at {size * MIN_PROBE_GRID // grid} px their grid is "
+                   f"{MIN_PROBE_GRID}x{MIN_PROBE_GRID}")
+    largest = max((grid for _, grid in grids), default=0)
+    unreached = [s for s in RESOLUTIONS if s > largest]
+    if largest and unreached:
+        columns = ", ".join(f"s = {s}" for s in unreached)
+        out.append(f"{DEGENERATE_GRID}at {size} px no layer's grid exceeds {largest}x{largest}: the {columns} "
+                   f"column(s) repeat the coarser ones (the probe has min(s, grid) classes per axis); at {size * unreached[-1] // largest} px "
+                   f"every s = {', '.join(map(str, RESOLUTIONS))} is resolved by some layer")
     return out
 
 

@@ -1,4 +1,5 @@
-"""Progress bars of an audit's passes (rich), and the prefix that says which run a pass belongs to."""
+"""Progress bars of an audit's passes (rich: images done, images/s, elapsed, remaining), and the prefix
+that says which run a pass belongs to."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ class progress_bars:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from ..terminal import RateColumn, RemainingColumn
+
+            # elapsed and images/s per pass: each pass's bar stays on screen as its stage line
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn())
+                                     RateColumn(), TimeElapsedColumn(), RemainingColumn())
             self.progress.start()
         return self
 

@@ -15,6 +15,7 @@ from ..audit_results.rows import as_rows
 from ..models.controls import is_random_weights
 from ..settings import AuditSettings
 from ..store import _versions
+from ..terminal import Stages
 from .controls import add_beyond_columns
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
 from .outputs import anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies
@@ -45,20 +46,24 @@ class ResultsWriter:
         self.model, self.inputs, self.settings, self.out = model, inputs, settings, Path(out)
 
     def write(self, main: RunOutcome, variants: list[dict], controls: list[dict], *, report: bool = True,
-              compare_paper: bool = False) -> dict:
-        """Measure, write every output file, and return the results dict (what results.json holds)."""
-        measured = self.measure(main, variants, controls)
+              compare_paper: bool = False, stages: Stages = Stages(enabled=False)) -> dict:
+        """Measure, write every output file, and return the results dict (what results.json holds);
+        ``stages`` shows each step with its time."""
+        with stages("fitting the probes and analyses", done="probe fits and analyses"):
+            measured = self.measure(main, variants, controls)
         if measured.detection is not None:
             write_anomalies(self.out / "anomalies.npy", measured.detection)
         if "maps" in self.settings.analyses:
-            measured.maps = MapsWriter(self.out, self.inputs.items, self.settings).write(main, measured)
+            with stages("computing the maps", done="maps"):
+                measured.maps = MapsWriter(self.out, self.inputs.items, self.settings).write(main, measured)
         results = self.results(main, measured)
         write_results(self.out / RESULTS_NAME, results)
         write_results_csv(self.out / "results.csv", results)
         if report:
             from ..report import build_report
 
-            build_report([self.out], compare_paper=compare_paper)
+            with stages("drawing the figures and the report page", done="figures and report page"):
+                build_report([self.out], compare_paper=compare_paper)
         return results.to_dict()
 
     def measure(self, main: RunOutcome, variants: list[dict], controls: list[dict]) -> Measured:

@@ -157,7 +157,8 @@ class AuditRun:
         self._count_cost(p)
         mine = [item for segment in segments for item in segment]
         progress = self.options.progress
-        task = progress.add_task(f"pass {p.name} ({len(p.layers)} layers)", total=len(mine), completed=done) \
+        task = progress.add_task(f"pass {p.name} ({len(p.layers)} layers)", total=len(mine), completed=done,
+                                 resumed_at=done) \
             if progress else None
         position = 0
         for k, segment in enumerate(segments if p.is_full else [mine]):
