@@ -12,7 +12,7 @@ from ..audit_results import RESULTS_NAME
 from ..errors import UsageError
 from ..settings import AuditSettings
 from ..terminal import Stages
-from .checkpoint import fingerprint
+from .checkpoint import audit_fingerprint
 from .controls import run_controls
 from .progress import progress_bars
 from .results import ResultsWriter
@@ -101,7 +101,7 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
         stage.done = f"{len(inputs.items)} images checked" + (f", {len(inputs.errors)} skipped" if inputs.errors else "")
     job = _Audit(model, inputs, inputs.settings.for_model(model.default_size), Path(out),
                  RunOptions(sharding=sharding, checkpoint_seconds=checkpoint_seconds), stages)
-    stamp = fingerprint({"model": model.identity(), "keep_store": keep_store}, job.settings, inputs.items)
+    stamp = audit_fingerprint(model, job.settings, inputs.items, from_store=store is not None, keep_store=keep_store)
     finished = finished_results(job.out, stamp)
     if finished is not None:
         stages.note(f"{job.out} already holds this finished audit (same model, settings and images): nothing to "

@@ -38,6 +38,14 @@ def fingerprint(model, settings, items: Sequence, *, from_store: bool = False) -
     return h.hexdigest()
 
 
+def audit_fingerprint(model, settings, items: Sequence, *, from_store: bool, keep_store: bool) -> str:
+    """What a finished audit's outputs depend on: its runs' :func:`fingerprint`, every setting (``n_show`` too:
+    it changes the maps) and whether the representations were kept."""
+    key = {"run": fingerprint(model, settings, items, from_store=from_store), "settings": settings.to_dict(),
+           "keep_store": bool(keep_store)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def numeric_settings(settings) -> dict:
     """:meth:`AuditSettings.to_dict` less what cannot change the checkpointed numbers: ``n_show`` (the maps are
     drawn after the passes), ``batch_size`` under protocol 'clean' (each image's noise is seeded by its index),
