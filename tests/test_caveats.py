@@ -16,6 +16,16 @@ def test_ratio_text_names_undefined_and_unreadable_ratios():
     assert with_interval(0.5, None, None) == "0.500" and with_interval(None, 1, 2) == "-"
 
 
+def test_ratio_text_reads_ratios_by_the_reports_rule():
+    """Regression (review): the terminal had its own threshold and called a ratio without a recorded reference
+    'n.m.' where the report reads it; both now use report.verdicts.meaningful_ratio."""
+    from sdaudit.report.verdicts import meaningful_ratio
+
+    results = AuditResults.from_dict({"table": []})  # no reference similarities recorded
+    row = LayerRow.from_dict({"layer": "x", "corner_rel_sim": 1.5})
+    assert meaningful_ratio(1.5, None) and ratio_text(results, row) == "1.500"
+
+
 def test_caveats_list_random_weights_controls_and_warnings():
     lines = caveats(AuditResults.from_dict({"table": [], "model": {"random_weights": True},
                                             "controls": [{"label": "circular padding"}],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from ..audit_results import AuditResults, LayerRow, ratio_metric
 
-NOT_MEANINGFUL_REFERENCE = 0.05  # a ratio over a reference similarity below this is not meaningful (the report's rule)
-
 
 def caveats(results: AuditResults) -> list[str]:
     """Lines to print under an audit's summary."""
@@ -26,8 +24,9 @@ def ratio_text(results: AuditResults, row: LayerRow, group: str = "corner") -> s
     value = row.ratio(group)
     if value is None:
         return "-"
-    reference = results.reference(row.layer, group)
-    if reference is None or reference < NOT_MEANINGFUL_REFERENCE or value <= 0:
+    from ..report.verdicts import meaningful_ratio  # the report's rule (report/ loads matplotlib: only when used)
+
+    if not meaningful_ratio(value, results.reference(row.layer, group)):
         return "n.m."
     return with_interval(value, *row.interval(ratio_metric(group)))
 

@@ -64,7 +64,7 @@ def _level(value: float | None, mild: float, strong: float) -> int:
     return 2 if value >= strong else 1 if value >= mild else 0
 
 
-def _meaningful(ratio: float | None, reference: float | None) -> bool:
+def meaningful_ratio(ratio: float | None, reference: float | None) -> bool:
     """Whether a relative similarity can be read: positive, over a reference similarity (the full image's
     group mean cosine, its denominator) of at least ``border_min_reference``, where that is known."""
     return ratio is not None and ratio > 0 and (reference is None or reference >= THRESHOLDS["border_min_reference"])
@@ -74,7 +74,7 @@ def meaningful_mask(results: AuditResults | ControlRun, layers: Sequence[str], g
     """Per layer: whether its ``group`` ("corner" / "border") ratio is one the report reads (for the figures)."""
     by = {r.layer: r for r in results.table}
     return [name in by and not by[name].borders_undefined
-            and _meaningful(by[name].ratio(group), results.reference(name, group)) for name in layers]
+            and meaningful_ratio(by[name].ratio(group), results.reference(name, group)) for name in layers]
 
 
 NO_INTERVAL = "unconfirmed (too few images for an interval)"
@@ -130,8 +130,8 @@ def _border_flags(row: LayerRow, results: AuditResults, controls) -> dict[str, A
     t, undefined = THRESHOLDS, bool(row.borders_undefined)
     corner = None if undefined else row.ratio("corner")
     border = None if undefined else row.ratio("border")
-    corner_ok = _meaningful(corner, results.reference(row.layer, "corner"))
-    border_ok = _meaningful(border, results.reference(row.layer, "border"))
+    corner_ok = meaningful_ratio(corner, results.reference(row.layer, "corner"))
+    border_ok = meaningful_ratio(border, results.reference(row.layer, "border"))
     c_level, c_note = _flag(row, "corner_rel_sim", corner if corner_ok else None, row.interval("corner_rel_sim")[0],
                             mild=t["corner_mild"], strong=t["corner_strong"], controls=controls, what="corner ratio")
     e_level, e_note = _flag(row, "border_rel_sim", border if border_ok else None, row.interval("border_rel_sim")[0],
@@ -252,7 +252,7 @@ def _position(verdicts, s) -> dict[str, Any] | None:
 
 
 def _borders(table: Sequence[LayerRow], verdicts, controls) -> dict[str, Any] | None:
-    # the readable ratios only: an arbitrary one (see _meaningful) would top these lists
+    # the readable ratios only: an arbitrary one (see meaningful_ratio) would top these lists
     rows = {r.layer: r for r in table}
 
     def listed(group):
