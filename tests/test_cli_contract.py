@@ -56,7 +56,9 @@ def test_unknown_layer_points_to_the_listing_instead_of_dumping_it():
                                                      ("--probe", "ldaa", "'lda'"),
                                                      ("--control", "untrainde", "'untrained'"),
                                                      ("--protocol", "papr", "'paper'"),
-                                                     ("--layers", "conv_ot", "'conv_out'")])
+                                                     ("--layers", "conv_ot", "'conv_out'"),
+                                                     ("--anomaly-layer", "up_blocks[1].upsampler[0]",
+                                                      "'up_blocks[1].upsamplers[0]'")])
 def test_audit_options_get_did_you_mean(option, value, suggestion, tmp_path, images):
     line = fails_with_one_line(_run("audit", images, tmp_path / "o", option, value), value)
     assert f"did you mean {suggestion}" in line, line
@@ -274,3 +276,9 @@ def test_click_usage_errors_are_one_line_with_the_suggestion(args, needle, sugge
 def test_a_bare_command_still_prints_its_help():
     result = runner.invoke(app, ["dataset"])
     assert "Usage" in result.output and "imagenet-subset" in result.output
+
+
+def test_extract_storage_dtype_gets_did_you_mean(tmp_path, images):
+    line = fails_with_one_line(_run("extract", images, tmp_path / "s", "--dtype", "flaot16"), "unknown storage dtype")
+    assert "did you mean 'float16'" in line, line
+    assert not (tmp_path / "s").exists()

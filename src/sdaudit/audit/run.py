@@ -24,6 +24,7 @@ from ..layer_names import normalize_name
 from ..extraction import Extractor, prepare_for_model
 from ..extraction.extractor import auto_batch_size
 from ..settings import AuditSettings
+from ..validation import did_you_mean
 from .checkpoint import Checkpointer, fingerprint
 from .feeder import Feeder
 from .passes import Pass, batches, pass_plan
@@ -67,7 +68,8 @@ def choose_anomaly_layer(family, layers: Sequence[str], requested: str | None) -
     if requested:
         name = normalize_name(requested)
         if name not in layers:
-            raise UsageError(f"anomaly layer '{requested}' is not among the audited layers")
+            raise UsageError(f"--anomaly-layer '{requested}' is not among the audited layers"
+                             f"{did_you_mean(name, layers)}")
         return name
     return family.default_anomaly_layer(layers)
 

@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..settings import ExtractionSettings, check_batch_size
 from ..store import STORE_FIELDS, RepresentationStore, _versions, create_store
 from ..store.writer import BackgroundWriter
+from ..validation import did_you_mean
 from .extractor import Extractor, auto_batch_size
 
 STORAGE_DTYPES = ("float16", "float32")
@@ -90,7 +91,8 @@ def extract(model, images, out: str | Path, settings: ExtractionSettings | None 
         raise TypeError("give either settings or its fields as keywords, not both")
     settings = (settings or ExtractionSettings(**fields)).validated()
     if dtype not in STORAGE_DTYPES:
-        raise UsageError(f"unknown storage dtype '{dtype}'; choose one of {', '.join(STORAGE_DTYPES)}")
+        raise UsageError(f"unknown storage dtype '{dtype}'{did_you_mean(dtype, STORAGE_DTYPES)}; choose one of "
+                         f"{', '.join(STORAGE_DTYPES)}")
     check_batch_size(batch_size, settings.protocol)
     if isinstance(model, str):
         model = load_model(model)
