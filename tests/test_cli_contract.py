@@ -282,3 +282,15 @@ def test_extract_storage_dtype_gets_did_you_mean(tmp_path, images):
     line = fails_with_one_line(_run("extract", images, tmp_path / "s", "--dtype", "flaot16"), "unknown storage dtype")
     assert "did you mean 'float16'" in line, line
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", ["extract", "audit"])
+def test_a_missing_image_source_fails_before_the_model_is_loaded(command, tmp_path, monkeypatch):
+    import sdaudit.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --images was checked")
+
+    monkeypatch.setattr(sdaudit.models, "load_model", no_load)
+    line = fails_with_one_line(_run(command, tmp_path / "nowhere", tmp_path / "o"), "--images")
+    assert "nowhere" in line and not (tmp_path / "o").exists()

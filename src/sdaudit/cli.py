@@ -50,11 +50,16 @@ def _global_options(debug: Debug = False, version: Version = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after a fork otherwise
 
 
-def _check_options(*, out: Path | None = None, size: int | None = None, device: str | None = None) -> None:
-    """Checks that need no model, made before one is loaded: a bad --out, --size or --device fails at once
-    with one line naming it, not after minutes of work (or with a MemoryError or a torch assertion)."""
+def _check_options(*, out: Path | None = None, size: int | None = None, device: str | None = None,
+                   images: list[str] | None = None) -> None:
+    """Checks that need no model, made before one is loaded: a bad --out, --size, --device or a missing
+    --images path fails at once with one line naming it, not after minutes of work (or with a MemoryError or a
+    torch assertion)."""
     from .validation import check_output_dir, check_size
 
+    for source in images or []:  # every source but a hub dataset ('hf:NAME') is a local path
+        if not str(source).startswith("hf:") and not os.path.exists(source):
+            raise UsageError(f"--images: image source not found: {source}")
     if out is not None:
         check_output_dir(out, name="--out")
     if size is not None:
@@ -152,7 +157,7 @@ def extract_cmd(
     from .settings import ExtractionSettings
 
     start = time.perf_counter()
-    _check_options(out=out, size=size, device=device)
+    _check_options(out=out, size=size, device=device, images=images)
     with removed_on_failure(out), output_errors(out):
         loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
         settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
@@ -194,7 +199,7 @@ def audit_cmd(
     if (images is None) == (store is None):
         raise UsageError("give either --images or --store")
     start = time.perf_counter()
-    _check_options(out=out, size=size, device=device)
+    _check_options(out=out, size=size, device=device, images=images)
     settings = _audit_settings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
                                analyses=analyses, anomaly_layer=anomaly_layer, batch_size=batch_size, probe=probe,
                                control=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
