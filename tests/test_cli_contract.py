@@ -184,8 +184,9 @@ def test_offline_without_weights_fails_before_any_hub_call(monkeypatch, tmp_path
     monkeypatch.setattr("sdaudit.models.load.hub_reachable", lambda *a, **k: pytest.fail("network probed offline"))
     line = fails_with_one_line(["extract", "-m", "sd15", "-i", images, "--out", tmp_path / "o"], "model 'sd15'")
     assert "not in the local Hugging Face cache" in line and str(tmp_path / "hf") in line
+    assert "--local-files-only" in line and "huggingface-cli download" in line  # the fix is on the same line
     result = runner.invoke(app, ["extract", "-m", "sd15", "-i", str(images), "--out", str(tmp_path / "o")])
-    assert "--local-files-only" in result.output and "huggingface-cli download" in result.output
+    assert [ln for ln in result.output.splitlines() if ln.strip()] == [line]  # and it is the only line
     assert not (tmp_path / "o").exists()
 
 

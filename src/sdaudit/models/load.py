@@ -209,10 +209,10 @@ def _not_available_message(spec: ModelSpec, error: Exception | str) -> str:
     why = error if isinstance(error, str) else \
         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return (
-        f"model '{spec.name}' (Hugging Face repo '{repo}') is not available on this machine: {why}\n"
-        f"To use it, download it once where there is internet access, e.g.\n"
-        f"    huggingface-cli download {repo} --include 'unet/*' 'vae/*' 'text_encoder/*' 'tokenizer/*' 'scheduler/*' 'model_index.json'\n"
-        f"then copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
+        f"model '{spec.name}' (Hugging Face repo '{repo}') is not available on this machine: {why}; "
+        f"download it once where there is internet access ('huggingface-cli download {repo} --include "
+        f"\"unet/*\" \"vae/*\" \"text_encoder/*\" \"tokenizer/*\" \"scheduler/*\" model_index.json') "
+        f"and copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
         f"(or a single .safetensors checkpoint) as --model PATH; with --local-files-only sdaudit never contacts "
         f"the hub. Offline models: tiny, arch:sd15, arch:sd21."
     )
