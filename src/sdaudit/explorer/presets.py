@@ -117,10 +117,8 @@ def _positional_text(layer: str, score: float, n_images: int) -> str:
     text = (f"Grid-centre token at {layer}, the layer whose tokens at the same position of different images are "
             f"most alike (same- minus any-position cosine {score:.3f} over {n_images} images). Look for: the "
             "same position lighting up in every image, whatever the picture shows.")
-    if score >= POSITION_CLEAR:
-        return text + f" The score ({score:.3f} >= {POSITION_CLEAR}) says it should be visible here."
-    return text + (f" The score is low ({score:.3f} < {POSITION_CLEAR}): on this store expect little or no "
-                   "positional pattern.")
+    return text + _verdict(score, POSITION_CLEAR, "says it should be visible here",
+                           "on this store expect little or no positional pattern")
 
 
 def _corner_text(layer: str, score: float) -> str:
@@ -128,10 +126,16 @@ def _corner_text(layer: str, score: float) -> str:
     text = (f"Corner token at {layer}, the down/mid layer whose four corners are most alike relative to the "
             f"interior (corner minus interior mean cosine {score:.3f}). Look for: the other corners and the border "
             "brighter than the interior.")
-    if score >= CORNER_CLEAR:
-        return text + f" The score ({score:.3f} >= {CORNER_CLEAR}) says they should stand out here."
-    return text + (f" The score is low ({score:.3f} < {CORNER_CLEAR}): on this store the corners are not clearly "
-                   "more alike than the interior, so expect no corner artifact.")
+    return text + _verdict(score, CORNER_CLEAR, "says they should stand out here",
+                           "on this store the corners are not clearly more alike than the interior, so expect no "
+                           "corner artifact")
+
+
+def _verdict(score: float, clear: float, visible: str, absent: str) -> str:
+    """The sentence that says whether a preset's measured score makes its effect visible on this store."""
+    if score >= clear:
+        return f" The score ({score:.3f} >= {clear}) {visible}."
+    return f" The score is low ({score:.3f} < {clear}): {absent}."
 
 
 def _positional(scan: _Scan) -> dict:
