@@ -12,6 +12,8 @@ from .anomalies import (AnomalyDetector, AnomalyNormAccumulator, anomaly_relativ
                         detect_anomalies, detect_in_map)
 from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts, crop_box,
                       crop_pixels, crop_plan, group_masks, group_similarity)
+from .channels import (MassiveChannelAccumulator, MassiveChannelResult, channel_magnitudes, detect_massive_channels,
+                       massive_channels, norm_map_without, without_channels)
 from .intervals import Bootstrap, Interval, PerImageStats, bootstrap_interval
 from .labels import LabelFileError, load_labels, resolve_labels, save_labels, validate_labels
 from .position import PaperTraining, PositionProbeAccumulator, n_train_images, position_probe
@@ -36,4 +38,6 @@ __all__ = [
     "load_labels", "save_labels", "validate_labels", "resolve_labels", "LabelFileError",
     "Bootstrap", "Interval", "PerImageStats", "bootstrap_interval", "position_recurrence", "RecurrenceResult",
     "to_jsonable",
+    "channel_magnitudes", "massive_channels", "detect_massive_channels", "norm_map_without", "without_channels",
+    "MassiveChannelAccumulator", "MassiveChannelResult",
 ]
