@@ -68,7 +68,7 @@ def choose_anomaly_layer(family, layers: Sequence[str], requested: str | None) -
     if requested:
         name = normalize_name(requested)
         if name not in layers:
-            raise UsageError(f"--anomaly-layer '{requested}' is not among the audited layers"
+            raise UsageError(f"anomaly layer '{requested}' (--anomaly-layer) is not among the audited layers"
                              f"{did_you_mean(name, layers)}")
         return name
     return family.default_anomaly_layer(layers)
