@@ -83,11 +83,3 @@ def test_unet_configs_offline():
     assert load_unet_config("tiny")["block_out_channels"] == [32, 64, 64, 64]
 
 
-def test_sdxl_style_folder_is_refused_clearly(tmp_path):
-    import json
-
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline",
-                                                           "text_encoder_2": ["transformers", "CLIPTextModel"]}))
-    with pytest.raises(ValueError, match="SDXL-style pipeline"):
-        load_model(str(tmp_path), device="cpu")

@@ -44,7 +44,7 @@ class Extractor:
         self.layers = self.family.select_layers(layers)
         infos = {i.name: i for i in self.family.layer_infos(self.settings.input_size)}
         self.shapes = {n: (infos[n].channels, infos[n].height, infos[n].width) for n in self.layers}
-        self._context = self.family.encode_prompt(model, self.settings.prompt)
+        self._context = self.family.encode_prompt(model, self.settings.prompt, protocol=self.settings.protocol)
         self.max_batch: int | None = None  # set after an out-of-memory split: the batch size that fitted
         if channels_last:
             self.family.denoiser(model).to(memory_format=torch.channels_last)

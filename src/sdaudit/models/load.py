@@ -1,9 +1,10 @@
 """Loading a model from any source into one :class:`LoadedModel`.
 
 Every source (Hugging Face repo id, local diffusers folder, single checkpoint file, ``tiny``,
-``arch:*``) ends in the same five components: U-Net, VAE, text encoder, tokenizer and the model's
-own scheduler, plus a DDIM scheduler built from the same beta schedule for noising. Nothing here
-changes a component's config after loading.
+``tiny-sdxl``, ``arch:*``) ends in the same five components: U-Net, VAE, text encoder, tokenizer and
+the model's own scheduler, plus a DDIM scheduler built from the same beta schedule for noising; SDXL
+pipelines add a second text encoder and tokenizer. Nothing here changes a component's config after
+loading.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class LoadedModel:
     weights_sha256: str | None = None
     extra: dict = field(default_factory=dict)
     family: ModelFamily | None = None
+    text_encoder_2: torch.nn.Module | None = None  # SDXL's second (projected) text encoder
+    tokenizer_2: object = None
 
     def __post_init__(self):
         if self.family is None:
@@ -85,9 +88,16 @@ class LoadedModel:
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the model as a diffusers ``StableDiffusionPipeline`` folder (loadable by diffusers and sdaudit)."""
-        from diffusers import StableDiffusionPipeline
+        """Write the model as a diffusers ``StableDiffusionPipeline`` folder (``StableDiffusionXLPipeline`` with a
+        second text encoder), loadable by diffusers and sdaudit."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+        if self.text_encoder_2 is not None:
+            pipe = StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                             text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
+                                             unet=self.unet, scheduler=self.scheduler)
+            pipe.save_pretrained(str(path))
+            return Path(path)
         pipe = StableDiffusionPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
             scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -160,27 +170,36 @@ def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
     return module.eval().requires_grad_(False)
 
 
-def _refuse_two_text_encoders(location: str, common: dict) -> None:
-    """SDXL-style pipelines condition on two text encoders and size ids, which this extractor does not build."""
+def _has_second_text_encoder(location: str, common: dict) -> bool:
+    """Whether the pipeline's ``model_index.json`` names a ``text_encoder_2`` (SDXL)."""
     from diffusers import DiffusionPipeline
 
     try:
         index = DiffusionPipeline.load_config(location, **common)
     except (OSError, ValueError):
-        return  # the component loaders below give the precise error
-    if "text_encoder_2" in index:
-        raise UsageError(f"'{location}' is an SDXL-style pipeline (two text encoders); sdaudit extracts from "
-                         "single-text-encoder Stable Diffusion pipelines (SD 1.x, 2.x, SD-Turbo) for now")
+        return False  # the component loaders give the precise error
+    return bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
+
+
+def _load_second_text_encoder(location: str, *, variant, torch_dtype, common: dict) -> dict:
+    """SDXL's ``text_encoder_2`` (with projection: it gives the pooled prompt) and ``tokenizer_2``."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    encoder = CLIPTextModelWithProjection.from_pretrained(location, subfolder="text_encoder_2", variant=variant,
+                                                          dtype=torch_dtype, **common)
+    return {"text_encoder_2": encoder, "tokenizer_2": AutoTokenizer.from_pretrained(location, subfolder="tokenizer_2",
+                                                                                     **common)}
 
 
 def _load_components_pretrained(location: str, *, revision, local_files_only, variant, torch_dtype) -> dict:
-    """Load the five components of a diffusers Stable Diffusion pipeline (folder or repo id)."""
+    """Load the five components of a diffusers Stable Diffusion pipeline (folder or repo id); seven for SDXL."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
     common = {"revision": revision, "local_files_only": local_files_only}
-    _refuse_two_text_encoders(location, common)
+    second = (_load_second_text_encoder(location, variant=variant, torch_dtype=torch_dtype, common=common)
+              if _has_second_text_encoder(location, common) else {})
     unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", variant=variant,
                                                 **diffusers_dtype_kwarg(torch_dtype), **common)
     vae = AutoencoderKL.from_pretrained(location, subfolder="vae", variant=variant,
@@ -190,7 +209,8 @@ def _load_components_pretrained(location: str, *, revision, local_files_only, va
     scheduler_config = diffusers.DDIMScheduler.load_config(location, subfolder="scheduler", **common)
     scheduler_cls = getattr(diffusers, scheduler_config.get("_class_name", "PNDMScheduler"), diffusers.PNDMScheduler)
     scheduler = scheduler_cls.from_config(scheduler_config)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler,
+            **second}
 
 
 def _hub_revision(repo_id: str, revision: str | None) -> str | None:
@@ -214,7 +234,7 @@ def _not_available_message(spec: ModelSpec, error: Exception | str) -> str:
         f"\"unet/*\" \"vae/*\" \"text_encoder/*\" \"tokenizer/*\" \"scheduler/*\" model_index.json') "
         f"and copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
         f"(or a single .safetensors checkpoint) as --model PATH; with --local-files-only sdaudit never contacts "
-        f"the hub. Offline models: tiny, arch:sd15, arch:sd21."
+        f"the hub. Offline models: tiny, arch:sd15, arch:sd21, tiny-sdxl."
     )
 
 
@@ -239,9 +259,9 @@ class _Components:
 
 
 def _from_tiny(spec: ModelSpec, options: _LoadOptions) -> _Components:
-    from .offline import build_tiny
+    from .offline import TINY_MODELS
 
-    parts = build_tiny()
+    parts = TINY_MODELS[spec.location][0]()
     return _Components(parts, options.revision, state_dict_sha256(parts["unet"]))
 
 
@@ -301,10 +321,13 @@ def _placed(spec: ModelSpec, loaded: _Components, device: torch.device, dtype: t
     vae_dtype = dtype if not getattr(parts["vae"].config, "force_upcast", True) else torch.float32
     if device.type == "cpu":
         vae_dtype = torch.float32
+    second = parts.get("text_encoder_2")
     return LoadedModel(spec=spec, unet=place(parts["unet"], device, dtype), vae=place(parts["vae"], device, vae_dtype),
                        text_encoder=place(parts["text_encoder"], device, dtype), tokenizer=parts["tokenizer"],
                        scheduler=parts["scheduler"], device=device, dtype=dtype, vae_dtype=vae_dtype,
-                       revision=loaded.revision, weights_sha256=loaded.weights_sha256)
+                       revision=loaded.revision, weights_sha256=loaded.weights_sha256,
+                       text_encoder_2=None if second is None else place(second, device, dtype),
+                       tokenizer_2=parts.get("tokenizer_2"))
 
 
 def load_model(
@@ -350,9 +373,9 @@ def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, loc
 
     spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
     if spec.kind == "tiny":
-        from .offline import TINY_UNET_CONFIG
+        from .offline import TINY_MODELS
 
-        return dict(TINY_UNET_CONFIG)
+        return dict(TINY_MODELS[spec.location][1])
     if spec.kind == "arch" or (spec.entry is not None and spec.entry.arch is not None):
         from .offline import read_arch_config
 

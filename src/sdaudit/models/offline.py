@@ -1,8 +1,11 @@
-"""Models that need no download: the deterministic ``tiny`` model and the ``arch:*`` random-init twins.
+"""Models that need no download: the deterministic ``tiny`` and ``tiny-sdxl`` models and the ``arch:*`` twins.
 
 ``tiny`` has Stable Diffusion 1.5's exact U-Net block layout (the same layer names, the same grid
 sizes) with 32/64 channels instead of 320..1280, a small VAE with the same 8x downsampling and a
 two-layer CLIP text encoder with a byte-level tokenizer. It is built in memory in about a second.
+``tiny-sdxl`` does the same for SDXL base: its block layout and transformer depths, two tiny text
+encoders (the second with a projection, for the pooled prompt) sharing that tokenizer, SDXL's Euler
+scheduler and VAE scale.
 
 ``arch:sd15`` / ``arch:sd21`` build the full-size architectures from the configs bundled in
 ``sdaudit/models/configs``: the compute of the real models, without their weights. They serve
@@ -59,6 +62,40 @@ TINY_TEXT_CONFIG = {
     "bos_token_id": 512,
     "eos_token_id": 513,
     "pad_token_id": 513,
+}
+# ``tiny-sdxl``: SDXL base's U-Net layout (3 blocks, the first without attention, transformer depth
+# 1 / 2 / 10, linear projections, text_time added conditioning) at tiny widths. Cross-attention
+# dim = the two tiny text encoders' widths concatenated (32 + 32); added-embedding input = the
+# second encoder's pooled projection (32) + 6 time ids x 8.
+TINY_SDXL_UNET_CONFIG = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
+    "norm_num_groups": 8,
+    "attention_head_dim": [2, 4, 4],
+    "use_linear_projection": True,
+    "cross_attention_dim": 64,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,
+}
+TINY_SDXL_VAE_CONFIG = {**TINY_VAE_CONFIG, "scaling_factor": 0.13025}  # SDXL's VAE scale
+# The scheduler of SDXL base (Euler with the scaled-linear beta schedule).
+SDXL_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "timestep_spacing": "leading",
+    "steps_offset": 1,
+    "use_karras_sigmas": False,
 }
 # The scheduler of SD-1.5 (PNDM with the scaled-linear beta schedule).
 SD15_SCHEDULER_CONFIG = {
@@ -119,6 +156,36 @@ def build_tiny() -> dict:
         "tokenizer": load_tokenizer_tiny(),
         "scheduler": PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
     }
+
+
+def build_tiny_sdxl() -> dict:
+    """Components of ``tiny-sdxl``: unet, vae, text_encoder, text_encoder_2 (with projection), both
+    tokenizers (the tiny byte-level one), scheduler (SDXL's Euler)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        unet = UNet2DConditionModel.from_config(TINY_SDXL_UNET_CONFIG)
+        vae = AutoencoderKL.from_config(TINY_SDXL_VAE_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_CONFIG))
+    for m in (unet, vae, text_encoder, text_encoder_2):
+        m.eval().requires_grad_(False)
+    _round_to_half(unet, vae, text_encoder, text_encoder_2)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": load_tokenizer_tiny(),
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": load_tokenizer_tiny(),
+        "scheduler": EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+    }
+
+
+#: the built-in tiny models: name -> (builder, U-Net config)
+TINY_MODELS = {"tiny": (build_tiny, TINY_UNET_CONFIG), "tiny-sdxl": (build_tiny_sdxl, TINY_SDXL_UNET_CONFIG)}
 
 
 def read_arch_config(arch: str, component: str) -> dict:

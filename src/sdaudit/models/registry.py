@@ -4,6 +4,7 @@ A model spec is one string, as typed on the command line:
 
 * a registry name in any usual spelling (``sd15``, ``SD1.5``, ``sd-1.5``, ``SD-Turbo``, ``sdturbo``);
 * ``tiny``: a deterministic, randomly initialised model with SD-1.5's block layout and tiny channels;
+  ``tiny-sdxl`` the same with SDXL's layout (two text encoders, added time ids);
 * ``arch:sd15`` / ``arch:sd21``: the full-size architecture from a bundled config, random weights;
 * a path to a local diffusers folder (with ``unet/`` and ``vae/``), or to one ``.safetensors`` /
   ``.ckpt`` file in the original Stable Diffusion layout;
@@ -20,6 +21,7 @@ from ..errors import SdauditError, UsageError
 from ..validation import did_you_mean
 
 ARCH_CONFIGS = ("sd15", "sd21")
+TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl"}  # squashed spelling -> built-in tiny model
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -67,7 +69,7 @@ REGISTRY: dict[str, RegistryEntry] = {
 class ModelSpec:
     """A parsed model spec: what kind of source, and where it is."""
 
-    kind: str  # "tiny" | "arch" | "hub" | "folder" | "file"
+    kind: str  # "tiny" (tiny, tiny-sdxl) | "arch" | "hub" | "folder" | "file"
     name: str  # canonical name shown to users and recorded in manifests
     location: str  # repo id, path or bundled config name
     entry: RegistryEntry | None = None
@@ -94,7 +96,7 @@ for _entry in REGISTRY.values():
 
 def known_model_names() -> list[str]:
     """Every name accepted besides paths and repo ids, for help texts and errors."""
-    return ["tiny", *(f"arch:{a}" for a in ARCH_CONFIGS), *REGISTRY]
+    return ["tiny", *(f"arch:{a}" for a in ARCH_CONFIGS), "tiny-sdxl", *REGISTRY]
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
@@ -102,8 +104,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError("empty model name; known models: " + ", ".join(known_model_names()))
     spec = spec.strip()
-    if _squash(spec) == "tiny":
-        return ModelSpec("tiny", "tiny", "tiny")
+    tiny = TINY_NAMES.get(_squash(spec))
+    if tiny is not None:
+        return ModelSpec("tiny", tiny, tiny)
     if spec.lower().startswith("arch:"):
         arch = _squash(spec[5:])
         arch = {"sd1": "sd15", "sd2": "sd21", "sd14": "sd15", "sd20": "sd21", "sdturbo": "sd21"}.get(arch, arch)

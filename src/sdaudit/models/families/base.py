@@ -9,7 +9,8 @@ a captured output into an (N, C, rows, cols) grid.
 
 Code outside ``sdaudit.models`` and ``sdaudit.extraction`` asks the family (``model.family``)
 and never which family it is. The SD-1.x/2.x U-Net (:class:`~sdaudit.models.families.unet.UNetFamily`)
-is the first implementation; SDXL and diffusion transformers are meant to be the next.
+is the first implementation, SDXL (:class:`~sdaudit.models.families.sdxl.SDXLFamily`) the second; diffusion
+transformers are meant to be the next.
 """
 
 from __future__ import annotations
@@ -71,11 +72,12 @@ class ModelFamily(ABC):
         ``settings.protocol``; one tensor per noise sample."""
 
     @abstractmethod
-    def encode_prompt(self, model, prompt: str) -> torch.Tensor:
-        """The conditioning of one prompt (batch of 1), in the model's dtype."""
+    def encode_prompt(self, model, prompt: str, *, protocol: str = "clean"):
+        """The conditioning of one prompt (batch of 1), in the model's dtype, under ``protocol``; callers pass
+        it on to :meth:`run_denoiser` unopened (a tensor for SD-1.x/2.x, a richer object for other families)."""
 
     @abstractmethod
-    def run_denoiser(self, model, sample: torch.Tensor, timestep: int, context: torch.Tensor, *,
+    def run_denoiser(self, model, sample: torch.Tensor, timestep: int, context, *,
                      layers: Sequence[str], sink: Sink) -> None:
         """One denoiser pass on ``sample`` that hands every layer in ``layers`` to ``sink`` as a grid
         (:meth:`to_grid`) and stops after the last of them."""

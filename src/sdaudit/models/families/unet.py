@@ -85,8 +85,8 @@ class UNetFamily(ModelFamily):
     def noised_inputs(self, model, pixels: torch.Tensor, indices: Sequence[int], settings) -> list[torch.Tensor]:
         return sd_noise.noised_inputs(model, pixels, indices, settings)
 
-    def encode_prompt(self, model, prompt: str) -> torch.Tensor:
-        """Text-encoder hidden states (1, 77, D), as diffusers' StableDiffusionPipeline makes them."""
+    def encode_prompt(self, model, prompt: str, *, protocol: str = "clean") -> torch.Tensor:
+        """Text-encoder hidden states (1, 77, D), as diffusers' StableDiffusionPipeline makes them (both protocols)."""
         tokenizer = model.tokenizer
         max_length = min(int(getattr(tokenizer, "model_max_length", TEXT_TOKENS)), TEXT_TOKENS)
         tokens = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
@@ -100,10 +100,8 @@ class UNetFamily(ModelFamily):
                      layers: Sequence[str], sink: Sink) -> None:
         t = torch.tensor(timestep, dtype=torch.long, device=model.device)
         context = context.expand(sample.shape[0], -1, -1).contiguous()
-        extra = extra_inputs(model.unet.config, sample.shape[0], sample.shape[-1] * self.vae_scale_factor,
-                             model.device, model.dtype)
         with capture_layers(model.unet, layers, lambda name, output: sink(name, self.to_grid(name, output))):
-            run_until_captured(lambda: model.unet(sample, t, encoder_hidden_states=context, **extra))
+            run_until_captured(lambda: model.unet(sample, t, encoder_hidden_states=context))
 
     def to_grid(self, name: str, output) -> torch.Tensor:
         """U-Net outputs are already (N, C, h, w); a module that returns a tuple contributes its first element."""
@@ -123,10 +121,9 @@ def _first_tensor(output) -> torch.Tensor:
 
 
 def extra_inputs(config, batch: int, size_px: int, device, dtype) -> dict:
-    """Extra conditioning some U-Nets require (SDXL's pooled text embedding and size ids).
-
-    sdaudit feeds neutral values (zero pooled embedding; original and target size = the input
-    size, no crop), the conditioning of an unconditional pass at that size.
+    """Placeholder added conditioning for the meta-device shape pass of a U-Net that requires it (SDXL's
+    ``text_time``): zero pooled embedding, size ids of the input size. Shapes do not depend on these
+    values; the real conditioning is :class:`~sdaudit.models.families.sdxl.SDXLFamily`'s.
     """
     if getattr(config, "addition_embed_type", None) != "text_time":
         return {}
