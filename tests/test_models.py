@@ -83,3 +83,13 @@ def test_unet_configs_offline():
     assert load_unet_config("tiny")["block_out_channels"] == [32, 64, 64, 64]
 
 
+
+
+def test_the_offline_models_table_agrees_with_the_spec_parser():
+    """`sdaudit models` lists OFFLINE_MODELS: each must parse, at the size the table says, without a download."""
+    from sdaudit.models import parse_model_spec
+    from sdaudit.models.registry import OFFLINE_MODELS, known_model_names
+
+    for name, _, _, size in OFFLINE_MODELS:
+        spec = parse_model_spec(name)
+        assert spec.default_size == size and spec.kind in ("tiny", "arch") and name in known_model_names()

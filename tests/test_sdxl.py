@@ -142,3 +142,15 @@ def test_folder_round_trip(sdxl, tmp_path, images5):
     a, b = _run(sdxl, images5[:2], "clean"), _run(loaded, images5[:2], "clean")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_a_whole_audit_runs_on_tiny_sdxl(sdxl, tmp_path):
+    """End to end through the family seam: the audit, its results and report know no SDXL specifics."""
+    from sdaudit.audit import AuditSettings, audit
+    from tests.conftest import photo_folder
+
+    folder = photo_folder(tmp_path / "images", 5, height=64)
+    results = audit(sdxl, folder, tmp_path / "out", AuditSettings(size=64), progress=False)
+    assert len(results["table"]) == len(sdxl.family.paper_layers()) == 34
+    assert results["model"]["name"] == "tiny-sdxl" and (tmp_path / "out" / "report.html").exists()
+    assert any(row.get("probe_acc_8") is not None for row in results["table"])

@@ -83,11 +83,9 @@ def _model_rows() -> list[tuple[str, str, str, str, str]]:
     Hugging Face cache as this process sees it, without a hub call."""
     from .models import REGISTRY
     from .models.hub import is_cached
+    from .models.registry import OFFLINE_MODELS
 
-    rows = [("tiny", "built in", "SD-1.5 block layout, tiny channels, deterministic random weights", "256",
-             "yes"),
-            *((f"arch:{arch}", "bundled config", f"{label} architecture, random weights", "512", "yes")
-              for arch, label in (("sd15", "SD-1.5"), ("sd21", "SD-2.1")))]
+    rows = [(name, source, text, str(size), "yes") for name, source, text, size in OFFLINE_MODELS]
     for entry in REGISTRY.values():
         rows.append((entry.key, entry.repo_id, entry.description, str(entry.default_size),
                      "yes" if is_cached(entry.repo_id) else "no"))

@@ -23,6 +23,13 @@ from ..validation import did_you_mean
 ARCH_CONFIGS = ("sd15", "sd21")
 TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl"}  # squashed spelling -> built-in tiny model
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+#: (name, source, description, default size) of the models that need no download (``sdaudit models`` lists them).
+OFFLINE_MODELS = (
+    ("tiny", "built in", "SD-1.5 block layout, tiny channels, deterministic random weights", 256),
+    ("arch:sd15", "bundled config", "SD-1.5 architecture, random weights", 512),
+    ("arch:sd21", "bundled config", "SD-2.1 architecture, random weights", 512),
+    ("tiny-sdxl", "built in", "SDXL layout (two text encoders, added time ids), tiny channels, random weights", 256),
+)
 
 
 class ModelSpecError(UsageError):
