@@ -189,7 +189,8 @@ def extract_like(store_path: str | Path, model, images, *, skip_bad: bool = Fals
     """
     from ..store import open_store
 
-    config = open_store(store_path).config
+    with open_store(store_path) as existing:  # read-only, closed before extract() opens it to write
+        config = existing.config
     if isinstance(model, str):
         from ..models import load_model
 
