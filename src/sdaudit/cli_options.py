@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .constants import PAPER_ANOMALY_LAYER
+from .settings import ANALYSES, DEFAULT_ANALYSES
 from .validation import MAX_SEED, MAX_SIZE
 
 MODEL_HELP = ("Model: sd15, sd21, sd-turbo (any usual spelling), tiny, arch:sd15, arch:sd21, a Hugging Face repo "
@@ -72,7 +73,8 @@ AuditStore = Annotated[Optional[Path], typer.Option("--store", help="Audit the i
 Timesteps = Annotated[str, typer.Option("--timestep", "-t", help="Diffusion timestep of the added noise (0-999); "
                                         "a list (0,50,200,500) audits each, the first is the main one.")]
 Analyses = Annotated[str, typer.Option("--analyses", "-a",
-                                       help="Comma-separated subset of: position, borders, anomalies, maps.")]
+                                       help=f"Comma-separated subset of: {', '.join(ANALYSES)} (default "
+                                       f"{','.join(DEFAULT_ANALYSES)}; channels is opt-in).")]
 AnomalyLayer = Annotated[Optional[str], typer.Option("--anomaly-layer", help="Layer the anomaly detector runs on "
                                                      f"(default: {PAPER_ANOMALY_LAYER}, as in the paper).")]
 KeepStore = Annotated[bool, typer.Option("--keep-store", metavar=FLAG,

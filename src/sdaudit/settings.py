@@ -23,7 +23,10 @@ from .validation import check_seed, check_size, did_you_mean
 
 PROTOCOLS = ("clean", "paper")
 LATENT_MODES = ("mean", "sample")
-ANALYSES = ("position", "borders", "anomalies", "maps")
+ANALYSES = ("position", "borders", "anomalies", "maps", "channels")
+# what an audit runs unless told: "channels" (massive channels, sdaudit.analyses.channels) is opt-in, so the
+# default outputs stay as they were
+DEFAULT_ANALYSES = ("position", "borders", "anomalies", "maps")
 PROBES = ("lda", "ridge", "paper")
 CONTROLS = ("untrained", "circular-padding")
 
@@ -163,7 +166,7 @@ class AuditSettings:
 
     extraction: ExtractionSettings = ExtractionSettings()
     layers: str | tuple[str, ...] = "paper"
-    analyses: tuple[str, ...] = ANALYSES
+    analyses: tuple[str, ...] = DEFAULT_ANALYSES
     probe_method: str = "lda"  # "lda" (closed form, default), "ridge", or "paper" (the published trained probe)
     probe_max_tokens: int = 65536  # "paper": training tokens kept per layer (a uniform, order-free sample)
     train_fraction: float = PAPER_TRAIN_FRACTION

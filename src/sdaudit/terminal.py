@@ -123,6 +123,18 @@ def _anomaly_line(found: dict | None) -> str | None:
     return line
 
 
+def _channel_line(found: dict | None) -> str | None:
+    """The layer with the most massive channels (only when the "channels" analysis ran)."""
+    if found is None:
+        return None
+    if found["top"] is None:
+        return f"massive channels: none found ({found['n_measured']} layers)"
+    top = found["top"]
+    return (f"massive channels: most on {top['layer']} ({top['count']}: {', '.join(map(str, top['ids']))}"
+            f"{', ...' if top['count'] > len(top['ids']) else ''}); {len(found['layers'])} of "
+            f"{found['n_measured']} layers have some")
+
+
 def _warning_line(results: AuditResults) -> str | None:
     """Random weights, few images and degenerate grids in a few words (the full warnings are printed above)."""
     words = ["random weights"] if results.random_weights else []
@@ -135,7 +147,7 @@ def _warning_line(results: AuditResults) -> str | None:
 
 
 def closing_summary(results: AuditResults | dict) -> list[str]:
-    """3-6 lines that end an audit's output: verdict counts, the strongest layer per artifact, warnings."""
+    """3-7 lines that end an audit's output: verdict counts, the strongest layer per artifact, warnings."""
     from .report.verdicts import summarize  # the report's rules (and its matplotlib) only when summarizing
 
     results = AuditResults.coerce(results)
@@ -145,5 +157,5 @@ def closing_summary(results: AuditResults | dict) -> list[str]:
         counts += f", {found['n_failed']} failed"
     lines = [counts + f" (of {found['n_layers']} layers)",
              _position_line(results, found["verdicts"]), _border_line(found["borders"]),
-             _anomaly_line(found["anomalies"]), _warning_line(results)]
+             _anomaly_line(found["anomalies"]), _channel_line(found["channels"]), _warning_line(results)]
     return [line for line in lines if line]

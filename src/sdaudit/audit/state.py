@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, NonFiniteInputError, PaperProbeAccumulator,
-                        PositionProbeAccumulator, anomaly_relative_norms)
+from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, MassiveChannelAccumulator, NonFiniteInputError,
+                        PaperProbeAccumulator, PositionProbeAccumulator, anomaly_relative_norms)
 from ..analyses.intervals import item_mean_terms
 
 
@@ -124,6 +124,10 @@ class AuditState:
             # grids under 5 get no cropped pass: their (n-2) grid has no border and no interior
             self.borders = {layer: BorderArtifactsAccumulator(layer=layer) for layer in self.layers
                             if grids[layer][0] == grids[layer][1] and min(grids[layer]) - 2 >= 3}
+        # massive channels (opt-in "channels"): per-image channel magnitudes of every layer's full pass
+        self.channels = {}
+        if "channels" in analyses:
+            self.channels = {layer: MassiveChannelAccumulator(layer=layer) for layer in self.layers}
         self.anomaly_layer = anomaly_layer
         self.detector = AnomalyDetector(layer=anomaly_layer, **detector) if anomaly_layer else None
         self.norms = AnomalyNormStream(self.layers, grids[anomaly_layer][0]) if anomaly_layer else None
@@ -149,6 +153,8 @@ class AuditState:
                 self._guard(layer, lambda: self.probe[layer].update(x, indices))
             if layer in self.borders:
                 self._guard(layer, lambda: self.borders[layer].update(full=x, image_indices=indices))
+            if layer in self.channels:
+                self._guard(layer, lambda: self.channels[layer].update(x, indices))
         if self.detector is not None and self.anomaly_layer not in self.failed:
             if _on_device(reps[self.anomaly_layer]):
                 reps = _NormMaps(reps)  # token norms computed on the GPU: only (B, 1, h, w) maps leave it
@@ -170,9 +176,10 @@ class AuditState:
 
     # ----- state dicts: checkpoints and shards --------------------------------------------------------
     def _parts(self) -> dict[str, object]:
-        """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>" or "detector"."""
+        """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>" or "detector"."""
         parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
         parts.update({f"borders/{k}": v for k, v in self.borders.items()})
+        parts.update({f"channels/{k}": v for k, v in self.channels.items()})
         if self.detector is not None:
             parts["detector"] = self.detector
         return parts
@@ -182,7 +189,7 @@ class AuditState:
         if kind == "detector":
             self.detector = acc
         else:
-            {"probe": self.probe, "borders": self.borders}[kind][layer] = acc
+            {"probe": self.probe, "borders": self.borders, "channels": self.channels}[kind][layer] = acc
 
     def state_dict(self, *, probe_training: bool = True) -> dict[str, np.ndarray]:
         """Every accumulator's state, the progress and the failed layers, as a flat dict of numpy arrays

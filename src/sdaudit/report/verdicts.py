@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..analyses.channels import DEFAULT_THRESHOLDS
 from ..audit_results import AuditResults, ControlRun, LayerRow
 from ..constants import RESOLUTIONS
 from .intervals import FEW_CHANNELS, INTERVAL_METRICS, NOT_DEFINED, clears_control, controls_of, fmt_interval, \
@@ -36,6 +37,7 @@ THRESHOLDS: dict[str, float] = {
 
 UNCERTAIN = "uncertain (interval spans the threshold)"
 FEW_CHANNELS_NOTE = "few channels: norm outliers and ratios mean little here"
+MASSIVE_NOTE = "{n} massive channel(s): its token norms, and the anomalies on them, may be dominated by these"
 
 
 def _pct(v: float) -> str:
@@ -186,6 +188,8 @@ def _verdict(row: LayerRow, results: AuditResults, s: int | None, controls, none
     ano = _anomaly_flag(row, results, controls, none_found)
     few = 0 < results.channels().get(row.layer, FEW_CHANNELS + 1) <= FEW_CHANNELS
     notes = _notes(pos, bor, ano, few)
+    if row.value("massive_channels"):
+        notes.append(MASSIVE_NOTE.format(n=int(row.value("massive_channels"))))
     # position alone is expected in a U-Net: at most "caution"; artifacts can make a layer "affected"
     # a border test that could not be read is no pass either: at least "caution"; nor is an artifact whose
     # interval spans its threshold (one the control shows as well is no artifact of this model: no raise)
@@ -294,6 +298,19 @@ def _anomalies(results: AuditResults, verdicts) -> dict[str, Any] | None:
     }
 
 
+def _channels(table: Sequence[LayerRow]) -> dict[str, Any] | None:
+    """The massive channels (opt-in analysis "channels"): the layers that have any, each with its count,
+    indices, largest ratio and smallest consistency; ``top`` is the layer with the most. None when not run."""
+    measured = [r for r in table if r.has("massive_channels")]
+    if not measured:
+        return None
+    layers = [{"layer": r.layer, "count": int(r.value("massive_channels")), "ids": r.values.get("massive_channel_ids"),
+               "ratio_max": r.value("massive_ratio_max"), "consistency_min": r.value("massive_consistency_min")}
+              for r in measured if r.value("massive_channels")]
+    top = max(layers, key=lambda d: d["count"]) if layers else None  # the first such layer on a tie
+    return {"n_measured": len(measured), "layers": layers, "top": top, "threshold": DEFAULT_THRESHOLDS["ratio"]}
+
+
 def summarize(results: AuditResults | Mapping[str, Any]) -> dict[str, Any]:
     """The findings of an audit as plain data (the page renders them as sentences)."""
     results = AuditResults.coerce(results)
@@ -304,6 +321,7 @@ def summarize(results: AuditResults | Mapping[str, Any]) -> dict[str, Any]:
                            "position": _position(verdicts, finest_resolution(table)),
                            "borders": _borders(table, verdicts, controls),
                            "anomalies": _anomalies(results, verdicts),
+                           "channels": _channels(table),
                            "recurrence": recurrence_text(results.recurrence),
                            "random_weights": results.random_weights,
                            "warnings": list(results.warnings),
