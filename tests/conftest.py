@@ -75,3 +75,21 @@ def image_folder(tmp_path):
 def images5():
     """Five prepared 64x64 RGB images."""
     return [random_photo(i, size=(64, 64)) for i in range(5)]
+
+
+def interrupt_extraction(monkeypatch, at_call: int) -> dict:
+    """Make the ``at_call``-th ``Extractor.run`` raise KeyboardInterrupt (a simulated kill mid-run). Returns the
+    call counter: set ``counter["n"]`` far below ``at_call`` to let a rerun through and count its calls."""
+    from sdaudit.extraction import Extractor
+
+    counter = {"n": 0}
+    original = Extractor.run
+
+    def run(self, images, indices, **kwargs):
+        counter["n"] += 1
+        if counter["n"] == at_call:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, images, indices, **kwargs)
+
+    monkeypatch.setattr(Extractor, "run", run)
+    return counter

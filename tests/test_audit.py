@@ -12,6 +12,7 @@ from sdaudit.audit import AuditSettings, audit, pass_plan
 from sdaudit.extraction import ExtractionSettings, Extractor, prepare_for_model
 from sdaudit.images import iter_images
 from sdaudit.store import open_store
+from tests.conftest import interrupt_extraction
 
 SIZE = 128
 
@@ -84,16 +85,7 @@ def test_numbers_equal_the_analyses(tiny, folder, audited):
 
 def test_interrupted_audit_resumes_without_recomputing(tiny, folder, tmp_path, monkeypatch, audited):
     _, whole = audited
-    calls = {"n": 0}
-    original = Extractor.run
-
-    def failing_run(self, images, indices, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, images, indices, **kwargs)
-
-    monkeypatch.setattr(Extractor, "run", failing_run)
+    calls = interrupt_extraction(monkeypatch, at_call=5)
     settings = AuditSettings(size=SIZE, layers="all", batch_size=2)
     with pytest.raises(KeyboardInterrupt):
         audit(tiny, folder, tmp_path, settings, report=False, progress=False, checkpoint_seconds=0)

@@ -9,10 +9,10 @@ import pytest
 from sdaudit.audit import AuditSettings, audit
 from sdaudit.audit.state import AuditState
 from sdaudit.cli import app
-from sdaudit.extraction import Extractor
 from sdaudit.settings import ANALYSES, DEFAULT_ANALYSES
 from sdaudit.terminal import closing_summary
 from tests.cli_helpers import runner
+from tests.conftest import interrupt_extraction
 
 SIZE = 128
 PLANTED_LAYER, PLANTED_CHANNEL, SCALE = "mid_block.resnets[0]", 3, 1000.0
@@ -105,16 +105,7 @@ def test_summary_says_none_found(clean):
 
 
 def test_interrupted_audit_resumes_to_the_same_channels(tiny, folder, tmp_path, monkeypatch, clean):
-    calls = {"n": 0}
-    original = Extractor.run
-
-    def failing_run(self, images, indices, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated interruption")
-        return original(self, images, indices, **kwargs)
-
-    monkeypatch.setattr(Extractor, "run", failing_run)
+    calls = interrupt_extraction(monkeypatch, at_call=2)
     settings = _settings(batch_size=2)
     with pytest.raises(KeyboardInterrupt):
         audit(tiny, folder, tmp_path, settings, report=False, progress=False, checkpoint_seconds=0)
