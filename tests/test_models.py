@@ -33,7 +33,7 @@ def test_offline_and_path_specs(tmp_path, tiny_folder):
 
 @pytest.mark.parametrize("spec,needle", [
     ("sd9000", "known models: tiny, arch:sd15"),
-    ("arch:sdxl", "arch:sd15, arch:sd21"),
+    ("arch:sd9000", "arch:sd15, arch:sd21, arch:sdxl"),
     ("/no/such/model.safetensors", "does not exist"),
     ("", "empty model name"),
 ])

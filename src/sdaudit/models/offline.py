@@ -7,8 +7,9 @@ two-layer CLIP text encoder with a byte-level tokenizer. It is built in memory i
 encoders (the second with a projection, for the pooled prompt) sharing that tokenizer, SDXL's Euler
 scheduler and VAE scale.
 
-``arch:sd15`` / ``arch:sd21`` build the full-size architectures from the configs bundled in
-``sdaudit/models/configs``: the compute of the real models, without their weights. They serve
+``arch:sd15`` / ``arch:sd21`` / ``arch:sdxl`` build the full-size architectures from the configs bundled in
+``sdaudit/models/configs`` (SDXL base 1.0's from its diffusers ``model_index.json``, U-Net, VAE, both
+text encoders and Euler scheduler): the compute of the real models, without their weights. They serve
 benchmarks and as an "untrained" control.
 
 Both are initialised from a fixed seed with the weights rounded to float16, so that the model is
@@ -111,7 +112,7 @@ SD15_SCHEDULER_CONFIG = {
 
 
 def configs_dir() -> Path:
-    """The folder of bundled configs (``sd15/``, ``sd21/``, ``tiny_tokenizer/``)."""
+    """The folder of bundled configs (``sd15/``, ``sd21/``, ``sdxl/``, ``tiny_tokenizer/``)."""
     return Path(str(resources.files("sdaudit.models") / "configs"))
 
 
@@ -189,23 +190,44 @@ TINY_MODELS = {"tiny": (build_tiny, TINY_UNET_CONFIG), "tiny-sdxl": (build_tiny_
 
 
 def read_arch_config(arch: str, component: str) -> dict:
-    """A bundled component config of a full-size architecture (``sd15`` or ``sd21``)."""
+    """A bundled component config of a full-size architecture (``sd15``, ``sd21`` or ``sdxl``)."""
     name = "scheduler_config.json" if component == "scheduler" else "config.json"
     return json.loads((configs_dir() / arch / component / name).read_text())
 
 
-def build_arch(arch: str) -> dict:
-    """Components of ``arch:<arch>``: the full-size architecture with deterministic random weights.
+def _arch_text_config(arch: str, component: str) -> dict:
+    """A bundled CLIP text-encoder config with the tiny tokenizer's special token ids (its vocabulary is 514)."""
+    config = read_arch_config(arch, component)
+    config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    config.update(bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    return config
 
-    The text encoder uses the tiny byte-level tokenizer (token ids below 514); with random
+
+def _arch_text_encoder_2(arch: str) -> dict:
+    """SDXL's second, projected text encoder (and its tokenizer) where the architecture has one, else nothing."""
+    if not (configs_dir() / arch / "text_encoder_2").is_dir():
+        return {}
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ARCH_SEED)
+        encoder = CLIPTextModelWithProjection(CLIPTextConfig(**_arch_text_config(arch, "text_encoder_2")))
+    encoder.eval().requires_grad_(False)
+    _round_to_half(encoder)
+    return {"text_encoder_2": encoder, "tokenizer_2": load_tokenizer_tiny()}
+
+
+def build_arch(arch: str) -> dict:
+    """Components of ``arch:<arch>``: the full-size architecture with deterministic random weights
+    (``arch:sdxl`` adds the second text encoder and tokenizer).
+
+    The text encoders use the tiny byte-level tokenizer (token ids below 514); with random
     weights, the vocabulary carries no meaning anyway.
     """
     import diffusers
 
-    text_config = read_arch_config(arch, "text_encoder")
-    text_config = {k: v for k, v in text_config.items() if k not in ("architectures", "model_type", "torch_dtype")}
-    text_config.update(bos_token_id=512, eos_token_id=513, pad_token_id=513)
-    unet, vae, text_encoder = _build(read_arch_config(arch, "unet"), read_arch_config(arch, "vae"), text_config, ARCH_SEED)
+    unet, vae, text_encoder = _build(read_arch_config(arch, "unet"), read_arch_config(arch, "vae"),
+                                     _arch_text_config(arch, "text_encoder"), ARCH_SEED)
     scheduler_config = read_arch_config(arch, "scheduler")
     scheduler_cls = getattr(diffusers, scheduler_config["_class_name"])
     return {
@@ -214,4 +236,5 @@ def build_arch(arch: str) -> dict:
         "text_encoder": text_encoder,
         "tokenizer": load_tokenizer_tiny(),
         "scheduler": scheduler_cls.from_config(scheduler_config),
+        **_arch_text_encoder_2(arch),
     }

@@ -5,7 +5,7 @@ A model spec is one string, as typed on the command line:
 * a registry name in any usual spelling (``sd15``, ``SD1.5``, ``sd-1.5``, ``SD-Turbo``, ``sdturbo``);
 * ``tiny``: a deterministic, randomly initialised model with SD-1.5's block layout and tiny channels;
   ``tiny-sdxl`` the same with SDXL's layout (two text encoders, added time ids);
-* ``arch:sd15`` / ``arch:sd21``: the full-size architecture from a bundled config, random weights;
+* ``arch:sd15`` / ``arch:sd21`` / ``arch:sdxl``: the full-size architecture from a bundled config, random weights;
 * a path to a local diffusers folder (with ``unet/`` and ``vae/``), or to one ``.safetensors`` /
   ``.ckpt`` file in the original Stable Diffusion layout;
 * any other Hugging Face repo id (``owner/name``) of a diffusers Stable Diffusion pipeline.
@@ -20,7 +20,8 @@ from pathlib import Path
 from ..errors import SdauditError, UsageError
 from ..validation import did_you_mean
 
-ARCH_CONFIGS = ("sd15", "sd21")
+#: bundled full-size architectures (``arch:<name>``, configs in ``configs/<name>/``) -> default size in px
+ARCH_CONFIGS = {"sd15": 512, "sd21": 512, "sdxl": 1024}
 TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl"}  # squashed spelling -> built-in tiny model
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: (name, source, description, default size) of the models that need no download (``sdaudit models`` lists them).
@@ -29,6 +30,7 @@ OFFLINE_MODELS = (
     ("arch:sd15", "bundled config", "SD-1.5 architecture, random weights", 512),
     ("arch:sd21", "bundled config", "SD-2.1 architecture, random weights", 512),
     ("tiny-sdxl", "built in", "SDXL layout (two text encoders, added time ids), tiny channels, random weights", 256),
+    ("arch:sdxl", "bundled config", "SDXL base 1.0 architecture (two text encoders), random weights", 1024),
 )
 
 
@@ -65,9 +67,9 @@ REGISTRY: dict[str, RegistryEntry] = {
                       ("stablediffusion21",)),
         RegistryEntry("sd-turbo", "stabilityai/sd-turbo", 512, "sd21", "SD-Turbo (SD-2.1 architecture, 512 px)",
                       ("sdturbo",)),
-        RegistryEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024, None, "Stable Diffusion XL base 1.0",
+        RegistryEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "sdxl", "Stable Diffusion XL base 1.0",
                       ("sdxlbase", "sdxlbase10")),
-        RegistryEntry("sdxl-turbo", "stabilityai/sdxl-turbo", 512, None, "SDXL-Turbo", ("sdxlturbo",)),
+        RegistryEntry("sdxl-turbo", "stabilityai/sdxl-turbo", 512, "sdxl", "SDXL-Turbo", ("sdxlturbo",)),
     ]
 }
 
@@ -87,6 +89,8 @@ class ModelSpec:
             return self.entry.default_size
         if self.kind == "tiny":
             return 256
+        if self.kind == "arch":
+            return ARCH_CONFIGS[self.location]
         return 512
 
 
@@ -116,7 +120,8 @@ def parse_model_spec(spec: str) -> ModelSpec:
         return ModelSpec("tiny", tiny, tiny)
     if spec.lower().startswith("arch:"):
         arch = _squash(spec[5:])
-        arch = {"sd1": "sd15", "sd2": "sd21", "sd14": "sd15", "sd20": "sd21", "sdturbo": "sd21"}.get(arch, arch)
+        arch = {"sd1": "sd15", "sd2": "sd21", "sd14": "sd15", "sd20": "sd21", "sdturbo": "sd21",
+                "sdxlbase": "sdxl", "sdxlbase10": "sdxl", "sdxlturbo": "sdxl"}.get(arch, arch)
         if arch not in ARCH_CONFIGS:
             archs = [f"arch:{a}" for a in ARCH_CONFIGS]
             raise ModelSpecError(f"unknown architecture '{spec}'{did_you_mean(spec, archs)}; choose one of: "
