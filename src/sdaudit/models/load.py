@@ -234,7 +234,7 @@ def _not_available_message(spec: ModelSpec, error: Exception | str) -> str:
         f"\"unet/*\" \"vae/*\" \"text_encoder/*\" \"tokenizer/*\" \"scheduler/*\" model_index.json') "
         f"and copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
         f"(or a single .safetensors checkpoint) as --model PATH; with --local-files-only sdaudit never contacts "
-        f"the hub. Offline models: tiny, arch:sd15, arch:sd21, tiny-sdxl."
+        f"the hub. Offline models: tiny, arch:sd15, arch:sd21, arch:sdxl, tiny-sdxl."
     )
 
 
