@@ -10,16 +10,7 @@ from sdaudit.models import family_for_config, load_unet_config, parse_model_spec
 from sdaudit.models.families import SDXLFamily
 from sdaudit.models.offline import build_arch, read_arch_config
 from sdaudit.models.registry import OFFLINE_MODELS, known_model_names
-
-
-def _table_rows(output: str) -> dict[str, tuple[int, str]]:
-    """{layer: (channels, grid)} from the rich table of ``sdaudit layers``."""
-    rows = {}
-    for line in output.splitlines():
-        cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) == 7 and cells[0].isdigit():
-            rows[cells[1]] = (int(cells[4]), cells[5])
-    return rows
+from tests.cli_helpers import layer_table_rows
 
 
 def test_spec_and_listing():
@@ -37,7 +28,7 @@ def test_layers_command_prints_the_sdxl_table_without_weights():
     result = CliRunner().invoke(app, ["layers", "--model", "arch:sdxl"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "arch:sdxl at 1024x1024 px: 34 layers" in result.output
-    rows = _table_rows(result.output)
+    rows = layer_table_rows(result.output)
     assert len(rows) == 34
     assert rows["conv_in"] == (320, "128x128")
     assert rows["down_blocks[2].attentions[1]"] == (1280, "32x32")

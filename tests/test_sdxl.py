@@ -12,6 +12,7 @@ from sdaudit.extraction.extractor import Extractor
 from sdaudit.models import family_for_config, load_model, load_unet_config
 from sdaudit.models.families import SDXLConditioning, SDXLFamily
 from sdaudit.settings import ExtractionSettings
+from tests.cli_helpers import layer_table_rows
 
 # SDXL's hookable layers: conv_in, 3 down blocks (the first without attention), mid, 3 up blocks, conv_out
 SDXL_BLOCK_COUNTS = {"conv_in": 1, "down_blocks[0]": 3, "down_blocks[1]": 5, "down_blocks[2]": 4, "mid_block": 3,
@@ -27,21 +28,11 @@ def _run(model, images, protocol: str, size: int = 64, layers="all"):
     return Extractor(model, layers, ExtractionSettings(size=size, protocol=protocol)).run(images, list(range(len(images))))
 
 
-def _table_rows(output: str) -> dict[str, tuple[int, str]]:
-    """{layer: (channels, grid)} from the rich table of ``sdaudit layers``."""
-    rows = {}
-    for line in output.splitlines():
-        cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) == 7 and cells[0].isdigit():
-            rows[cells[1]] = (int(cells[4]), cells[5])
-    return rows
-
-
 def test_layers_command_matches_a_real_forward_pass(sdxl, images5):
     result = CliRunner().invoke(app, ["layers", "--model", "tiny-sdxl", "--size", "64"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "34 layers" in result.output
-    rows = _table_rows(result.output)
+    rows = layer_table_rows(result.output)
     assert list(rows) == sdxl.family.layer_names() and len(rows) == 34
     counts: dict[str, int] = {}
     for name in rows:
