@@ -102,9 +102,9 @@ def bench_published(args) -> dict:
     import torch
 
     from sdaudit.analyses import position_probe
-    from sdaudit.models import family_for_config, load_unet_config, parse_model_spec
+    from sdaudit.models import family_for_config, load_denoiser_config, parse_model_spec
 
-    family = family_for_config(load_unet_config(parse_model_spec(args.model)))
+    family = family_for_config(load_denoiser_config(parse_model_spec(args.model)))
     infos = [i for i in family.layer_infos(args.size) if i.name in set(family.paper_layers())]
     shapes: dict[tuple[int, int], int] = {}
     for info in infos:

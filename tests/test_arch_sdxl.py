@@ -6,7 +6,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from sdaudit.cli import app
-from sdaudit.models import family_for_config, load_unet_config, parse_model_spec
+from sdaudit.models import family_for_config, load_denoiser_config, parse_model_spec
 from sdaudit.models.families import SDXLFamily
 from sdaudit.models.offline import build_arch, read_arch_config
 from sdaudit.models.registry import OFFLINE_MODELS, known_model_names
@@ -21,7 +21,7 @@ def test_spec_and_listing():
     assert "arch:sdxl" in known_model_names()
     assert ("arch:sdxl", 1024) in [(name, size) for name, _, _, size in OFFLINE_MODELS]
     # the registry's SDXL models list their layers offline from the same bundled U-Net config
-    assert load_unet_config("sdxl") == load_unet_config("sdxl-turbo") == read_arch_config("sdxl", "unet")
+    assert load_denoiser_config("sdxl") == load_denoiser_config("sdxl-turbo") == read_arch_config("sdxl", "unet")
 
 
 def test_layers_command_prints_the_sdxl_table_without_weights():
@@ -40,7 +40,7 @@ def test_layers_command_prints_the_sdxl_table_without_weights():
 
 
 def test_family_and_published_unet_values():
-    config = load_unet_config("arch:sdxl")
+    config = load_denoiser_config("arch:sdxl")
     family = family_for_config(config)
     assert isinstance(family, SDXLFamily) and family.name == "sdxl-unet"
     assert config["transformer_layers_per_block"] == [1, 2, 10] and config["attention_head_dim"] == [5, 10, 20]

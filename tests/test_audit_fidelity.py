@@ -10,7 +10,7 @@ import pytest
 from sdaudit.audit import AuditSettings, audit
 from sdaudit.extraction import Extractor
 from sdaudit.models import layer_infos
-from sdaudit.models import load_unet_config, parse_model_spec
+from sdaudit.models import load_denoiser_config, parse_model_spec
 from sdaudit.analyses import crop_pixels
 
 SIZE = 128
@@ -27,7 +27,7 @@ def folder(tmp_path_factory):
 @pytest.mark.parametrize("model, sizes", [("tiny", (256, 512)), ("arch:sd15", (512, 768)), ("arch:sd21", (512, 768))])
 def test_every_cropped_grid_is_n_minus_2(model, sizes):
     """The crop extracted at its own size gives every layer of grid n an (n-2) grid (shapes from the meta device)."""
-    config = load_unet_config(parse_model_spec(model))
+    config = load_denoiser_config(parse_model_spec(model))
     for size in sizes:
         full = {i.name: i for i in layer_infos(config, size)}
         for n in {i.height for i in full.values() if i.height >= 5}:

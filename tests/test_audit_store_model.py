@@ -11,7 +11,7 @@ import torch
 
 from sdaudit.audit import AuditSettings, audit
 from sdaudit.extraction import extract
-from sdaudit.models.load import state_dict_sha256
+from sdaudit.models.hashing import state_dict_sha256
 from sdaudit.store import StoreConfigMismatch
 
 SIZE = 64
@@ -33,7 +33,7 @@ def perturbed(model):
     unet = copy.deepcopy(model.unet)
     with torch.no_grad():
         next(unet.parameters()).view(-1)[0] += 1.0
-    return dataclasses.replace(model, unet=unet, weights_sha256=state_dict_sha256(unet))
+    return dataclasses.replace(model, denoiser=unet, weights_sha256=state_dict_sha256(unet))
 
 
 def test_audit_refuses_a_store_made_by_other_weights(tiny, tiny_store, tmp_path):

@@ -41,7 +41,7 @@ def test_resolve_dtype_suggests_the_closest():
     import torch
 
     from sdaudit.errors import UsageError
-    from sdaudit.models.load import resolve_dtype
+    from sdaudit.models.devices import resolve_dtype
 
     with pytest.raises(UsageError, match=r"unknown dtype 'flaot16' \(did you mean 'float16'"):
         resolve_dtype("flaot16", torch.device("cpu"))
@@ -161,7 +161,7 @@ def _no_hub_load(monkeypatch):
     def called(*args, **kwargs):
         raise AssertionError("the hub was called")
 
-    monkeypatch.setattr("sdaudit.models.load._load_components_pretrained", called)
+    monkeypatch.setattr("sdaudit.models.load.load_pipeline_components", called)
 
 
 def _cache_repo(hf_home, repo_id: str) -> None:

@@ -8,7 +8,7 @@ from PIL import Image
 from sdaudit.analyses import position_probe
 from sdaudit.extraction import ExtractionSettings, Extractor
 from sdaudit.models.controls import circular_padding, control_model, is_random_weights
-from sdaudit.models.load import state_dict_sha256
+from sdaudit.models.hashing import state_dict_sha256
 
 LAYER = "up_blocks[1].upsamplers[0]"
 
@@ -57,7 +57,7 @@ def test_untrained_control_differs_from_trained_weights(tiny, images5):
         generator = torch.Generator().manual_seed(5)
         for p in unet.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    changed = dataclasses.replace(tiny, unet=unet)
+    changed = dataclasses.replace(tiny, denoiser=unet)
     untrained = control_model(changed, "untrained", seed=0)
     a = Extractor(changed, [LAYER], ExtractionSettings(size=64)).run(images5, list(range(5)))[LAYER]
     b = Extractor(untrained, [LAYER], ExtractionSettings(size=64)).run(images5, list(range(5)))[LAYER]

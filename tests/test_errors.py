@@ -68,7 +68,7 @@ def test_an_internal_bug_keeps_its_traceback(bug, monkeypatch):
     def broken(*args, **kwargs):
         raise bug
 
-    monkeypatch.setattr(sdaudit.models, "load_unet_config", broken)
+    monkeypatch.setattr(sdaudit.models, "load_denoiser_config", broken)
     result = runner.invoke(app, ["layers", "--model", "tiny"])
     assert result.exit_code == 1 and result.exception is bug, result.output
     assert "error:" not in result.output
@@ -78,7 +78,7 @@ def test_an_internal_bug_prints_its_traceback_in_a_real_process():
     """As a user sees it: the whole traceback on stderr, exit status 1 (not the user error's 2)."""
     script = ("import sdaudit.models as m\n"
               "def broken(*a, **k): raise KeyError('unet config key')\n"
-              "m.load_unet_config = broken\n"
+              "m.load_denoiser_config = broken\n"
               "from sdaudit.cli import app\n"
               "app(['layers', '--model', 'tiny'], prog_name='sdaudit')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}

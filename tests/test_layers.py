@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdaudit.layer_names import LayerError, block_of, kind_of, normalize_name, select_layers
-from sdaudit.models import family_for_config, layer_infos, load_unet_config
+from sdaudit.models import family_for_config, layer_infos, load_denoiser_config
 
 # (channels, grid) of SD-1.5 at 512 px, from the design notes' table.
 SD15_512 = {
@@ -24,11 +24,11 @@ PAPER_BLOCK_COUNTS = {"conv_in": 1, "down_blocks[0]": 5, "down_blocks[1]": 5, "d
 
 @pytest.mark.parametrize("model", ["tiny", "sd15", "sd21"])
 def test_46_layers_and_45_paper_layers(model, tiny):
-    infos = layer_infos(load_unet_config(model), 512)
+    infos = layer_infos(load_denoiser_config(model), 512)
     names = [i.name for i in infos]
     assert len(names) == 46
     assert names == tiny.family.layer_names()  # tiny has SD-1.5's exact layer names
-    paper = family_for_config(load_unet_config(model)).paper_layers()
+    paper = family_for_config(load_denoiser_config(model)).paper_layers()
     assert len(paper) == 45 and "up_blocks[0].resnets[2]" not in paper
     counts = {}
     for name in paper:
@@ -38,7 +38,7 @@ def test_46_layers_and_45_paper_layers(model, tiny):
 
 @pytest.mark.parametrize("size", [512, 256])
 def test_sd15_shapes_at_two_sizes(size):
-    infos = {i.name: i for i in layer_infos(load_unet_config("sd15"), size)}
+    infos = {i.name: i for i in layer_infos(load_denoiser_config("sd15"), size)}
     for name, (channels, grid) in SD15_512.items():
         assert infos[name].channels == channels
         assert infos[name].grid == (grid * size // 512, grid * size // 512)
@@ -81,14 +81,14 @@ def test_names_and_kinds():
 def test_size_must_fit_the_unet():
     """Any whole number of latent tokens runs (the border experiment's crops are no multiples of 64)."""
     with pytest.raises(LayerError, match="not a positive multiple of 8"):
-        layer_infos(load_unet_config("tiny"), 500)
-    grids = {i.name: (i.height, i.width) for i in layer_infos(load_unet_config("tiny"), 496)}
+        layer_infos(load_denoiser_config("tiny"), 500)
+    grids = {i.name: (i.height, i.width) for i in layer_infos(load_denoiser_config("tiny"), 496)}
     assert grids["conv_in"] == (62, 62) and grids["up_blocks[3].resnets[0]"] == (62, 62)
 
 
 def test_the_family_names_its_semantic_and_default_anomaly_layers():
     """What the audit asks the family instead of knowing U-Net names itself."""
-    family = family_for_config(load_unet_config("sd15"))
+    family = family_for_config(load_denoiser_config("sd15"))
     names = family.paper_layers()
     semantic = family.semantic_layers(names)
     assert semantic and {block_of(n) for n in semantic} == {"up_blocks[1]", "up_blocks[2]"}

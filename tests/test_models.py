@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdaudit.models import ModelNotAvailableError, ModelSpecError, load_model, load_unet_config, parse_model_spec
-from sdaudit.models.load import state_dict_sha256
+from sdaudit.models import ModelNotAvailableError, ModelSpecError, load_model, load_denoiser_config, parse_model_spec
+from sdaudit.models.hashing import state_dict_sha256
 
 
 @pytest.mark.parametrize("spelling,key", [
@@ -43,7 +43,7 @@ def test_unknown_specs_are_clear(spec, needle):
 
 
 def test_folder_without_unet_is_refused(tmp_path):
-    with pytest.raises(ModelSpecError, match="no 'unet' subfolder"):
+    with pytest.raises(ModelSpecError, match=r"no 'unet' \(or 'transformer'\) subfolder"):
         parse_model_spec(str(tmp_path))
 
 
@@ -77,10 +77,10 @@ def test_unavailable_hub_model_gives_instructions(tmp_path, monkeypatch):
 
 
 def test_unet_configs_offline():
-    assert load_unet_config("sd15")["cross_attention_dim"] == 768
-    assert load_unet_config("sd-turbo")["cross_attention_dim"] == 1024
-    assert load_unet_config("arch:sd21")["attention_head_dim"] == [5, 10, 20, 20]
-    assert load_unet_config("tiny")["block_out_channels"] == [32, 64, 64, 64]
+    assert load_denoiser_config("sd15")["cross_attention_dim"] == 768
+    assert load_denoiser_config("sd-turbo")["cross_attention_dim"] == 1024
+    assert load_denoiser_config("arch:sd21")["attention_head_dim"] == [5, 10, 20, 20]
+    assert load_denoiser_config("tiny")["block_out_channels"] == [32, 64, 64, 64]
 
 
 

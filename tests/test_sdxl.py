@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from sdaudit.cli import app
 from sdaudit.extraction.extractor import Extractor
-from sdaudit.models import family_for_config, load_model, load_unet_config
+from sdaudit.models import family_for_config, load_model, load_denoiser_config
 from sdaudit.models.families import SDXLConditioning, SDXLFamily
 from sdaudit.settings import ExtractionSettings
 from tests.cli_helpers import layer_table_rows
@@ -44,9 +44,9 @@ def test_layers_command_matches_a_real_forward_pass(sdxl, images5):
 
 
 def test_family_of_the_sdxl_config():
-    family = family_for_config(load_unet_config("tiny-sdxl"))
+    family = family_for_config(load_denoiser_config("tiny-sdxl"))
     assert isinstance(family, SDXLFamily) and family.paper_layers() == family.layer_names()
-    assert not isinstance(family_for_config(load_unet_config("tiny")), SDXLFamily)
+    assert not isinstance(family_for_config(load_denoiser_config("tiny")), SDXLFamily)
 
 
 @pytest.mark.parametrize("protocol", ["clean", "paper"])

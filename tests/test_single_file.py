@@ -273,9 +273,9 @@ def test_unet_config_from_shapes(tiny_file, tmp_path, tiny, no_network):
                 "attention_head_dim", "norm_num_groups"):
         assert config[key] == TINY_UNET_CONFIG[key]
     # through load.py, and from a .ckpt
-    from sdaudit.models import load_unet_config
+    from sdaudit.models import load_denoiser_config
 
-    assert load_unet_config(tiny_file)["block_out_channels"] == [32, 64, 64, 64]
+    assert load_denoiser_config(tiny_file)["block_out_channels"] == [32, 64, 64, 64]
     path = tmp_path / "plain.ckpt"
     torch.save(to_ldm(tiny), path)
     assert single_file_unet_config(str(path)) == TINY_UNET_CONFIG

@@ -112,12 +112,12 @@ def models_cmd() -> None:
 @app.command("layers")
 def layers_cmd(model: Model = "sd15", size: Size = None, layers: LayerSelection = "all") -> None:
     """Print every hookable layer with its channels and token grid (no weights needed)."""
-    from .models import family_for_config, load_unet_config, parse_model_spec
+    from .models import family_for_config, load_denoiser_config, parse_model_spec
 
     _check_options(size=size)
     spec = parse_model_spec(model)
     size = size or spec.default_size
-    family = family_for_config(load_unet_config(spec))
+    family = family_for_config(load_denoiser_config(spec))
     infos, paper = family.layer_infos(size), set(family.paper_layers())
     chosen = set(family.select_layers(layers))
     table = Table(title=f"{spec.name} at {size}x{size} px: {len(chosen)} layers")

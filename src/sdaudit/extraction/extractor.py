@@ -47,7 +47,7 @@ class Extractor:
         self._context = self.family.encode_prompt(model, self.settings.prompt, protocol=self.settings.protocol)
         self.max_batch: int | None = None  # set after an out-of-memory split: the batch size that fitted
         if channels_last:
-            self.family.denoiser(model).to(memory_format=torch.channels_last)
+            model.denoiser.to(memory_format=torch.channels_last)
         if compile:
             self.family.compile_layers(model, self.available)
 

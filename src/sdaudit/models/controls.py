@@ -24,7 +24,9 @@ import torch
 
 from ..errors import UsageError
 from ..settings import CONTROLS
-from .load import LoadedModel, place, state_dict_sha256
+from .devices import place
+from .hashing import state_dict_sha256
+from .loaded import LoadedModel
 
 # not 0: sdaudit's own random-weight models (tiny, arch:*) are drawn with seed 0, and their untrained control
 # must be another draw, not the same weights again
@@ -34,25 +36,26 @@ DEFAULT_CONTROL_SEED = 1
 def control_model(model: LoadedModel, control: str, *, seed: int = DEFAULT_CONTROL_SEED) -> LoadedModel:
     """``model`` turned into the named control (``untrained`` or ``circular-padding``)."""
     if control == "untrained":
-        unet = _fresh_unet(model.unet, seed)
+        denoiser = _fresh_denoiser(model.denoiser, seed)
         label = f"untrained (seed {seed})"
     elif control == "circular-padding":
-        unet = circular_padding(model.unet)
+        denoiser = circular_padding(model.denoiser)
         label = "circular padding"
     else:
         raise UsageError(f"unknown control '{control}'; choose one of {', '.join(CONTROLS)}")
     spec = dataclasses.replace(model.spec, name=f"{model.spec.name} [{label}]")
     extra = {**model.extra, "control": {"kind": control, "label": label,
                                         "seed": seed if control == "untrained" else None, "of": model.identity()}}
-    return dataclasses.replace(model, spec=spec, unet=unet, weights_sha256=state_dict_sha256(unet), extra=extra)
+    return dataclasses.replace(model, spec=spec, denoiser=denoiser, weights_sha256=state_dict_sha256(denoiser),
+                               extra=extra)
 
 
-def _fresh_unet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
+def _fresh_denoiser(denoiser: torch.nn.Module, seed: int) -> torch.nn.Module:
     """The same architecture (same config) with diffusers' initialisation, seeded, on the same device/dtype."""
-    param = next(unet.parameters())
+    param = next(denoiser.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = type(unet).from_config(unet.config)
+        fresh = type(denoiser).from_config(denoiser.config)
     return place(fresh, param.device, param.dtype)
 
 

@@ -24,12 +24,14 @@ def hub_cache_dir() -> Path:
 
 
 def is_cached(repo_id: str, revision: str | None = None) -> bool:
-    """Whether a diffusers pipeline's index and U-Net config are in the local hub cache (no network)."""
+    """Whether a diffusers pipeline's index and denoiser config (U-Net or transformer) are in the local hub cache
+    (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
-    cache = hub_cache_dir()
-    return all(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache, revision=revision), str)
-               for name in ("model_index.json", "unet/config.json"))
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo_id, name, cache_dir=hub_cache_dir(), revision=revision), str)
+
+    return cached("model_index.json") and (cached("unet/config.json") or cached("transformer/config.json"))
 
 
 def hub_offline(local_files_only: bool) -> bool:

@@ -1,216 +1,27 @@
 """Loading a model from any source into one :class:`LoadedModel`.
 
 Every source (Hugging Face repo id, local diffusers folder, single checkpoint file, ``tiny``,
-``tiny-sdxl``, ``arch:*``) ends in the same five components: U-Net, VAE, text encoder, tokenizer and
-the model's own scheduler, plus a DDIM scheduler built from the same beta schedule for noising; SDXL
-pipelines add a second text encoder and tokenizer. Nothing here changes a component's config after
-loading.
+``tiny-sdxl``, ``arch:*``) ends in one :class:`~sdaudit.models.loaded.LoadedModel`: the denoiser
+(U-Net or transformer), VAE, text encoder(s), tokenizer(s) and the model's own scheduler. Nothing
+here changes a component's config after loading.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UsageError
-from ..validation import did_you_mean
-from .families import ModelFamily, family_for_config
+from .components import load_pipeline_components
+from .devices import place, resolve_device, resolve_dtype
 from .hashing import InBackground, file_sha256, folder_weights_sha256, state_dict_sha256
 from .hub import hub_cache_dir, hub_offline, hub_reachable, is_cached
+from .loaded import LoadedModel
 from .registry import ModelNotAvailableError, ModelSpec, parse_model_spec
 from .single_file import load_single_file, single_file_unet_config
-
-
-@dataclass
-class LoadedModel:
-    """The components sdaudit needs from a latent-diffusion model, on one device.
-
-    ``dtype`` is the compute dtype of the U-Net and text encoder; ``vae_dtype`` that of the VAE
-    (float32 where the VAE's config asks to be upcast). ``family`` (:class:`~sdaudit.models.families.ModelFamily`)
-    is what extraction talks to; it is derived from the U-Net's config when not given.
-    """
-
-    spec: ModelSpec
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler: object
-    device: torch.device
-    dtype: torch.dtype
-    vae_dtype: torch.dtype
-    revision: str | None = None
-    weights_sha256: str | None = None
-    extra: dict = field(default_factory=dict)
-    family: ModelFamily | None = None
-    text_encoder_2: torch.nn.Module | None = None  # SDXL's second (projected) text encoder
-    tokenizer_2: object = None
-
-    def __post_init__(self):
-        if self.family is None:
-            self.family = family_for_config(self.unet.config, self.vae_scale_factor)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def default_size(self) -> int:
-        """Image side in pixels the model is run at unless told otherwise."""
-        return self.spec.default_size
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent token (8 for every Stable Diffusion VAE)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
-
-    def noise_scheduler(self):
-        """A DDIM scheduler with the model's beta schedule: the paper noises latents with its ``add_noise``."""
-        from diffusers import DDIMScheduler
-
-        return DDIMScheduler.from_config(self.scheduler.config)
-
-    def identity(self) -> dict:
-        """What identifies the weights, for manifests: name, kind, location, revision, hash."""
-        return {
-            "name": self.spec.name,
-            "kind": self.spec.kind,
-            "location": self.spec.location,
-            "revision": self.revision,
-            "weights_sha256": self.weights_sha256,
-        }
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the model as a diffusers ``StableDiffusionPipeline`` folder (``StableDiffusionXLPipeline`` with a
-        second text encoder), loadable by diffusers and sdaudit."""
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        if self.text_encoder_2 is not None:
-            pipe = StableDiffusionXLPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                             text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
-                                             unet=self.unet, scheduler=self.scheduler)
-            pipe.save_pretrained(str(path))
-            return Path(path)
-        pipe = StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-        pipe.save_pretrained(str(path))
-        return Path(path)
-
-
-def available_devices() -> list[str]:
-    """The device names this machine can run on: auto, cpu, then cuda, cuda:0, ... and mps when present."""
-    names = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if torch.backends.mps.is_available():
-        names.append("mps")
-    return names
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else the CPU; any other name must be a device of this machine.
-
-    Checked here, before a model is loaded, because torch only fails at the first ``.to(device)`` (an
-    AssertionError "Torch not compiled with CUDA enabled", or "invalid device ordinal" mid-run).
-    """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        resolved = None
-    if resolved is not None and (resolved.type == "cpu" or str(resolved) in available_devices()):
-        return resolved
-    raise UsageError(f"device '{device}' is not available on this machine; available: "
-                     f"{', '.join(available_devices())}")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """'auto' is float16 on CUDA and float32 elsewhere (CPU half precision is slow and inexact)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
-    if dtype not in table:
-        names = ("auto", "float16", "bfloat16", "float32")
-        raise UsageError(f"unknown dtype '{dtype}'{did_you_mean(dtype, names)}; use one of {', '.join(names)}")
-    return table[dtype]
-
-
-def diffusers_dtype_kwarg(dtype: torch.dtype) -> dict:
-    """diffusers renamed ``torch_dtype`` to ``dtype``; pass whichever this version knows."""
-    from diffusers.utils import deprecation_utils
-
-    return {"dtype": dtype} if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else {"torch_dtype": dtype}
-
-
-def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move a component to ``device`` and ``dtype`` for inference (eval mode, no gradients)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    module = module.to(device)
-    if next(module.parameters()).dtype != dtype:
-        level = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # silence a warning about fp32 modules that these models lack
-        try:
-            module = module.to(dtype)
-        finally:
-            diffusers_logging.set_verbosity(level)
-    return module.eval().requires_grad_(False)
-
-
-def _has_second_text_encoder(location: str, common: dict) -> bool:
-    """Whether the pipeline's ``model_index.json`` names a ``text_encoder_2`` (SDXL)."""
-    from diffusers import DiffusionPipeline
-
-    try:
-        index = DiffusionPipeline.load_config(location, **common)
-    except (OSError, ValueError):
-        return False  # the component loaders give the precise error
-    return bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
-
-
-def _load_second_text_encoder(location: str, *, variant, torch_dtype, common: dict) -> dict:
-    """SDXL's ``text_encoder_2`` (with projection: it gives the pooled prompt) and ``tokenizer_2``."""
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection
-
-    encoder = CLIPTextModelWithProjection.from_pretrained(location, subfolder="text_encoder_2", variant=variant,
-                                                          dtype=torch_dtype, **common)
-    return {"text_encoder_2": encoder, "tokenizer_2": AutoTokenizer.from_pretrained(location, subfolder="tokenizer_2",
-                                                                                     **common)}
-
-
-def _load_components_pretrained(location: str, *, revision, local_files_only, variant, torch_dtype) -> dict:
-    """Load the five components of a diffusers Stable Diffusion pipeline (folder or repo id); seven for SDXL."""
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    common = {"revision": revision, "local_files_only": local_files_only}
-    second = (_load_second_text_encoder(location, variant=variant, torch_dtype=torch_dtype, common=common)
-              if _has_second_text_encoder(location, common) else {})
-    unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", variant=variant,
-                                                **diffusers_dtype_kwarg(torch_dtype), **common)
-    vae = AutoencoderKL.from_pretrained(location, subfolder="vae", variant=variant,
-                                        **diffusers_dtype_kwarg(torch.float32), **common)
-    text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", variant=variant, dtype=torch_dtype, **common)
-    tokenizer = AutoTokenizer.from_pretrained(location, subfolder="tokenizer", **common)
-    scheduler_config = diffusers.DDIMScheduler.load_config(location, subfolder="scheduler", **common)
-    scheduler_cls = getattr(diffusers, scheduler_config.get("_class_name", "PNDMScheduler"), diffusers.PNDMScheduler)
-    scheduler = scheduler_cls.from_config(scheduler_config)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler,
-            **second}
 
 
 def _hub_revision(repo_id: str, revision: str | None) -> str | None:
@@ -218,8 +29,8 @@ def _hub_revision(repo_id: str, revision: str | None) -> str | None:
     try:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(repo_id, "unet/config.json", revision=revision, local_files_only=True))
-        return path.parent.parent.name  # .../snapshots/<commit>/unet/config.json
+        path = Path(hf_hub_download(repo_id, "model_index.json", revision=revision, local_files_only=True))
+        return path.parent.name  # .../snapshots/<commit>/model_index.json
     except Exception:  # noqa: BLE001 - the revision is informative only
         return revision
 
@@ -273,7 +84,7 @@ def _from_arch(spec: ModelSpec, options: _LoadOptions) -> _Components:
 
 def _from_folder(spec: ModelSpec, options: _LoadOptions) -> _Components:
     digest = InBackground(folder_weights_sha256, Path(spec.location))
-    parts = _load_components_pretrained(spec.location, revision=None, local_files_only=True, variant=options.variant,
+    parts = load_pipeline_components(spec.location, revision=None, local_files_only=True, variant=options.variant,
                                         torch_dtype=options.torch_dtype)
     return _Components(parts, options.revision, digest.result())
 
@@ -299,7 +110,7 @@ def _check_fetchable(spec: ModelSpec, options: _LoadOptions) -> None:
 def _from_hub(spec: ModelSpec, options: _LoadOptions) -> _Components:
     _check_fetchable(spec, options)
     try:
-        parts = _load_components_pretrained(spec.location, revision=options.revision,
+        parts = load_pipeline_components(spec.location, revision=options.revision,
                                             local_files_only=options.local_files_only, variant=options.variant,
                                             torch_dtype=options.torch_dtype)
     except (OSError, ValueError, EnvironmentError) as error:
@@ -321,13 +132,15 @@ def _placed(spec: ModelSpec, loaded: _Components, device: torch.device, dtype: t
     vae_dtype = dtype if not getattr(parts["vae"].config, "force_upcast", True) else torch.float32
     if device.type == "cpu":
         vae_dtype = torch.float32
-    second = parts.get("text_encoder_2")
-    return LoadedModel(spec=spec, unet=place(parts["unet"], device, dtype), vae=place(parts["vae"], device, vae_dtype),
-                       text_encoder=place(parts["text_encoder"], device, dtype), tokenizer=parts["tokenizer"],
+    denoiser = parts["unet"] if "unet" in parts else parts["transformer"]
+    encoders = {}
+    for i in ("", "_2", "_3"):
+        if parts.get(f"text_encoder{i}") is not None:
+            encoders[f"text_encoder{i}"] = place(parts[f"text_encoder{i}"], device, dtype)
+            encoders[f"tokenizer{i}"] = parts.get(f"tokenizer{i}")
+    return LoadedModel(spec=spec, denoiser=place(denoiser, device, dtype), vae=place(parts["vae"], device, vae_dtype),
                        scheduler=parts["scheduler"], device=device, dtype=dtype, vae_dtype=vae_dtype,
-                       revision=loaded.revision, weights_sha256=loaded.weights_sha256,
-                       text_encoder_2=None if second is None else place(second, device, dtype),
-                       tokenizer_2=parts.get("tokenizer_2"))
+                       revision=loaded.revision, weights_sha256=loaded.weights_sha256, **encoders)
 
 
 def load_model(
@@ -363,13 +176,18 @@ def load_model(
     return _placed(spec, _SOURCES[spec.kind](spec, options), device, dtype)
 
 
-def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, local_files_only: bool = False,
-                     single_file_config: str | None = None) -> dict:
-    """The U-Net config of a model, without loading weights (for layer listings).
+def _denoiser_subfolder(index: dict) -> str:
+    """The denoiser's subfolder named by a pipeline's ``model_index.json``: ``transformer`` (SD3, FLUX) or ``unet``."""
+    return "transformer" if index.get("transformer") and index["transformer"][0] is not None else "unet"
 
-    Registry models with a bundled twin architecture (sd15, sd21, sd-turbo, ...) answer offline.
+
+def load_denoiser_config(model: str | ModelSpec, *, revision: str | None = None, local_files_only: bool = False,
+                         single_file_config: str | None = None) -> dict:
+    """The denoiser config (U-Net or transformer) of a model, without loading weights (for layer listings).
+
+    Registry models with a bundled twin architecture (sd15, sd21, sd-turbo, sdxl, ...) answer offline.
     """
-    from diffusers import UNet2DConditionModel
+    from diffusers import ConfigMixin, DiffusionPipeline
 
     spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
     if spec.kind == "tiny":
@@ -379,14 +197,17 @@ def load_unet_config(model: str | ModelSpec, *, revision: str | None = None, loc
     if spec.kind == "arch" or (spec.entry is not None and spec.entry.arch is not None):
         from .offline import read_arch_config
 
-        return read_arch_config(spec.location if spec.kind == "arch" else spec.entry.arch, "unet")
+        return read_arch_config(spec.location if spec.kind == "arch" else spec.entry.arch, "denoiser")
     if spec.kind == "folder":
-        return json.loads((Path(spec.location) / "unet" / "config.json").read_text())
+        index_file = Path(spec.location) / "model_index.json"
+        index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+        return json.loads((Path(spec.location) / _denoiser_subfolder(index) / "config.json").read_text())
     if spec.kind == "file":
         return single_file_unet_config(spec.location, config=single_file_config)
     _check_fetchable(spec, _LoadOptions(revision, local_files_only, None, None, torch.float32))
+    common = {"revision": revision, "local_files_only": local_files_only}
     try:
-        return dict(UNet2DConditionModel.load_config(spec.location, subfolder="unet", revision=revision,
-                                                     local_files_only=local_files_only))
+        subfolder = _denoiser_subfolder(dict(DiffusionPipeline.load_config(spec.location, **common)))
+        return dict(ConfigMixin.load_config(spec.location, subfolder=subfolder, **common))
     except OSError as error:
         raise ModelNotAvailableError(_not_available_message(spec, error)) from None

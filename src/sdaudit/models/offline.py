@@ -190,7 +190,10 @@ TINY_MODELS = {"tiny": (build_tiny, TINY_UNET_CONFIG), "tiny-sdxl": (build_tiny_
 
 
 def read_arch_config(arch: str, component: str) -> dict:
-    """A bundled component config of a full-size architecture (``sd15``, ``sd21`` or ``sdxl``)."""
+    """A bundled component config of a full-size architecture (``sd15``, ``sd21``, ``sdxl``, ...); ``denoiser``
+    reads whichever of ``unet`` and ``transformer`` the architecture has."""
+    if component == "denoiser":
+        component = "transformer" if (configs_dir() / arch / "transformer").is_dir() else "unet"
     name = "scheduler_config.json" if component == "scheduler" else "config.json"
     return json.loads((configs_dir() / arch / component / name).read_text())
 

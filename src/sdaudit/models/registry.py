@@ -6,7 +6,7 @@ A model spec is one string, as typed on the command line:
 * ``tiny``: a deterministic, randomly initialised model with SD-1.5's block layout and tiny channels;
   ``tiny-sdxl`` the same with SDXL's layout (two text encoders, added time ids);
 * ``arch:sd15`` / ``arch:sd21`` / ``arch:sdxl``: the full-size architecture from a bundled config, random weights;
-* a path to a local diffusers folder (with ``unet/`` and ``vae/``), or to one ``.safetensors`` /
+* a path to a local diffusers folder (with ``unet/`` or ``transformer/``, and ``vae/``), or to one ``.safetensors`` /
   ``.ckpt`` file in the original Stable Diffusion layout;
 * any other Hugging Face repo id (``owner/name``) of a diffusers Stable Diffusion pipeline.
 """
@@ -130,8 +130,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():
-            if not (path / "unet").is_dir():
-                raise ModelSpecError(f"'{spec}' is a folder but not a diffusers pipeline folder: it has no 'unet' subfolder")
+            if not ((path / "unet").is_dir() or (path / "transformer").is_dir()):
+                raise ModelSpecError(f"'{spec}' is a folder but not a diffusers pipeline folder: it has no 'unet' "
+                                     "(or 'transformer') subfolder")
             return ModelSpec("folder", str(path.resolve()), str(path.resolve()))
         if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
             return ModelSpec("file", str(path.resolve()), str(path.resolve()))

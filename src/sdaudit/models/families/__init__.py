@@ -1,8 +1,8 @@
 """Model families: one interface (:class:`ModelFamily`) per kind of latent-diffusion model.
 
-:func:`family_for_config` picks the family of a denoiser config: the SD-1.x/2.x U-Net, or SDXL's
-(a U-Net with the ``text_time`` added conditioning). A new family (MMDiT, FLUX) is a new module here
-and one line in that function.
+:func:`family_for_config` picks the family of a denoiser config: the first of :data:`FAMILIES` whose
+``accepts(config)`` is true (the SD-1.x/2.x U-Net accepts any other U-Net config, so it comes last).
+A new family is a new module here and one entry in :data:`FAMILIES`.
 """
 
 from __future__ import annotations
@@ -11,15 +11,20 @@ from collections.abc import Mapping
 
 from ...layer_names import LayerInfo
 from .base import ModelFamily, Sink
-from .sdxl import SDXLConditioning, SDXLFamily, is_sdxl_config
+from .sdxl import SDXLConditioning, SDXLFamily
 from .unet import UNetFamily
+
+
+#: the families, most specific first
+FAMILIES: tuple[type[ModelFamily], ...] = (SDXLFamily, UNetFamily)
 
 
 def family_for_config(config: Mapping, vae_scale_factor: int = 8) -> ModelFamily:
     """The family of a denoiser config (a diffusers ``config.json`` as a mapping)."""
-    if is_sdxl_config(config):
-        return SDXLFamily(config, vae_scale_factor)
-    return UNetFamily(config, vae_scale_factor)
+    for family in FAMILIES:
+        if family.accepts(config):
+            return family(config, vae_scale_factor)
+    raise ValueError(f"no model family accepts this denoiser config (keys: {sorted(dict(config))})")
 
 
 def layer_infos(config: Mapping, size: int, vae_scale_factor: int = 8) -> list[LayerInfo]:
@@ -27,4 +32,4 @@ def layer_infos(config: Mapping, size: int, vae_scale_factor: int = 8) -> list[L
     return family_for_config(config, vae_scale_factor).layer_infos(size)
 
 
-__all__ = ["ModelFamily", "SDXLConditioning", "SDXLFamily", "Sink", "UNetFamily", "family_for_config", "layer_infos"]
+__all__ = ["FAMILIES", "ModelFamily", "SDXLConditioning", "SDXLFamily", "Sink", "UNetFamily", "family_for_config", "layer_infos"]

@@ -31,10 +31,18 @@ class ModelFamily(ABC):
 
     #: short family name, recorded with results
     name: str = ""
+    #: the denoiser's diffusers component name ("unet" or "transformer") and the family's pipeline class
+    denoiser_component: str = "unet"
+    pipeline_class: str = ""
     #: the layer the paper's anomaly analyses (labels, norm maps) use in this family
     anomaly_layer: str = ""
 
     # ---- structure: the denoiser config is enough ---------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, config) -> bool:
+        """Whether a denoiser config (a mapping, or a diffusers ``FrozenDict``) is of this family."""
 
     @abstractmethod
     def layer_names(self) -> list[str]:
@@ -90,6 +98,3 @@ class ModelFamily(ABC):
     def compile_layers(self, model, names: Sequence[str]) -> int:
         """``torch.compile`` the named layers of the denoiser in place; how many were new."""
 
-    @abstractmethod
-    def denoiser(self, model) -> torch.nn.Module:
-        """The module the layers live in (for memory-format changes, controls and benchmarks)."""

@@ -85,6 +85,11 @@ class SDXLFamily(UNetFamily):
     """
 
     name = "sdxl-unet"
+    pipeline_class = "StableDiffusionXLPipeline"
+
+    @classmethod
+    def accepts(cls, config) -> bool:
+        return is_sdxl_config(config)
 
     def paper_layers(self) -> list[str]:
         """Every layer: the paper shows no SDXL layer set, and the helper omits none."""
@@ -121,12 +126,12 @@ class SDXLFamily(UNetFamily):
 
         def forward():
             if context.added:
-                return model.unet(sample, t, encoder_hidden_states=states,
+                return model.denoiser(sample, t, encoder_hidden_states=states,
                                   added_cond_kwargs=self.added_cond_kwargs(model, context, sample))
-            with added_conditioning_off(model.unet):  # the published helper's call: no added_cond_kwargs
-                return model.unet(sample, t, encoder_hidden_states=states)
+            with added_conditioning_off(model.denoiser):  # the published helper's call: no added_cond_kwargs
+                return model.denoiser(sample, t, encoder_hidden_states=states)
 
-        with capture_layers(model.unet, layers, lambda name, output: sink(name, self.to_grid(name, output))):
+        with capture_layers(model.denoiser, layers, lambda name, output: sink(name, self.to_grid(name, output))):
             run_until_captured(forward)
 
 

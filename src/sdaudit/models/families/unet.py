@@ -38,6 +38,8 @@ class UNetFamily(ModelFamily):
     """
 
     name = "sd-unet"
+    denoiser_component = "unet"
+    pipeline_class = "StableDiffusionPipeline"
     anomaly_layer = PAPER_ANOMALY_LAYER
 
     def __init__(self, config: Mapping, vae_scale_factor: int = 8):
@@ -46,6 +48,11 @@ class UNetFamily(ModelFamily):
         self.vae_scale_factor = int(vae_scale_factor)
 
     # ---- structure ----------------------------------------------------------------------------
+
+    @classmethod
+    def accepts(cls, config) -> bool:
+        """Any U-Net config (one with ``down_block_types``); SDXL's is claimed by its own family first."""
+        return "down_block_types" in dict(config)
 
     def layer_names(self) -> list[str]:
         return list(_layer_names(self.config_key))
@@ -79,9 +86,6 @@ class UNetFamily(ModelFamily):
 
     # ---- computation --------------------------------------------------------------------------
 
-    def denoiser(self, model) -> torch.nn.Module:
-        return model.unet
-
     def noised_inputs(self, model, pixels: torch.Tensor, indices: Sequence[int], settings) -> list[torch.Tensor]:
         return sd_noise.noised_inputs(model, pixels, indices, settings)
 
@@ -100,15 +104,15 @@ class UNetFamily(ModelFamily):
                      layers: Sequence[str], sink: Sink) -> None:
         t = torch.tensor(timestep, dtype=torch.long, device=model.device)
         context = context.expand(sample.shape[0], -1, -1).contiguous()
-        with capture_layers(model.unet, layers, lambda name, output: sink(name, self.to_grid(name, output))):
-            run_until_captured(lambda: model.unet(sample, t, encoder_hidden_states=context))
+        with capture_layers(model.denoiser, layers, lambda name, output: sink(name, self.to_grid(name, output))):
+            run_until_captured(lambda: model.denoiser(sample, t, encoder_hidden_states=context))
 
     def to_grid(self, name: str, output) -> torch.Tensor:
         """U-Net outputs are already (N, C, h, w); a module that returns a tuple contributes its first element."""
         return _first_tensor(output)
 
     def compile_layers(self, model, names: Sequence[str]) -> int:
-        return compile_layers(model.unet, names)
+        return compile_layers(model.denoiser, names)
 
 
 def _first_tensor(output) -> torch.Tensor:
