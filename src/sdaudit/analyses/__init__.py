@@ -16,6 +16,8 @@ from .correspondence import REGIONS, ViewMatchingAccumulator, ViewMatchingResult
 from .channels import (MassiveChannelAccumulator, MassiveChannelResult, channel_magnitudes, detect_massive_channels,
                        massive_channels, norm_map_without, without_channels)
 from .intervals import Bootstrap, Interval, PerImageStats, bootstrap_interval
+from .keypoints import (KEYPOINT_ALPHAS, KEYPOINT_REGIONS, KeypointMatchingAccumulator, KeypointMatchingResult,
+                        PairKeypoints, match_keypoints, predict_keypoints)
 from .labels import LabelFileError, load_labels, resolve_labels, save_labels, validate_labels
 from .position import PaperTraining, PositionProbeAccumulator, n_train_images, position_probe
 from .probe_paper import PaperProbeAccumulator
@@ -46,4 +48,6 @@ __all__ = [
     "VIEWS", "KnownView", "Correspondence", "flip_correspondence", "shift_correspondence", "crop_correspondence",
     "flip_view", "shift_view", "crop_view", "REGIONS", "ViewMatchingAccumulator", "ViewMatchingResult",
     "match_views", "chance_bias_rate",
+    "KEYPOINT_ALPHAS", "KEYPOINT_REGIONS", "PairKeypoints", "KeypointMatchingAccumulator", "KeypointMatchingResult",
+    "match_keypoints", "predict_keypoints",
 ]

@@ -128,7 +128,7 @@ def shift_view(image: Image.Image, shift: tuple[int, int], pixels_per_token: flo
     xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
     if ys.start < ys.stop and xs.start < xs.stop:
         out[yd, xd] = arr[ys, xs]
-    return Image.fromarray(out, mode=image.mode)
+    return Image.fromarray(out)
 
 
 def crop_view(image: Image.Image, fraction: float) -> Image.Image:
