@@ -24,7 +24,8 @@ def token_colours(image, ppt):
     return a.reshape(h, ppt, w, ppt, 3).mean(axis=(1, 3))
 
 
-@pytest.mark.parametrize("view", [KnownView("flip"), KnownView("shift", shift=(1, -2)), KnownView("shift", shift=(0, 3))])
+@pytest.mark.parametrize("view", [KnownView("flip"), KnownView("shift", shift=(1, -2)),
+                                  KnownView("shift", shift=(0, 3))])
 def test_flip_and_shift_views_move_tokens_as_their_correspondence_says(view):
     rows, cols, ppt = 5, 7, 4
     image, colours = block_image(rows, cols, ppt)

@@ -101,7 +101,8 @@ def chance_bias_rate(corr: Correspondence) -> dict[str, float]:
     rows, cols = corr.grid
     target = corr.target.reshape(-1, 2)
     eligible = _eligible(corr)
-    near = _within_one(np.where(eligible, target[:, 0], 0), rows) * _within_one(np.where(eligible, target[:, 1], 0), cols)
+    safe = np.where(eligible[:, None], target, 0.0)  # invalid tokens may hold any target
+    near = _within_one(safe[:, 0], rows) * _within_one(safe[:, 1], cols)
     masks = _region_masks(rows, cols)
     num, den = masks @ eligible, masks @ np.where(eligible, rows * cols - near, 0.0)
     return {name: float(a / b) if b > 0 else float("nan") for name, a, b in zip(REGIONS, num, den)}
@@ -152,7 +153,8 @@ class ViewMatchingAccumulator(Accumulator):
                  layer: str | None = None, provenance: dict | None = None, n_boot: int = DEFAULT_BOOT,
                  level: float = DEFAULT_LEVEL, seed: int = 0):
         super().__init__()
-        corr = correspondence if isinstance(correspondence, Correspondence) else Correspondence.from_dict(correspondence)
+        corr = (correspondence if isinstance(correspondence, Correspondence)
+                else Correspondence.from_dict(correspondence))  # from a checkpoint's settings
         self.correspondence, self.alphas = corr, [float(a) for a in alphas]
         self.layer, self.provenance = layer, dict(provenance or {})
         self.bootstrap = Bootstrap(n_boot=n_boot, level=level, seed=seed)
