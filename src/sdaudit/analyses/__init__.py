@@ -12,15 +12,20 @@ from .anomalies import (AnomalyDetector, AnomalyNormAccumulator, anomaly_relativ
                         detect_anomalies, detect_in_map)
 from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, border_artifacts, crop_box,
                       crop_pixels, crop_plan, group_masks, group_similarity)
+from .correspondence import REGIONS, ViewMatchingAccumulator, ViewMatchingResult, chance_bias_rate, match_views
 from .channels import (MassiveChannelAccumulator, MassiveChannelResult, channel_magnitudes, detect_massive_channels,
                        massive_channels, norm_map_without, without_channels)
 from .intervals import Bootstrap, Interval, PerImageStats, bootstrap_interval
+from .keypoints import (KEYPOINT_ALPHAS, KEYPOINT_REGIONS, KeypointMatchingAccumulator, KeypointMatchingResult,
+                        PairKeypoints, match_keypoints, predict_keypoints)
 from .labels import LabelFileError, load_labels, resolve_labels, save_labels, validate_labels
 from .position import PaperTraining, PositionProbeAccumulator, n_train_images, position_probe
 from .probe_paper import PaperProbeAccumulator
 from .recurrence import RecurrenceResult, position_recurrence
 from .results import (GROUPS, AnomalyDetectionResult, AnomalyNormResult, BorderArtifactsResult,
                       GroupSimilarityResult, ProbeResult, to_jsonable)
+from .views import (VIEWS, Correspondence, KnownView, crop_correspondence, crop_view, flip_correspondence, flip_view,
+                    shift_correspondence, shift_view)
 from .similarity import (MEASURES, SimilarityMapAccumulator, TokenMeanAccumulator, norm_map, reference_token,
                          similarity_map)
 
@@ -40,4 +45,9 @@ __all__ = [
     "to_jsonable",
     "channel_magnitudes", "massive_channels", "detect_massive_channels", "norm_map_without", "without_channels",
     "MassiveChannelAccumulator", "MassiveChannelResult",
+    "VIEWS", "KnownView", "Correspondence", "flip_correspondence", "shift_correspondence", "crop_correspondence",
+    "flip_view", "shift_view", "crop_view", "REGIONS", "ViewMatchingAccumulator", "ViewMatchingResult",
+    "match_views", "chance_bias_rate",
+    "KEYPOINT_ALPHAS", "KEYPOINT_REGIONS", "PairKeypoints", "KeypointMatchingAccumulator", "KeypointMatchingResult",
+    "match_keypoints", "predict_keypoints",
 ]
