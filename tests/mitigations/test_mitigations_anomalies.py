@@ -93,3 +93,14 @@ def test_synthetic_anomalies_are_all_repaired_and_clean_images_kept():
 def test_unknown_method_is_a_usage_error():
     with pytest.raises(UsageError, match="neighbours, mean, zero"):
         AnomalyRepair(method="median")
+
+
+def test_a_token_without_clean_neighbours_gets_the_fitted_mean_token():
+    x = smooth_maps(n_images=2)
+    m = AnomalyRepair().fit(x)
+    img = x[0].copy()
+    mask = np.zeros((N, N), bool)
+    mask[:3, :3] = True  # token (1, 1) has no non-anomalous 8-neighbour
+    out = m._repaired(img, mask)
+    np.testing.assert_allclose(out[:, 1, 1], m.mean_token_, rtol=1e-6)
+    np.testing.assert_allclose(out[:, 0, 2], (x[0, :, 0, 3] + x[0, :, 1, 3]) / 2, rtol=1e-5)

@@ -120,3 +120,14 @@ def test_unfitted_use_is_refused(tmp_path):
         PositionMean().save(tmp_path / "x.safetensors")
     with pytest.raises(UsageError, match="no images"):
         PositionMean().fit(iter([]))
+
+
+def test_torch_input_gives_the_numpy_result():
+    import torch
+
+    x = features()
+    m = PositionMean().fit(torch.from_numpy(x).half(), layer="L")
+    np.testing.assert_allclose(m.position_mean_, x.astype(np.float16).astype(np.float64).mean(axis=0), atol=1e-6)
+    out = m.transform(torch.from_numpy(x))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_array_equal(out, m.transform(x))
