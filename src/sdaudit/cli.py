@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
+from .cli_clean import clean_cmd
 from .cli_contract import Command, Commands, Group, err_console
 from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, AnomalyLayer, AuditOut, AuditStore,
                           BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
@@ -323,6 +324,9 @@ def verify_cmd(store: StoreArg) -> None:
         raise typer.Exit(1)
     console.print(f"[green]intact[/] {store}: {report.num_images} images x {report.layers} layers",
                   highlight=False)
+
+
+app.command("clean")(clean_cmd)
 
 
 def _print_extraction(report, out: Path, elapsed: float) -> None:
