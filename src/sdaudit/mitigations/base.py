@@ -100,6 +100,25 @@ class Mitigation:
         self._derive()
         return self
 
+    def merge(self, other: "Mitigation") -> "Mitigation":
+        """Add the fit of ``other`` (the same kind and parameters, fitted on other images of the same layer: a
+        shard) to this one, as if its images had been streamed through ``partial_fit``; returns self."""
+        if type(other) is not type(self) or other.get_params() != self.get_params():
+            raise MitigationMismatchError(f"cannot merge {other!r} into {self!r}")
+        if not other.n_images_:
+            return self
+        if not self.n_images_:
+            self.layer_, self.grid_, self.n_channels_ = other.layer_, other.grid_, other.n_channels_
+            self._state = {k: v.copy() for k, v in other._state.items()}
+        else:
+            if (other.layer_, other.grid_, other.n_channels_) != (self.layer_, self.grid_, self.n_channels_):
+                raise MitigationMismatchError(f"merge: {other._what()} was fitted on another layer, grid or "
+                                              f"channel count than {self._what()}")
+            self._state = self._merged_state(other._state)
+        self.n_images_ += other.n_images_
+        self._derive()
+        return self
+
     def transform(self, X: Any, *, layer: str | None = None) -> np.ndarray:
         """The mitigated features: float32 numpy of X's shape. ``layer``, when given, must be the fitted one."""
         self._check_fitted("transform")
@@ -183,6 +202,10 @@ class Mitigation:
 
     def _derive(self) -> None:
         """Set the fitted attributes (ending in ``_``) from ``self._state``."""
+
+    def _merged_state(self, other: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This fit's sufficient statistics with another fit's added (sums add; override for other kinds)."""
+        return {key: value + other[key] for key, value in self._state.items()}
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -54,6 +54,10 @@ class MassiveChannels(Mitigation):
         self._state["per_image"] = np.concatenate([self._state["per_image"], channel_magnitudes(x)])
         self._state["channel_sum"] += x.sum(axis=(0, 2, 3), dtype=np.float64)
 
+    def _merged_state(self, other):
+        return {"per_image": np.concatenate([self._state["per_image"], other["per_image"]]),
+                "channel_sum": self._state["channel_sum"] + other["channel_sum"]}
+
     def _derive(self):
         self.magnitudes_ = np.median(self._state["per_image"], axis=0).astype(np.float64)
         self.median_ = float(np.median(self.magnitudes_))
