@@ -134,3 +134,40 @@ def test_cli_clean(raw, tmp_path):
     fails_with_one_line(["clean", tmp_path / "missing", "--transform", base / "position.safetensors",
                          "--out", tmp_path / "d"], "does not exist")
     assert not (tmp_path / "d").exists()
+
+
+def test_cli_clean_fits_saves_and_applies(raw, tmp_path):
+    base, _ = raw
+    result = runner.invoke(app, ["clean", str(base / "raw"), "--fit", "position", "--layers", TARGET,
+                                 "--save", str(tmp_path / "p.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "fitted 'position'" in result.output and "5 images" in result.output
+    assert not (tmp_path / "c").exists()
+    fitted = load_mitigation(tmp_path / "p.safetensors")
+    np.testing.assert_allclose(fitted.position_mean_, load_mitigation(base / "position.safetensors").position_mean_)
+    result = runner.invoke(app, ["clean", str(base / "raw"), "--fit", "position-subspace", "--layers", TARGET,
+                                 "--save", str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    new, source = open_store(tmp_path / "c"), open_store(base / "raw")
+    assert new.layers == source.layers and store_transforms(new)[0]["kind"] == "position-subspace"
+    expected = load_mitigation(tmp_path / "s.safetensors").transform(source.read(TARGET)).astype(np.float16)
+    np.testing.assert_array_equal(new.read(TARGET), expected)
+
+
+def test_cli_clean_fit_refusals(raw, tmp_path):
+    base, _ = raw
+    store, save = base / "raw", tmp_path / "p.safetensors"
+    fails_with_one_line(["clean", store, "--out", tmp_path / "c"], "either --fit NAME")
+    fails_with_one_line(["clean", store, "--fit", "position", "--transform", base / "position.safetensors"],
+                        "either --fit NAME")
+    fails_with_one_line(["clean", store, "--fit", "position", "--layers", TARGET], "--fit needs --save")
+    fails_with_one_line(["clean", store, "--transform", base / "position.safetensors"], "--transform needs --out")
+    fails_with_one_line(["clean", store, "--fit", "position", "--save", save], "exactly one layer")
+    fails_with_one_line(["clean", store, "--fit", "position", "--layers", f"conv_in,{TARGET}", "--save", save],
+                        "exactly one layer")
+    fails_with_one_line(["clean", store, "--fit", "blur", "--layers", TARGET, "--save", save], "unknown mitigation")
+    fails_with_one_line(["clean", store, "--fit", "position", "--layers", TARGET, "--save", tmp_path / "no" / "p"],
+                        "does not exist")
+    fails_with_one_line(["clean", store, "--fit", "position", "--layers", TARGET, "--save", store / "p"],
+                        "lies in the input store")
+    assert not save.exists()

@@ -9,7 +9,8 @@ each ``{"kind", "params", "layer", "file", "sha256", "fitted_images"}``. The key
 identity (:data:`sdaudit.store.IDENTITY_FIELDS`), so ``sdaudit extract`` refuses to append raw images
 to a cleaned store; :func:`store_transforms` is how any reader asks whether a store holds cleaned features.
 
-:func:`fit_on_store` fits a mitigation on a layer of a store, streamed batch by batch.
+:func:`fit_on_store` fits a mitigation on a layer of a store, streamed batch by batch;
+:func:`fit_and_save` does that and writes the mitigation file (``sdaudit clean --fit``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,32 @@ def fit_on_store(name: str, store: str | Path | RepresentationStore, *, layer: s
     idx = list(range(source.num_images)) if images is None else [int(i) for i in images]
     batches = (source.read(layer, idx[lo:lo + batch_size]) for lo in range(0, len(idx), batch_size))
     return make_mitigation(name, **options).fit(batches, layer=layer)
+
+
+def fit_and_save(name: str, store: str | Path, save: str | Path, *, layers: str | Sequence[str] | None,
+                 batch_size: int = 16, **options: Any) -> Mitigation:
+    """Fit the mitigation ``name`` on the one layer named by ``layers`` of ``store`` (all its images) and save
+    it to ``save`` (a new or replaced file, never inside the store); returns the fitted mitigation."""
+    source = open_store(store)
+    names = [s.strip() for s in layers.split(",") if s.strip()] if isinstance(layers, str) else list(layers or [])
+    if len(names) != 1:
+        raise UsageError(f"--fit needs exactly one layer in --layers (the layer to fit), got {len(names)}")
+    save = _check_save(Path(save), source.path)
+    mitigation = fit_on_store(name, source, layer=names[0], batch_size=batch_size, **options)
+    mitigation.save(save)
+    return mitigation
+
+
+def _check_save(save: Path, store: Path) -> Path:
+    """``save`` if a mitigation file can be written there: its folder exists, it is no folder, not in the store."""
+    inside = Path(store).resolve()
+    if inside in save.resolve().parents:
+        raise OutputPathError(f"--save {save}: lies in the input store '{store}', which is never written to")
+    if save.is_dir():
+        raise OutputPathError(f"--save {save}: is a folder; give a file name (e.g. position.safetensors)")
+    if not save.parent.is_dir():
+        raise OutputPathError(f"--save {save}: folder '{save.parent}' does not exist")
+    return save
 
 
 def clean_store(store: str | Path, transform: str | Path, out: str | Path, *,
