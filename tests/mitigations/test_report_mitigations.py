@@ -16,8 +16,8 @@ def _evaluation(layer, seed):
     a = rng.standard_normal((20, 16, 6, 6)).astype(np.float32) + np.linspace(-2, 2, 6, dtype=np.float32)
     b = a[..., ::-1] + rng.standard_normal(a.shape).astype(np.float32)
     a[::2, :, 1:3, 2:4] *= 12  # anomalies
-    return evaluate_mitigations(a, {"flip": b}, ["position", "anomalies", "border"], {"flip": flip_correspondence(6, 6)},
-                                n_train=10, layer=layer, n_boot=200)
+    return evaluate_mitigations(a, {"flip": b}, ["position", "anomalies", "border"],
+                                {"flip": flip_correspondence(6, 6)}, n_train=10, layer=layer, n_boot=200)
 
 
 def test_the_section_renders_every_mitigation_per_block_with_intervals_and_verdicts():

@@ -127,19 +127,26 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+def _digits(v: float) -> int:
+    """Decimals of a percentage-point number: one, or two under 0.1 pp (so that a small effect is not '0.0')."""
+    return 1 if abs(100 * v) >= 0.1 else 2
+
+
 def _pp(v: float) -> str:
-    return f"{100 * v:.1f} pp"
+    return f"{100 * v:.{_digits(v)}f} pp"
 
 
 def _signed_interval(d: Interval) -> str:
-    return f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+    k = max(_digits(d.low), _digits(d.high))
+    return f"[{100 * d.low:+.{k}f}, {100 * d.high:+.{k}f}]"
 
 
 def _accuracy_clause(d: Interval, view: str) -> str | None:
     """'costs 3.1 pp [-5.0, -1.2] flip matching accuracy' when the interval excludes 0, else None."""
     if not d.excludes(0.0):
         return None
-    return f"{'costs' if d.estimate < 0 else 'gains'} {_pp(abs(d.estimate))} {_signed_interval(d)} {view} matching accuracy"
+    verb = "costs" if d.estimate < 0 else "gains"
+    return f"{verb} {_pp(abs(d.estimate))} {_signed_interval(d)} {view} matching accuracy"
 
 
 def _bias_clause(c: Change) -> str | None:

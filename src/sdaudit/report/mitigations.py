@@ -71,7 +71,7 @@ def render_mitigations(evaluations: Sequence[MitigationEvaluation]) -> str:
     return template.render(mitigations=mitigation_groups(evaluations))
 
 
-_COLUMNS = (("layer", 28), ("mitigation", 18), ("acc before", 24), ("acc after", 24), ("Δ acc", 26),
+_COLUMNS = (("layer", 31), ("mitigation", 17), ("acc before", 24), ("acc after", 24), ("Δ acc", 26),
             ("bias before", 24), ("bias after", 24), ("Δ bias", 26))
 
 
