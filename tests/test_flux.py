@@ -70,6 +70,8 @@ def test_family_of_the_flux_config():
     with pytest.raises(LayerError, match="multiple of 16"):
         family.layer_infos(72)
     assert not isinstance(family_for_config(load_denoiser_config("tiny-sdxl")), FluxFamily)
+    assert FluxFamily.accepts({**TINY_FLUX_TRANSFORMER_CONFIG, "_class_name": "FluxTransformer2DModel"})
+    assert not FluxFamily.accepts({**TINY_FLUX_TRANSFORMER_CONFIG, "_class_name": "Flux2Transformer2DModel"})
 
 
 @pytest.mark.parametrize("protocol", ["clean", "paper"])
@@ -212,7 +214,8 @@ def test_a_whole_audit_and_the_explorer_on_tiny_flux(flux, tmp_path):
         block = next(layer for layer in info["layers"] if layer["name"] == "single_transformer_blocks[2]")
         assert (block["rows"], block["cols"], block["kind"]) == (8, 8, "single")
         layer = "transformer_blocks[1]"
-        for endpoint, params in (("features", {"image": 0}), ("norms", {"images": "0,1"}), ("anomalies", {"images": "0,1"})):
+        queries = (("features", {"image": 0}), ("norms", {"images": "0,1"}), ("anomalies", {"images": "0,1"}))
+        for endpoint, params in queries:
             r = client.get(f"/api/stores/0/{endpoint}", params={"layer": layer, **params})
             assert r.status_code == 200, (endpoint, r.text)
         upload = io.BytesIO()

@@ -52,7 +52,8 @@ def schnell_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def helper(schnell_folder):
-    sdhelper = require("sdhelper", "sdhelper 1.0.0, the authors' helper, is not installed (pip install sdhelper==1.0.0)")
+    sdhelper = require("sdhelper",
+                       "sdhelper 1.0.0, the authors' helper, is not installed (pip install sdhelper==1.0.0)")
     reference = sdhelper.SD("FLUX-schnell", device="cpu", disable_progress_bar=True,
                             config={"name": str(schnell_folder)}, local_files_only=True)
     assert type(reference.pipeline).__name__ == "FluxPipeline" and reference.available_extract_positions == [LAYER]

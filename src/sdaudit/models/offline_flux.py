@@ -145,9 +145,10 @@ def flux_arch_parts(arch: str, device: str | torch.device, dtype: torch.dtype = 
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    clip = {k: v for k, v in read_flux_config(arch, "text_encoder").items() if k not in ("architectures", "torch_dtype")}
+    dropped = ("architectures", "torch_dtype")
+    clip = {k: v for k, v in read_flux_config(arch, "text_encoder").items() if k not in dropped}
     clip.update(bos_token_id=512, eos_token_id=513, pad_token_id=513)  # the tiny byte-level tokenizer's ids
-    t5 = {k: v for k, v in read_flux_config(arch, "text_encoder_2").items() if k not in ("architectures", "torch_dtype")}
+    t5 = {k: v for k, v in read_flux_config(arch, "text_encoder_2").items() if k not in dropped}
     default_dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(FLUX_ARCH_SEED)

@@ -22,7 +22,8 @@ from ..validation import did_you_mean
 
 #: bundled full-size architectures (``arch:<name>``, configs in ``configs/<name>/``) -> default size in px
 ARCH_CONFIGS = {"sd15": 512, "sd21": 512, "sdxl": 1024, "flux": 1024, "flux-schnell": 1024}
-TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl", "tinyflux": "tiny-flux"}  # squashed spelling -> built-in tiny model
+# squashed spelling -> built-in tiny model
+TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl", "tinyflux": "tiny-flux"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: (name, source, description, default size) of the models that need no download (``sdaudit models`` lists them).
 OFFLINE_MODELS = (

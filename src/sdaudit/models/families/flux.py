@@ -147,9 +147,11 @@ class FluxFamily(ModelFamily):
 
     @classmethod
     def accepts(cls, config) -> bool:
-        """A ``FluxTransformer2DModel`` config: it has single-stream blocks and a guidance-embedding switch."""
-        keys = set(dict(config))
-        return "num_single_layers" in keys or "guidance_embeds" in keys
+        """A ``FluxTransformer2DModel`` config: single-stream blocks and a guidance-embedding switch (and that class
+        name where the config records one: other transformers, such as FLUX.2's, have the same keys)."""
+        config = dict(config)
+        return ({"num_single_layers", "guidance_embeds"} <= set(config)
+                and config.get("_class_name", "FluxTransformer2DModel") == "FluxTransformer2DModel")
 
     def layer_names(self) -> list[str]:
         return list(_layer_names(self.config_key))
