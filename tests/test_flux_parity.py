@@ -9,7 +9,7 @@ FLUX-dev on diffusers 0.42 (``set_timesteps(1000)`` without ``mu`` raises for a 
 scheduler, and ``guidance=None`` fails on a guidance-embedding transformer). It is run as
 ``SD('FLUX-schnell', config={'name': folder}, local_files_only=True)``: the known model name picks the
 FLUX branch, the config points it at the folder. Compared: ``transformer_blocks[0]`` (the only layer
-the helper offers here), one 64 x 64 image, seed 42, timesteps 50 (the paper's) and 700. At the ten
+the helper offers here), two 64 x 64 images in one batch, seed 42, timesteps 50 (the paper's) and 700. At the ten
 timesteps where the float schedule holds no exact step + 1 (126, 250, ...) the helper raises, and
 sdaudit uses the schedule entry it means (index 999 - step): checked below.
 
@@ -65,18 +65,19 @@ def ours(schnell_folder):
 
 
 def _pair(ours, helper, timestep: int, *, requires_grad: bool):
-    image = [random_photo(3, size=(64, 64))]
+    """Two 64 px images in one batch (the helper shares its noise over the batch, encodes the prompt per image)."""
+    images = [random_photo(seed, size=(64, 64)) for seed in (3, 4)]
     settings = ExtractionSettings(size=64, protocol="paper", timestep=timestep)
-    got = Extractor(ours, [LAYER], settings).run(image, [0])[LAYER]
+    got = Extractor(ours, [LAYER], settings).run(images, [0, 1])[LAYER]
     helper.pipeline.transformer.requires_grad_(requires_grad)
-    expected = helper.img2repr(image, [LAYER], timestep, seed=settings.seed, batch_size=1)[0][LAYER].float()
-    return got, expected
+    expected = helper.img2repr(images, [LAYER], timestep, seed=settings.seed, batch_size=2)
+    return got, torch.cat([r[LAYER] for r in expected]).float()
 
 
 @pytest.mark.parametrize("timestep", [50, 700])
 def test_paper_protocol_equals_sdhelper_bitwise_on_flux_schnell(ours, helper, timestep):
     got, expected = _pair(ours, helper, timestep, requires_grad=False)
-    assert ours.family.paper_layers() == [LAYER] and got.shape == expected.shape == (1, HELPER_WIDTH, 4, 4)
+    assert ours.family.paper_layers() == [LAYER] and got.shape == expected.shape == (2, HELPER_WIDTH, 4, 4)
     assert torch.equal(got, expected)
 
 
