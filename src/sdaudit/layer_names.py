@@ -54,9 +54,11 @@ def block_of(name: str) -> str:
 
 
 def kind_of(name: str) -> str:
-    """Short layer kind used on plot axes: conv, res, attn, down or up."""
+    """Short layer kind used on plot axes: conv, res, attn, down, up; FLUX: embed, block, single, norm."""
     last = name.split(".")[-1]
-    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up")):
+    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up"),
+                         ("single_transformer_blocks", "single"), ("transformer_blocks", "block"),
+                         ("x_embedder", "embed"), ("norm_out", "norm")):
         if last.startswith(prefix):
             return kind
     return "conv"

@@ -45,7 +45,8 @@ def _not_available_message(spec: ModelSpec, error: Exception | str) -> str:
         f"\"unet/*\" \"vae/*\" \"text_encoder/*\" \"tokenizer/*\" \"scheduler/*\" model_index.json') "
         f"and copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
         f"(or a single .safetensors checkpoint) as --model PATH; with --local-files-only sdaudit never contacts "
-        f"the hub. Offline models: tiny, arch:sd15, arch:sd21, arch:sdxl, tiny-sdxl."
+        f"the hub. Offline models: tiny, arch:sd15, arch:sd21, arch:sdxl, tiny-sdxl, tiny-flux, arch:flux, "
+        f"arch:flux-schnell."
     )
 
 
@@ -73,7 +74,8 @@ def _from_tiny(spec: ModelSpec, options: _LoadOptions) -> _Components:
     from .offline import TINY_MODELS
 
     parts = TINY_MODELS[spec.location][0]()
-    return _Components(parts, options.revision, state_dict_sha256(parts["unet"]))
+    denoiser = parts["unet"] if "unet" in parts else parts["transformer"]
+    return _Components(parts, options.revision, state_dict_sha256(denoiser))
 
 
 def _from_arch(spec: ModelSpec, options: _LoadOptions) -> _Components:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .offline_flux import FLUX_ARCHS, TINY_FLUX_TRANSFORMER_CONFIG, build_flux_arch, build_tiny_flux
+
 TINY_SEED = 0
 ARCH_SEED = 0
 
@@ -186,7 +188,8 @@ def build_tiny_sdxl() -> dict:
 
 
 #: the built-in tiny models: name -> (builder, U-Net config)
-TINY_MODELS = {"tiny": (build_tiny, TINY_UNET_CONFIG), "tiny-sdxl": (build_tiny_sdxl, TINY_SDXL_UNET_CONFIG)}
+TINY_MODELS = {"tiny": (build_tiny, TINY_UNET_CONFIG), "tiny-sdxl": (build_tiny_sdxl, TINY_SDXL_UNET_CONFIG),
+               "tiny-flux": (build_tiny_flux, TINY_FLUX_TRANSFORMER_CONFIG)}
 
 
 def read_arch_config(arch: str, component: str) -> dict:
@@ -229,6 +232,8 @@ def build_arch(arch: str) -> dict:
     """
     import diffusers
 
+    if arch in FLUX_ARCHS:  # FLUX.1: a transformer, CLIP + T5 (offline_flux)
+        return build_flux_arch(arch)
     unet, vae, text_encoder = _build(read_arch_config(arch, "unet"), read_arch_config(arch, "vae"),
                                      _arch_text_config(arch, "text_encoder"), ARCH_SEED)
     scheduler_config = read_arch_config(arch, "scheduler")
