@@ -54,9 +54,10 @@ def block_of(name: str) -> str:
 
 
 def kind_of(name: str) -> str:
-    """Short layer kind used on plot axes: conv, res, attn, down or up."""
+    """Short layer kind used on plot axes: conv, res, attn, down, up (U-Nets); embed, joint, norm (SD3)."""
     last = name.split(".")[-1]
-    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up")):
+    for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up"),
+                         ("transformer_blocks", "joint"), ("pos_embed", "embed"), ("norm_out", "norm")):
         if last.startswith(prefix):
             return kind
     return "conv"

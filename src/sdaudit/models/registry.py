@@ -21,8 +21,8 @@ from ..errors import SdauditError, UsageError
 from ..validation import did_you_mean
 
 #: bundled full-size architectures (``arch:<name>``, configs in ``configs/<name>/``) -> default size in px
-ARCH_CONFIGS = {"sd15": 512, "sd21": 512, "sdxl": 1024}
-TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl"}  # squashed spelling -> built-in tiny model
+ARCH_CONFIGS = {"sd15": 512, "sd21": 512, "sdxl": 1024, "sd3": 1024, "sd35-medium": 1024}
+TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl", "tinysd3": "tiny-sd3"}  # squashed spelling -> built-in tiny model
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: (name, source, description, default size) of the models that need no download (``sdaudit models`` lists them).
 OFFLINE_MODELS = (
@@ -31,6 +31,9 @@ OFFLINE_MODELS = (
     ("arch:sd21", "bundled config", "SD-2.1 architecture, random weights", 512),
     ("tiny-sdxl", "built in", "SDXL layout (two text encoders, added time ids), tiny channels, random weights", 256),
     ("arch:sdxl", "bundled config", "SDXL base 1.0 architecture (two text encoders), random weights", 1024),
+    ("tiny-sd3", "built in", "SD3 MMDiT layout (24 joint blocks, two CLIP encoders, no T5), tiny widths, random weights", 256),
+    ("arch:sd3", "bundled config", "SD3-medium architecture (without T5-XXL), random weights", 1024),
+    ("arch:sd35-medium", "bundled config", "SD3.5-medium architecture (without T5-XXL), random weights", 1024),
 )
 
 
@@ -70,6 +73,12 @@ REGISTRY: dict[str, RegistryEntry] = {
         RegistryEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "sdxl", "Stable Diffusion XL base 1.0",
                       ("sdxlbase", "sdxlbase10")),
         RegistryEntry("sdxl-turbo", "stabilityai/sdxl-turbo", 512, "sdxl", "SDXL-Turbo", ("sdxlturbo",)),
+        RegistryEntry("sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 1024, "sd3", "Stable Diffusion 3 medium",
+                      ("sd3medium", "stablediffusion3")),
+        RegistryEntry("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", 1024, "sd35-medium",
+                      "Stable Diffusion 3.5 medium", ("sd35m", "stablediffusion35medium")),
+        RegistryEntry("sd35-large", "stabilityai/stable-diffusion-3.5-large", 1024, None, "Stable Diffusion 3.5 large",
+                      ("stablediffusion35large",)),
     ]
 }
 
@@ -107,7 +116,7 @@ for _entry in REGISTRY.values():
 
 def known_model_names() -> list[str]:
     """Every name accepted besides paths and repo ids, for help texts and errors."""
-    return ["tiny", *(f"arch:{a}" for a in ARCH_CONFIGS), "tiny-sdxl", *REGISTRY]
+    return ["tiny", *(f"arch:{a}" for a in ARCH_CONFIGS), "tiny-sdxl", "tiny-sd3", *REGISTRY]
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
@@ -121,7 +130,8 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if spec.lower().startswith("arch:"):
         arch = _squash(spec[5:])
         arch = {"sd1": "sd15", "sd2": "sd21", "sd14": "sd15", "sd20": "sd21", "sdturbo": "sd21",
-                "sdxlbase": "sdxl", "sdxlbase10": "sdxl", "sdxlturbo": "sdxl"}.get(arch, arch)
+                "sdxlbase": "sdxl", "sdxlbase10": "sdxl", "sdxlturbo": "sdxl", "sd3medium": "sd3",
+                "sd35medium": "sd35-medium"}.get(arch, arch)
         if arch not in ARCH_CONFIGS:
             archs = [f"arch:{a}" for a in ARCH_CONFIGS]
             raise ModelSpecError(f"unknown architecture '{spec}'{did_you_mean(spec, archs)}; choose one of: "

@@ -11,12 +11,13 @@ from collections.abc import Mapping
 
 from ...layer_names import LayerInfo
 from .base import ModelFamily, Sink
+from .sd3 import SD3Conditioning, SD3Family
 from .sdxl import SDXLConditioning, SDXLFamily
 from .unet import UNetFamily
 
 
 #: the families, most specific first
-FAMILIES: tuple[type[ModelFamily], ...] = (SDXLFamily, UNetFamily)
+FAMILIES: tuple[type[ModelFamily], ...] = (SD3Family, SDXLFamily, UNetFamily)
 
 
 def family_for_config(config: Mapping, vae_scale_factor: int = 8) -> ModelFamily:
@@ -32,4 +33,4 @@ def layer_infos(config: Mapping, size: int, vae_scale_factor: int = 8) -> list[L
     return family_for_config(config, vae_scale_factor).layer_infos(size)
 
 
-__all__ = ["FAMILIES", "ModelFamily", "SDXLConditioning", "SDXLFamily", "Sink", "UNetFamily", "family_for_config", "layer_infos"]
+__all__ = ["FAMILIES", "ModelFamily", "SD3Conditioning", "SD3Family", "SDXLConditioning", "SDXLFamily", "Sink", "UNetFamily", "family_for_config", "layer_infos"]
