@@ -96,7 +96,8 @@ def _model_rows() -> list[tuple[str, str, str, str, str]]:
 def models_cmd() -> None:
     """List the known models, and whether each is available on this machine (no download needed)."""
     rows = _model_rows()
-    table = Table(title="Known models")
+    # one space between columns and none at the edges: the longest repo id (SD3's, 47 characters) fits in 80 columns
+    table = Table(title="Known models", collapse_padding=True, pad_edge=False)
     table.add_column("name", no_wrap=True)
     # the repo id never wraps (it is copied into commands); the description under it wraps at its width
     table.add_column("source", min_width=max(len(source) for _, source, *_ in rows))
