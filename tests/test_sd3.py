@@ -53,7 +53,8 @@ def test_layers_command_matches_a_real_forward_pass(sd3, images5):
     assert "26 layers" in result.output
     rows = layer_table_rows(result.output)
     assert list(rows) == sd3.family.layer_names() == SD3_NAMES
-    assert sd3.denoiser.transformer_blocks[-1].context_pre_only and not sd3.denoiser.transformer_blocks[0].context_pre_only
+    blocks = sd3.denoiser.transformer_blocks
+    assert blocks[-1].context_pre_only and not any(b.context_pre_only for b in blocks[:-1])
     reps = _run(sd3, images5[:1], "clean")
     assert {n: (v.shape[1], f"{v.shape[2]}x{v.shape[3]}") for n, v in reps.items()} == rows
     assert set(rows.values()) == {(32, "4x4")}

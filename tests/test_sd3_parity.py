@@ -4,19 +4,21 @@ pipeline, every joint block, same images, seed, timestep and batch size, offline
 The helper's SD3 branch (``SD._img2repr``, sdhelper.py:551-569) reshapes every block's image stream to
 1536 channels, hard-coded (SD3-medium's width). ``tiny-sd3`` is 32 channels wide, so the compared
 pipeline is ``tiny-sd3`` with its transformer swapped for one of SD3-medium's width (24 heads x 64 =
-1536) and 2 joint blocks (the last ``context_pre_only``, as in SD3); VAE, text encoders and scheduler
-are tiny-sd3's, plus the tiny T5 encoder (``build_tiny_sd3(t5=True)``): diffusers' ``from_pretrained``, which the
-helper calls with no extra arguments, cannot load an SD3 folder saved without T5.
+1536) and 2 joint blocks (the last ``context_pre_only``, as in SD3); VAE, CLIP encoders and scheduler
+are tiny-sd3's, plus the tiny T5 encoder (``build_tiny_sd3(t5=True)``): diffusers' ``from_pretrained``,
+which the helper calls with no extra arguments, cannot load an SD3 folder saved without T5. The helper
+is run with a config override of its known model, ``SD('SD3', config={'name': folder})`` (its
+``__init__`` takes ``config`` in place of the known model's), so that ``model_name`` is 'SD3' and
+``_img2repr`` takes the SD3 branch; ``AutoPipelineForText2Image`` loads the folder as a
+``StableDiffusion3Pipeline``. Nothing downloads.
 
-Two differences are not the protocol's. (1) The helper loads every pipeline in float16 and casts it to
-float32 on the CPU, which rounds the transformer's sin-cos position table (a float32 buffer, not a
-weight: the weights here are float16-exact) by up to 2.4e-4; the helper's table is restored to
-the model's float32 one (the fixture checks that this is the only change). (2) The pooled prompt (see the
-last test), and the ``requires_grad`` flag's effect on ``torch.matmul`` that test_sdxl_parity describes: with
-those out of the way the features are bitwise equal; with them left, equal to 1e-5 (max 5e-7 seen). The helper is run as its README says for a known model with a config override:
-``SD('SD3', config={'name': folder})``, so that ``model_name`` is 'SD3' and ``_img2repr`` takes the
-SD3 branch; ``AutoPipelineForText2Image`` loads the folder (a ``StableDiffusion3Pipeline``); both sides
-condition through the pipeline's ``encode_prompt`` with T5. Nothing downloads.
+Three differences are not the protocol's. (1) The helper loads every pipeline in float16 and casts it
+to float32 on the CPU, which rounds the transformer's sin-cos position table (a float32 buffer, not a
+weight: the weights here are float16-exact) by up to 2.4e-4; the helper's table is restored to the
+model's float32 one (the fixture checks that this is the only change). (2) The pooled prompt (see the
+last test). (3) The ``requires_grad`` flag's effect on ``torch.matmul`` that test_sdxl_parity
+describes. With (1) restored the features are equal to 1e-5 (max 5e-7 seen); with all three out of
+the way, bitwise equal.
 """
 
 from __future__ import annotations

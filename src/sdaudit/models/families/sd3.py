@@ -110,8 +110,8 @@ class SD3Family(ModelFamily):
                 raise LayerError(f"size {side} px is not a positive multiple of {m} (VAE factor "
                                  f"{self.vae_scale_factor} x patch size {self.patch_size})")
             if self.max_tokens is not None and side // m > int(self.max_tokens):
-                raise LayerError(f"size {side} px gives {side // m} tokens per side, more than the model's "
-                                 f"position table ({self.max_tokens}, pos_embed_max_size): at most {int(self.max_tokens) * m} px")
+                raise LayerError(f"size {side} px gives {side // m} tokens per side, more than the model's position "
+                                 f"table (pos_embed_max_size {self.max_tokens}): at most {int(self.max_tokens) * m} px")
         return height_px // m, width_px // m
 
     def layer_infos(self, size: int) -> list[LayerInfo]:
