@@ -347,7 +347,7 @@ def _print_audit(written: dict, out: Path, elapsed: float) -> None:
     per_run = f" in each of {results.n_runs} runs (timesteps, noise seeds, controls)" if results.n_runs > 1 else ""
     when = f"on {results.created}" if _written_before(results.created, elapsed) else f"in {elapsed:.1f} s"
     console.print(f"[green]audited[/] {len(results.images)} images x {len(results.layers)} layers "
-                  f"with {results.unet_passes_per_image} U-Net passes per image{per_run} {when}")
+                  f"with {results.unet_passes_per_image} denoiser passes per image{per_run} {when}")
     _print_caveats(results)
     _print_errors(results.skipped())
     if results.non_finite:  # named here too: these layers have no numbers, maps or figures
