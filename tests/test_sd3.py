@@ -68,6 +68,8 @@ def test_family_of_the_sd3_configs():
     for name in ("tiny", "tiny-sdxl", "arch:sdxl"):
         assert not isinstance(family_for_config(load_denoiser_config(name)), SD3Family), name
     assert family.default_anomaly_layer(family.paper_layers()) == "transformer_blocks[12]"
+    assert family.select_layers("transformer_blocks") == family.select_layers("paper") == SD3_NAMES[1:-1]
+    assert family.select_layers("norm_out,pos_embed,transformer_blocks.3") == ["pos_embed", SD3_NAMES[4], "norm_out"]
 
 
 @pytest.mark.parametrize("protocol", ["clean", "paper"])

@@ -86,7 +86,8 @@ def select_layers(spec: str | Iterable[str], available: Sequence[str], *, paper:
 
     ``spec`` is ``"all"``, ``"paper"`` (the layers in ``paper``: the model family's paper set), or
     names separated by commas (or an iterable of names). A block name (``up_blocks[1]``,
-    ``mid_block``, ``down_blocks.2``) expands to its layers. Unknown names raise
+    ``mid_block``, ``down_blocks.2``) expands to its layers, a module list's name (``transformer_blocks``,
+    ``up_blocks``) to all of its blocks' layers. Unknown names raise
     :class:`LayerError` naming the closest valid names.
     """
     items = [normalize_name(s) for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
@@ -105,6 +106,8 @@ def select_layers(spec: str | Iterable[str], available: Sequence[str], *, paper:
             chosen.add(item)
         elif item in blocks:
             chosen.update(n for n in available if block_of(n) == item)
+        elif any(n.startswith(item + "[") for n in available):  # a whole module list: transformer_blocks, up_blocks
+            chosen.update(n for n in available if n.startswith(item + "["))
         else:
             raise LayerError(f"unknown layer '{item}'{did_you_mean(item, ['all', 'paper', *blocks, *available])}; "
                              f"'sdaudit layers --model MODEL' lists the model's {len(available)} layers and "
