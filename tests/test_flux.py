@@ -65,7 +65,7 @@ def test_family_of_the_flux_config():
     family = family_for_config(load_denoiser_config("tiny-flux"))
     assert isinstance(family, FluxFamily) and family.denoiser_component == "transformer"
     assert family.paper_layers() == ["transformer_blocks[0]", "transformer_blocks[1]"]
-    assert [i.kind for i in family.layer_infos(64)] == ["embed", "block", "block"] + ["single"] * 4 + ["norm"]
+    assert [i.kind for i in family.layer_infos(64)] == ["embed", "joint", "joint"] + ["single"] * 4 + ["norm"]
     assert family.layer_infos(96)[0].grid == (6, 6)
     with pytest.raises(LayerError, match="multiple of 16"):
         family.layer_infos(72)

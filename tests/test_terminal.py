@@ -155,4 +155,4 @@ def test_cli_audit_prints_stages_and_ends_with_the_closing_summary(folder, tmp_p
     rerun = runner.invoke(app, args)
     assert rerun.exit_code == 0 and sum("finished audit" in line for line in rerun.output.splitlines()) == 1
     created = json.loads((tmp_path / "o" / "results.json").read_text())["created"]
-    assert f"on {created}" in rerun.output and "U-Net passes per image in " in result.output
+    assert f"on {created}" in rerun.output and "denoiser passes per image in " in result.output

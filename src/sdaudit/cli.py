@@ -97,7 +97,8 @@ def _model_rows() -> list[tuple[str, str, str, str, str]]:
 def models_cmd() -> None:
     """List the known models, and whether each is available on this machine (no download needed)."""
     rows = _model_rows()
-    table = Table(title="Known models")
+    # one space between columns and none at the edges: the longest repo id (SD3's, 47 characters) fits in 80 columns
+    table = Table(title="Known models", collapse_padding=True, pad_edge=False)
     table.add_column("name", no_wrap=True)
     # the repo id never wraps (it is copied into commands); the description under it wraps at its width
     table.add_column("source", min_width=max(len(source) for _, source, *_ in rows))
@@ -350,7 +351,7 @@ def _print_audit(written: dict, out: Path, elapsed: float) -> None:
     per_run = f" in each of {results.n_runs} runs (timesteps, noise seeds, controls)" if results.n_runs > 1 else ""
     when = f"on {results.created}" if _written_before(results.created, elapsed) else f"in {elapsed:.1f} s"
     console.print(f"[green]audited[/] {len(results.images)} images x {len(results.layers)} layers "
-                  f"with {results.unet_passes_per_image} U-Net passes per image{per_run} {when}")
+                  f"with {results.unet_passes_per_image} denoiser passes per image{per_run} {when}")
     _print_caveats(results)
     _print_errors(results.skipped())
     if results.non_finite:  # named here too: these layers have no numbers, maps or figures

@@ -61,7 +61,7 @@ def _table(results: AuditResults, elapsed: float):
     from .audit.caveats import ratio_text, with_interval
 
     table = Table(title=f"{len(results.images)} images, {len(results.layers)} layers, "
-                        f"{results.unet_passes_per_image} U-Net passes per image ({elapsed:.0f} s); random weights")
+                        f"{results.unet_passes_per_image} denoiser passes per image ({elapsed:.0f} s); random weights")
     table.add_column("layer", no_wrap=True, min_width=30)
     for column in ("grid", "probe acc (finest)", "chance", "corner rel. sim. [95 % interval]", "anomaly rel. norm"):
         table.add_column(column, justify="right")

@@ -54,11 +54,12 @@ def block_of(name: str) -> str:
 
 
 def kind_of(name: str) -> str:
-    """Short layer kind used on plot axes: conv, res, attn, down, up; FLUX: embed, block, single, norm."""
+    """Short layer kind used on plot axes: conv, res, attn, down, up (U-Nets); embed, joint, single, norm (SD3, FLUX:
+    ``joint`` is a double-stream MMDiT block, ``single`` a FLUX single-stream block)."""
     last = name.split(".")[-1]
     for prefix, kind in (("resnets", "res"), ("attentions", "attn"), ("downsamplers", "down"), ("upsamplers", "up"),
-                         ("single_transformer_blocks", "single"), ("transformer_blocks", "block"),
-                         ("x_embedder", "embed"), ("norm_out", "norm")):
+                         ("single_transformer_blocks", "single"), ("transformer_blocks", "joint"),
+                         ("x_embedder", "embed"), ("pos_embed", "embed"), ("norm_out", "norm")):
         if last.startswith(prefix):
             return kind
     return "conv"
@@ -87,7 +88,8 @@ def select_layers(spec: str | Iterable[str], available: Sequence[str], *, paper:
 
     ``spec`` is ``"all"``, ``"paper"`` (the layers in ``paper``: the model family's paper set), or
     names separated by commas (or an iterable of names). A block name (``up_blocks[1]``,
-    ``mid_block``, ``down_blocks.2``) expands to its layers. Unknown names raise
+    ``mid_block``, ``down_blocks.2``) expands to its layers, a module list's name (``transformer_blocks``,
+    ``up_blocks``) to all of its blocks' layers. Unknown names raise
     :class:`LayerError` naming the closest valid names.
     """
     items = [normalize_name(s) for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
@@ -106,6 +108,8 @@ def select_layers(spec: str | Iterable[str], available: Sequence[str], *, paper:
             chosen.add(item)
         elif item in blocks:
             chosen.update(n for n in available if block_of(n) == item)
+        elif any(n.startswith(item + "[") for n in available):  # a whole module list: transformer_blocks, up_blocks
+            chosen.update(n for n in available if n.startswith(item + "["))
         else:
             raise LayerError(f"unknown layer '{item}'{did_you_mean(item, ['all', 'paper', *blocks, *available])}; "
                              f"'sdaudit layers --model MODEL' lists the model's {len(available)} layers and "

@@ -33,11 +33,13 @@ def _has_second_text_encoder(index: dict) -> bool:
     return bool(index.get("text_encoder_2")) and index["text_encoder_2"][0] is not None
 
 
-def _load_transformer_pipeline(location: str, *, variant, torch_dtype, common: dict) -> dict:
-    """The components of an SD3 / FLUX pipeline, loaded by diffusers (``None`` parts, such as a left-out T5, dropped)."""
+def _load_transformer_pipeline(location: str, *, variant, torch_dtype, common: dict, absent: dict) -> dict:
+    """The components of an SD3 / FLUX pipeline, loaded by diffusers (``None`` parts, such as a left-out T5, dropped).
+    ``absent``: {name: None} for the parts the folder saved as null, which diffusers wants passed explicitly."""
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(location, variant=variant, **diffusers_dtype_kwarg(torch_dtype), **common)
+    pipe = DiffusionPipeline.from_pretrained(location, variant=variant, **diffusers_dtype_kwarg(torch_dtype), **common,
+                                             **absent)
     return {name: part for name, part in pipe.components.items() if part is not None}
 
 
@@ -61,7 +63,9 @@ def load_pipeline_components(location: str, *, revision, local_files_only, varia
     common = {"revision": revision, "local_files_only": local_files_only}
     index = _model_index(location, common)
     if index.get("_class_name") in TRANSFORMER_PIPELINES:
-        return _load_transformer_pipeline(location, variant=variant, torch_dtype=torch_dtype, common=common)
+        absent = {name: None for name, value in index.items() if isinstance(value, list) and value[0] is None}
+        return _load_transformer_pipeline(location, variant=variant, torch_dtype=torch_dtype, common=common,
+                                          absent=absent)
     second = (_load_second_text_encoder(location, variant=variant, torch_dtype=torch_dtype, common=common)
               if _has_second_text_encoder(index) else {})
     unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", variant=variant,

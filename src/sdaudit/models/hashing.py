@@ -35,11 +35,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def folder_weights_sha256(folder: Path) -> str:
-    """Hash of a diffusers folder's denoiser weights (``unet/`` or ``transformer/``: the files that decide the
+    """Hash of a diffusers folder's denoiser weights (U-Net or transformer: the files that decide the
     representations) and configs."""
     h = hashlib.sha256()
-    unet = folder / "unet" if (folder / "unet").is_dir() else folder / "transformer"
-    files = sorted(p for p in unet.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    denoiser = folder / "unet" if (folder / "unet").is_dir() else folder / "transformer"
+    files = sorted(p for p in denoiser.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
     for p in files:
         h.update(p.name.encode())
         h.update(file_sha256(p).encode())

@@ -45,8 +45,8 @@ def _not_available_message(spec: ModelSpec, error: Exception | str) -> str:
         f"\"unet/*\" \"vae/*\" \"text_encoder/*\" \"tokenizer/*\" \"scheduler/*\" model_index.json') "
         f"and copy the Hugging Face cache (~/.cache/huggingface) here, or pass the downloaded folder "
         f"(or a single .safetensors checkpoint) as --model PATH; with --local-files-only sdaudit never contacts "
-        f"the hub. Offline models: tiny, arch:sd15, arch:sd21, arch:sdxl, tiny-sdxl, tiny-flux, arch:flux, "
-        f"arch:flux-schnell."
+        f"the hub. Offline models: tiny, arch:sd15, arch:sd21, arch:sdxl, tiny-sdxl, tiny-sd3, arch:sd3, "
+        f"arch:sd35-medium, tiny-flux, arch:flux, arch:flux-schnell."
     )
 
 
@@ -70,18 +70,26 @@ class _Components:
     weights_sha256: str | None = None
 
 
-def _from_tiny(spec: ModelSpec, options: _LoadOptions) -> _Components:
+def _tiny_models() -> dict:
+    """Every built-in tiny model: name -> (builder, denoiser config)."""
     from .offline import TINY_MODELS
+    from .offline_sd3 import SD3_TINY_MODELS
 
-    parts = TINY_MODELS[spec.location][0]()
+    return {**TINY_MODELS, **SD3_TINY_MODELS}
+
+
+def _from_tiny(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    parts = _tiny_models()[spec.location][0]()
     denoiser = parts["unet"] if "unet" in parts else parts["transformer"]
     return _Components(parts, options.revision, state_dict_sha256(denoiser))
 
 
 def _from_arch(spec: ModelSpec, options: _LoadOptions) -> _Components:
     from .offline import ARCH_SEED, build_arch
+    from .offline_sd3 import SD3_ARCHS, build_arch_sd3
 
-    return _Components(build_arch(spec.location), f"random-init seed={ARCH_SEED} torch={torch.__version__}")
+    builder = build_arch_sd3 if spec.location in SD3_ARCHS else build_arch
+    return _Components(builder(spec.location), f"random-init seed={ARCH_SEED} torch={torch.__version__}")
 
 
 def _from_folder(spec: ModelSpec, options: _LoadOptions) -> _Components:
@@ -193,9 +201,7 @@ def load_denoiser_config(model: str | ModelSpec, *, revision: str | None = None,
 
     spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
     if spec.kind == "tiny":
-        from .offline import TINY_MODELS
-
-        return dict(TINY_MODELS[spec.location][1])
+        return dict(_tiny_models()[spec.location][1])
     if spec.kind == "arch" or (spec.entry is not None and spec.entry.arch is not None):
         from .offline import read_arch_config
 

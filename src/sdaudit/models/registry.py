@@ -21,9 +21,10 @@ from ..errors import SdauditError, UsageError
 from ..validation import did_you_mean
 
 #: bundled full-size architectures (``arch:<name>``, configs in ``configs/<name>/``) -> default size in px
-ARCH_CONFIGS = {"sd15": 512, "sd21": 512, "sdxl": 1024, "flux": 1024, "flux-schnell": 1024}
+ARCH_CONFIGS = {"sd15": 512, "sd21": 512, "sdxl": 1024, "sd3": 1024, "sd35-medium": 1024, "flux": 1024,
+                "flux-schnell": 1024}
 # squashed spelling -> built-in tiny model
-TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl", "tinyflux": "tiny-flux"}
+TINY_NAMES = {"tiny": "tiny", "tinysdxl": "tiny-sdxl", "tinysd3": "tiny-sd3", "tinyflux": "tiny-flux"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 #: (name, source, description, default size) of the models that need no download (``sdaudit models`` lists them).
 OFFLINE_MODELS = (
@@ -32,6 +33,9 @@ OFFLINE_MODELS = (
     ("arch:sd21", "bundled config", "SD-2.1 architecture, random weights", 512),
     ("tiny-sdxl", "built in", "SDXL layout (two text encoders, added time ids), tiny channels, random weights", 256),
     ("arch:sdxl", "bundled config", "SDXL base 1.0 architecture (two text encoders), random weights", 1024),
+    ("tiny-sd3", "built in", "SD3 MMDiT layout (24 joint blocks, two CLIP encoders, no T5), tiny widths, random weights", 256),
+    ("arch:sd3", "bundled config", "SD3-medium architecture (without T5-XXL), random weights", 1024),
+    ("arch:sd35-medium", "bundled config", "SD3.5-medium architecture (without T5-XXL), random weights", 1024),
     ("tiny-flux", "built in", "FLUX.1-dev layout (double + single blocks, CLIP + T5, guidance), tiny widths", 256),
     ("arch:flux", "bundled config", "FLUX.1-dev architecture, random weights (built on a GPU only)", 1024),
     ("arch:flux-schnell", "bundled config", "FLUX.1-schnell architecture, random weights (built on a GPU only)", 1024),
@@ -74,6 +78,12 @@ REGISTRY: dict[str, RegistryEntry] = {
         RegistryEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "sdxl", "Stable Diffusion XL base 1.0",
                       ("sdxlbase", "sdxlbase10")),
         RegistryEntry("sdxl-turbo", "stabilityai/sdxl-turbo", 512, "sdxl", "SDXL-Turbo", ("sdxlturbo",)),
+        RegistryEntry("sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 1024, "sd3", "Stable Diffusion 3 medium",
+                      ("sd3medium", "stablediffusion3")),
+        RegistryEntry("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", 1024, "sd35-medium",
+                      "Stable Diffusion 3.5 medium", ("sd35m", "stablediffusion35medium")),
+        RegistryEntry("sd35-large", "stabilityai/stable-diffusion-3.5-large", 1024, None, "Stable Diffusion 3.5 large",
+                      ("stablediffusion35large",)),
         RegistryEntry("flux-dev", "black-forest-labs/FLUX.1-dev", 1024, "flux", "FLUX.1-dev", ("flux1dev",)),
         RegistryEntry("flux-schnell", "black-forest-labs/FLUX.1-schnell", 1024, "flux-schnell", "FLUX.1-schnell",
                       ("flux1schnell",)),
@@ -114,7 +124,7 @@ for _entry in REGISTRY.values():
 
 def known_model_names() -> list[str]:
     """Every name accepted besides paths and repo ids, for help texts and errors."""
-    return ["tiny", *(f"arch:{a}" for a in ARCH_CONFIGS), "tiny-sdxl", "tiny-flux", *REGISTRY]
+    return ["tiny", *(f"arch:{a}" for a in ARCH_CONFIGS), "tiny-sdxl", "tiny-sd3", "tiny-flux", *REGISTRY]
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
@@ -128,9 +138,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if spec.lower().startswith("arch:"):
         arch = _squash(spec[5:])
         arch = {"sd1": "sd15", "sd2": "sd21", "sd14": "sd15", "sd20": "sd21", "sdturbo": "sd21",
-                "sdxlbase": "sdxl", "sdxlbase10": "sdxl", "sdxlturbo": "sdxl",
-                "fluxdev": "flux", "flux1dev": "flux", "fluxschnell": "flux-schnell", "flux1schnell": "flux-schnell",
-                }.get(arch, arch)
+                "sdxlbase": "sdxl", "sdxlbase10": "sdxl", "sdxlturbo": "sdxl", "sd3medium": "sd3",
+                "sd35medium": "sd35-medium", "fluxdev": "flux", "flux1dev": "flux", "fluxschnell": "flux-schnell",
+                "flux1schnell": "flux-schnell"}.get(arch, arch)
         if arch not in ARCH_CONFIGS:
             archs = [f"arch:{a}" for a in ARCH_CONFIGS]
             raise ModelSpecError(f"unknown architecture '{spec}'{did_you_mean(spec, archs)}; choose one of: "

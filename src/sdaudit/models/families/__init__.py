@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from ...layer_names import LayerInfo
 from .base import ModelFamily, Sink
 from .flux import FluxConditioning, FluxFamily
+from .sd3 import SD3Conditioning, SD3Family
 from .sdxl import SDXLConditioning, SDXLFamily
 from .unet import UNetFamily
 
 
 #: the families, most specific first
-FAMILIES: tuple[type[ModelFamily], ...] = (FluxFamily, SDXLFamily, UNetFamily)
+FAMILIES: tuple[type[ModelFamily], ...] = (FluxFamily, SD3Family, SDXLFamily, UNetFamily)
 
 
 def family_for_config(config: Mapping, vae_scale_factor: int = 8) -> ModelFamily:
@@ -33,4 +34,5 @@ def layer_infos(config: Mapping, size: int, vae_scale_factor: int = 8) -> list[L
     return family_for_config(config, vae_scale_factor).layer_infos(size)
 
 
-__all__ = ["FAMILIES", "FluxConditioning", "FluxFamily", "ModelFamily", "SDXLConditioning", "SDXLFamily", "Sink", "UNetFamily", "family_for_config", "layer_infos"]
+__all__ = ["FAMILIES", "FluxConditioning", "FluxFamily", "ModelFamily", "SD3Conditioning", "SD3Family",
+           "SDXLConditioning", "SDXLFamily", "Sink", "UNetFamily", "family_for_config", "layer_infos"]
