@@ -11,7 +11,8 @@ from sdaudit.cli import app
 from sdaudit.errors import UsageError
 from sdaudit.models import family_for_config, load_denoiser_config, parse_model_spec
 from sdaudit.models.families import FluxFamily
-from sdaudit.models.offline import build_arch, read_arch_config
+from sdaudit.models.offline import build_arch
+from sdaudit.models.offline_common import read_arch_config
 from sdaudit.models.offline_flux import flux_arch_parts
 from sdaudit.models.registry import OFFLINE_MODELS, REGISTRY, known_model_names
 from tests.cli_helpers import layer_table_rows

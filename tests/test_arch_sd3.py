@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from sdaudit.cli import app
 from sdaudit.models import family_for_config, load_denoiser_config, parse_model_spec
 from sdaudit.models.families import SD3Family
-from sdaudit.models.offline import read_arch_config
+from sdaudit.models.offline_common import read_arch_config
 from sdaudit.models.offline_sd3 import build_arch_sd3
 from sdaudit.models.registry import OFFLINE_MODELS, REGISTRY, known_model_names
 from tests.cli_helpers import layer_table_rows

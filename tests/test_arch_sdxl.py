@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from sdaudit.cli import app
 from sdaudit.models import family_for_config, load_denoiser_config, parse_model_spec
 from sdaudit.models.families import SDXLFamily
-from sdaudit.models.offline import build_arch, read_arch_config
+from sdaudit.models.offline import build_arch
+from sdaudit.models.offline_common import read_arch_config
 from sdaudit.models.registry import OFFLINE_MODELS, known_model_names
 from tests.cli_helpers import layer_table_rows
 

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from sdaudit.models import ModelNotAvailableError, load_model
 from sdaudit.models import single_file, single_file_plan
-from sdaudit.models.offline import TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, read_arch_config
+from sdaudit.models.offline import TINY_UNET_CONFIG
+from sdaudit.models.offline_common import TINY_TEXT_CONFIG, TINY_VAE_CONFIG, read_arch_config
 from sdaudit.models.single_file import load_single_file, single_file_unet_config
 
 # --------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_unknown_architecture_is_inferred_with_a_warning(tmp_path, no_network):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdaudit.models.offline import load_tokenizer_tiny
+    from sdaudit.models.offline_common import load_tokenizer_tiny
 
     torch.manual_seed(0)
     unet_config = {**TINY_UNET_CONFIG, "block_out_channels": [32, 32, 64, 64], "norm_num_groups": 32,
@@ -360,7 +361,7 @@ def test_missing_sd_tokenizer_is_a_clear_error(tiny, tmp_path, monkeypatch, no_n
     """A 49408-token CLIP text encoder needs the real tokenizer: from a config folder or the HF cache, never 'tiny'."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdaudit.models.offline import load_tokenizer_tiny
+    from sdaudit.models.offline_common import load_tokenizer_tiny
 
     monkeypatch.setattr(single_file, "SD1_TOKENIZER_SOURCES", [("sdaudit-test/not-cached-anywhere", "")])
     torch.manual_seed(0)

@@ -70,26 +70,19 @@ class _Components:
     weights_sha256: str | None = None
 
 
-def _tiny_models() -> dict:
-    """Every built-in tiny model: name -> (builder, denoiser config)."""
-    from .offline import TINY_MODELS
-    from .offline_sd3 import SD3_TINY_MODELS
-
-    return {**TINY_MODELS, **SD3_TINY_MODELS}
-
-
 def _from_tiny(spec: ModelSpec, options: _LoadOptions) -> _Components:
-    parts = _tiny_models()[spec.location][0]()
+    from .offline import TINY_MODELS
+
+    parts = TINY_MODELS[spec.location][0]()
     denoiser = parts["unet"] if "unet" in parts else parts["transformer"]
     return _Components(parts, options.revision, state_dict_sha256(denoiser))
 
 
 def _from_arch(spec: ModelSpec, options: _LoadOptions) -> _Components:
-    from .offline import ARCH_SEED, build_arch
-    from .offline_sd3 import SD3_ARCHS, build_arch_sd3
+    from .offline import build_arch
+    from .offline_common import ARCH_SEED
 
-    builder = build_arch_sd3 if spec.location in SD3_ARCHS else build_arch
-    return _Components(builder(spec.location), f"random-init seed={ARCH_SEED} torch={torch.__version__}")
+    return _Components(build_arch(spec.location), f"random-init seed={ARCH_SEED} torch={torch.__version__}")
 
 
 def _from_folder(spec: ModelSpec, options: _LoadOptions) -> _Components:
@@ -201,9 +194,11 @@ def load_denoiser_config(model: str | ModelSpec, *, revision: str | None = None,
 
     spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
     if spec.kind == "tiny":
-        return dict(_tiny_models()[spec.location][1])
+        from .offline import TINY_MODELS
+
+        return dict(TINY_MODELS[spec.location][1])
     if spec.kind == "arch" or (spec.entry is not None and spec.entry.arch is not None):
-        from .offline import read_arch_config
+        from .offline_common import read_arch_config
 
         return read_arch_config(spec.location if spec.kind == "arch" else spec.entry.arch, "denoiser")
     if spec.kind == "folder":

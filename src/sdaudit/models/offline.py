@@ -1,4 +1,6 @@
-"""Models that need no download: the deterministic ``tiny`` and ``tiny-sdxl`` models and the ``arch:*`` twins.
+"""Models that need no download: the registry of every offline model (:data:`TINY_MODELS`, :func:`build_arch`), and
+the U-Net ones themselves: the deterministic ``tiny`` and ``tiny-sdxl`` models and the ``arch:sd15/sd21/sdxl`` twins
+(the SD3 and FLUX ones are built in :mod:`~sdaudit.models.offline_sd3` and :mod:`~sdaudit.models.offline_flux`).
 
 ``tiny`` has Stable Diffusion 1.5's exact U-Net block layout (the same layer names, the same grid
 sizes) with 32/64 channels instead of 320..1280, a small VAE with the same 8x downsampling and a
@@ -18,16 +20,12 @@ the same whether it is held in float16 or float32 (and equal to a float16 checkp
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-from pathlib import Path
-
 import torch
 
+from .offline_common import (ARCH_SEED, TINY_SEED, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, arch_text_config, configs_dir, load_tokenizer_tiny,
+                             read_arch_config, round_to_half)
 from .offline_flux import FLUX_ARCHS, TINY_FLUX_TRANSFORMER_CONFIG, build_flux_arch, build_tiny_flux
-
-TINY_SEED = 0
-ARCH_SEED = 0
+from .offline_sd3 import SD3_ARCHS, TINY_SD3_TRANSFORMER_CONFIG, build_arch_sd3, build_tiny_sd3
 
 TINY_UNET_CONFIG = {
     "sample_size": 32,
@@ -40,31 +38,6 @@ TINY_UNET_CONFIG = {
     "norm_num_groups": 8,
     "attention_head_dim": 4,
     "cross_attention_dim": 32,
-}
-TINY_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 16, 16],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "latent_channels": 4,
-    "sample_size": 256,
-    "scaling_factor": 0.18215,
-}
-TINY_TEXT_CONFIG = {
-    "vocab_size": 514,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "max_position_embeddings": 77,
-    "projection_dim": 32,
-    "hidden_act": "quick_gelu",
-    "bos_token_id": 512,
-    "eos_token_id": 513,
-    "pad_token_id": 513,
 }
 # ``tiny-sdxl``: SDXL base's U-Net layout (3 blocks, the first without attention, transformer depth
 # 1 / 2 / 10, linear projections, text_time added conditioning) at tiny widths. Cross-attention
@@ -113,25 +86,6 @@ SD15_SCHEDULER_CONFIG = {
 }
 
 
-def configs_dir() -> Path:
-    """The folder of bundled configs (``sd15/``, ``sd21/``, ``sdxl/``, ``tiny_tokenizer/``)."""
-    return Path(str(resources.files("sdaudit.models") / "configs"))
-
-
-def load_tokenizer_tiny():
-    """The byte-level CLIP tokenizer of ``tiny`` (every byte is a token; no merges)."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(str(configs_dir() / "tiny_tokenizer"))
-
-
-def _round_to_half(*modules: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for module in modules:
-            for p in module.parameters():
-                p.copy_(p.half().float())
-
-
 def _build(unet_config: dict, vae_config: dict, text_config: dict, seed: int):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -143,7 +97,7 @@ def _build(unet_config: dict, vae_config: dict, text_config: dict, seed: int):
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     for m in (unet, vae, text_encoder):
         m.eval().requires_grad_(False)
-    _round_to_half(unet, vae, text_encoder)
+    round_to_half(unet, vae, text_encoder)
     return unet, vae, text_encoder
 
 
@@ -175,7 +129,7 @@ def build_tiny_sdxl() -> dict:
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_CONFIG))
     for m in (unet, vae, text_encoder, text_encoder_2):
         m.eval().requires_grad_(False)
-    _round_to_half(unet, vae, text_encoder, text_encoder_2)
+    round_to_half(unet, vae, text_encoder, text_encoder_2)
     return {
         "unet": unet,
         "vae": vae,
@@ -187,26 +141,10 @@ def build_tiny_sdxl() -> dict:
     }
 
 
-#: the built-in tiny models: name -> (builder, U-Net config)
+#: every built-in tiny model: name -> (builder, denoiser config)
 TINY_MODELS = {"tiny": (build_tiny, TINY_UNET_CONFIG), "tiny-sdxl": (build_tiny_sdxl, TINY_SDXL_UNET_CONFIG),
+               "tiny-sd3": (build_tiny_sd3, TINY_SD3_TRANSFORMER_CONFIG),
                "tiny-flux": (build_tiny_flux, TINY_FLUX_TRANSFORMER_CONFIG)}
-
-
-def read_arch_config(arch: str, component: str) -> dict:
-    """A bundled component config of a full-size architecture (``sd15``, ``sd21``, ``sdxl``, ...); ``denoiser``
-    reads whichever of ``unet`` and ``transformer`` the architecture has."""
-    if component == "denoiser":
-        component = "transformer" if (configs_dir() / arch / "transformer").is_dir() else "unet"
-    name = "scheduler_config.json" if component == "scheduler" else "config.json"
-    return json.loads((configs_dir() / arch / component / name).read_text())
-
-
-def _arch_text_config(arch: str, component: str) -> dict:
-    """A bundled CLIP text-encoder config with the tiny tokenizer's special token ids (its vocabulary is 514)."""
-    config = read_arch_config(arch, component)
-    config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "torch_dtype")}
-    config.update(bos_token_id=512, eos_token_id=513, pad_token_id=513)
-    return config
 
 
 def _arch_text_encoder_2(arch: str) -> dict:
@@ -217,9 +155,9 @@ def _arch_text_encoder_2(arch: str) -> dict:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ARCH_SEED)
-        encoder = CLIPTextModelWithProjection(CLIPTextConfig(**_arch_text_config(arch, "text_encoder_2")))
+        encoder = CLIPTextModelWithProjection(CLIPTextConfig(**arch_text_config(arch, "text_encoder_2")))
     encoder.eval().requires_grad_(False)
-    _round_to_half(encoder)
+    round_to_half(encoder)
     return {"text_encoder_2": encoder, "tokenizer_2": load_tokenizer_tiny()}
 
 
@@ -234,8 +172,10 @@ def build_arch(arch: str) -> dict:
 
     if arch in FLUX_ARCHS:  # FLUX.1: a transformer, CLIP + T5 (offline_flux)
         return build_flux_arch(arch)
+    if arch in SD3_ARCHS:  # SD3 / SD3.5: a transformer, two CLIPs, no T5 (offline_sd3)
+        return build_arch_sd3(arch)
     unet, vae, text_encoder = _build(read_arch_config(arch, "unet"), read_arch_config(arch, "vae"),
-                                     _arch_text_config(arch, "text_encoder"), ARCH_SEED)
+                                     arch_text_config(arch, "text_encoder"), ARCH_SEED)
     scheduler_config = read_arch_config(arch, "scheduler")
     scheduler_cls = getattr(diffusers, scheduler_config["_class_name"])
     return {

@@ -17,13 +17,10 @@ one line (a CPU build would need ~68 GB of float32 memory).
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-from pathlib import Path
-
 import torch
 
 from ..errors import UsageError
+from .offline_common import load_tokenizer_tiny, read_arch_config, round_to_half, tiny_t5_tokenizer
 
 TINY_FLUX_SEED = 0
 FLUX_ARCH_SEED = 0
@@ -86,35 +83,6 @@ FLUX_DEV_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "shift": 3.0, "use_dyn
                              "max_image_seq_len": 4096}
 
 
-def _configs_dir() -> Path:
-    return Path(str(resources.files("sdaudit.models") / "configs"))
-
-
-def tiny_t5_tokenizer():
-    """A character-level T5 tokenizer built in memory: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, printable ASCII."""
-    from transformers import T5TokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
-    vocab += [(chr(c), -1.0) for c in range(33, 127)]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0)
-
-
-def _clip_tokenizer():
-    """The byte-level CLIP tokenizer of ``tiny`` (bundled in ``configs/tiny_tokenizer``)."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(str(_configs_dir() / "tiny_tokenizer"))
-
-
-def _frozen_half_rounded(*modules: torch.nn.Module) -> None:
-    """Eval mode, no grad, weights rounded to float16 values (the same model in float16 and float32)."""
-    with torch.no_grad():
-        for module in modules:
-            module.eval().requires_grad_(False)
-            for p in module.parameters():
-                p.copy_(p.half().float())
-
-
 def build_tiny_flux() -> dict:
     """Components of ``tiny-flux``: transformer, vae, text_encoder (CLIP), text_encoder_2 (T5), both
     tokenizers, scheduler (FLUX-dev's)."""
@@ -127,16 +95,10 @@ def build_tiny_flux() -> dict:
         vae = AutoencoderKL.from_config(TINY_FLUX_VAE_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_FLUX_CLIP_CONFIG))
         text_encoder_2 = T5EncoderModel(T5Config(**TINY_FLUX_T5_CONFIG))
-    _frozen_half_rounded(transformer, vae, text_encoder, text_encoder_2)
-    return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": _clip_tokenizer(),
+    round_to_half(transformer, vae, text_encoder, text_encoder_2)
+    return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": load_tokenizer_tiny(),
             "text_encoder_2": text_encoder_2, "tokenizer_2": tiny_t5_tokenizer(),
             "scheduler": FlowMatchEulerDiscreteScheduler.from_config(FLUX_DEV_SCHEDULER_CONFIG)}
-
-
-def read_flux_config(arch: str, component: str) -> dict:
-    """A bundled component config of ``arch:flux`` / ``arch:flux-schnell``."""
-    name = "scheduler_config.json" if component == "scheduler" else "config.json"
-    return json.loads((_configs_dir() / arch / component / name).read_text())
 
 
 def flux_arch_parts(arch: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -146,24 +108,24 @@ def flux_arch_parts(arch: str, device: str | torch.device, dtype: torch.dtype = 
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     dropped = ("architectures", "torch_dtype")
-    clip = {k: v for k, v in read_flux_config(arch, "text_encoder").items() if k not in dropped}
+    clip = {k: v for k, v in read_arch_config(arch, "text_encoder").items() if k not in dropped}
     clip.update(bos_token_id=512, eos_token_id=513, pad_token_id=513)  # the tiny byte-level tokenizer's ids
-    t5 = {k: v for k, v in read_flux_config(arch, "text_encoder_2").items() if k not in dropped}
+    t5 = {k: v for k, v in read_arch_config(arch, "text_encoder_2").items() if k not in dropped}
     default_dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(FLUX_ARCH_SEED)
         torch.set_default_dtype(dtype)
         try:
-            parts = {"transformer": diffusers.FluxTransformer2DModel.from_config(read_flux_config(arch, "transformer")),
-                     "vae": diffusers.AutoencoderKL.from_config(read_flux_config(arch, "vae")),
+            parts = {"transformer": diffusers.FluxTransformer2DModel.from_config(read_arch_config(arch, "transformer")),
+                     "vae": diffusers.AutoencoderKL.from_config(read_arch_config(arch, "vae")),
                      "text_encoder": CLIPTextModel(CLIPTextConfig(**clip)),
                      "text_encoder_2": T5EncoderModel(T5Config(**t5))}
         finally:
             torch.set_default_dtype(default_dtype)
     for part in parts.values():
         part.eval().requires_grad_(False)
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(read_flux_config(arch, "scheduler"))
-    return {**parts, "tokenizer": _clip_tokenizer(), "tokenizer_2": tiny_t5_tokenizer(), "scheduler": scheduler}
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(read_arch_config(arch, "scheduler"))
+    return {**parts, "tokenizer": load_tokenizer_tiny(), "tokenizer_2": tiny_t5_tokenizer(), "scheduler": scheduler}
 
 
 def build_flux_arch(arch: str) -> dict:

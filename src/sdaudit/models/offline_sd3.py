@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .offline import (ARCH_SEED, TINY_SEED, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, _arch_text_config, _round_to_half,
-                      load_tokenizer_tiny, read_arch_config)
+from .offline_common import (ARCH_SEED, TINY_SEED, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, arch_text_config, load_tokenizer_tiny, read_arch_config,
+                             round_to_half, tiny_t5_tokenizer)
 
 TINY_SD3_TRANSFORMER_CONFIG = {
     "sample_size": 32,
@@ -44,16 +44,6 @@ TINY_T5_CONFIG = {"vocab_size": 128, "d_model": 64, "d_kv": 16, "d_ff": 128, "nu
 SD3_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "shift": 3.0}
 
 
-def tiny_t5_tokenizer():
-    """A character-level T5 tokenizer built in memory (transformers' own Unigram T5 tokenizer with a tiny vocabulary):
-    <pad> 0, </s> 1, <unk> 2, the word-start marker, then the printable ASCII characters (98 ids)."""
-    from transformers import T5TokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [(chr(c), -3.0) for c in range(33, 127)]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=256)
-
-
 def _tiny_t5() -> dict:
     from transformers import T5Config, T5EncoderModel
 
@@ -61,7 +51,7 @@ def _tiny_t5() -> dict:
         torch.manual_seed(TINY_SEED + 3)
         encoder = T5EncoderModel(T5Config(**TINY_T5_CONFIG))
     encoder.eval().requires_grad_(False)
-    _round_to_half(encoder)
+    round_to_half(encoder)
     return {"text_encoder_3": encoder, "tokenizer_3": tiny_t5_tokenizer()}
 
 
@@ -77,7 +67,7 @@ def _components(transformer_config: dict, vae_config: dict, text_configs: tuple[
         encoders = [CLIPTextModelWithProjection(CLIPTextConfig(**c)) for c in text_configs]
     for m in (transformer, vae, *encoders):
         m.eval().requires_grad_(False)
-    _round_to_half(transformer, vae, *encoders)
+    round_to_half(transformer, vae, *encoders)
     return {"transformer": transformer, "vae": vae, "text_encoder": encoders[0], "tokenizer": load_tokenizer_tiny(),
             "text_encoder_2": encoders[1], "tokenizer_2": load_tokenizer_tiny(),
             "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG)}
@@ -93,16 +83,14 @@ def build_arch_sd3(arch: str) -> dict:
     """Components of ``arch:sd3`` / ``arch:sd35-medium``: the bundled configs, random weights, no T5 (see above)."""
     import diffusers
 
-    texts = (_arch_text_config(arch, "text_encoder"), _arch_text_config(arch, "text_encoder_2"))
+    texts = (arch_text_config(arch, "text_encoder"), arch_text_config(arch, "text_encoder_2"))
     parts = _components(read_arch_config(arch, "transformer"), read_arch_config(arch, "vae"), texts, ARCH_SEED)
     scheduler_config = read_arch_config(arch, "scheduler")
     parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     return parts
 
 
-#: the SD3 tiny models (name -> (builder, transformer config)) and the ``arch:`` names built here
-SD3_TINY_MODELS = {"tiny-sd3": (build_tiny_sd3, TINY_SD3_TRANSFORMER_CONFIG)}
+#: the ``arch:`` names built here
 SD3_ARCHS = ("sd3", "sd35-medium")
 
-__all__ = ["SD3_ARCHS", "SD3_TINY_MODELS", "TINY_SD3_TRANSFORMER_CONFIG", "build_arch_sd3", "build_tiny_sd3",
-           "tiny_t5_tokenizer"]
+__all__ = ["SD3_ARCHS", "TINY_SD3_TRANSFORMER_CONFIG", "build_arch_sd3", "build_tiny_sd3"]

@@ -90,7 +90,7 @@ def _config_folder(plan: Plan) -> Iterator[Path]:
     The given config folder or sdaudit's bundled one when its configs are exactly the plan's; else
     (the tiny model, an inpainting variant, a config inferred from shapes) a temporary folder.
     """
-    from .offline import configs_dir
+    from .offline_common import configs_dir
 
     wanted = {"unet": plan.unet, "vae": plan.vae}
     bundled = configs_dir() / plan.family if plan.family in ARCH_CONFIGS else None
@@ -208,7 +208,7 @@ def _load_tokenizer(plan: Plan, source: str):
     if folder is not None and folder.is_dir():
         return _folder_tokenizer(plan.folder, vocab, source)
     if vocab == TINY_VOCAB_SIZE:
-        from .offline import load_tokenizer_tiny
+        from .offline_common import load_tokenizer_tiny
 
         return load_tokenizer_tiny()
     sd2 = plan.text_layout == "open_clip" or (plan.text is None and plan.family == "sd21")

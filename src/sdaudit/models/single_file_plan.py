@@ -87,7 +87,8 @@ def text_kwargs(config: Mapping) -> dict:
 
 def _templates() -> dict[str, dict]:
     """The architectures sdaudit knows exactly: bundled SD-1.5 / SD-2.1 configs and the tiny model."""
-    from .offline import SD15_SCHEDULER_CONFIG, TINY_TEXT_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, read_arch_config
+    from .offline import SD15_SCHEDULER_CONFIG, TINY_UNET_CONFIG
+    from .offline_common import TINY_TEXT_CONFIG, TINY_VAE_CONFIG, read_arch_config
 
     out = {arch: {c: read_arch_config(arch, c) for c in ("unet", "vae", "text_encoder", "scheduler")}
            for arch in ("sd15", "sd21")}
