@@ -49,7 +49,11 @@ class LayerInfo:
 
 
 def block_of(name: str) -> str:
-    """The block a layer belongs to: ``up_blocks[1].resnets[0]`` -> ``up_blocks[1]``."""
+    """The block a layer belongs to: ``up_blocks[1].resnets[0]`` -> ``up_blocks[1]``; a layer that is itself
+    an entry of a module list (a transformer's ``transformer_blocks[3]``) belongs to the list
+    (``transformer_blocks``), so a diffusion transformer's blocks form one group, as a U-Net block's layers do."""
+    if "." not in name:
+        return re.sub(r"\[\d+\]$", "", name)
     return name.split(".")[0]
 
 
