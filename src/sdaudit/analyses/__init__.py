@@ -14,6 +14,7 @@ from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, bo
                       crop_pixels, crop_plan, group_masks, group_similarity)
 from .channels import (MassiveChannelAccumulator, MassiveChannelResult, channel_magnitudes, detect_massive_channels,
                        massive_channels, norm_map_without, without_channels)
+from .norms_without import NormsWithoutAccumulator, anomalies_without
 from .intervals import Bootstrap, Interval, PerImageStats, bootstrap_interval
 from .labels import LabelFileError, load_labels, resolve_labels, save_labels, validate_labels
 from .position import PaperTraining, PositionProbeAccumulator, n_train_images, position_probe
@@ -39,5 +40,5 @@ __all__ = [
     "Bootstrap", "Interval", "PerImageStats", "bootstrap_interval", "position_recurrence", "RecurrenceResult",
     "to_jsonable",
     "channel_magnitudes", "massive_channels", "detect_massive_channels", "norm_map_without", "without_channels",
-    "MassiveChannelAccumulator", "MassiveChannelResult",
+    "MassiveChannelAccumulator", "MassiveChannelResult", "NormsWithoutAccumulator", "anomalies_without",
 ]
