@@ -35,6 +35,7 @@ def test_massive_channels_hide_the_anomalies_and_removing_them_recovers_them():
     acc = NormsWithoutAccumulator()
     acc.update(x)
     out = acc.result(MASSIVE)
+    assert anomalies_without(acc, MASSIVE) == out
     assert out["channels"] == MASSIVE and out["skipped_images"] == 0 and out["n_images"] == len(x)
     assert _found(truth) <= _found(out["rows"])
     assert out["count"] == len(out["rows"]) and out["rel_norm_mean"] > 2

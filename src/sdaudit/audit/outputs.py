@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from ..analyses import save_labels
 from ..analyses.channels import channel_summary
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
