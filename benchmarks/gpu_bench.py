@@ -1,11 +1,16 @@
 """GPU benchmark (run by benchmarks/gpu.sh): images/s of extraction and of the full audit on one GPU, the
 achieved model FLOP/s against the card's peak, and sdhelper 1.0.0's images/s on the same card.
 
-Architecture-only models (``arch:sd15``, ``arch:sd21``: random weights cost the same compute as real ones)
-at 512 px, float16, PyTorch SDPA attention. Each step is time-boxed by ``--budget-s``; what did not fit
-is listed as skipped. Prints a table and one tagged JSON line; with ``--out DIR`` also writes gpu.json.
+Any model spec works; the default list is the architecture-only models (random weights cost the same compute as
+real ones) this sdaudit knows among ``arch:sd15``, ``arch:sd21``, ``arch:sdxl`` and ``arch:sd3``, each at its
+own size (512 px for SD-1/2, 1024 px for SDXL and SD3) unless ``--size`` is given, in every dtype of
+``--dtypes`` (float16 and bfloat16), PyTorch SDPA attention. Layers, noising and the denoiser come from the
+model's family (``model.denoiser``), so U-Nets and transformers are measured alike. Each step is time-boxed by
+``--budget-s``; what did not fit is listed as skipped. Prints a table and one tagged JSON line; with ``--out DIR``
+also writes gpu.json.
 
-    python benchmarks/gpu_bench.py [--models arch:sd15,arch:sd21] [--size 512] [--budget-s 270] [--compile]
+    python benchmarks/gpu_bench.py [--models arch:sdxl] [--size 1024] [--dtypes float16,bfloat16] [--budget-s 270]
+    python benchmarks/gpu_bench.py --smoke     # on the CPU: tiny models, 64 px, 1 image per pass (checks the script)
 """
 
 from __future__ import annotations
@@ -38,28 +43,27 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def count_flops(model, size: int) -> dict:
-    """FLOPs of one image's U-Net forward and VAE encode (FlopCounterMode; attention through the math
-    backend so that its matrix products are counted whatever kernel runs it for real)."""
+def count_flops(extractor, size: int) -> dict:
+    """FLOPs of one image's denoiser pass and VAE encode (FlopCounterMode over the extractor's own pass, so any
+    family is counted alike; attention through the math backend so that its matrix products are counted whatever
+    kernel runs it for real). The prompt is encoded once per model (cached), so no text encoder is counted."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    dev, dt = model.device, model.dtype
-    unet = model.unet
-    cross = unet.config.cross_attention_dim
-    latent = size // model.vae_scale_factor
-    x = torch.zeros(1, unet.config.in_channels, latent, latent, device=dev, dtype=dt)
-    ctx = torch.zeros(1, 77, cross, device=dev, dtype=dt)
+    from sdaudit.extraction import prepare_for_model
+    from sdaudit.extraction.protocols import pixels_to_tensor
+
+    model, image = extractor.model, photo(0, size)
+    pixels = pixels_to_tensor([prepare_for_model(image, size)], extractor.settings.protocol)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as fc:
-            unet(x, torch.tensor([50], device=dev), encoder_hidden_states=ctx)
-        unet_flops = fc.get_total_flops()
-        px = torch.zeros(1, 3, size, size, device=dev, dtype=model.vae_dtype)
-        with FlopCounterMode(display=False) as fc:
-            model.vae.encode(px)
+            model.family.noised_inputs(model, pixels, [0], extractor.settings)
         vae_flops = fc.get_total_flops()
-    return {"unet_gflop": unet_flops / 1e9, "vae_encode_gflop": vae_flops / 1e9}
+        with FlopCounterMode(display=False) as fc:
+            extractor.run([image], [0])
+        total = fc.get_total_flops()
+    return {"denoiser_gflop": (total - vae_flops) / 1e9, "vae_encode_gflop": vae_flops / 1e9}
 
 
 def sync():
@@ -95,7 +99,7 @@ class Budget:
         return False
 
 
-def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
+def bench_model(spec: str, dtype: str, args, budget: Budget, work: Path) -> dict:
     import torch
 
     from sdaudit.audit import AuditSettings, audit
@@ -104,23 +108,24 @@ def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
     from sdaudit.models import load_model
     from sdaudit.models.hooks import attention_processors
 
-    row: dict = {"model": spec, "size": args.size}
     t = time.perf_counter()
-    model = load_model(spec, device=args.device)
+    model = load_model(spec, device=args.device, dtype=dtype)
+    size = args.size or model.default_size
+    row: dict = {"model": spec, "size": size, "family": model.family.name}
     row["load_s"] = round(time.perf_counter() - t, 1)
     row["dtype"] = str(model.dtype).replace("torch.", "")
-    row["attention"] = attention_processors(model.unet)
-    row["sdpa"] = set(row["attention"]) == {"AttnProcessor2_0"}
-    row.update(count_flops(model, args.size))
+    row["attention"] = attention_processors(model.denoiser)
+    row["sdpa"] = bool(row["attention"]) and all(name.endswith("2_0") for name in row["attention"])
     layers = model.family.paper_layers()
-    settings = ExtractionSettings(protocol="paper", size=args.size)  # the published computation, as sdhelper's
+    settings = ExtractionSettings(protocol=args.protocol, size=size)  # 'paper': the published computation
     ex = Extractor(model, layers, settings)
-    clean = Extractor(model, layers, ExtractionSettings(size=args.size))
+    clean = Extractor(model, layers, ExtractionSettings(size=size))
+    row.update(count_flops(clean, size))
     batch = args.batch or min(args.max_batch, auto_batch_size(clean, fraction=0.6, max_batch=args.max_batch))
     row["batch"] = batch
     n = max(args.min_images, 3 * batch)
     row["images"] = n
-    images = [photo(i, args.size) for i in range(n)]
+    images = [photo(i, size) for i in range(n)]
     idx = list(range(n))
 
     def extract(extractor, device_output=False):
@@ -129,8 +134,8 @@ def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
             del out
 
     extract(ex)  # warm-up: cuDNN autotuning, allocator, pinned host buffers
-    flops_per_image = (row["unet_gflop"] + row["vae_encode_gflop"]) * 1e9
-    peak = peak_tflops(torch.cuda.get_device_name(0)) if model.device.type == "cuda" else None
+    flops_per_image = (row["denoiser_gflop"] + row["vae_encode_gflop"]) * 1e9
+    peak = peak_tflops(torch.cuda.get_device_name(0)) if model.device.type == "cuda" else None  # fp16 = bf16 peak
     sec = timed(lambda: extract(ex))
     row["extract_img_s"] = n / sec
     sec = timed(lambda: extract(ex, True))
@@ -142,10 +147,10 @@ def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
         row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
     # the full audit (position, borders, anomalies; 45 layers), from image files as a user would run it
-    folder = image_folder(work / f"images{args.size}", n, args.size)
+    folder = image_folder(work / f"images{size}", n, size)
     if budget.allow(f"{spec} audit", 20 + 6 * n / max(row["extract_img_s"], 1e-9)):
-        out = work / f"audit-{spec.replace(':', '-')}"
-        a_settings = AuditSettings(layers="paper", size=args.size, batch_size=batch,
+        out = work / f"audit-{spec.replace(':', '-')}-{dtype}"
+        a_settings = AuditSettings(layers="paper", size=size, batch_size=batch,
                                    analyses=["position", "borders", "anomalies"])
         sync()
         t = time.perf_counter()
@@ -188,7 +193,7 @@ def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
         ex_cl = Extractor(model, layers, settings, channels_last=True)
         extract(ex_cl, True)
         row["extract_gpu_resident_channels_last_img_s"] = n / timed(lambda: extract(ex_cl, True))
-        model.unet.to(memory_format=torch.contiguous_format)
+        model.denoiser.to(memory_format=torch.contiguous_format)
 
     if args.compile and budget.allow(f"{spec} torch.compile", 150):
         ex_c = Extractor(model, layers, settings, compile=True)
@@ -204,7 +209,7 @@ def bench_model(spec: str, args, budget: Budget, work: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    cols = [("model", "model"), ("batch", "batch"), ("extract_img_s", "extract img/s (CPU fp32 out)"),
+    cols = [("model", "model"), ("size", "px"), ("dtype", "dtype"), ("batch", "batch"), ("extract_img_s", "extract img/s (CPU fp32 out)"),
             ("extract_gpu_resident_img_s", "extract img/s (on GPU)"), ("model_tflop_s", "model TFLOP/s"),
             ("mfu", "of peak"), ("audit_img_s", "full audit img/s"), ("audit_passes_per_image", "passes/img"),
             ("sdhelper_img_s", "sdhelper img/s"), ("speedup_vs_sdhelper", "extract x sdhelper"),
@@ -220,10 +225,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+#: the default models: these architectures where this sdaudit knows them (arch:sd3 once the SD3 family is in)
+DEFAULT_MODELS = ("arch:sd15", "arch:sd21", "arch:sdxl", "arch:sd3")
+SMOKE_MODELS = "tiny,tiny-sdxl"
+
+
+def default_models() -> str:
+    """The :data:`DEFAULT_MODELS` that parse as model specs here."""
+    from sdaudit.models import ModelSpecError, parse_model_spec
+
+    known = []
+    for spec in DEFAULT_MODELS:
+        try:
+            parse_model_spec(spec)
+            known.append(spec)
+        except ModelSpecError:
+            pass
+    return ",".join(known)
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="arch:sd15,arch:sd21")
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--models", default=None, help=f"comma-separated model specs (default: those of {DEFAULT_MODELS} "
+                    "this sdaudit knows)")
+    ap.add_argument("--size", type=int, default=0, help="px; 0: each model's own size (1024 for SDXL and SD3)")
+    ap.add_argument("--dtypes", default="float16,bfloat16", help="compute dtypes, each benchmarked")
+    ap.add_argument("--protocol", default="paper", help="extraction protocol timed (paper: as sdhelper computes)")
     ap.add_argument("--batch", type=int, default=0, help="images per pass; 0: fill the GPU (auto_batch_size)")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--min-images", type=int, default=64)
@@ -234,7 +261,20 @@ def main() -> None:
     ap.add_argument("--no-sdhelper", dest="sdhelper", action="store_false")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     ap.add_argument("--device", default="cuda", help="'cpu' only to check this script's logic without a GPU")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"check the script on the CPU: {SMOKE_MODELS} unless --models, 64 px, 1 image per pass, "
+                    "float32, no sdhelper / channels-last / compile")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.device, args.size, args.batch, args.min_images = "cpu", args.size or 64, 1, 2
+        args.dtypes, args.sdhelper, args.channels_last, args.compile = "float32", False, False, False
+        args.models = args.models or SMOKE_MODELS
+    args.models = args.models or default_models()
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     quiet()
     import torch
 
@@ -252,15 +292,16 @@ def main() -> None:
     rows = []
     try:
         for spec in args.models.split(","):
-            if not budget.allow(f"{spec} (all)", 45):
-                continue
-            try:
-                row = bench_model(spec, args, budget, work)
-            except Exception as error:  # noqa: BLE001
-                traceback.print_exc()
-                row = {"model": spec, "error": f"{type(error).__name__}: {error}"}
-            rows.append(row)
-            print(json.dumps(row, default=str), flush=True)
+            for dtype in args.dtypes.split(","):
+                if not budget.allow(f"{spec} {dtype} (all)", 45):
+                    continue
+                try:
+                    row = bench_model(spec, dtype, args, budget, work)
+                except Exception as error:  # noqa: BLE001
+                    traceback.print_exc()
+                    row = {"model": spec, "dtype": dtype, "error": f"{type(error).__name__}: {error}"}
+                rows.append(row)
+                print(json.dumps(row, default=str), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()

@@ -252,10 +252,11 @@ def test_unknown_store_and_out_of_range(client):
 
 ENDPOINTS = [("GET", "images", {}), ("GET", "images/0/input.png", {}), ("GET", "features", {"image": 0}),
              ("GET", "norms", {"images": "0"}), ("GET", "anomalies", {"images": "0"}),
+             ("GET", "channels", {"images": "0"}),
              ("GET", "similarity", {"images": "0", "ref_image": 0, "row": 0, "col": 0}), ("GET", "presets", {}),
              ("GET", "labels", {}), ("GET", "labels.npy", {}), ("POST", "labels/upload", {}),
              ("POST", "images", {})]
-LAYER_ENDPOINTS = ["features", "norms", "anomalies", "similarity", "labels/upload"]
+LAYER_ENDPOINTS = ["features", "norms", "anomalies", "channels", "similarity", "labels/upload"]
 
 
 @pytest.mark.parametrize("method, path, params", ENDPOINTS)

@@ -25,7 +25,7 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           MinSide, Model, NoiseSeeds, NumProcesses, OptionalImages, OrderFile, PerClass, Port, Probe,
                           Prompt, Protocol, ReportComparePaper, ReportLabel, ReportOut, ResultDirs, Revision, Seed, Size,
                           SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
-from .cli_options import Version
+from .cli_options import Memory, Version
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import UsageError
 from .validation import output_errors, removed_on_failure
@@ -147,6 +147,7 @@ def extract_cmd(
     batch_size: BatchSize = 4,
     dtype: Dtype = "float16",
     device: Device = "auto",
+    memory: Memory = "auto",
     revision: Revision = None,
     local_files_only: LocalFilesOnly = False,
     skip_bad: SkipBad = False,
@@ -159,7 +160,8 @@ def extract_cmd(
     start = time.perf_counter()
     _check_options(out=out, size=size, device=device, images=images)
     with removed_on_failure(out), output_errors(out):
-        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only)
+        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only,
+                            placement=memory)
         settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
         report = extract(loaded, _sources(images), out, settings, layers=layers, batch_size=batch_size, dtype=dtype,
                          skip_bad=skip_bad)
@@ -182,6 +184,7 @@ def audit_cmd(
     anomaly_layer: AnomalyLayer = None,
     batch_size: BatchSize = 4,
     device: Device = "auto",
+    memory: Memory = "auto",
     revision: Revision = None,
     local_files_only: LocalFilesOnly = False,
     keep_store: KeepStore = False,
@@ -204,7 +207,7 @@ def audit_cmd(
                                analyses=analyses, anomaly_layer=anomaly_layer, batch_size=batch_size, probe=probe,
                                control=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
                                noise_seeds=noise_seeds)
-    load = {"device": device, "revision": revision, "local_files_only": local_files_only}
+    load = {"device": device, "revision": revision, "local_files_only": local_files_only, "placement": memory}
     run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
     with removed_on_failure(out), output_errors(out):
         results, rank = _run_audit(model, _sources(images), out, settings, load=load, run=run,

@@ -39,6 +39,10 @@ Prompt = Annotated[str, typer.Option("--prompt", help="Text prompt (the paper us
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=0, help=BATCH_HELP)]
 Dtype = Annotated[str, typer.Option("--dtype", help="Storage dtype: float16 or float32.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
+Memory = Annotated[str, typer.Option(
+    "--memory", help="Where the text encoders and VAE wait between uses: auto (free-text-encoders on a GPU, keep "
+    "on the CPU), keep, free-text-encoders (to the CPU once the prompt is encoded) or offload (text encoders "
+    "and VAE on the CPU, on the device only while they run). Never changes a number.")]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hugging Face revision of the model.")]
 LocalFilesOnly = Annotated[bool, typer.Option("--local-files-only", metavar=FLAG,
                                               help="Never contact the Hugging Face hub.")]

@@ -15,6 +15,7 @@ from .borders import (BorderArtifactsAccumulator, GroupSimilarityAccumulator, bo
 from .correspondence import REGIONS, ViewMatchingAccumulator, ViewMatchingResult, chance_bias_rate, match_views
 from .channels import (MassiveChannelAccumulator, MassiveChannelResult, channel_magnitudes, detect_massive_channels,
                        massive_channels, norm_map_without, without_channels)
+from .norms_without import NormsWithoutAccumulator, anomalies_without
 from .intervals import Bootstrap, Interval, PerImageStats, bootstrap_interval
 from .keypoints import (KEYPOINT_ALPHAS, KEYPOINT_REGIONS, KeypointMatchingAccumulator, KeypointMatchingResult,
                         PairKeypoints, match_keypoints, predict_keypoints)
@@ -44,7 +45,7 @@ __all__ = [
     "Bootstrap", "Interval", "PerImageStats", "bootstrap_interval", "position_recurrence", "RecurrenceResult",
     "to_jsonable",
     "channel_magnitudes", "massive_channels", "detect_massive_channels", "norm_map_without", "without_channels",
-    "MassiveChannelAccumulator", "MassiveChannelResult",
+    "MassiveChannelAccumulator", "MassiveChannelResult", "NormsWithoutAccumulator", "anomalies_without",
     "VIEWS", "KnownView", "Correspondence", "flip_correspondence", "shift_correspondence", "crop_correspondence",
     "flip_view", "shift_view", "crop_view", "REGIONS", "ViewMatchingAccumulator", "ViewMatchingResult",
     "match_views", "chance_bias_rate",

@@ -187,6 +187,23 @@ def detect_massive_channels(features: Any, *, rule: str = "ratio", threshold: fl
     return acc.result()
 
 
+MAX_CHANNEL_IDS = 16  # a summary lists at most this many massive channels per layer (the largest ratios)
+
+
+def channel_summary(result: MassiveChannelResult, max_ids: int = MAX_CHANNEL_IDS) -> dict:
+    """A layer's massive channels in the columns results.json, results.csv and the explorer show: the count,
+    the indices (at most ``max_ids``, largest ratio first), the largest ratio to the median channel and the
+    smallest consistency across images (both None without massive channels); JSON-safe (no NaN)."""
+    ratios = np.asarray(result.ratios, dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(ratios, nan=-np.inf), kind="stable")[:max_ids]
+    found = len(result.channels) > 0
+    finite_ratios = ratios[np.isfinite(ratios)]
+    return {"massive_channels": int(len(result.channels)),
+            "massive_channel_ids": [int(c) for c in result.channels[order]],
+            "massive_ratio_max": float(finite_ratios.max()) if found and len(finite_ratios) else None,
+            "massive_consistency_min": float(result.consistency.min()) if found else None}
+
+
 def _kept(n_channels: int, channels: Any) -> np.ndarray:
     """Boolean (C,) mask of the channels not in ``channels`` (indices checked against the layer's width)."""
     drop = np.asarray(channels, dtype=np.int64).reshape(-1)

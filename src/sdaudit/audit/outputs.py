@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from ..analyses import save_labels
+from ..analyses.channels import channel_summary
 from ..analyses.intervals import MIN_IMAGES as MIN_BOOT_IMAGES
 from ..analyses.intervals import Terms, item_mean_terms
 from ..analyses.results import UNDEFINED_SMALL_GRID
@@ -51,25 +50,20 @@ def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict,
             row["anomaly_rel_norm_mean_low"] = finite(norms[layer]["low"])
             row["anomaly_rel_norm_mean_high"] = finite(norms[layer]["high"])
         if layer in state.channels and layer not in state.failed:
-            row.update(channel_columns(state.channels[layer].result()))
+            row.update(channel_summary(state.channels[layer].result()))
         table.append(row)
     return position, borders, table
 
 
-MAX_CHANNEL_IDS = 16  # results.json lists at most this many massive channels per layer (the largest ratios)
-
-
-def channel_columns(result) -> dict:
-    """A layer's massive-channel columns from its :class:`~sdaudit.analyses.MassiveChannelResult`: the count,
-    the indices (at most :data:`MAX_CHANNEL_IDS`, largest ratio first), the largest ratio to the median channel,
-    and the smallest consistency across images (None without massive channels)."""
-    order = np.argsort(-np.nan_to_num(result.ratios, nan=-np.inf), kind="stable")[:MAX_CHANNEL_IDS]
-    found = len(result.channels) > 0
-    return {"massive_channels": int(len(result.channels)),
-            "massive_channel_ids": [int(c) for c in result.channels[order]],
-            "massive_ratio_max": finite(float(np.nanmax(result.ratios))) if found and np.isfinite(result.ratios).any()
-            else None,
-            "massive_consistency_min": finite(float(result.consistency.min())) if found else None}
+def anomalies_without_massive(state) -> dict | None:
+    """The detector rerun on the anomaly layer's token norms without that layer's massive channels
+    (:mod:`sdaudit.analyses.norms_without`), next to the plain detection; None unless the "channels" analysis
+    ran there and the layer stayed finite. Without massive channels the maps are the plain ones (in float64)."""
+    layer = state.anomaly_layer
+    if layer not in state.without or layer in state.failed or state.detector is None:
+        return None
+    channels = state.channels[layer].result().channels
+    return state.without[layer].result(channels, state.detector.params)
 
 
 def metric_terms(state, layer: str, metric: str) -> Terms | None:

@@ -18,7 +18,7 @@ from ..store import _versions
 from ..terminal import Stages
 from .controls import add_beyond_columns
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
-from .outputs import anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies
+from .outputs import anomalies_without_massive, anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies
 from .run import RunOutcome
 from .sources import AuditInputs
 from .variants import average_over_seeds
@@ -96,7 +96,7 @@ class ResultsWriter:
             warnings=audit_warnings(len(items), measured.table, self.settings),
             controls=[ControlRun.from_dict(c) for c in measured.controls],
             timesteps=[TimestepTable(t["timestep"], as_rows(t["table"])) for t in measured.timesteps or []],
-            anomalies=self._anomalies(state.anomaly_layer, measured.detection, len(items)),
+            anomalies=self._anomalies(state, measured.detection, len(items)),
             recurrence=Recurrence.from_dict(measured.recurrence) if measured.recurrence is not None else None,
             maps=MapsInfo.from_dict(measured.maps) if measured.maps is not None else None,
             extra=dict(self.inputs.provenance))
@@ -109,14 +109,14 @@ class ResultsWriter:
                 for n, r in zip(full.layers, measured.table)]
 
     @staticmethod
-    def _anomalies(layer: str, detection, n_images: int) -> AnomalySummary | None:
-        """The detector's finds on the anomaly layer (None without a detection)."""
+    def _anomalies(state, detection, n_images: int) -> AnomalySummary | None:
+        """The detector's finds on the anomaly layer, and without its massive channels (None without a detection)."""
         if detection is None:
             return None
-        return AnomalySummary(layer=layer, grid=list(detection.grid), count=int(len(detection.rows)),
+        return AnomalySummary(layer=state.anomaly_layer, grid=list(detection.grid), count=int(len(detection.rows)),
                               images_with=detection.images_with_anomalies, n_images=n_images,
                               params=detection.params, rows=detection.rows.tolist(),
-                              scores=detection.scores.tolist())
+                              scores=detection.scores.tolist(), without_massive=anomalies_without_massive(state))
 
     @staticmethod
     def _control_results(control: dict, state, table: list[dict], grids: dict) -> dict:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, MassiveChannelAccumulator, NonFiniteInputError,
-                        PaperProbeAccumulator, PositionProbeAccumulator, anomaly_relative_norms)
+                        NormsWithoutAccumulator, PaperProbeAccumulator, PositionProbeAccumulator,
+                        anomaly_relative_norms)
 from ..analyses.intervals import item_mean_terms
 
 
@@ -129,6 +130,10 @@ class AuditState:
         if "channels" in analyses:
             self.channels = {layer: MassiveChannelAccumulator(layer=layer) for layer in self.layers}
         self.anomaly_layer = anomaly_layer
+        # the anomaly layer's token norms without its massive channels (known at the end): candidates per image
+        self.without = {}
+        if anomaly_layer in self.channels:
+            self.without = {anomaly_layer: NormsWithoutAccumulator(layer=anomaly_layer)}
         self.detector = AnomalyDetector(layer=anomaly_layer, **detector) if anomaly_layer else None
         self.norms = AnomalyNormStream(self.layers, grids[anomaly_layer][0]) if anomaly_layer else None
 
@@ -155,6 +160,8 @@ class AuditState:
                 self._guard(layer, lambda: self.borders[layer].update(full=x, image_indices=indices))
             if layer in self.channels:
                 self._guard(layer, lambda: self.channels[layer].update(x, indices))
+            if layer in self.without:
+                self._guard(layer, lambda: self.without[layer].update(x, indices))
         if self.detector is not None and self.anomaly_layer not in self.failed:
             if _on_device(reps[self.anomaly_layer]):
                 reps = _NormMaps(reps)  # token norms computed on the GPU: only (B, 1, h, w) maps leave it
@@ -176,10 +183,12 @@ class AuditState:
 
     # ----- state dicts: checkpoints and shards --------------------------------------------------------
     def _parts(self) -> dict[str, object]:
-        """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>" or "detector"."""
+        """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>",
+        "without/<layer>" or "detector"."""
         parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
         parts.update({f"borders/{k}": v for k, v in self.borders.items()})
         parts.update({f"channels/{k}": v for k, v in self.channels.items()})
+        parts.update({f"without/{k}": v for k, v in self.without.items()})
         if self.detector is not None:
             parts["detector"] = self.detector
         return parts
@@ -189,7 +198,8 @@ class AuditState:
         if kind == "detector":
             self.detector = acc
         else:
-            {"probe": self.probe, "borders": self.borders, "channels": self.channels}[kind][layer] = acc
+            parts = {"probe": self.probe, "borders": self.borders, "channels": self.channels, "without": self.without}
+            parts[kind][layer] = acc
 
     def state_dict(self, *, probe_training: bool = True) -> dict[str, np.ndarray]:
         """Every accumulator's state, the progress and the failed layers, as a flat dict of numpy arrays

@@ -91,7 +91,7 @@ def write_results_csv(path: str | Path, results: AuditResults) -> Path:
             for i, row in enumerate(table):
                 writer.writerows([results.model.name, timestep, i, row.layer, row.block, row.kind, row.grid, metric,
                                   *_csv_values(row, metric)]
-                                 for metric in metrics if row.values.get(metric) is not None)
+                                 for metric in metrics if row.values.get(metric) not in (None, []))
     os.replace(tmp, path)
     return path
 
@@ -99,6 +99,8 @@ def write_results_csv(path: str | Path, results: AuditResults) -> Path:
 def _csv_values(row: LayerRow, metric: str) -> list:
     """(value, low, high, seed_sd) of ``metric`` as results.csv writes them: floats exactly, absent as empty."""
     def text(value):
+        if isinstance(value, (list, tuple)):  # massive_channel_ids
+            return " ".join(str(v) for v in value)
         return "" if value is None else repr(value) if isinstance(value, float) else value
 
     values = row.values

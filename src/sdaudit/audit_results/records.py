@@ -52,6 +52,8 @@ class AnomalySummary(_Record):
     params: dict[str, Any] | None = None
     rows: list[list[int]] | None = None
     scores: list[float] | None = None
+    #: the detector rerun without the anomaly layer's massive channels (analyses.norms_without), when measured
+    without_massive: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

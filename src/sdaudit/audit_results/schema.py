@@ -40,11 +40,16 @@ def row_resolutions(row: Mapping[str, Any]) -> list[int]:
 INTERVAL_METRICS = interval_metrics()
 
 
+#: The massive-channel columns (opt-in analysis "channels"); the ids are a list, written to results.csv as
+#: space-separated indices, largest ratio first.
+CHANNEL_METRICS = ("massive_channels", "massive_ratio_max", "massive_consistency_min", "massive_channel_ids")
+
+
 def csv_metrics(resolutions=RESOLUTIONS) -> tuple[str, ...]:
     """The metrics of results.csv, in its order: probe accuracies and chances at the audit's ``resolutions``,
-    relative similarities, anomaly norms."""
+    relative similarities, anomaly norms, massive channels."""
     return (tuple(f"probe_acc_{s}" for s in resolutions) + tuple(f"probe_chance_{s}" for s in resolutions)
-            + tuple(f"{g}_rel_sim" for g in GROUPS) + (ANOMALY_MEAN, ANOMALY_STD, "anomaly_count"))
+            + tuple(f"{g}_rel_sim" for g in GROUPS) + (ANOMALY_MEAN, ANOMALY_STD, "anomaly_count") + CHANNEL_METRICS)
 
 
 #: results.csv's metrics for the paper's resolutions.

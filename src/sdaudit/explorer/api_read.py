@@ -1,12 +1,13 @@
-"""The explorer's read API: stores, images, features, norm and similarity maps, detections, presets,
-labels (see the table in :mod:`sdaudit.explorer.app`)."""
+"""The explorer's read API: stores, images, features, norm and similarity maps, detections, massive
+channels, presets, labels (see the table in :mod:`sdaudit.explorer.app`)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from ..analyses import NonFiniteInputError, similarity_map
+from ..analyses import NonFiniteInputError, detect_massive_channels, similarity_map
+from ..analyses.channels import channel_summary
 from ..analyses.similarity import reference_token
 from . import deps
 from .errors import ExplorerError
@@ -67,6 +68,15 @@ def similarity(state: deps.State, h: deps.Store, layer: deps.Layer, images: deps
 def anomalies(state: deps.State, h: deps.Store, layer: deps.Layer, images: deps.Images):
     return {"layer": layer, "grid": list(h.grid(layer)), "images": images,
             "detections": {str(i): state.detections(h, layer, i) for i in images}}
+
+
+@router.get("/stores/{s}/channels")
+def channels(state: deps.State, h: deps.Store, layer: deps.Layer, images: deps.Images):
+    """The layer's massive channels over ``images`` (:func:`sdaudit.analyses.detect_massive_channels`, its
+    default rule), in the audit table's columns."""
+    result = detect_massive_channels(state.feature_stack(h, layer, images), image_indices=images, layer=layer)
+    return {"layer": layer, "images": images, "rule": result.rule, "threshold": result.threshold,
+            **channel_summary(result)}
 
 
 @router.get("/stores/{s}/presets")

@@ -14,6 +14,7 @@ Endpoints (``s`` = store index, ``i`` = image index; every error is JSON ``{"det
 ``GET  /api/stores/{s}/similarity``         ``?layer=&images=&ref_image=&row=&col=&measure=``: maps (JSON),
                                             computed with :func:`sdaudit.analyses.similarity_map`
 ``GET  /api/stores/{s}/anomalies``          ``?layer=&images=``: the detector's findings per image
+``GET  /api/stores/{s}/channels``           ``?layer=&images=``: the layer's massive channels over the images
 ``GET  /api/stores/{s}/presets``            automatic positional / corner / anomaly examples
 ``GET  /api/stores/{s}/labels``             the anomaly labels (layer, grid, rows, file)
 ``GET  /api/stores/{s}/labels.npy``         the labels in the published ``.npy`` format

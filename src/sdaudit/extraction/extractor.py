@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..models.placement import on_device, prompt_conditioning
 from ..settings import ExtractionSettings
 from .hooks import DeviceToHost
 from .protocols import pixels_to_tensor
@@ -44,7 +45,8 @@ class Extractor:
         self.layers = self.family.select_layers(layers)
         infos = {i.name: i for i in self.family.layer_infos(self.settings.input_size)}
         self.shapes = {n: (infos[n].channels, infos[n].height, infos[n].width) for n in self.layers}
-        self._context = self.family.encode_prompt(model, self.settings.prompt, protocol=self.settings.protocol)
+        # encoded once per model, prompt and protocol: every extractor of an audit shares it (models.placement)
+        self._context = prompt_conditioning(model, self.settings.prompt, self.settings.protocol)
         self.max_batch: int | None = None  # set after an out-of-memory split: the batch size that fitted
         if channels_last:
             model.denoiser.to(memory_format=torch.channels_last)
@@ -113,7 +115,7 @@ class Extractor:
         if tuple(pixels.shape[-2:]) != expected:
             raise ValueError(f"images must be prepared to {expected} px, got {tuple(pixels.shape[-2:])}")
         total: dict[str, torch.Tensor] = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), on_device(self.model, ("vae",)):  # an offloaded VAE visits the device
             inputs = self.family.noised_inputs(self.model, pixels, indices, self.settings)
         for sample in inputs:
             for name, value in self._denoiser_pass(sample, device_output).items():

@@ -9,7 +9,7 @@ here changes a component's config after loading.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,9 +19,11 @@ from .components import load_pipeline_components
 from .devices import place, resolve_device, resolve_dtype
 from .hashing import InBackground, file_sha256, folder_weights_sha256, state_dict_sha256
 from .hub import hub_cache_dir, hub_offline, hub_reachable, is_cached
+from .placement import apply_placement, resolve_placement
 from .loaded import LoadedModel
 from .registry import ModelNotAvailableError, ModelSpec, parse_model_spec
 from .single_file import load_single_file, single_file_unet_config
+from .unet_file import download_unet_file, load_with_unet_file
 
 
 def _hub_revision(repo_id: str, revision: str | None) -> str | None:
@@ -110,7 +112,24 @@ def _check_fetchable(spec: ModelSpec, options: _LoadOptions) -> None:
         raise ModelNotAvailableError(_not_available_message(spec, why))
 
 
+def _from_unet_file(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    """A registry model published as U-Net weights over a base pipeline (SDXL-Lightning: models.unet_file)."""
+    entry = spec.entry
+    base = ModelSpec("hub", entry.base, entry.base) if not Path(entry.base).is_dir() else \
+        ModelSpec("folder", entry.base, entry.base)
+    try:
+        path = download_unet_file(entry.repo_id, entry.unet_file, revision=options.revision,
+                                  local_files_only=hub_offline(options.local_files_only))
+    except Exception as error:  # noqa: BLE001 - hub errors of every kind: not on this machine
+        raise ModelNotAvailableError(_not_available_message(spec, error)) from None
+    load_base = (lambda _: _SOURCES[base.kind](base, replace(options, revision=None)).parts)
+    parts, digest = load_with_unet_file(entry.base, path, load_base)
+    return _Components(parts, path.parent.name, digest)
+
+
 def _from_hub(spec: ModelSpec, options: _LoadOptions) -> _Components:
+    if spec.entry is not None and spec.entry.unet_file is not None:
+        return _from_unet_file(spec, options)
     _check_fetchable(spec, options)
     try:
         parts = load_pipeline_components(spec.location, revision=options.revision,
@@ -155,6 +174,7 @@ def load_model(
     local_files_only: bool = False,
     variant: str | None = None,
     single_file_config: str | None = None,
+    placement: str | None = "auto",
 ) -> LoadedModel:
     """Load a model by spec (see :mod:`sdaudit.models.registry`) onto ``device``.
 
@@ -168,15 +188,18 @@ def load_model(
         variant: weights variant of a hub repo or folder, e.g. 'fp16'.
         single_file_config: for a single checkpoint file, the architecture it holds ('sd15', 'sd21',
             a diffusers folder or repo id); inferred from the weights when omitted.
+        placement: which parts wait on the CPU between uses ('auto', 'keep', 'free-text-encoders',
+            'offload'; see :mod:`sdaudit.models.placement`); 'auto' frees the text encoders on accelerators.
     """
     spec = model if isinstance(model, ModelSpec) else parse_model_spec(model)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    placement = resolve_placement(placement, device)  # a wrong name fails before the weights load
     if spec.kind not in _SOURCES:  # pragma: no cover - parse_model_spec only makes the kinds above
         raise UsageError(f"unknown model kind {spec.kind}")
     options = _LoadOptions(revision, local_files_only, variant, single_file_config,
                            torch.float16 if dtype == torch.float16 else torch.float32)
-    return _placed(spec, _SOURCES[spec.kind](spec, options), device, dtype)
+    return apply_placement(_placed(spec, _SOURCES[spec.kind](spec, options), device, dtype), placement)
 
 
 def _denoiser_subfolder(index: dict) -> str:

@@ -41,6 +41,8 @@ class LoadedModel:
     tokenizer_2: object = None
     text_encoder_3: torch.nn.Module | None = None  # SD3's T5 (optional there)
     tokenizer_3: object = None
+    placement: str = "keep"  # which parts wait on the CPU between uses (models.placement)
+    prompt_cache: dict = field(default_factory=dict, repr=False, compare=False)  # models.placement.prompt_conditioning
 
     def __post_init__(self):
         if self.family is None:

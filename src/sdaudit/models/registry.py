@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import SdauditError, UsageError
 from ..validation import did_you_mean
+from .unet_file import LIGHTNING_REPO, LIGHTNING_STEPS, lightning_file
 
 #: bundled full-size architectures (``arch:<name>``, configs in ``configs/<name>/``) -> default size in px
 ARCH_CONFIGS = {"sd15": 512, "sd21": 512, "sdxl": 1024, "sd3": 1024, "sd35-medium": 1024, "flux": 1024,
@@ -60,6 +61,8 @@ class RegistryEntry:
     arch: str | None  # bundled config of the same architecture, for offline layer listings
     description: str
     aliases: tuple[str, ...] = ()
+    base: str | None = None  # the pipeline whose U-Net ``unet_file`` replaces (repo_id then holds only such files)
+    unet_file: str | None = None  # a file of U-Net weights in repo_id (models.unet_file)
 
 
 REGISTRY: dict[str, RegistryEntry] = {
@@ -78,6 +81,10 @@ REGISTRY: dict[str, RegistryEntry] = {
         RegistryEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024, "sdxl", "Stable Diffusion XL base 1.0",
                       ("sdxlbase", "sdxlbase10")),
         RegistryEntry("sdxl-turbo", "stabilityai/sdxl-turbo", 512, "sdxl", "SDXL-Turbo", ("sdxlturbo",)),
+        *(RegistryEntry(f"sdxl-lightning-{n}step", LIGHTNING_REPO, 1024, "sdxl",
+                        f"SDXL-Lightning {n}-step (its U-Net weights over SDXL base 1.0)", (f"sdxllightning{n}",),
+                        base="stabilityai/stable-diffusion-xl-base-1.0", unet_file=lightning_file(n))
+          for n in LIGHTNING_STEPS),
         RegistryEntry("sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 1024, "sd3", "Stable Diffusion 3 medium",
                       ("sd3medium", "stablediffusion3")),
         RegistryEntry("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", 1024, "sd35-medium",
@@ -120,6 +127,12 @@ _ALIASES: dict[str, RegistryEntry] = {}
 for _entry in REGISTRY.values():
     for _alias in (_entry.key, _entry.repo_id, *_entry.aliases):
         _ALIASES[_squash(_alias)] = _entry
+#: repo ids that hold the weights of several entries (SDXL-Lightning's step files): the user must pick one
+_SHARED_REPOS: dict[str, list[str]] = {}
+for _entry in REGISTRY.values():
+    if _entry.unet_file is not None:
+        _SHARED_REPOS.setdefault(_squash(_entry.repo_id), []).append(_entry.key)
+        _ALIASES.pop(_squash(_entry.repo_id), None)
 
 
 def known_model_names() -> list[str]:
@@ -158,6 +171,8 @@ def parse_model_spec(spec: str) -> ModelSpec:
         raise ModelSpecError(f"'{spec}' is a file but not a checkpoint (expected one of {', '.join(SINGLE_FILE_SUFFIXES)})")
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES or spec.startswith((".", "/", "~")):
         raise ModelSpecError(f"model file or folder '{spec}' does not exist")
+    if _squash(spec) in _SHARED_REPOS:
+        raise ModelSpecError(f"'{spec}' holds several models; choose one of: {', '.join(_SHARED_REPOS[_squash(spec)])}")
     entry = _ALIASES.get(_squash(spec))
     if entry is not None:
         return ModelSpec("hub", entry.key, entry.repo_id, entry)

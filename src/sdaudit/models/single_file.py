@@ -9,7 +9,7 @@ folder holding the configs that :mod:`sdaudit.models.single_file_plan` chose (sd
 ``sd15``/``sd21`` folders, the user's folder, or a temporary one for configs inferred from shapes);
 the CLIP text encoder, a transformers model, goes through diffusers' LDM converters. The file is
 read by :mod:`sdaudit.models.checkpoint` first, so that every error names it. Nothing here touches
-the network.
+the network. SDXL files (two text encoders) go through :mod:`sdaudit.models.single_file_sdxl`.
 
 The tokenizer is not in the file: it comes from the config folder's ``tokenizer/``, else from the
 Hugging Face cache (offline), else the bundled byte-level tokenizer when the text encoder is
@@ -32,6 +32,7 @@ from ..errors import UsageError
 from .checkpoint import CLIP_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, Checkpoint
 from .registry import ARCH_CONFIGS, ModelNotAvailableError
 from .single_file_plan import CONFIG_HELP, Plan, plan_components, read_json, text_kwargs
+from .single_file_sdxl import is_sdxl_checkpoint, load_sdxl_single_file, sdxl_unet_config
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +296,8 @@ def single_file_unet_config(path: str, config: str | None = None) -> dict:
         ValueError: the file is missing, unreadable, not an SD checkpoint, or does not fit ``config``.
     """
     ckpt = Checkpoint(path)
+    if is_sdxl_checkpoint(ckpt.shapes):
+        return sdxl_unet_config(config)
     return dict(plan_components(ckpt.shapes, config, ckpt.name, ckpt.global_step).unet)
 
 
@@ -311,6 +314,8 @@ def load_single_file(path: str, config: str | None = None, torch_dtype=torch.flo
         ModelNotAvailableError: the tokenizer (or a cached config repo) is not on this machine.
     """
     ckpt = Checkpoint(path)
+    if is_sdxl_checkpoint(ckpt.shapes):  # SDXL: diffusers' pipeline converter (models.single_file_sdxl)
+        return load_sdxl_single_file(path, ckpt.shapes, config, torch_dtype)
     plan = plan_components(ckpt.shapes, config, ckpt.name, ckpt.global_step)
     tokenizer = _load_tokenizer(plan, ckpt.name)  # before the heavy part: fail fast
     with _config_folder(plan) as folder:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..analyses.channels import DEFAULT_THRESHOLDS
-from ..audit_results import AuditResults, ControlRun, LayerRow
+from ..audit_results import AnomalySummary, AuditResults, ControlRun, LayerRow
 from ..constants import RESOLUTIONS
 from .intervals import FEW_CHANNELS, INTERVAL_METRICS, NOT_DEFINED, clears_control, controls_of, fmt_interval, \
     recurrence_text
@@ -298,17 +298,25 @@ def _anomalies(results: AuditResults, verdicts) -> dict[str, Any] | None:
     }
 
 
-def _channels(table: Sequence[LayerRow]) -> dict[str, Any] | None:
+def _channels(table: Sequence[LayerRow], found: AnomalySummary | None) -> dict[str, Any] | None:
     """The massive channels (opt-in analysis "channels"): the layers that have any, each with its count,
-    indices, largest ratio and smallest consistency; ``top`` is the layer with the most. None when not run."""
+    indices, largest ratio and smallest consistency; ``top`` is the layer with the most; ``without`` the
+    anomalies found without the anomaly layer's massive channels, next to the plain ones (when it has any).
+    None when not run."""
     measured = [r for r in table if r.has("massive_channels")]
     if not measured:
         return None
+    without = found.without_massive if found is not None else None
+    if without and without.get("channels"):
+        without = {**without, "count_plain": found.count, "images_with_plain": found.images_with}
+    else:
+        without = None
     layers = [{"layer": r.layer, "count": int(r.value("massive_channels")), "ids": r.values.get("massive_channel_ids"),
                "ratio_max": r.value("massive_ratio_max"), "consistency_min": r.value("massive_consistency_min")}
               for r in measured if r.value("massive_channels")]
     top = max(layers, key=lambda d: d["count"]) if layers else None  # the first such layer on a tie
-    return {"n_measured": len(measured), "layers": layers, "top": top, "threshold": DEFAULT_THRESHOLDS["ratio"]}
+    return {"n_measured": len(measured), "layers": layers, "top": top, "threshold": DEFAULT_THRESHOLDS["ratio"],
+            "without": without}
 
 
 def summarize(results: AuditResults | Mapping[str, Any]) -> dict[str, Any]:
@@ -321,7 +329,7 @@ def summarize(results: AuditResults | Mapping[str, Any]) -> dict[str, Any]:
                            "position": _position(verdicts, finest_resolution(table)),
                            "borders": _borders(table, verdicts, controls),
                            "anomalies": _anomalies(results, verdicts),
-                           "channels": _channels(table),
+                           "channels": _channels(table, results.anomalies),
                            "recurrence": recurrence_text(results.recurrence),
                            "random_weights": results.random_weights,
                            "warnings": list(results.warnings),

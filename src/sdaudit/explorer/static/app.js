@@ -392,6 +392,7 @@
       if (feats.some((f) => !f.finite)) message("this layer holds non-finite values (NaN/Inf) in some image: those tokens stay blank", true);
       if (S.ref && !sel.includes(S.ref.image)) { S.ref = null; S.pinned = false; }
       buildPanels();
+      loadChannels(s, layer, sel, seq);
       if (S.view === "norm") await loadDetections();
       if (seq !== S.loadSeq) return;
       redraw();
@@ -414,6 +415,20 @@
     }
     const total = S.selected.reduce((a, i) => a + (S.detections[`${S.layer}|${i}`] || []).length, 0);
     $("chk-detections").parentElement.title = `${total} finding(s) in the shown images`;
+  }
+
+  /** The layer's massive channels over the shown images, as one line next to the layer picker. */
+  async function loadChannels(s, layer, sel, seq) {
+    const el = $("layer-channels");
+    try {
+      const res = await getJSON(`/api/stores/${s}/channels?layer=${enc(layer)}&images=${sel.join(",")}`);
+      if (seq !== S.loadSeq) return;
+      el.textContent = res.massive_channels
+        ? `massive channels: ${res.massive_channels} (${res.massive_channel_ids.join(", ")})${res.massive_ratio_max == null ? "" : `, up to ${fmt(res.massive_ratio_max)}x the median`}`
+        : "no massive channels";
+    } catch (e) {
+      if (seq === S.loadSeq) el.textContent = "";
+    }
   }
 
   function currentStore() { return S.info.stores[S.store]; }
