@@ -15,6 +15,7 @@ import numpy as np
 from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, MassiveChannelAccumulator, NonFiniteInputError,
                         PaperProbeAccumulator, PositionProbeAccumulator, anomaly_relative_norms)
 from ..analyses.intervals import item_mean_terms
+from .views import matching_accumulators, view_key
 
 
 class AnomalyNormStream:
@@ -108,9 +109,10 @@ class AuditState:
     """All accumulators of one audit, the passes' progress, and the layers that failed."""
 
     def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
-                 anomaly_layer: str | None = None, *, probe: dict, detector: dict, labels: np.ndarray | None = None):
+                 anomaly_layer: str | None = None, *, probe: dict, detector: dict, labels: np.ndarray | None = None,
+                 matching: dict | None = None):
         self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer)
-        self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels}
+        self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels, "matching": matching}
         self.labels = labels  # given anomalies (e.g. the published labels): their norms instead of the detector's
         self.layers = list(layers)
         self.analyses = set(analyses)
@@ -128,6 +130,8 @@ class AuditState:
         self.channels = {}
         if "channels" in analyses:
             self.channels = {layer: MassiveChannelAccumulator(layer=layer) for layer in self.layers}
+        # the correspondence probe (opt-in "correspondence", matching = {"views", "size"}): per view and layer
+        self.matching = matching_accumulators(self.layers, grids, **matching) if "correspondence" in analyses else {}
         self.anomaly_layer = anomaly_layer
         self.detector = AnomalyDetector(layer=anomaly_layer, **detector) if anomaly_layer else None
         self.norms = AnomalyNormStream(self.layers, grids[anomaly_layer][0]) if anomaly_layer else None
@@ -155,6 +159,8 @@ class AuditState:
                 self._guard(layer, lambda: self.borders[layer].update(full=x, image_indices=indices))
             if layer in self.channels:
                 self._guard(layer, lambda: self.channels[layer].update(x, indices))
+            for key in (view_key(view, layer) for view in self.views):
+                self._guard(layer, lambda: self.matching[key].update(x, reps[key], indices))
         if self.detector is not None and self.anomaly_layer not in self.failed:
             if _on_device(reps[self.anomaly_layer]):
                 reps = _NormMaps(reps)  # token norms computed on the GPU: only (B, 1, h, w) maps leave it
@@ -168,6 +174,11 @@ class AuditState:
             rows = batch.result().rows if self.labels is None else self.labels[np.isin(self.labels[:, 0], indices)]
             self.norms.update(reps, rows, indices, skip=set(self.failed))
 
+    @property
+    def views(self) -> list[str]:
+        """The correspondence probe's views (none unless "correspondence" runs)."""
+        return list(dict.fromkeys(acc.provenance["view"] for acc in self.matching.values()))
+
     def update_cropped(self, reps: dict, indices: list[int]) -> None:
         """Feed one batch of a cropped pass (only the layers of that pass's grid size are in ``reps``)."""
         for layer, x in reps.items():
@@ -176,10 +187,12 @@ class AuditState:
 
     # ----- state dicts: checkpoints and shards --------------------------------------------------------
     def _parts(self) -> dict[str, object]:
-        """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>" or "detector"."""
+        """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>",
+        "matching/<view>:<layer>" or "detector"."""
         parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
         parts.update({f"borders/{k}": v for k, v in self.borders.items()})
         parts.update({f"channels/{k}": v for k, v in self.channels.items()})
+        parts.update({f"matching/{k}": v for k, v in self.matching.items()})
         if self.detector is not None:
             parts["detector"] = self.detector
         return parts
@@ -189,7 +202,8 @@ class AuditState:
         if kind == "detector":
             self.detector = acc
         else:
-            {"probe": self.probe, "borders": self.borders, "channels": self.channels}[kind][layer] = acc
+            {"probe": self.probe, "borders": self.borders, "channels": self.channels,
+             "matching": self.matching}[kind][layer] = acc
 
     def state_dict(self, *, probe_training: bool = True) -> dict[str, np.ndarray]:
         """Every accumulator's state, the progress and the failed layers, as a flat dict of numpy arrays

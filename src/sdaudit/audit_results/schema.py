@@ -78,3 +78,15 @@ def probe_metric(s: int) -> str:
 def ratio_metric(group: str) -> str:
     """The table's name of a token group's relative similarity (corner, border, other)."""
     return f"{group}_rel_sim"
+
+
+#: Prefix of the correspondence probe's numbers (opt-in analysis "correspondence", :mod:`sdaudit.audit.views`):
+#: ``match_<view>_<name>``, optional in every version-2 row.
+MATCHING_PREFIX = "match_"
+
+
+def matching_metrics(row: Mapping[str, Any], *, with_interval: bool = False) -> tuple[str, ...]:
+    """The correspondence probe's numbers a row holds (not their bounds), in its order; ``with_interval``:
+    only those with a 95 % interval (``<metric>_low`` / ``_high``)."""
+    names = [k for k in row if k.startswith(MATCHING_PREFIX) and not k.endswith(("_low", "_high", "_seed_sd"))]
+    return tuple(k for k in names if not with_interval or f"{k}_low" in row)
