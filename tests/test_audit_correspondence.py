@@ -21,7 +21,7 @@ from sdaudit.errors import UsageError
 from sdaudit.extraction import Extractor
 from sdaudit.settings import ANALYSES, DEFAULT_ANALYSES, VIEWS
 from sdaudit.terminal import closing_summary
-from tests.cli_helpers import runner
+from tests.cli_helpers import fails_with_one_line, runner
 from tests.conftest import interrupt_extraction
 from tests.test_distributed import assert_tables_equal
 
@@ -198,3 +198,50 @@ def test_state_round_trip_and_shards_merge_to_the_whole():
     assert sorted(merged.matching) == sorted(view_key(v, k) for v in ("flip", "crop") for k in grids)
     for key, acc in whole.matching.items():
         assert merged.matching[key].result().to_dict() == acc.result().to_dict()
+
+
+@pytest.fixture(scope="module")
+def pair_file(folder, tmp_path_factory):
+    """Six pairs made from the demo photos: each photo and its mirror image, a 5 x 5 grid of keypoints (its outer points on
+    the 16 x 16 grid's ring) mirrored."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("pairs")
+    pairs = []
+    for i, path in enumerate(sorted(folder.glob("*.png"))):
+        with Image.open(path) as img:
+            width, height = img.size
+            img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / f"mirror{i}.png")
+        points = [[width / 2 + dx, height / 2 + dy] for dx in (-46, -23, 0, 23, 46) for dy in (-46, -23, 0, 23, 46)]
+        pairs.append({"image_a": str(path), "image_b": str(root / f"mirror{i}.png"), "keypoints_a": points,
+                      "keypoints_b": [[width - x, y] for x, y in points], "category": "photo"})
+    (root / "pairs.json").write_text(json.dumps({"pairs": pairs}))
+    return root / "pairs.json"
+
+
+def test_user_keypoints_end_to_end(tiny, folder, pair_file, tmp_path):
+    settings = _settings(layers="conv_in", analyses=("position",), keypoints=str(pair_file))
+    results = audit(tiny, folder, tmp_path, settings, report=True, progress=False)
+    row = _rows(results)["conv_in"]
+    assert row["keypoint_pairs"] == 6 and row["keypoint_skipped"] == 0
+    for metric in ("keypoint_pck05", "keypoint_pck10", "keypoint_pck15", "keypoint_pck10_ring",
+                   "keypoint_pck10_interior"):
+        assert row[f"{metric}_low"] <= row[metric] <= row[f"{metric}_high"], metric
+    assert 0 < row["keypoint_pck10_chance"] < 1
+    assert results["run"]["keypoint_pairs"] == 6 and results["run"]["unet_passes_per_pair"] == 2
+    with open(tmp_path / "results.csv", newline="") as f:
+        assert {"keypoint_pck10", "keypoint_pck10_ring", "keypoint_pairs"} <= {r["metric"] for r in csv.DictReader(f)}
+    page = (tmp_path / "report.html").read_text()
+    assert "User keypoints" in page and "PCK@0.1" in page
+
+
+def test_a_bad_pair_file_is_one_line_and_exit_2(folder, pair_file, tmp_path):
+    bad = tmp_path / "bad.json"
+    data = json.loads(pair_file.read_text())
+    data["pairs"][1]["keypoints_b"] = data["pairs"][1]["keypoints_b"][:-1]
+    bad.write_text(json.dumps(data))
+    args = ["audit", "--model", "tiny", "--images", folder, "--out", tmp_path / "o", "--layers", "conv_in",
+            "--analyses", "position", "--keypoints", bad]
+    line = fails_with_one_line(args, "keypoints_b")
+    assert "pair 1" in line and "keypoints_a has 25" in line
+    assert "model loaded" not in runner.invoke(app, [str(a) for a in args]).output  # refused before the model loads

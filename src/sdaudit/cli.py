@@ -25,6 +25,7 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           Prompt, Protocol, ReportComparePaper, ReportLabel, ReportOut, ResultDirs, Revision, Seed, Size,
                           SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps,
                           Views)
+from .cli_options import KeypointPairs
 from .cli_options import Version
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import UsageError
@@ -193,6 +194,7 @@ def audit_cmd(
     noise_seeds: NoiseSeeds = 1,
     anomaly_labels: AnomalyLabels = None,
     views: Views = "flip",
+    keypoints: KeypointPairs = None,
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""
@@ -203,7 +205,8 @@ def audit_cmd(
     settings = _audit_settings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
                                analyses=analyses, anomaly_layer=anomaly_layer, batch_size=batch_size, probe=probe,
                                control=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
-                               noise_seeds=noise_seeds, views=views)
+                               noise_seeds=noise_seeds, views=views,
+                               keypoints=str(keypoints.resolve()) if keypoints is not None else None)
     load = {"device": device, "revision": revision, "local_files_only": local_files_only}
     run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
     with removed_on_failure(out), output_errors(out):
@@ -223,8 +226,13 @@ def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[s
     chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
     fields["views"] = [v.strip() for v in views.split(",") if v.strip()]  # checked by AuditSettings.validated
     timesteps = parse_int_list(timestep, name="--timestep")
-    return AuditSettings(**fields, timestep=timesteps[0], timesteps=timesteps if len(timesteps) > 1 else [],
-                         analyses=chosen, probe_method=probe, controls=list(control or [])).validated()
+    settings = AuditSettings(**fields, timestep=timesteps[0], timesteps=timesteps if len(timesteps) > 1 else [],
+                             analyses=chosen, probe_method=probe, controls=list(control or [])).validated()
+    if settings.keypoints:  # a bad pair file is refused before the model loads
+        from .keypoint_pairs import load_keypoint_pairs
+
+        load_keypoint_pairs(settings.keypoints)
+    return settings
 
 
 def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dict, num_processes: int):

@@ -182,6 +182,7 @@ class AuditSettings:
     batch_size: int = 4  # images per U-Net pass; 0: as many as fit in GPU memory (4 on the CPU)
     n_show: int = 4
     views: tuple[str, ...] = ("flip",)  # "correspondence": the known views each image is matched to
+    keypoints: str | None = None  # a keypoint pair file or folder (sdaudit.keypoint_pairs): PCK per layer on it
 
     def __init__(self, extraction: ExtractionSettings | None = None, **values):
         """Keyword fields; those of :class:`ExtractionSettings` are forwarded into ``extraction``."""

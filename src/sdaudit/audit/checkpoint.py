@@ -55,6 +55,8 @@ def numeric_settings(settings) -> dict:
     data.pop("n_show", None)
     if "correspondence" not in data.get("analyses", ()):
         data.pop("views", None)  # so that the checkpoints of audits without the probe keep their fingerprint
+    if data.get("keypoints") is None:
+        data.pop("keypoints", None)
     if data.get("protocol") != "paper":
         data.pop("batch_size", None)
     if data.get("probe_method") != "paper":

@@ -31,6 +31,8 @@ from .passes import Pass, batches, pass_plan
 from .progress import labelled
 from .sharding import SingleProcess
 from .state import AuditState
+from .keypoints import PASS_NAME as KEYPOINT_PASS
+from .keypoints import KeypointPass
 from .views import ViewPasses
 
 
@@ -113,6 +115,8 @@ class AuditRun:
         self.grids = {name: (shape[1], shape[2]) for name, shape in self.full.shapes.items()}
         self.batch_size = self.settings.batch_size or auto_batch_size(
             self.full, fraction=0.5, device_output=model.device.type == "cuda")
+        size = self.settings.extraction.size
+        self.keypoints = KeypointPass(self.settings.keypoints, size) if self.settings.keypoints else None
         self.state = self._new_state()
         self.views = ViewPasses(self.settings.views, self.grids, self.settings.extraction.size, len(self.items)) \
             if "correspondence" in self.settings.analyses else None
@@ -134,7 +138,8 @@ class AuditRun:
             if anomaly_layer else None
         return AuditState(self.full.layers, self.grids, n, set(settings.analyses), anomaly_layer,
                           probe=settings.probe_kwargs(), detector=settings.detector.kwargs(), labels=labels,
-                          matching={"views": list(settings.views), "size": settings.extraction.size})
+                          matching={"views": list(settings.views), "size": settings.extraction.size},
+                          keypoint_pairs=self.keypoints.pairs if self.keypoints else None)
 
     def derived(self, model, settings: AuditSettings, out: Path, options: RunOptions) -> AuditRun:
         """Another run over the same images into ``out`` (a variant or a control; its own checkpoint)."""
@@ -153,6 +158,8 @@ class AuditRun:
         try:
             for p in pass_plan(self.grids, self.settings.extraction.size, self.settings.analyses):
                 self._run_pass(p, segments)
+            if self.keypoints is not None:
+                self._run_keypoints()
         finally:
             self.feeder.close()
         return RunOutcome(self.options.sharding.reduce_state(self.state), self.full, self.stats)
@@ -209,6 +216,23 @@ class AuditRun:
             reps = {**reps, **self.views.extract(self.full, images, indices,
                                                  device_output=self.model.device.type == "cuda")}
         self.feeder.submit(self.state.update_full if p.is_full else self.state.update_cropped, reps, indices)
+
+    def _run_keypoints(self) -> None:
+        """The keypoint pass (:mod:`sdaudit.audit.keypoints`): this process's share of the pairs, both images of
+        each through the full pass's extractor, resumed from the checkpoint's count of pairs done."""
+        pairs = len(self.keypoints.pairs)
+        mine = self.options.sharding.segments(list(range(pairs)), pairs)[0]
+        step, done = max(1, self.batch_size // 2), self.state.progress.get(KEYPOINT_PASS, 0)
+        self.stats["keypoint_pairs"], self.stats["unet_passes_per_pair"] = pairs, 2
+        for start in range(done, len(mine), step):
+            chunk = mine[start:start + step]
+            reps = self.keypoints.extract(self.full, chunk, device_output=self.model.device.type == "cuda")
+            self.feeder.submit(self.state.update_keypoints, reps, chunk)
+            self.state.progress[KEYPOINT_PASS] = start + len(chunk)
+            if self.checkpointer.due():
+                self._save()
+        self.state.progress[KEYPOINT_PASS] = len(mine)
+        self._save()
 
     def _extractor(self, p: Pass) -> Extractor:
         if p.is_full:

@@ -15,6 +15,7 @@ import numpy as np
 from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, MassiveChannelAccumulator, NonFiniteInputError,
                         PaperProbeAccumulator, PositionProbeAccumulator, anomaly_relative_norms)
 from ..analyses.intervals import item_mean_terms
+from .keypoints import keypoint_accumulators, update_keypoints
 from .views import matching_accumulators, view_key
 
 
@@ -110,9 +111,10 @@ class AuditState:
 
     def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
                  anomaly_layer: str | None = None, *, probe: dict, detector: dict, labels: np.ndarray | None = None,
-                 matching: dict | None = None):
+                 matching: dict | None = None, keypoint_pairs: list | None = None):
         self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer)
-        self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels, "matching": matching}
+        self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels, "matching": matching,
+                        "keypoint_pairs": keypoint_pairs}
         self.labels = labels  # given anomalies (e.g. the published labels): their norms instead of the detector's
         self.layers = list(layers)
         self.analyses = set(analyses)
@@ -132,6 +134,9 @@ class AuditState:
             self.channels = {layer: MassiveChannelAccumulator(layer=layer) for layer in self.layers}
         # the correspondence probe (opt-in "correspondence", matching = {"views", "size"}): per view and layer
         self.matching = matching_accumulators(self.layers, grids, **matching) if "correspondence" in analyses else {}
+        # user keypoints (settings.keypoints): the pairs, and PCK per layer
+        self.keypoint_pairs = list(keypoint_pairs or [])
+        self.keypoints = keypoint_accumulators(self.layers) if keypoint_pairs else {}
         self.anomaly_layer = anomaly_layer
         self.detector = AnomalyDetector(layer=anomaly_layer, **detector) if anomaly_layer else None
         self.norms = AnomalyNormStream(self.layers, grids[anomaly_layer][0]) if anomaly_layer else None
@@ -179,6 +184,12 @@ class AuditState:
         """The correspondence probe's views (none unless "correspondence" runs)."""
         return list(dict.fromkeys(acc.provenance["view"] for acc in self.matching.values()))
 
+    def update_keypoints(self, reps: dict, pairs: list[int]) -> None:
+        """Feed one batch of the keypoint pass (pair k's images in rows 2k, 2k + 1; ``pairs``: their indices)."""
+        for layer in self.layers:
+            self._guard(layer, lambda: update_keypoints({layer: self.keypoints[layer]}, self.keypoint_pairs, reps,
+                                                        pairs))
+
     def update_cropped(self, reps: dict, indices: list[int]) -> None:
         """Feed one batch of a cropped pass (only the layers of that pass's grid size are in ``reps``)."""
         for layer, x in reps.items():
@@ -188,11 +199,12 @@ class AuditState:
     # ----- state dicts: checkpoints and shards --------------------------------------------------------
     def _parts(self) -> dict[str, object]:
         """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>",
-        "matching/<view>:<layer>" or "detector"."""
+        "matching/<view>:<layer>", "keypoints/<layer>" or "detector"."""
         parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
         parts.update({f"borders/{k}": v for k, v in self.borders.items()})
         parts.update({f"channels/{k}": v for k, v in self.channels.items()})
         parts.update({f"matching/{k}": v for k, v in self.matching.items()})
+        parts.update({f"keypoints/{k}": v for k, v in self.keypoints.items()})
         if self.detector is not None:
             parts["detector"] = self.detector
         return parts
@@ -203,7 +215,7 @@ class AuditState:
             self.detector = acc
         else:
             {"probe": self.probe, "borders": self.borders, "channels": self.channels,
-             "matching": self.matching}[kind][layer] = acc
+             "matching": self.matching, "keypoints": self.keypoints}[kind][layer] = acc
 
     def state_dict(self, *, probe_training: bool = True) -> dict[str, np.ndarray]:
         """Every accumulator's state, the progress and the failed layers, as a flat dict of numpy arrays

@@ -30,7 +30,7 @@ from ..analyses.correspondence import REGIONS, ViewMatchingAccumulator
 from ..analyses.intervals import Terms, ratio
 from ..analyses.views import KnownView
 from ..audit_results import finite
-from ..audit_results.schema import MATCHING_PREFIX as PREFIX
+from ..audit_results.schema import MATCHING_PREFIX as PREFIX  # match_
 from ..errors import UsageError
 
 REGION_NAMES = {"all": "", "corner": "_corner", "border": "_border", "other": "_interior"}  # column suffixes

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..audit_results import AuditResults, ControlRun, LayerRow
-from ..audit_results.schema import MATCHING_PREFIX
+from ..audit_results.schema import KEYPOINT_PREFIX, MATCHING_PREFIX
 from .intervals import clears_control, controls_of, fmt_interval
 
 
@@ -67,13 +67,33 @@ def _layer(row: LayerRow, view: str, controls: Sequence[ControlRun]) -> dict[str
             "finding": bias_finding(row, view, controls)}
 
 
+KEYPOINT_PCK = f"{KEYPOINT_PREFIX}pck10"  # the report's keypoint column: PCK at alpha = 0.1 (SPair's usual)
+
+
+def keypoint_layers(table: Sequence[LayerRow]) -> list[dict[str, Any]]:
+    """Per layer with keypoint numbers: PCK@0.1 overall, of ring and of interior source keypoints (intervals
+    over pairs), its chance level, the pairs and the skipped keypoints."""
+    out = []
+    for row in table:
+        if not row.has(KEYPOINT_PCK):
+            continue
+        cells = {name: fmt_interval(row.value(f"{KEYPOINT_PCK}{suffix}"), *row.interval(f"{KEYPOINT_PCK}{suffix}"), _fmt)
+                 for name, suffix in (("pck", ""), ("ring", "_ring"), ("interior", "_interior"))}
+        chance = row.value(f"{KEYPOINT_PCK}_chance")
+        out.append({"layer": row.layer, "block": row.block, "grid": row.grid, **cells,
+                    "chance": _fmt(chance) if chance is not None else "—",
+                    "pairs": row.values.get(f"{KEYPOINT_PREFIX}pairs"),
+                    "skipped": row.values.get(f"{KEYPOINT_PREFIX}skipped")})
+    return out
+
+
 def matching_summary(results: AuditResults) -> dict[str, Any] | None:
     """{"views": [{"view", "layers": [per-layer dict], "findings": n, "top": the layer with the largest bias
-    among the findings (or None)}], "controls": labels} for the report and the terminal; None when the
-    correspondence probe did not run."""
+    among the findings (or None)}], "keypoints": :func:`keypoint_layers`, "controls": labels} for the report
+    and the terminal; None when neither the correspondence probe nor user keypoints ran."""
     table = [r for r in results.table if r.error is None]
-    views = matched_views(table)
-    if not views:
+    views, keypoints = matched_views(table), keypoint_layers(table)
+    if not views and not keypoints:
         return None
     controls = controls_of(results)
     out = []
@@ -82,12 +102,12 @@ def matching_summary(results: AuditResults) -> dict[str, Any] | None:
         found = [d for d in layers if d["finding"]]
         top = max(found, key=lambda d: d["bias_value"]) if found else None
         out.append({"view": view, "layers": layers, "findings": len(found), "top": top})
-    return {"views": out, "controls": [c.label for c in controls]}
+    return {"views": out, "keypoints": keypoints, "controls": [c.label for c in controls]}
 
 
 def matching_line(found: dict[str, Any] | None) -> str | None:
     """The terminal's closing line on the first view: where the positional bias is strongest, or that none is."""
-    if found is None:
+    if found is None or not found["views"]:
         return None
     first = found["views"][0]
     against = " and the control" if found["controls"] else ""
