@@ -202,8 +202,8 @@ def test_state_round_trip_and_shards_merge_to_the_whole():
 
 @pytest.fixture(scope="module")
 def pair_file(folder, tmp_path_factory):
-    """Six pairs made from the demo photos: each photo and its mirror image, a 5 x 5 grid of keypoints (its outer points on
-    the 16 x 16 grid's ring) mirrored."""
+    """Six pairs made from the demo photos: each photo and its mirror image, a 5 x 5 grid of keypoints (the outer
+    ones on the 16 x 16 grid's ring) mirrored."""
     from PIL import Image
 
     root = tmp_path_factory.mktemp("pairs")

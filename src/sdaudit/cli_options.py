@@ -76,8 +76,8 @@ Analyses = Annotated[str, typer.Option("--analyses", "-a",
                                        help=f"Comma-separated subset of: {', '.join(ANALYSES)} (default "
                                        f"{','.join(DEFAULT_ANALYSES)}; channels and correspondence are opt-in).")]
 KeypointPairs = Annotated[Optional[Path], typer.Option(
-    "--keypoints", help="Annotated image pairs (a JSON pair file or a folder of them; sdaudit's format or SPair-71k's): "
-    "the audit also runs their images and reports keypoint PCK per layer.")]
+    "--keypoints", help="Annotated image pairs (a JSON pair file or a folder of them; sdaudit's format or "
+    "SPair-71k's): the audit also runs their images and reports keypoint PCK per layer.")]
 Views = Annotated[str, typer.Option("--views", help=f"Known views the correspondence analysis matches each image to: "
                                     f"comma-separated subset of {', '.join(VIEWS)} (shift: one token of the "
                                     "coarsest audited grid).")]

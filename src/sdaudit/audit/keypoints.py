@@ -25,6 +25,7 @@ from PIL import Image
 from ..analyses.intervals import Terms, ratio
 from ..analyses.keypoints import KEYPOINT_REGIONS, KeypointMatchingAccumulator
 from ..audit_results import finite
+from .views import interval_columns
 from ..audit_results.schema import KEYPOINT_PREFIX as PREFIX
 from ..extraction import prepare_for_model
 from ..keypoint_pairs import KeypointPair, load_keypoint_pairs
@@ -76,7 +77,7 @@ def keypoint_columns(acc: KeypointMatchingAccumulator) -> dict:
         for j, alpha in enumerate(result.alphas):
             metric = f"{PREFIX}{_alpha_name(alpha)}{REGION_NAMES[region]}"
             iv = result.pck[region][j]
-            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = finite(iv.estimate), finite(iv.low), finite(iv.high)
+            row.update(interval_columns(metric, iv))
     for j, alpha in enumerate(result.alphas):
         row[f"{PREFIX}{_alpha_name(alpha)}_chance"] = finite(result.chance_pck["all"][j])
     row[f"{PREFIX}pairs"], row[f"{PREFIX}skipped"] = result.n_pairs, result.skipped

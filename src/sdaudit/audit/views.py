@@ -37,6 +37,12 @@ REGION_NAMES = {"all": "", "corner": "_corner", "border": "_border", "other": "_
 _SEP = ":"  # view_key's separator: layer names never hold it (nor the "|" of state dicts)
 
 
+def interval_columns(metric: str, interval) -> dict:
+    """``metric``, ``metric_low`` and ``metric_high`` of an :class:`~sdaudit.analyses.Interval` (None if undefined)."""
+    return {metric: finite(interval.estimate), f"{metric}_low": finite(interval.low),
+            f"{metric}_high": finite(interval.high)}
+
+
 def view_key(view: str, layer: str) -> str:
     """The name of a view's representations of ``layer`` in a batch's reps dict (and its accumulator's part)."""
     return f"{view}{_SEP}{layer}"
@@ -129,7 +135,7 @@ def matching_columns(state, layer: str) -> dict:
         intervals["bias"] = result.bias_rate["all"]
         for name, iv in intervals.items():
             metric = f"{PREFIX}{view}_{name}"
-            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = finite(iv.estimate), finite(iv.low), finite(iv.high)
+            row.update(interval_columns(metric, iv))
         row[f"{PREFIX}{view}_bias_chance"] = finite(result.chance_bias_rate["all"])
     return row
 

@@ -21,6 +21,11 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
+def _interval(row: LayerRow, metric: str) -> str:
+    """'0.42 [0.38, 0.46]' of a row's metric."""
+    return fmt_interval(row.value(metric), *row.interval(metric), _fmt)
+
+
 def matched_views(table: Sequence[LayerRow]) -> list[str]:
     """The views the table has matching numbers for, in the order the audit wrote them."""
     pattern = re.compile(rf"{MATCHING_PREFIX}(\w+?)_acc$")
@@ -34,7 +39,7 @@ def _control_bias(row: LayerRow, metric: str, controls: Sequence[ControlRun]) ->
     for c in controls:
         crow = c.by_layer().get(row.layer)
         if crow is not None and crow.value(metric) is not None:
-            out.append((c.label, fmt_interval(crow.value(metric), *crow.interval(metric), _fmt)))
+            out.append((c.label, _interval(crow, metric)))
     return out
 
 
@@ -48,7 +53,7 @@ def bias_finding(row: LayerRow, view: str, controls: Sequence[ControlRun]) -> st
         return None
     if controls and clears_control(row, metric, controls) is not None:
         return None
-    text = (f"positional bias: {fmt_interval(row.value(metric), *row.interval(metric), _fmt)} of wrong {view} "
+    text = (f"positional bias: {_interval(row, metric)} of wrong {view} "
             f"matches land on the source position (chance {_fmt(chance)}")
     for label, value in _control_bias(row, metric, controls):
         text += f"; {label} {value}"
@@ -57,11 +62,10 @@ def bias_finding(row: LayerRow, view: str, controls: Sequence[ControlRun]) -> st
 
 def _layer(row: LayerRow, view: str, controls: Sequence[ControlRun]) -> dict[str, Any]:
     base = f"{MATCHING_PREFIX}{view}"
-    acc = {name: fmt_interval(row.value(f"{base}_{name}"), *row.interval(f"{base}_{name}"), _fmt)
-           for name in ("acc", "acc_corner", "acc_border", "acc_interior")}
+    acc = {name: _interval(row, f"{base}_{name}") for name in ("acc", "acc_corner", "acc_border", "acc_interior")}
     chance = row.value(f"{base}_bias_chance")
     return {"layer": row.layer, "block": row.block, "grid": row.grid, **acc,
-            "bias": fmt_interval(row.value(f"{base}_bias"), *row.interval(f"{base}_bias"), _fmt),
+            "bias": _interval(row, f"{base}_bias"),
             "bias_value": row.value(f"{base}_bias"), "chance": _fmt(chance) if chance is not None else "—",
             "controls": _control_bias(row, f"{base}_bias", controls),
             "finding": bias_finding(row, view, controls)}
@@ -77,7 +81,7 @@ def keypoint_layers(table: Sequence[LayerRow]) -> list[dict[str, Any]]:
     for row in table:
         if not row.has(KEYPOINT_PCK):
             continue
-        cells = {name: fmt_interval(row.value(f"{KEYPOINT_PCK}{suffix}"), *row.interval(f"{KEYPOINT_PCK}{suffix}"), _fmt)
+        cells = {name: _interval(row, f"{KEYPOINT_PCK}{suffix}")
                  for name, suffix in (("pck", ""), ("ring", "_ring"), ("interior", "_interior"))}
         chance = row.value(f"{KEYPOINT_PCK}_chance")
         out.append({"layer": row.layer, "block": row.block, "grid": row.grid, **cells,
