@@ -56,7 +56,7 @@ def bias_finding(row: LayerRow, view: str, controls: Sequence[ControlRun]) -> st
     text = (f"positional bias: {_interval(row, metric)} of wrong {view} "
             f"matches land on the source position (chance {_fmt(chance)}")
     for label, value in _control_bias(row, metric, controls):
-        text += f"; {label} {value}"
+        text += f"; {label} control {value}"
     return text + ")"
 
 
