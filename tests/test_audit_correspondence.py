@@ -50,8 +50,10 @@ def controlled(tiny, folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def plain(tiny, folder, tmp_path_factory):
-    return audit(tiny, folder, tmp_path_factory.mktemp("plain"), _settings(), report=False, progress=False)
+def plain(tiny, folder, pair_file, tmp_path_factory):
+    """Flip only, on two blocks' layers, with the user keypoints: what resumed and two-process runs must equal."""
+    return audit(tiny, folder, tmp_path_factory.mktemp("plain"), _settings(keypoints=str(pair_file)), report=False,
+                 progress=False)
 
 
 def _rows(results) -> dict:
@@ -159,20 +161,23 @@ def test_a_planted_positional_code_biases_flip_matches_and_content_alone_does_no
         assert "no positional bias beyond chance" in finding
 
 
-def test_interrupted_audit_resumes_to_the_same_matching(tiny, folder, tmp_path, monkeypatch, plain):
-    calls = interrupt_extraction(monkeypatch, at_call=4)  # batch 2's flip view: batch 1 is checkpointed
-    settings = _settings(batch_size=2)
+# 6 images in batches of 2, each batch and its flip view: calls 1-6; then one pair per call: calls 7-12
+@pytest.mark.parametrize("at_call, resumed_at, calls_left", [(4, 2, 10), (9, 6, 4)])
+def test_interrupted_audit_resumes_to_the_same_matching(tiny, folder, pair_file, tmp_path, monkeypatch, plain,
+                                                        at_call, resumed_at, calls_left):
+    calls = interrupt_extraction(monkeypatch, at_call=at_call)  # in the image pass, or in the keypoint pass
+    settings = _settings(batch_size=2, keypoints=str(pair_file))
     with pytest.raises(KeyboardInterrupt):
         audit(tiny, folder, tmp_path, settings, report=False, progress=False, checkpoint_seconds=0)
     calls["n"] = -10_000
     resumed = audit(tiny, folder, tmp_path, settings, report=False, progress=False, checkpoint_seconds=0)
-    assert resumed["run"]["passes"][0]["resumed_at"] == 2
+    assert resumed["run"]["passes"][0]["resumed_at"] == resumed_at and calls["n"] == -10_000 + calls_left
     assert_tables_equal(plain["table"], resumed["table"])
 
 
-def test_two_processes_equal_one_process(folder, tmp_path, plain):
-    two = audit_multiprocess("tiny", folder, tmp_path / "two", _settings(batch_size=2), num_processes=2, threads=1,
-                             load_kwargs={"device": "cpu"}, report=False, progress=False)
+def test_two_processes_equal_one_process(folder, pair_file, tmp_path, plain):
+    two = audit_multiprocess("tiny", folder, tmp_path / "two", _settings(batch_size=2, keypoints=str(pair_file)),
+                             num_processes=2, threads=1, load_kwargs={"device": "cpu"}, report=False, progress=False)
     assert two["run"]["processes"] == 2 and two["run"]["unet_passes_per_image"] == 2
     assert_tables_equal(plain["table"], two["table"])
 
