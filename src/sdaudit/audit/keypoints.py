@@ -25,7 +25,7 @@ from PIL import Image
 from ..analyses.intervals import Terms, ratio
 from ..analyses.keypoints import KEYPOINT_REGIONS, KeypointMatchingAccumulator
 from ..audit_results import finite
-from .views import interval_columns
+from .views import interval_columns, pck_name
 from ..audit_results.schema import KEYPOINT_PREFIX as PREFIX
 from ..extraction import prepare_for_model
 from ..keypoint_pairs import KeypointPair, load_keypoint_pairs
@@ -65,21 +65,17 @@ def update_keypoints(accumulators: dict, pairs: Sequence[KeypointPair], reps: di
             acc.update(x[2 * k], x[2 * k + 1], pairs[p].keypoints, pair_index=int(p))
 
 
-def _alpha_name(alpha: float) -> str:
-    return f"pck{int(round(alpha * 100)):02d}"
-
-
 def keypoint_columns(acc: KeypointMatchingAccumulator) -> dict:
     """A layer's ``keypoint_*`` columns (module docstring)."""
     result = acc.result()
     row = {}
     for region in KEYPOINT_REGIONS:
         for j, alpha in enumerate(result.alphas):
-            metric = f"{PREFIX}{_alpha_name(alpha)}{REGION_NAMES[region]}"
+            metric = f"{PREFIX}{pck_name(alpha)}{REGION_NAMES[region]}"
             iv = result.pck[region][j]
             row.update(interval_columns(metric, iv))
     for j, alpha in enumerate(result.alphas):
-        row[f"{PREFIX}{_alpha_name(alpha)}_chance"] = finite(result.chance_pck["all"][j])
+        row[f"{PREFIX}{pck_name(alpha)}_chance"] = finite(result.chance_pck["all"][j])
     row[f"{PREFIX}pairs"], row[f"{PREFIX}skipped"] = result.n_pairs, result.skipped
     return row
 
@@ -89,7 +85,7 @@ def keypoint_terms(acc: KeypointMatchingAccumulator | None, metric: str) -> Term
     if acc is None or not len(acc.per_pair):
         return None
     width = 1 + 2 * len(acc.alphas)
-    specs = {f"{PREFIX}{_alpha_name(a)}{REGION_NAMES[g]}": (i * width + 1 + j, i * width)
+    specs = {f"{PREFIX}{pck_name(a)}{REGION_NAMES[g]}": (i * width + 1 + j, i * width)
              for i, g in enumerate(KEYPOINT_REGIONS) for j, a in enumerate(acc.alphas)}
     if metric not in specs:
         return None

@@ -11,11 +11,13 @@ travel in the batch's reps dict under :func:`view_key` names, so the feeder and 
 Choices:
 
 * a shift must move every audited layer's grid by whole tokens: it is one token of the COARSEST audited grid
-  to the right (size / coarsest px), i.e. grid / coarsest tokens of a finer grid; grids that the coarsest
+  horizontally (size / coarsest px), i.e. grid / coarsest tokens of a finer grid; grids that the coarsest
   does not divide are refused;
-* each view has its own noise draw (the extractor seeds the noise by image index; a view's index is
+* each view has its own noise draw (protocol clean seeds the noise by image index; a view's index is
   ``index + (k + 1) * n_images``): the same noise at the same absolute position in image and view would pull
-  matches onto the source position and pass for a positional bias of the model.
+  matches onto the source position and pass for a positional bias of the model. Under protocol 'paper' one
+  noise tensor is shared by all images (as published), so there image and view share it: compare with a
+  control run under the same protocol.
 
 Results: per layer and view, ``match_<view>_acc`` (within one token; ``_corner`` / ``_border`` /
 ``_interior``: by the source token's region), ``match_<view>_pck<100 alpha>``, ``match_<view>_bias``
@@ -104,7 +106,8 @@ class ViewPasses:
         return out
 
 
-def _alpha_name(alpha: float) -> str:
+def pck_name(alpha: float) -> str:
+    """The column name of PCK at ``alpha`` (a fraction): pck05, pck10, pck20, ..."""
     return f"pck{int(round(alpha * 100)):02d}"
 
 
@@ -117,7 +120,7 @@ def _specs(acc: ViewMatchingAccumulator) -> dict[str, tuple[int, int]]:
         base = i * width
         out[f"acc{REGION_NAMES[region]}"] = (base + 1, base)
         if region == "all":
-            out.update({_alpha_name(a): (base + 2 + j, base) for j, a in enumerate(acc.alphas)})
+            out.update({pck_name(a): (base + 2 + j, base) for j, a in enumerate(acc.alphas)})
             out["bias"] = (base + width - 1, base + width - 2)
     return out
 
@@ -131,7 +134,7 @@ def matching_columns(state, layer: str) -> dict:
         view = acc.provenance["view"]
         result = acc.result()
         intervals = {f"acc{REGION_NAMES[g]}": result.accuracy[g] for g in REGIONS}
-        intervals.update({_alpha_name(a): result.pck["all"][j] for j, a in enumerate(result.alphas)})
+        intervals.update({pck_name(a): result.pck["all"][j] for j, a in enumerate(result.alphas)})
         intervals["bias"] = result.bias_rate["all"]
         for name, iv in intervals.items():
             metric = f"{PREFIX}{view}_{name}"
