@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sdaudit.report.html import template_environment
 
-TEMPLATES = {"base.html.j2", "report.html.j2", "compare.html.j2", "macros.html.j2", "report.css", "_mitigations.html.j2"}
+TEMPLATES = {"base.html.j2", "report.html.j2", "compare.html.j2", "macros.html.j2", "report.css", "_mitigations.html.j2",
+             "_matching.html.j2"}
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -24,8 +24,9 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           ExploreModel, Host, Images, KeepStore, Labels, LayerSelection, Layers, LocalFilesOnly,
                           MinSide, Model, NoiseSeeds, NumProcesses, OptionalImages, OrderFile, PerClass, Port, Probe,
                           Prompt, Protocol, ReportComparePaper, ReportLabel, ReportOut, ResultDirs, Revision, Seed, Size,
-                          SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps)
-from .cli_options import Memory, Version
+                          SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps,
+                          Views)
+from .cli_options import KeypointPairs, Memory, Version
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import UsageError
 from .validation import output_errors, removed_on_failure
@@ -196,6 +197,8 @@ def audit_cmd(
     control_seed: ControlSeed = 1,
     noise_seeds: NoiseSeeds = 1,
     anomaly_labels: AnomalyLabels = None,
+    views: Views = "flip",
+    keypoints: KeypointPairs = None,
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""
@@ -206,7 +209,8 @@ def audit_cmd(
     settings = _audit_settings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
                                analyses=analyses, anomaly_layer=anomaly_layer, batch_size=batch_size, probe=probe,
                                control=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
-                               noise_seeds=noise_seeds)
+                               noise_seeds=noise_seeds, views=views,
+                               keypoints=str(keypoints.resolve()) if keypoints is not None else None)
     load = {"device": device, "revision": revision, "local_files_only": local_files_only, "placement": memory}
     run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
     with removed_on_failure(out), output_errors(out):
@@ -216,16 +220,23 @@ def audit_cmd(
         _print_audit(results, out, time.perf_counter() - start)
 
 
-def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[str] | None, **fields):
+def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[str] | None, views: str = "flip",
+                    **fields):
     """The audit's settings from the command's options: the one place where the command line builds them.
     ``fields`` are the options named as :class:`~sdaudit.settings.AuditSettings` fields; the others are parsed."""
     from .audit import ANALYSES, AuditSettings
     from .validation import check_choices, parse_int_list
 
     chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
+    fields["views"] = [v.strip() for v in views.split(",") if v.strip()]  # checked by AuditSettings.validated
     timesteps = parse_int_list(timestep, name="--timestep")
-    return AuditSettings(**fields, timestep=timesteps[0], timesteps=timesteps if len(timesteps) > 1 else [],
-                         analyses=chosen, probe_method=probe, controls=list(control or [])).validated()
+    settings = AuditSettings(**fields, timestep=timesteps[0], timesteps=timesteps if len(timesteps) > 1 else [],
+                             analyses=chosen, probe_method=probe, controls=list(control or [])).validated()
+    if settings.keypoints:  # a bad pair file is refused before the model loads
+        from .keypoint_pairs import load_keypoint_pairs
+
+        load_keypoint_pairs(settings.keypoints)
+    return settings
 
 
 def _run_audit(model: str, sources, out: Path, settings, *, load: dict, run: dict, num_processes: int):

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .constants import PAPER_ANOMALY_LAYER
-from .settings import ANALYSES, DEFAULT_ANALYSES
+from .settings import ANALYSES, DEFAULT_ANALYSES, VIEWS
 from .validation import MAX_SEED, MAX_SIZE
 
 MODEL_HELP = ("Model: sd15, sd21, sd-turbo (any usual spelling), tiny, arch:sd15, arch:sd21, a Hugging Face repo "
@@ -78,7 +78,13 @@ Timesteps = Annotated[str, typer.Option("--timestep", "-t", help="Diffusion time
                                         "a list (0,50,200,500) audits each, the first is the main one.")]
 Analyses = Annotated[str, typer.Option("--analyses", "-a",
                                        help=f"Comma-separated subset of: {', '.join(ANALYSES)} (default "
-                                       f"{','.join(DEFAULT_ANALYSES)}; channels is opt-in).")]
+                                       f"{','.join(DEFAULT_ANALYSES)}; channels and correspondence are opt-in).")]
+KeypointPairs = Annotated[Optional[Path], typer.Option(
+    "--keypoints", help="Annotated image pairs (a JSON pair file or a folder of them; sdaudit's format or "
+    "SPair-71k's): the audit also runs their images and reports keypoint PCK per layer.")]
+Views = Annotated[str, typer.Option("--views", help=f"Known views the correspondence analysis matches each image to: "
+                                    f"comma-separated subset of {', '.join(VIEWS)} (shift: one token of the "
+                                    "coarsest audited grid).")]
 AnomalyLayer = Annotated[Optional[str], typer.Option("--anomaly-layer", help="Layer the anomaly detector runs on "
                                                      f"(default: {PAPER_ANOMALY_LAYER}, as in the paper).")]
 KeepStore = Annotated[bool, typer.Option("--keep-store", metavar=FLAG,

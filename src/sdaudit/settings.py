@@ -19,15 +19,16 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from .constants import PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, RESOLUTIONS
 from .errors import UsageError
-from .validation import check_seed, check_size, did_you_mean
+from .validation import check_choices, check_seed, check_size, did_you_mean
 
 PROTOCOLS = ("clean", "paper")
 LATENT_MODES = ("mean", "sample")
-ANALYSES = ("position", "borders", "anomalies", "maps", "channels")
-# what an audit runs unless told: "channels" (massive channels, sdaudit.analyses.channels) is opt-in, so the
-# default outputs stay as they were
+ANALYSES = ("position", "borders", "anomalies", "maps", "channels", "correspondence")
+# what an audit runs unless told: "channels" (massive channels, sdaudit.analyses.channels) and "correspondence"
+# (matching to known views, sdaudit.analyses.correspondence) are opt-in, so the default outputs stay as they were
 DEFAULT_ANALYSES = ("position", "borders", "anomalies", "maps")
 PROBES = ("lda", "ridge", "paper")
+VIEWS = ("flip", "shift", "crop")  # the known views of "correspondence" (sdaudit.analyses.views.VIEWS)
 CONTROLS = ("untrained", "circular-padding")
 
 
@@ -180,6 +181,8 @@ class AuditSettings:
     noise_seeds: int = 1  # K > 1: K independent noise draws per image (seeds seed .. seed+K-1), numbers averaged
     batch_size: int = 4  # images per U-Net pass; 0: as many as fit in GPU memory (4 on the CPU)
     n_show: int = 4
+    views: tuple[str, ...] = ("flip",)  # "correspondence": the known views each image is matched to
+    keypoints: str | None = None  # a keypoint pair file or folder (sdaudit.keypoint_pairs): PCK per layer on it
 
     def __init__(self, extraction: ExtractionSettings | None = None, **values):
         """Keyword fields; those of :class:`ExtractionSettings` are forwarded into ``extraction``."""
@@ -229,6 +232,9 @@ class AuditSettings:
                              f"{', '.join(CONTROLS)}")
         if not 0 < self.train_fraction < 1:
             raise UsageError("train_fraction must be in (0, 1)")
+        check_choices(list(self.views), VIEWS, name="--views")
+        if len(set(self.views)) != len(self.views):
+            raise UsageError(f"--views lists a view twice: {list(self.views)}")
 
     def _checked_timesteps(self) -> tuple[int, ...]:
         bad = [t for t in [self.extraction.timestep, *self.timesteps] if not 0 <= int(t) <= 999]

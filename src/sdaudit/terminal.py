@@ -147,7 +147,8 @@ def _warning_line(results: AuditResults) -> str | None:
 
 
 def closing_summary(results: AuditResults | dict) -> list[str]:
-    """3-7 lines that end an audit's output: verdict counts, the strongest layer per artifact, warnings."""
+    """3-8 lines that end an audit's output: verdict counts, the strongest layer per artifact, warnings."""
+    from .report.matching import matching_line
     from .report.verdicts import summarize  # the report's rules (and its matplotlib) only when summarizing
 
     results = AuditResults.coerce(results)
@@ -157,5 +158,6 @@ def closing_summary(results: AuditResults | dict) -> list[str]:
         counts += f", {found['n_failed']} failed"
     lines = [counts + f" (of {found['n_layers']} layers)",
              _position_line(results, found["verdicts"]), _border_line(found["borders"]),
-             _anomaly_line(found["anomalies"]), _channel_line(found["channels"]), _warning_line(results)]
+             _anomaly_line(found["anomalies"]), _channel_line(found["channels"]),
+             matching_line(found["matching"]), _warning_line(results)]
     return [line for line in lines if line]

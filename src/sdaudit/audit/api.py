@@ -10,6 +10,7 @@ import numpy as np
 
 from ..audit_results import RESULTS_NAME
 from ..errors import UsageError
+from ..keypoint_pairs import load_keypoint_pairs
 from ..settings import AuditSettings
 from ..terminal import Stages
 from .checkpoint import audit_fingerprint
@@ -93,6 +94,8 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
         raise UsageError("keep_store is not supported with several processes")
     if keep_store and store is not None:
         raise UsageError("--keep-store with --store: the audited store already holds the representations")
+    if settings.keypoints:  # a bad pair file stops the audit before the model loads (the run reads it again)
+        load_keypoint_pairs(settings.keypoints)
     if isinstance(model, str):
         with stages("loading the model", done=f"model loaded ({model})"):
             model = load_model(model)

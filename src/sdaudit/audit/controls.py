@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..analyses.intervals import difference_interval
 from ..audit_results import finite, interval_metrics, row_resolutions
+from ..audit_results.schema import matching_metrics
 from ..models.controls import control_model
 from ..settings import AuditSettings
 from .outputs import metric_terms
@@ -34,7 +35,7 @@ def run_controls(main: AuditRun, settings: AuditSettings, options: RunOptions) -
 def add_beyond_columns(table: list[dict], state, control_state, prefix: str = "beyond_") -> None:
     """``<prefix><metric>`` (model - control) with ``_low`` / ``_high`` for every metric both runs have."""
     for row in table:
-        for metric in interval_metrics(row_resolutions(row)):
+        for metric in interval_metrics(row_resolutions(row)) + matching_metrics(row, with_interval=True):
             a = metric_terms(state, row["layer"], metric)
             b = metric_terms(control_state, row["layer"], metric)
             if a is None or b is None or not len(a.index) or not len(b.index):

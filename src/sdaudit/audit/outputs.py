@@ -14,6 +14,9 @@ from ..analyses.results import UNDEFINED_SMALL_GRID
 from ..audit_results import finite
 from ..constants import DEGENERATE_GRID, MIN_PROBE_GRID, RESOLUTIONS
 from ..layer_names import block_of, kind_of
+from ..audit_results.schema import KEYPOINT_PREFIX, MATCHING_PREFIX
+from .keypoints import keypoint_columns, keypoint_terms
+from .views import matching_columns, matching_terms
 
 
 def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict, list[dict]]:
@@ -51,6 +54,10 @@ def layer_results(state, grids: dict[str, tuple[int, int]]) -> tuple[dict, dict,
             row["anomaly_rel_norm_mean_high"] = finite(norms[layer]["high"])
         if layer in state.channels and layer not in state.failed:
             row.update(channel_summary(state.channels[layer].result()))
+        if state.matching and layer not in state.failed:
+            row.update(matching_columns(state, layer))
+        if layer in state.keypoints and layer not in state.failed:
+            row.update(keypoint_columns(state.keypoints[layer]))
         table.append(row)
     return position, borders, table
 
@@ -76,6 +83,10 @@ def metric_terms(state, layer: str, metric: str) -> Terms | None:
         return probe.terms(resolution) if resolution in probe.resolutions else None
     if metric.endswith("_rel_sim") and layer in state.borders:
         return state.borders[layer].terms(metric.split("_", 1)[0])
+    if metric.startswith(MATCHING_PREFIX):
+        return matching_terms(state, layer, metric)
+    if metric.startswith(KEYPOINT_PREFIX):
+        return keypoint_terms(state.keypoints.get(layer), metric)
     if metric == "anomaly_rel_norm_mean" and state.norms is not None and state.anomaly_layer not in state.failed:
         return item_mean_terms(state.norms.images[layer], state.norms.values[layer])
     return None

@@ -31,6 +31,9 @@ from .passes import Pass, batches, pass_plan
 from .progress import labelled
 from .sharding import SingleProcess
 from .state import AuditState
+from .keypoints import PASS_NAME as KEYPOINT_PASS
+from .keypoints import KeypointPass
+from .views import ViewPasses
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,11 @@ class AuditRun:
         self.grids = {name: (shape[1], shape[2]) for name, shape in self.full.shapes.items()}
         self.batch_size = self.settings.batch_size or auto_batch_size(
             self.full, fraction=0.5, device_output=model.device.type == "cuda")
+        size = self.settings.extraction.size
+        self.keypoints = KeypointPass(self.settings.keypoints, size) if self.settings.keypoints else None
         self.state = self._new_state()
+        self.views = ViewPasses(self.settings.views, self.grids, self.settings.extraction.size, len(self.items)) \
+            if "correspondence" in self.settings.analyses else None
         sharding = options.sharding
         key = fingerprint(model, self.settings, self.items, from_store=full_source is not None)
         self.checkpointer = Checkpointer(sharding.checkpoint_path(self.out), sharding.own_fingerprint(key),
@@ -130,7 +137,9 @@ class AuditRun:
         labels = _anomaly_labels(settings.anomaly_labels, self.grids[anomaly_layer], self.items) \
             if anomaly_layer else None
         return AuditState(self.full.layers, self.grids, n, set(settings.analyses), anomaly_layer,
-                          probe=settings.probe_kwargs(), detector=settings.detector.kwargs(), labels=labels)
+                          probe=settings.probe_kwargs(), detector=settings.detector.kwargs(), labels=labels,
+                          matching={"views": list(settings.views), "size": settings.extraction.size},
+                          keypoint_pairs=self.keypoints.pairs if self.keypoints else None)
 
     def derived(self, model, settings: AuditSettings, out: Path, options: RunOptions) -> AuditRun:
         """Another run over the same images into ``out`` (a variant or a control; its own checkpoint)."""
@@ -149,6 +158,8 @@ class AuditRun:
         try:
             for p in pass_plan(self.grids, self.settings.extraction.size, self.settings.analyses):
                 self._run_pass(p, segments)
+            if self.keypoints is not None:
+                self._run_keypoints()
         finally:
             self.feeder.close()
         return RunOutcome(self.options.sharding.reduce_state(self.state), self.full, self.stats)
@@ -199,7 +210,29 @@ class AuditRun:
             reps = extractor.run(images, indices, device_output=on_device)
         if p.is_full and self.store_writer is not None:
             self.store_writer(batch, images, reps)
+        if p.is_full and self.views is not None:  # the views' representations beside the images' (audit.views)
+            if images is None:
+                images = [prepare_for_model(item.load(), self.settings.extraction.size) for item in batch]
+            reps = {**reps, **self.views.extract(self.full, images, indices,
+                                                 device_output=self.model.device.type == "cuda")}
         self.feeder.submit(self.state.update_full if p.is_full else self.state.update_cropped, reps, indices)
+
+    def _run_keypoints(self) -> None:
+        """The keypoint pass (:mod:`sdaudit.audit.keypoints`): this process's share of the pairs, both images of
+        each through the full pass's extractor, resumed from the checkpoint's count of pairs done."""
+        pairs = len(self.keypoints.pairs)
+        mine = self.options.sharding.segments(list(range(pairs)), pairs)[0]
+        step, done = max(1, self.batch_size // 2), self.state.progress.get(KEYPOINT_PASS, 0)
+        self.stats["keypoint_pairs"], self.stats["unet_passes_per_pair"] = pairs, 2
+        for start in range(done, len(mine), step):
+            chunk = mine[start:start + step]
+            reps = self.keypoints.extract(self.full, chunk, device_output=self.model.device.type == "cuda")
+            self.feeder.submit(self.state.update_keypoints, reps, chunk)
+            self.state.progress[KEYPOINT_PASS] = start + len(chunk)
+            if self.checkpointer.due():
+                self._save()
+        self.state.progress[KEYPOINT_PASS] = len(mine)
+        self._save()
 
     def _extractor(self, p: Pass) -> Extractor:
         if p.is_full:
@@ -210,13 +243,17 @@ class AuditRun:
 
     def _count_cost(self, p: Pass) -> None:
         """U-Net passes per image, and their cost in full passes: a crop of size - 2 px costs ((size - 2 px) /
-        size)^2 of one, as the U-Net's cost grows with the pixel area. A store's full pass costs none."""
-        if p.is_full and self.full_source is not None:
+        size)^2 of one, as the U-Net's cost grows with the pixel area. A store's full pass costs none; the
+        correspondence probe's views cost one full pass each."""
+        views = len(self.views.views) if p.is_full and self.views is not None else 0
+        own = 0 if p.is_full and self.full_source is not None else 1
+        if not own + views:
             return
         samples, size = self.settings.extraction.noise_samples, self.settings.extraction.size
-        self.stats["unet_passes_per_image"] += samples
-        self.stats["full_pass_equivalents_per_image"] = (self.stats.get("full_pass_equivalents_per_image", 0)
-                                                         + samples * (size - 2 * p.crop_px) ** 2 / size ** 2)
+        self.stats["unet_passes_per_image"] += samples * (own + views)
+        self.stats["full_pass_equivalents_per_image"] = (
+            self.stats.get("full_pass_equivalents_per_image", 0)
+            + samples * (views + own * (size - 2 * p.crop_px) ** 2 / size ** 2))
 
     def _save(self) -> None:
         self.feeder.drain()  # the state must hold every batch submitted

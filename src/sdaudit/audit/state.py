@@ -16,6 +16,8 @@ from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, MassiveChan
                         NormsWithoutAccumulator, PaperProbeAccumulator, PositionProbeAccumulator,
                         anomaly_relative_norms)
 from ..analyses.intervals import item_mean_terms
+from .keypoints import keypoint_accumulators, update_keypoints
+from .views import matching_accumulators, view_key
 
 
 class AnomalyNormStream:
@@ -109,9 +111,11 @@ class AuditState:
     """All accumulators of one audit, the passes' progress, and the layers that failed."""
 
     def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
-                 anomaly_layer: str | None = None, *, probe: dict, detector: dict, labels: np.ndarray | None = None):
+                 anomaly_layer: str | None = None, *, probe: dict, detector: dict, labels: np.ndarray | None = None,
+                 matching: dict | None = None, keypoint_pairs: list | None = None):
         self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer)
-        self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels}
+        self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels, "matching": matching,
+                        "keypoint_pairs": keypoint_pairs}
         self.labels = labels  # given anomalies (e.g. the published labels): their norms instead of the detector's
         self.layers = list(layers)
         self.analyses = set(analyses)
@@ -129,6 +133,11 @@ class AuditState:
         self.channels = {}
         if "channels" in analyses:
             self.channels = {layer: MassiveChannelAccumulator(layer=layer) for layer in self.layers}
+        # the correspondence probe (opt-in "correspondence", matching = {"views", "size"}): per view and layer
+        self.matching = matching_accumulators(self.layers, grids, **matching) if "correspondence" in analyses else {}
+        # user keypoints (settings.keypoints): the pairs, and PCK per layer
+        self.keypoint_pairs = list(keypoint_pairs or [])
+        self.keypoints = keypoint_accumulators(self.layers) if keypoint_pairs else {}
         self.anomaly_layer = anomaly_layer
         # the anomaly layer's token norms without its massive channels (known at the end): candidates per image
         self.without = {}
@@ -162,6 +171,8 @@ class AuditState:
                 self._guard(layer, lambda: self.channels[layer].update(x, indices))
             if layer in self.without:
                 self._guard(layer, lambda: self.without[layer].update(x, indices))
+            for key in (view_key(view, layer) for view in self.views):
+                self._guard(layer, lambda: self.matching[key].update(x, reps[key], indices))
         if self.detector is not None and self.anomaly_layer not in self.failed:
             if _on_device(reps[self.anomaly_layer]):
                 reps = _NormMaps(reps)  # token norms computed on the GPU: only (B, 1, h, w) maps leave it
@@ -175,6 +186,17 @@ class AuditState:
             rows = batch.result().rows if self.labels is None else self.labels[np.isin(self.labels[:, 0], indices)]
             self.norms.update(reps, rows, indices, skip=set(self.failed))
 
+    @property
+    def views(self) -> list[str]:
+        """The correspondence probe's views (none unless "correspondence" runs)."""
+        return list(dict.fromkeys(acc.provenance["view"] for acc in self.matching.values()))
+
+    def update_keypoints(self, reps: dict, pairs: list[int]) -> None:
+        """Feed one batch of the keypoint pass (pair k's images in rows 2k, 2k + 1; ``pairs``: their indices)."""
+        for layer in self.layers:
+            self._guard(layer, lambda: update_keypoints({layer: self.keypoints[layer]}, self.keypoint_pairs, reps,
+                                                        pairs))
+
     def update_cropped(self, reps: dict, indices: list[int]) -> None:
         """Feed one batch of a cropped pass (only the layers of that pass's grid size are in ``reps``)."""
         for layer, x in reps.items():
@@ -184,11 +206,13 @@ class AuditState:
     # ----- state dicts: checkpoints and shards --------------------------------------------------------
     def _parts(self) -> dict[str, object]:
         """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>",
-        "without/<layer>" or "detector"."""
+        "without/<layer>", "matching/<view>:<layer>", "keypoints/<layer>" or "detector"."""
         parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
         parts.update({f"borders/{k}": v for k, v in self.borders.items()})
         parts.update({f"channels/{k}": v for k, v in self.channels.items()})
         parts.update({f"without/{k}": v for k, v in self.without.items()})
+        parts.update({f"matching/{k}": v for k, v in self.matching.items()})
+        parts.update({f"keypoints/{k}": v for k, v in self.keypoints.items()})
         if self.detector is not None:
             parts["detector"] = self.detector
         return parts
@@ -198,7 +222,8 @@ class AuditState:
         if kind == "detector":
             self.detector = acc
         else:
-            parts = {"probe": self.probe, "borders": self.borders, "channels": self.channels, "without": self.without}
+            parts = {"probe": self.probe, "borders": self.borders, "channels": self.channels, "without": self.without,
+                     "matching": self.matching, "keypoints": self.keypoints}
             parts[kind][layer] = acc
 
     def state_dict(self, *, probe_training: bool = True) -> dict[str, np.ndarray]:

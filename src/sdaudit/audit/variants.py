@@ -16,6 +16,7 @@ import numpy as np
 
 from ..analyses.intervals import mean_interval
 from ..audit_results import finite, interval_metrics, row_resolutions
+from ..audit_results.schema import matching_metrics
 from ..settings import AuditSettings
 from .outputs import metric_terms
 from .run import AuditRun, RunOptions
@@ -39,7 +40,7 @@ def average_over_seeds(table: list[dict], states: list) -> None:
     if len(states) < 2:
         return
     for row in table:
-        for metric in interval_metrics(row_resolutions(row)):
+        for metric in interval_metrics(row_resolutions(row)) + matching_metrics(row, with_interval=True):
             terms = [metric_terms(state, row["layer"], metric) for state in states]
             if any(t is None or not len(t.index) for t in terms):
                 continue

@@ -15,7 +15,7 @@ from ..constants import RESOLUTIONS
 from .results import AuditResults
 from .rows import LayerRow
 from .schema import (FORMAT, FORMAT_PREFIX, READABLE_VERSIONS, RESULTS_NAME, ResultsFormatError, ResultsNotFoundError,
-                     csv_metrics)
+                     csv_metrics, matching_metrics)
 
 
 def _results_file(path: str | Path) -> Path:
@@ -91,7 +91,8 @@ def write_results_csv(path: str | Path, results: AuditResults) -> Path:
             for i, row in enumerate(table):
                 writer.writerows([results.model.name, timestep, i, row.layer, row.block, row.kind, row.grid, metric,
                                   *_csv_values(row, metric)]
-                                 for metric in metrics if row.values.get(metric) not in (None, []))
+                                 for metric in (*metrics, *matching_metrics(row.values))
+                                 if row.values.get(metric) not in (None, []))
     os.replace(tmp, path)
     return path
 

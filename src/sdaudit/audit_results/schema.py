@@ -83,3 +83,17 @@ def probe_metric(s: int) -> str:
 def ratio_metric(group: str) -> str:
     """The table's name of a token group's relative similarity (corner, border, other)."""
     return f"{group}_rel_sim"
+
+
+#: Prefixes of the matching numbers, optional in every version-2 row: the correspondence probe's (opt-in analysis
+#: "correspondence", :mod:`sdaudit.audit.views`) ``match_<view>_<name>``, and user keypoints' (``--keypoints``,
+#: :mod:`sdaudit.audit.keypoints`) ``keypoint_<name>``.
+MATCHING_PREFIX, KEYPOINT_PREFIX = "match_", "keypoint_"
+
+
+def matching_metrics(row: Mapping[str, Any], *, with_interval: bool = False) -> tuple[str, ...]:
+    """The matching numbers a row holds (correspondence probe and keypoints; not their bounds), in its order;
+    ``with_interval``: only those with a 95 % interval (``<metric>_low`` / ``_high``)."""
+    names = [k for k in row if k.startswith((MATCHING_PREFIX, KEYPOINT_PREFIX))
+             and not k.endswith(("_low", "_high", "_seed_sd"))]
+    return tuple(k for k in names if not with_interval or f"{k}_low" in row)

@@ -15,6 +15,7 @@ from typing import Any
 from ..analyses.channels import DEFAULT_THRESHOLDS
 from ..audit_results import AnomalySummary, AuditResults, ControlRun, LayerRow
 from ..constants import RESOLUTIONS
+from .matching import matching_summary
 from .intervals import FEW_CHANNELS, INTERVAL_METRICS, NOT_DEFINED, clears_control, controls_of, fmt_interval, \
     recurrence_text
 
@@ -330,6 +331,7 @@ def summarize(results: AuditResults | Mapping[str, Any]) -> dict[str, Any]:
                            "borders": _borders(table, verdicts, controls),
                            "anomalies": _anomalies(results, verdicts),
                            "channels": _channels(table, results.anomalies),
+                           "matching": matching_summary(results),
                            "recurrence": recurrence_text(results.recurrence),
                            "random_weights": results.random_weights,
                            "warnings": list(results.warnings),
