@@ -78,3 +78,41 @@ def test_without_weights_hash_the_names_decide_and_the_note_says_so(tiny, tiny_s
     renamed = dataclasses.replace(unhashed, revision="other")
     with pytest.raises(StoreConfigMismatch, match="revision other"):
         check_store_model(open_store(tiny_store), renamed)
+
+
+def test_a_store_records_its_compute_dtype_and_refuses_another(tiny, tiny_store, tmp_path):
+    """A store extracted in float32 (the CPU) is neither continued nor audited in bfloat16: the representations
+    would mix two precisions (regression: the compute dtype was not part of a store's identity)."""
+    from sdaudit.models import load_model
+    from sdaudit.store import open_store
+    from tests.conftest import photo_folder
+
+    assert open_store(tiny_store).config["compute_dtype"] == "float32"
+    half = load_model("tiny", device="cpu", dtype="bfloat16")
+    with pytest.raises(StoreConfigMismatch, match="bfloat16") as caught:
+        audit(half, None, tmp_path / "audit", AuditSettings(**SETTINGS), store=tiny_store, report=False,
+              progress=False)
+    assert "--precision float32" in str(caught.value)
+    more = photo_folder(tmp_path / "more", 1, first_seed=90)
+    with pytest.raises(StoreConfigMismatch, match="compute_dtype"):
+        extract(half, more, tiny_store, layers="mid_block", size=SIZE, progress=False)
+    assert len(open_store(tiny_store)) == 4
+
+
+def test_cli_precision_reaches_the_model(tmp_path):
+    """``--precision`` is the compute dtype the CLI loads the model in (recorded in the store)."""
+    from sdaudit.store import open_store
+    from tests.cli_helpers import runner
+    from tests.conftest import photo_folder
+
+    from sdaudit.cli import app
+
+    images = photo_folder(tmp_path / "images", 1, first_seed=91)
+    result = runner.invoke(app, ["extract", "--model", "tiny", "--images", str(images), "--out",
+                                   str(tmp_path / "store"), "--size", "64", "--layers", "mid_block",
+                                   "--device", "cpu", "--precision", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert open_store(tmp_path / "store").config["compute_dtype"] == "bfloat16"
+    bad = runner.invoke(app, ["extract", "--model", "tiny", "--images", str(images), "--out",
+                                str(tmp_path / "other"), "--precision", "float8"])
+    assert bad.exit_code == 2 and "dtype" in bad.output.lower()

@@ -26,7 +26,7 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           Prompt, Protocol, ReportComparePaper, ReportLabel, ReportOut, ResultDirs, Revision, Seed, Size,
                           SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps,
                           Views)
-from .cli_options import KeypointPairs, Memory, Version
+from .cli_options import KeypointPairs, Memory, Precision, Version
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import UsageError
 from .validation import output_errors, removed_on_failure
@@ -98,15 +98,15 @@ def _model_rows() -> list[tuple[str, str, str, str, str]]:
 def models_cmd() -> None:
     """List the known models, and whether each is available on this machine (no download needed)."""
     rows = _model_rows()
-    # one space between columns and none at the edges: the longest repo id (SD3's, 47 characters) fits in 80 columns
+    # one space between columns and none at the edges, the default size under the name: the longest name
+    # (sdxl-lightning-8step) and repo id (SD3's, 47 characters) fit in 80 columns
     table = Table(title="Known models", collapse_padding=True, pad_edge=False)
     table.add_column("name", no_wrap=True)
     # the repo id never wraps (it is copied into commands); the description under it wraps at its width
     table.add_column("source", min_width=max(len(source) for _, source, *_ in rows))
-    table.add_column("px", justify="right")
     table.add_column("local", no_wrap=True)
     for name, source, description, size, local in rows:
-        table.add_row(name, f"{escape(source)}\n[dim]{escape(description)}[/]", size, local)
+        table.add_row(f"{name}\n[dim]{size} px[/]", f"{escape(source)}\n[dim]{escape(description)}[/]", local)
     console.print(table)
     console.print("local: no download needed (built in, or in the Hugging Face cache). Also accepted: a Hugging "
                   "Face repo id, a local diffusers folder, a .safetensors/.ckpt file.")
@@ -148,6 +148,7 @@ def extract_cmd(
     batch_size: BatchSize = 4,
     dtype: Dtype = "float16",
     device: Device = "auto",
+    precision: Precision = "auto",
     memory: Memory = "auto",
     revision: Revision = None,
     local_files_only: LocalFilesOnly = False,
@@ -161,8 +162,8 @@ def extract_cmd(
     start = time.perf_counter()
     _check_options(out=out, size=size, device=device, images=images)
     with removed_on_failure(out), output_errors(out):
-        loaded = load_model(model, device=device, revision=revision, local_files_only=local_files_only,
-                            placement=memory)
+        loaded = load_model(model, device=device, dtype=precision, revision=revision,
+                            local_files_only=local_files_only, placement=memory)
         settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
         report = extract(loaded, _sources(images), out, settings, layers=layers, batch_size=batch_size, dtype=dtype,
                          skip_bad=skip_bad)
@@ -185,6 +186,7 @@ def audit_cmd(
     anomaly_layer: AnomalyLayer = None,
     batch_size: BatchSize = 4,
     device: Device = "auto",
+    precision: Precision = "auto",
     memory: Memory = "auto",
     revision: Revision = None,
     local_files_only: LocalFilesOnly = False,
@@ -211,7 +213,8 @@ def audit_cmd(
                                control=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
                                noise_seeds=noise_seeds, views=views,
                                keypoints=str(keypoints.resolve()) if keypoints is not None else None)
-    load = {"device": device, "revision": revision, "local_files_only": local_files_only, "placement": memory}
+    load = {"device": device, "dtype": precision, "revision": revision, "local_files_only": local_files_only,
+            "placement": memory}
     run = {"store": store, "keep_store": keep_store, "skip_bad": skip_bad, "compare_paper": compare_paper}
     with removed_on_failure(out), output_errors(out):
         results, rank = _run_audit(model, _sources(images), out, settings, load=load, run=run,

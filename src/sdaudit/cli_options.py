@@ -39,6 +39,9 @@ Prompt = Annotated[str, typer.Option("--prompt", help="Text prompt (the paper us
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=0, help=BATCH_HELP)]
 Dtype = Annotated[str, typer.Option("--dtype", help="Storage dtype: float16 or float32.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")]
+Precision = Annotated[str, typer.Option(
+    "--precision", help="Compute dtype of the denoiser and text encoders: auto (float16 on CUDA, float32 on the "
+    "CPU), float16, bfloat16 or float32. Recorded with the results and the store (it changes the numbers).")]
 Memory = Annotated[str, typer.Option(
     "--memory", help="Where the text encoders and VAE wait between uses: auto (free-text-encoders on a GPU, keep "
     "on the CPU), keep, free-text-encoders (to the CPU once the prompt is encoded) or offload (text encoders "

@@ -39,4 +39,9 @@ def check_store_model(store, model) -> str:
         raise StoreConfigMismatch(
             f"store '{store.path}' was made by model {_describe(made_by)}, but this audit uses model "
             f"{_describe(audit_by)}; audit with the store's model, or use --images to extract with this one")
+    stored, running = store.config.get("compute_dtype"), str(model.dtype).removeprefix("torch.")
+    if stored is not None and stored != running:  # older stores did not record it
+        raise StoreConfigMismatch(
+            f"store '{store.path}' was extracted in {stored}, but this audit computes in {running}: the cropped "
+            f"passes would not match the stored full pass; rerun with --precision {stored} (and the store's device)")
     return note

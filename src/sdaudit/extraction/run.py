@@ -47,6 +47,9 @@ def store_config(model, extractor: Extractor, dtype: str, batch_size: int) -> di
     """The configuration recorded in (and required to match) a store: the extractor's
     :class:`~sdaudit.settings.ExtractionSettings` plus :data:`~sdaudit.store.STORE_FIELDS`."""
     store_fields = {"model": model.identity(), "layers": list(extractor.layers), "dtype": dtype,
+                    # the denoiser's compute dtype (float32, float16, bfloat16) changes the representations:
+                    # a store extracted on the CPU (float32) must not be continued on a GPU (float16)
+                    "compute_dtype": str(model.dtype).removeprefix("torch."),
                     # Under 'paper' the batch size changes the representations (quirk 3), so it is part of
                     # the configuration; under 'clean' it is not.
                     "batch_size": batch_size if extractor.settings.protocol == "paper" else None}

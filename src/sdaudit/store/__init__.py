@@ -49,7 +49,7 @@ from .verify import VerifyReport, verify_store
 
 # Fields of the configuration that must match for two extractions to share a store: the extraction
 # settings (one home: sdaudit.settings) plus what the store adds (see extraction.run.store_config).
-STORE_FIELDS = ("model", "layers", "dtype", "batch_size")
+STORE_FIELDS = ("model", "layers", "dtype", "compute_dtype", "batch_size")
 # "transforms": the mitigations a cleaned store's features went through (sdaudit.clean); none for raw features
 IDENTITY_FIELDS = (*EXTRACTION_FIELDS, *STORE_FIELDS, "transforms")
 
