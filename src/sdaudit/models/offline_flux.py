@@ -20,10 +20,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
-from .offline_common import load_tokenizer_tiny, read_arch_config, round_to_half, tiny_t5_tokenizer
+from .offline_common import (ARCH_SEED, TINY_SEED, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, load_tokenizer_tiny,
+                             read_arch_config, round_to_half, tiny_t5_tokenizer)
 
-TINY_FLUX_SEED = 0
-FLUX_ARCH_SEED = 0
 FLUX_ARCHS = ("flux", "flux-schnell")
 
 TINY_FLUX_TRANSFORMER_CONFIG = {
@@ -38,33 +37,8 @@ TINY_FLUX_TRANSFORMER_CONFIG = {
     "guidance_embeds": True,  # a tiny FLUX-dev
     "axes_dims_rope": [4, 6, 6],
 }
-TINY_FLUX_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 16, 16],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "latent_channels": 16,
-    "sample_size": 256,
-    "scaling_factor": 0.3611,  # FLUX's VAE scale and shift
-    "shift_factor": 0.1159,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-}
-TINY_FLUX_CLIP_CONFIG = {
-    "vocab_size": 514,  # the tiny byte-level tokenizer's
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "bos_token_id": 512,
-    "eos_token_id": 513,
-    "pad_token_id": 513,
-}
+TINY_FLUX_VAE_CONFIG = {**TINY_VAE_CONFIG, "latent_channels": 16, "scaling_factor": 0.3611,  # FLUX's scale, shift
+                        "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False}
 TINY_FLUX_T5_CONFIG = {
     "d_model": 32,
     "d_kv": 8,
@@ -90,10 +64,10 @@ def build_tiny_flux() -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_FLUX_SEED)
+        torch.manual_seed(TINY_SEED)
         transformer = FluxTransformer2DModel.from_config(TINY_FLUX_TRANSFORMER_CONFIG)
         vae = AutoencoderKL.from_config(TINY_FLUX_VAE_CONFIG)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_FLUX_CLIP_CONFIG))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
         text_encoder_2 = T5EncoderModel(T5Config(**TINY_FLUX_T5_CONFIG))
     round_to_half(transformer, vae, text_encoder, text_encoder_2)
     return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": load_tokenizer_tiny(),
@@ -113,7 +87,7 @@ def flux_arch_parts(arch: str, device: str | torch.device, dtype: torch.dtype = 
     t5 = {k: v for k, v in read_arch_config(arch, "text_encoder_2").items() if k not in dropped}
     default_dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(FLUX_ARCH_SEED)
+        torch.manual_seed(ARCH_SEED)
         torch.set_default_dtype(dtype)
         try:
             parts = {"transformer": diffusers.FluxTransformer2DModel.from_config(read_arch_config(arch, "transformer")),
