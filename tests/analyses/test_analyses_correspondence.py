@@ -198,3 +198,23 @@ def test_rejects_mismatched_shapes_settings_and_non_finite():
         acc.update(np.ones((1, 3, 4, 4)), bad)
     with pytest.raises(ValueError, match="different settings"):
         acc.merge(ViewMatchingAccumulator(corr, layer="blk", alphas=(0.5,)))
+
+
+def test_masked_zero_tokens_are_misses_never_hits_or_bias():
+    """A border weight of 0 zeroes the ring: a zero source predicts nothing (a miss, not a bias) and a zero
+    candidate is never chosen (regression: ties went to token 0, so the (0, 0) corner 'landed on its own
+    position' and the (0, cols-1) corner 'hit' its flipped target)."""
+    from sdaudit.analyses.correspondence import nearest_tokens, unit_tokens
+
+    a, b = planted(n=8, grid=(6, 6), alpha=0.0)
+    ring = ~np.pad(np.ones((4, 4), bool), 1)
+    a[:, :, ring], b[:, :, ring] = 0.0, 0.0
+    nn = nearest_tokens(unit_tokens(a), unit_tokens(b))
+    assert (nn[:, ring.reshape(-1)] == -1).all()
+    assert np.isin(nn[:, ~ring.reshape(-1)], np.flatnonzero(~ring.reshape(-1))).all()
+    res = match_views(a, b, flip_correspondence(6, 6), n_boot=200)
+    assert res.accuracy["corner"].estimate == 0.0 and res.accuracy["border"].estimate == 0.0
+    assert res.bias_rate["corner"].estimate == 0.0 and res.bias_rate["border"].estimate == 0.0
+    assert res.accuracy["other"].estimate == 1.0
+    only = nearest_tokens(unit_tokens(a), unit_tokens(b), candidates=ring.reshape(-1))
+    assert (only == -1).all()  # every allowed candidate is zero: nothing to predict

@@ -52,15 +52,25 @@ def unit_tokens(x: np.ndarray) -> np.ndarray:
     return t * np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)[..., None]
 
 
-def nearest_tokens(units_a: np.ndarray, units_b: np.ndarray) -> np.ndarray:
+def nearest_tokens(units_a: np.ndarray, units_b: np.ndarray, *, candidates: np.ndarray | None = None) -> np.ndarray:
     """For each token of A, the flat index of its cosine nearest neighbour in B: (N, Ta) int64, from unit
-    vectors (N, Ta, C) and (N, Tb, C) (:func:`unit_tokens`). The similarity matrix is formed in chunks."""
+    vectors (N, Ta, C) and (N, Tb, C) (:func:`unit_tokens`). The similarity matrix is formed in chunks.
+    ``candidates``: a (Tb,) bool mask of the tokens of B that may be chosen (default: all).
+
+    A zero token (masked, e.g. by a border weight of 0) has no direction: as a candidate it is never chosen,
+    and as a source it predicts nothing (-1), which the metrics count as a miss, never as a hit or a bias.
+    """
     n, ta = units_a.shape[:2]
     out = np.empty((n, ta), np.int64)
     step = max(1, _CHUNK_VALUES // max(1, units_b.shape[1]))
+    excluded = np.zeros(units_b.shape[1], bool) if candidates is None else ~np.asarray(candidates, bool)
     for i in range(n):
+        blank_b = ~units_b[i].any(axis=1) | excluded
         for s in range(0, ta, step):
-            out[i, s:s + step] = np.argmax(units_a[i, s:s + step] @ units_b[i].T, axis=1)
+            sims = units_a[i, s:s + step] @ units_b[i].T
+            sims[:, blank_b] = -np.inf
+            out[i, s:s + step] = np.argmax(sims, axis=1)
+        out[i, ~units_a[i].any(axis=1) | blank_b.all()] = -1
     return out
 
 
@@ -81,13 +91,14 @@ def _quantities(nn: np.ndarray, corr: Correspondence, alphas: Sequence[float]) -
     rows, cols = corr.grid
     target = corr.target.reshape(-1, 2)
     valid = corr.valid.reshape(-1)
-    pred = np.stack(np.divmod(nn, cols), axis=-1).astype(np.float64)  # (N, T, 2)
+    predicted = nn >= 0  # a zero (masked) source token predicts nothing: a miss (nearest_tokens)
+    pred = np.stack(np.divmod(np.maximum(nn, 0), cols), axis=-1).astype(np.float64)  # (N, T, 2)
     cheb = np.abs(pred - target).max(axis=-1)
     euclid = np.sqrt(((pred - target) ** 2).sum(axis=-1))
-    hit = valid & (cheb <= 1)
+    hit = valid & predicted & (cheb <= 1)
     wrong = _eligible(corr) & ~hit
-    bias = wrong & (nn == np.arange(rows * cols))
-    pck = [valid & (euclid <= a * max(rows, cols)) for a in alphas]
+    bias = wrong & predicted & (nn == np.arange(rows * cols))
+    pck = [valid & predicted & (euclid <= a * max(rows, cols)) for a in alphas]
     return np.stack([np.broadcast_to(valid, hit.shape), hit, *pck, wrong, bias], axis=1).astype(np.float64)
 
 

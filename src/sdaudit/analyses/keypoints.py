@@ -103,8 +103,9 @@ def predict_keypoints(features_a: Any, features_b: Any, pair: PairKeypoints, *,
     tokens, inside = keypoint_tokens(pair.keypoints_a, pair.size_a, a.shape[1:], square_crop=square_crop)
     units_a = unit_tokens(a[None])[:, tokens[:, 0] * a.shape[2] + tokens[:, 1]]
     nn = nearest_tokens(units_a, unit_tokens(b[None]))[0]
-    pred = token_centres(np.stack(np.divmod(nn, b.shape[2]), axis=-1), pair.size_b, b.shape[1:],
+    pred = token_centres(np.stack(np.divmod(np.maximum(nn, 0), b.shape[2]), axis=-1), pair.size_b, b.shape[1:],
                          square_crop=square_crop)
+    pred[nn < 0] = np.nan  # a zero (masked) source token predicts nothing: a miss
     pred[~inside] = np.nan
     return pred, inside
 

@@ -27,7 +27,7 @@ from ..analyses._arrays import token_norms
 from ..analyses.anomalies import detect_in_map
 from ..analyses.borders import group_masks
 from ..analyses.channels import channel_magnitudes
-from ..analyses.correspondence import unit_tokens
+from ..analyses.correspondence import nearest_tokens, unit_tokens
 from ..analyses.views import Correspondence
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -62,14 +62,9 @@ def _interior_hits(a: np.ndarray, b: np.ndarray, corr: Correspondence, keep: np.
     rows, cols = corr.grid
     source = (group_masks(rows, cols)[2] & corr.valid).reshape(-1)
     target = corr.target.reshape(-1, 2)[source]
-    ua, ub = unit_tokens(a)[:, source], unit_tokens(b)
-    hits = np.zeros(len(a))
-    for i in range(len(a)):
-        sim = ua[i] @ ub[i].T
-        sim[:, ~keep] = -np.inf
-        pred = np.stack(np.divmod(np.argmax(sim, axis=1), cols), axis=-1)
-        hits[i] = (np.abs(pred - target).max(axis=-1) <= 1).sum()
-    return hits
+    nn = nearest_tokens(unit_tokens(a)[:, source], unit_tokens(b), candidates=keep)
+    pred = np.stack(np.divmod(np.maximum(nn, 0), cols), axis=-1)
+    return ((nn >= 0) & (np.abs(pred - target).max(axis=-1) <= 1)).sum(axis=1).astype(np.float64)
 
 
 def masked_interior_rows(a: np.ndarray, b: np.ndarray, corr: Correspondence, weights: np.ndarray) -> np.ndarray:
