@@ -250,3 +250,29 @@ def test_a_bad_pair_file_is_one_line_and_exit_2(folder, pair_file, tmp_path):
     line = fails_with_one_line(args, "keypoints_b")
     assert "pair 1" in line and "keypoints_a has 25" in line
     assert "model loaded" not in runner.invoke(app, [str(a) for a in args]).output  # refused before the model loads
+
+
+def test_the_checkpoint_fingerprint_follows_the_pairs_contents_not_their_path(tiny, pair_file, tmp_path):
+    """An edited pair file (or a changed image) under the same path must not resume the old counts (regression:
+    the fingerprint held the path only)."""
+    import shutil
+
+    from sdaudit.audit.checkpoint import numeric_settings
+
+    copy = tmp_path / "pairs"
+    shutil.copytree(pair_file.parent, copy)
+    data = json.loads(pair_file.read_text())
+    for pair in data["pairs"]:  # the copied mirror images (the same bytes)
+        pair["image_b"] = str(copy / pair["image_b"].rsplit("/", 1)[-1])
+    (copy / pair_file.name).write_text(json.dumps(data))
+    settings = _settings(keypoints=str(copy / pair_file.name))
+    before = numeric_settings(settings)["keypoints"]
+    assert before == numeric_settings(_settings(keypoints=str(pair_file)))["keypoints"]  # same contents, other path
+    data = json.loads((copy / pair_file.name).read_text())
+    data["pairs"][0]["keypoints_b"][0][0] += 1.0
+    (copy / pair_file.name).write_text(json.dumps(data))
+    edited = numeric_settings(settings)["keypoints"]
+    assert edited != before
+    image = copy / "mirror0.png"
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert numeric_settings(settings)["keypoints"] != edited

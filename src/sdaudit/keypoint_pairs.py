@@ -22,6 +22,7 @@ outside its image.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -160,3 +161,19 @@ def _box(where: str, key: str, value: Any, size: tuple[int, int]) -> tuple[float
         raise KeypointFileError(f"{where} ({key}): box {[x0, y0, x1, y1]} is empty or outside the "
                                 f"{size[0]}x{size[1]} image")
     return (x0, y0, x1, y1)
+
+
+def pairs_digest(pairs: list[KeypointPair]) -> str:
+    """sha256 of what a keypoint audit's numbers depend on: every pair in order, its keypoints and box, and the
+    bytes of both images (so an edited pair file, an added file in a folder or a changed image is noticed on
+    resume, not mixed into the checkpointed counts)."""
+    h = hashlib.sha256()
+    for pair in pairs:
+        kp = pair.keypoints
+        record = [hashlib.sha256(Path(pair.image_a).read_bytes()).hexdigest(),
+                  hashlib.sha256(Path(pair.image_b).read_bytes()).hexdigest(), np.asarray(kp.keypoints_a).tolist(),
+                  np.asarray(kp.keypoints_b).tolist(), None if kp.bbox_b is None else list(kp.bbox_b),
+                  None if pair.bbox_a is None else list(pair.bbox_a)]
+        h.update(json.dumps(record).encode())
+    return h.hexdigest()
+
