@@ -171,3 +171,17 @@ def test_cli_clean_fit_refusals(raw, tmp_path):
     fails_with_one_line(["clean", store, "--fit", "position", "--layers", TARGET, "--save", store / "p"],
                         "lies in the input store")
     assert not save.exists()
+
+
+def test_an_audit_refuses_a_cleaned_store(raw, tiny, tmp_path):
+    """A cleaned store is not a model's raw representation (and its transform was fitted on every image, the
+    probe's test images too): `audit --store` refuses it in one line (regression: it was audited as raw)."""
+    from sdaudit.audit import AuditSettings, audit
+
+    base, _ = raw
+    clean_store(base / "raw", base / "position.safetensors", tmp_path / "clean")
+    settings = AuditSettings(size=64, layers=TARGET, analyses=("position",))
+    with pytest.raises(StoreConfigMismatch, match="cleaned features") as caught:
+        audit(tiny, None, tmp_path / "audit", settings, store=tmp_path / "clean", report=False, progress=False)
+    assert "\n" not in str(caught.value) and "--mitigations" in str(caught.value)
+    assert not (tmp_path / "audit" / "results.json").exists()

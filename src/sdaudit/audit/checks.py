@@ -16,6 +16,20 @@ def _describe(identity: dict) -> str:
     return "".join(parts)
 
 
+def check_raw_store(store) -> None:
+    """Refuse a cleaned store (``sdaudit clean``): the audit measures a model's raw representations, and a
+    transform fitted on all of a store's images would leak the probe's test images into its fit. The effect of a
+    mitigation is measured by ``--mitigations`` on raw features, fitted on training images only."""
+    from ..store import StoreConfigMismatch
+
+    transforms = store.config.get("transforms") or []
+    if transforms:
+        kinds = ", ".join(f"{t.get('kind')} on {t.get('layer')}" for t in transforms)
+        raise StoreConfigMismatch(
+            f"store '{store.path}' holds cleaned features ({kinds}); audit the raw store it was made from, and "
+            "measure a mitigation's effect with --mitigations")
+
+
 def check_store_model(store, model) -> str:
     """Refuse a store that another model made (its representations would be mixed with this model's).
 

@@ -132,9 +132,10 @@ class AuditInputs:
         """The images of the store at ``path``, after checking it was made by ``model`` (before anything is
         computed: another model's store would mix two models' numbers) and with the audit's settings."""
         from ..store import open_store
-        from .checks import check_store_model
+        from .checks import check_raw_store, check_store_model
 
         store = open_store(path)
+        check_raw_store(store)
         provenance = {"store": {"path": str(store.path), "model_check": check_store_model(store, model)}}
         made_with = ExtractionSettings.from_dict(store.config)
         # what the store fixes: its size where none was asked for; under 'paper' its batch size (quirk 3)
