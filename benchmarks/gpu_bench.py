@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,10 +100,34 @@ class Budget:
         return False
 
 
-def bench_model(spec: str, dtype: str, args, budget: Budget, work: Path) -> dict:
-    import torch
+@dataclass
+class Bench:
+    """One (model, dtype) benchmark: the loaded model, its paper layers, the timed extractor and the images."""
 
-    from sdaudit.audit import AuditSettings, audit
+    spec: str
+    model: object
+    layers: list[str]
+    settings: object  # the timed ExtractionSettings
+    extractor: object  # the timed Extractor
+    batch: int
+    images: list
+    row: dict = field(default_factory=dict)
+
+    def extract(self, extractor=None, device_output: bool = False) -> None:
+        """Every image through ``extractor`` (the timed one by default), ``batch`` at a time."""
+        extractor, n = extractor or self.extractor, len(self.images)
+        for s in range(0, n, self.batch):
+            out = extractor.run(self.images[s:s + self.batch], list(range(s, min(s + self.batch, n))),
+                                device_output=device_output)
+            del out
+
+    def rate(self, seconds: float) -> float:
+        """Images per second for one pass over the images in ``seconds``."""
+        return len(self.images) / seconds
+
+
+def load_bench(spec: str, dtype: str, args) -> Bench:
+    """Load the model and set up the timed extractor, the batch size, the images and the row's static fields."""
     from sdaudit.extraction import ExtractionSettings, Extractor
     from sdaudit.extraction.extractor import auto_batch_size
     from sdaudit.models import load_model
@@ -118,98 +143,130 @@ def bench_model(spec: str, dtype: str, args, budget: Budget, work: Path) -> dict
     row["sdpa"] = bool(row["attention"]) and all(name.endswith("2_0") for name in row["attention"])
     layers = model.family.paper_layers()
     settings = ExtractionSettings(protocol=args.protocol, size=size)  # 'paper': the published computation
-    ex = Extractor(model, layers, settings)
     clean = Extractor(model, layers, ExtractionSettings(size=size))
     row.update(count_flops(clean, size))
     batch = args.batch or min(args.max_batch, auto_batch_size(clean, fraction=0.6, max_batch=args.max_batch))
-    row["batch"] = batch
     n = max(args.min_images, 3 * batch)
-    row["images"] = n
-    images = [photo(i, size) for i in range(n)]
-    idx = list(range(n))
+    row.update(batch=batch, images=n)
+    return Bench(spec, model, layers, settings, Extractor(model, layers, settings), batch,
+                 [photo(i, size) for i in range(n)], row)
 
-    def extract(extractor, device_output=False):
-        for s in range(0, n, batch):
-            out = extractor.run(images[s:s + batch], idx[s:s + batch], device_output=device_output)
-            del out
 
-    extract(ex)  # warm-up: cuDNN autotuning, allocator, pinned host buffers
+def time_extraction(bench: Bench) -> None:
+    """Extraction images/s (CPU float32 outputs, and outputs left on the device), model FLOP/s and MFU."""
+    import torch
+
+    row, model = bench.row, bench.model
+    bench.extract()  # warm-up: cuDNN autotuning, allocator, pinned host buffers
     flops_per_image = (row["denoiser_gflop"] + row["vae_encode_gflop"]) * 1e9
     peak = peak_tflops(torch.cuda.get_device_name(0)) if model.device.type == "cuda" else None  # fp16 = bf16 peak
-    sec = timed(lambda: extract(ex))
-    row["extract_img_s"] = n / sec
-    sec = timed(lambda: extract(ex, True))
-    row["extract_gpu_resident_img_s"] = n / sec
+    row["extract_img_s"] = bench.rate(timed(bench.extract))
+    row["extract_gpu_resident_img_s"] = bench.rate(timed(lambda: bench.extract(device_output=True)))
     row["model_tflop_s"] = flops_per_image * row["extract_gpu_resident_img_s"] / 1e12
     row["mfu"] = row["model_tflop_s"] / peak if peak else None
     row["peak_tflop_s"] = peak
     if model.device.type == "cuda":
         row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
-    # the full audit (position, borders, anomalies; 45 layers), from image files as a user would run it
-    folder = image_folder(work / f"images{size}", n, size)
-    if budget.allow(f"{spec} audit", 20 + 6 * n / max(row["extract_img_s"], 1e-9)):
-        out = work / f"audit-{spec.replace(':', '-')}-{dtype}"
-        a_settings = AuditSettings(layers="paper", size=size, batch_size=batch,
-                                   analyses=["position", "borders", "anomalies"])
-        sync()
-        t = time.perf_counter()
-        results = audit(model, folder, out, a_settings, report=False, progress=False, checkpoint_seconds=1e9,
-                        shard=None)
-        sync()
-        sec = time.perf_counter() - t
-        row["audit_img_s"] = n / sec
-        row["audit_passes_per_image"] = results["run"]["unet_passes_per_image"]
-        row["audit_pass_seconds"] = {p["name"]: p["seconds"] for p in results["run"]["passes"]}
-        shutil.rmtree(out, ignore_errors=True)
 
-    # sdhelper 1.0.0 on the same card, same images, same layers, same batch
+def time_audit(bench: Bench, dtype: str, work: Path) -> None:
+    """The full audit (position, borders, anomalies) on the family's paper layers (45 U-Net layers for SD-1/2,
+    the joint blocks of SD3 and FLUX), from image files as a user would run it."""
+    from sdaudit.audit import AuditSettings, audit
+
+    row, n, size = bench.row, len(bench.images), bench.row["size"]
+    folder = image_folder(work / f"images{size}", n, size)
+    out = work / f"audit-{bench.spec.replace(':', '-')}-{dtype}"
+    settings = AuditSettings(layers="paper", size=size, batch_size=bench.batch,
+                             analyses=["position", "borders", "anomalies"])
+    sync()
+    t = time.perf_counter()
+    results = audit(bench.model, folder, out, settings, report=False, progress=False, checkpoint_seconds=1e9,
+                    shard=None)
+    sync()
+    row["audit_img_s"] = n / (time.perf_counter() - t)
+    row["audit_passes_per_image"] = results["run"]["unet_passes_per_image"]
+    row["audit_pass_seconds"] = {p["name"]: p["seconds"] for p in results["run"]["passes"]}
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def time_sdhelper(bench: Bench, args, work: Path) -> None:
+    """sdhelper 1.0.0 on the same card, images, layers and batch, and its largest relative difference from
+    sdaudit's output on one batch (the 'paper' protocol reproduces it)."""
+    import sdhelper
+
+    row, layers, images, batch = bench.row, bench.layers, bench.images, bench.batch
+    pipe_dir = work / f"pipe-{bench.spec.replace(':', '-')}"
+    if not pipe_dir.exists():
+        bench.model.save_pretrained(pipe_dir)
+    sd = sdhelper.SD(str(pipe_dir), device=args.device, local_files_only=True, disable_progress_bar=True)
+    sd.img2repr(images[:batch], layers, step=50, seed=42, batch_size=batch)  # warm-up
+    row["sdhelper_img_s"] = bench.rate(timed(lambda: sd.img2repr(images, layers, step=50, seed=42,
+                                                                 batch_size=batch), repeats=1))
+    row["speedup_vs_sdhelper"] = row["extract_img_s"] / row["sdhelper_img_s"]
+    if row.get("audit_img_s"):  # the published pipeline's passes alone, its analyses not counted
+        row["audit_speedup_vs_published"] = row["audit_img_s"] * PUBLISHED_PASSES / row["sdhelper_img_s"]
+    ours = bench.extractor.run(images[:2], [0, 1])
+    theirs = sd.img2repr(images[:2], layers, step=50, seed=42, batch_size=2)
+    row["max_rel_diff_vs_sdhelper"] = max_rel_diff(ours, theirs, layers)
+
+
+def max_rel_diff(ours: dict, theirs: list, layers: list[str]) -> float:
+    """The largest over ``layers`` of max |ours - sdhelper's| / max |sdhelper's| (one batch of both)."""
+    import torch
+
+    worst = 0.0
+    for name in layers:
+        b = torch.stack([r[name][0] for r in theirs]).float().cpu()
+        worst = max(worst, float((ours[name] - b).abs().max() / b.abs().max().clamp_min(1e-12)))
+    return worst
+
+
+def time_variants(bench: Bench, args, budget: Budget) -> None:
+    """The channels-last and ``torch.compile`` variants of device-resident extraction, as the budget allows."""
+    import torch
+
+    from sdaudit.extraction import Extractor
+
+    row, model = bench.row, bench.model
+    if args.channels_last and budget.allow(f"{bench.spec} channels_last", 30):
+        ex_cl = Extractor(model, bench.layers, bench.settings, channels_last=True)
+        bench.extract(ex_cl, True)
+        row["extract_gpu_resident_channels_last_img_s"] = bench.rate(timed(lambda: bench.extract(ex_cl, True)))
+        model.denoiser.to(memory_format=torch.contiguous_format)
+    if args.compile and budget.allow(f"{bench.spec} torch.compile", 150):
+        ex_c = Extractor(model, bench.layers, bench.settings, compile=True)
+        t = time.perf_counter()
+        bench.extract(ex_c, True)
+        row["compile_s"] = time.perf_counter() - t
+        row["extract_gpu_resident_compiled_img_s"] = bench.rate(timed(lambda: bench.extract(ex_c, True)))
+
+
+def bench_model(spec: str, dtype: str, args, budget: Budget, work: Path) -> dict:
+    """One (model, dtype) row: extraction, the full audit, sdhelper and the variants, each as the budget allows."""
+    import torch
+
+    bench = load_bench(spec, dtype, args)
+    row, n = bench.row, len(bench.images)
+    time_extraction(bench)
+    if budget.allow(f"{spec} audit", 20 + 6 * n / max(row["extract_img_s"], 1e-9)):
+        time_audit(bench, dtype, work)
     if args.sdhelper and budget.allow(f"{spec} sdhelper", 60 + 3 * n / max(row["extract_img_s"], 1e-9)):
         try:
-            import sdhelper
-
-            pipe_dir = work / f"pipe-{spec.replace(':', '-')}"
-            if not pipe_dir.exists():
-                model.save_pretrained(pipe_dir)
-            sd = sdhelper.SD(str(pipe_dir), device=args.device, local_files_only=True, disable_progress_bar=True)
-            sd.img2repr(images[:batch], layers, step=50, seed=42, batch_size=batch)  # warm-up
-            sec = timed(lambda: sd.img2repr(images, layers, step=50, seed=42, batch_size=batch), repeats=1)
-            row["sdhelper_img_s"] = n / sec
-            row["speedup_vs_sdhelper"] = row["extract_img_s"] / row["sdhelper_img_s"]
-            if row.get("audit_img_s"):  # the published pipeline's passes alone, its analyses not counted
-                row["audit_speedup_vs_published"] = row["audit_img_s"] * PUBLISHED_PASSES / row["sdhelper_img_s"]
-            # equal output check on one batch (the 'paper' protocol reproduces sdhelper)
-            a = ex.run(images[:2], [0, 1])
-            b = sd.img2repr(images[:2], layers, step=50, seed=42, batch_size=2)
-            worst = 0.0
-            for name in layers:
-                hb = torch.stack([r[name][0] for r in b]).float().cpu()
-                worst = max(worst, float((a[name] - hb).abs().max() / hb.abs().max().clamp_min(1e-12)))
-            row["max_rel_diff_vs_sdhelper"] = worst
-            del sd
+            time_sdhelper(bench, args, work)
         except Exception as error:  # noqa: BLE001 - reported, the rest goes on
+            traceback.print_exc()
             row["sdhelper_error"] = f"{type(error).__name__}: {error}"
-    if args.channels_last and budget.allow(f"{spec} channels_last", 30):
-        ex_cl = Extractor(model, layers, settings, channels_last=True)
-        extract(ex_cl, True)
-        row["extract_gpu_resident_channels_last_img_s"] = n / timed(lambda: extract(ex_cl, True))
-        model.denoiser.to(memory_format=torch.contiguous_format)
-
-    if args.compile and budget.allow(f"{spec} torch.compile", 150):
-        ex_c = Extractor(model, layers, settings, compile=True)
-        t = time.perf_counter()
-        extract(ex_c, True)
-        row["compile_s"] = time.perf_counter() - t
-        row["extract_gpu_resident_compiled_img_s"] = n / timed(lambda: extract(ex_c, True))
-
-    del model, ex, clean
+    time_variants(bench, args, budget)
+    del bench
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return row
 
 
 def table(rows: list[dict]) -> str:
-    cols = [("model", "model"), ("size", "px"), ("dtype", "dtype"), ("batch", "batch"), ("extract_img_s", "extract img/s (CPU fp32 out)"),
+    cols = [("model", "model"), ("size", "px"), ("dtype", "dtype"), ("batch", "batch"),
+            ("extract_img_s", "extract img/s (CPU fp32 out)"),
             ("extract_gpu_resident_img_s", "extract img/s (on GPU)"), ("model_tflop_s", "model TFLOP/s"),
             ("mfu", "of peak"), ("audit_img_s", "full audit img/s"), ("audit_passes_per_image", "passes/img"),
             ("sdhelper_img_s", "sdhelper img/s"), ("speedup_vs_sdhelper", "extract x sdhelper"),

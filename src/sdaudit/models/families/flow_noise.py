@@ -11,8 +11,11 @@ with the number of image tokens (:func:`resolution_mu`, diffusers' rule between
 
 Latents are the VAE's, shifted and scaled: ``(z - shift_factor) * scaling_factor`` (16 channels).
 ``clean`` uses the posterior mean (or a sample seeded per image) and independent noise per image
-(the same per-image generators as the SD families, :func:`sd_noise.image_generator`); ``paper``
-is the family's business (it reproduces the published helper's quirks).
+(the same per-image generators as the SD families, :func:`sd_noise.image_generator`). ``paper``
+(:func:`paper_noised`) is the published helper's transformer branch, shared by SD3 and FLUX: a generator
+seeded with ``seed`` draws the posterior sample of the [-1, 1] pixels and then one noise tensor for the
+whole batch, and the scheduler's ``scale_noise`` noises at ``timesteps[999 - t]`` of a 1000-step schedule
+the family prepares (where the families differ: SD3's own shifted schedule, FLUX's unshifted one).
 """
 
 from __future__ import annotations
@@ -78,3 +81,17 @@ def clean_noise(latents: torch.Tensor, indices: Sequence[int], *, seed: int, sam
 def noised(latents: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
     """x_t = (1 - sigma) x_0 + sigma * noise (what the schedulers' ``scale_noise`` computes)."""
     return (1.0 - sigma) * latents + sigma * noise
+
+
+def paper_noised(model, pixels: torch.Tensor, timestep: int, seed: int, scheduler) -> torch.Tensor:
+    """The published helper's noised latents for one batch of pixels in [0, 1], on ``scheduler`` (a copy the
+    family set to :data:`SCHEDULE_STEPS` steps; ``scale_noise`` takes its timestep at index 999 - t)."""
+    generator = torch.Generator(model.device).manual_seed(seed)  # the helper's seeded stream
+    # its image_processor.preprocess: [0, 1] -> [-1, 1], computed as the processor does (2 x - 1)
+    images = (2.0 * pixels - 1.0).to(model.device, model.vae_dtype)
+    z = model.vae.encode(images).latent_dist.sample(generator=generator)
+    latents = (z.to(model.dtype) - model.shift_factor) * model.scaling_factor
+    # torch.randn_like(latents[None, 0]), drawn after the posterior sample from the same seeded stream
+    noise = torch.empty_like(latents[None, 0]).normal_(generator=generator).expand(latents.shape)
+    t = scheduler.timesteps[SCHEDULE_STEPS - 1 - int(timestep)]
+    return scheduler.scale_noise(latents, timestep=t.unsqueeze(0), noise=noise)

@@ -16,7 +16,9 @@ Every layer is an (N, C, rows, cols) grid of the packed tokens: FLUX's VAE downs
 pipeline packs 2x2 latents into one token (diffusers' ``FluxPipeline._pack_latents``, positions from
 ``_prepare_latent_image_ids``), so the grid is (H / 16, W / 16) and sizes must be multiples of 16 px
 (the audit's border crops, one token = size / n px per side, keep that). The ``paper`` set is the
-helper's: the ``transformer_blocks`` only.
+helper's: the ``transformer_blocks`` only. What FLUX shares with SD3 (skeleton, channels, grid, hooks)
+lives in :mod:`~sdaudit.models.families.transformer`; here are its own parts: the 2x2 packing, the
+guidance embedding and the single-stream blocks' two output forms.
 
 Conditioning (:meth:`FluxFamily.encode_prompt`) is ``FluxPipeline.encode_prompt``'s: CLIP's pooled
 embedding, T5's hidden states (:data:`T5_TOKENS` tokens, the pipeline's default) and zero text ids,
@@ -41,17 +43,15 @@ helper means, index 999 - step.
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ...layer_names import LayerError, LayerInfo, block_of, kind_of
-from ..hooks import capture_layers, compile_layers, run_until_captured
+from ...layer_names import block_of
 from . import flow_noise
-from .base import ModelFamily, Sink
+from .base import Sink
+from .transformer import TransformerFamily, run_hooked, tokens_to_grid
 
 #: the guidance scale FLUX-dev's guidance embedding gets (``FluxPipeline``'s default ``guidance_scale``)
 DEV_GUIDANCE = 3.5
@@ -69,14 +69,12 @@ class FluxConditioning:
         prompt_embeds: (1, L, D) T5 hidden states.
         pooled: (1, P) CLIP's pooled embedding.
         text_ids: (L, 3) the text tokens' position ids (zeros).
-        guidance: the guidance scale embedded (FLUX-dev), or None (schnell).
         protocol: ``clean`` or ``paper``: how the transformer's timestep is made from sdaudit's t.
     """
 
     prompt_embeds: torch.Tensor
     pooled: torch.Tensor
     text_ids: torch.Tensor
-    guidance: float | None
     protocol: str = "clean"
 
 
@@ -101,17 +99,6 @@ def pack(sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return FluxPipeline._pack_latents(sample, n, c, h, w), ids
 
 
-def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
-    """(N, rows * cols, C) image tokens as (N, C, rows, cols); a square grid when ``grid`` is None."""
-    n, count, channels = tokens.shape
-    if grid is None:
-        side = int(round(count ** 0.5))
-        grid = (side, count // side)
-    if grid[0] * grid[1] != count:
-        raise ValueError(f"{count} image tokens do not make a {grid[0]} x {grid[1]} grid")
-    return tokens.reshape(n, grid[0], grid[1], channels).permute(0, 3, 1, 2)
-
-
 def image_tokens(name: str, output, text_tokens: int | None) -> torch.Tensor:
     """The (N, tokens, C) image tokens of a FLUX layer's output: the second of a (text, image) pair (double
     blocks, and single blocks since diffusers 0.35), or a lone tensor: ``x_embedder`` and ``norm_out`` as
@@ -125,7 +112,7 @@ def image_tokens(name: str, output, text_tokens: int | None) -> torch.Tensor:
     return output
 
 
-class FluxFamily(ModelFamily):
+class FluxFamily(TransformerFamily):
     """FLUX.1 (dev, schnell): a ``FluxTransformer2DModel``, CLIP (pooled) + T5 (sequence) conditioning.
 
     Args:
@@ -134,43 +121,37 @@ class FluxFamily(ModelFamily):
     """
 
     name = "flux"
-    denoiser_component = "transformer"
     pipeline_class = "FluxPipeline"
+    transformer_class = "FluxTransformer2DModel"
+    required_keys = frozenset({"num_single_layers", "guidance_embeds"})
+    patch = PACK
 
     def __init__(self, config: Mapping, vae_scale_factor: int = 8):
-        config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-        self.config_key = json.dumps(config, sort_keys=True, default=str)
-        self.guidance = DEV_GUIDANCE if config.get("guidance_embeds") else None
-        self.vae_scale_factor = int(vae_scale_factor)
+        super().__init__(config, vae_scale_factor)
+        self.guidance = DEV_GUIDANCE if dict(config).get("guidance_embeds") else None
 
     # ---- structure ----------------------------------------------------------------------------
 
-    @classmethod
-    def accepts(cls, config) -> bool:
-        """A ``FluxTransformer2DModel`` config: single-stream blocks and a guidance-embedding switch (and that class
-        name where the config records one: other transformers, such as FLUX.2's, have the same keys)."""
-        config = dict(config)
-        return ({"num_single_layers", "guidance_embeds"} <= set(config)
-                and config.get("_class_name", "FluxTransformer2DModel") == "FluxTransformer2DModel")
-
     def layer_names(self) -> list[str]:
-        return list(_layer_names(self.config_key))
+        model = self.skeleton()
+        return ["x_embedder", *(f"transformer_blocks[{i}]" for i in range(len(model.transformer_blocks))),
+                *(f"single_transformer_blocks[{i}]" for i in range(len(model.single_transformer_blocks))), "norm_out"]
 
-    def paper_layers(self) -> list[str]:
-        """The published helper's layers: the double-stream ``transformer_blocks``."""
-        return [n for n in self.layer_names() if block_of(n).startswith("transformer_blocks")]
+    def multiple_why(self) -> str:
+        return f"FLUX: the VAE's factor {self.vae_scale_factor} x the 2x2 latent packing"
 
-    @property
-    def pixel_multiple(self) -> int:
-        """Image sides must be multiples of this (VAE factor x the 2x2 packing): 16 px."""
-        return self.vae_scale_factor * PACK
+    def meta_inputs(self, config, side: int) -> tuple[dict, int]:
+        with torch.device("meta"):
+            hidden, img_ids = pack(torch.zeros(1, config.in_channels // (PACK * PACK), side * PACK, side * PACK))
+            return {"hidden_states": hidden, "img_ids": img_ids, "timestep": torch.ones(1),
+                    "encoder_hidden_states": torch.zeros(1, META_TEXT_TOKENS, config.joint_attention_dim),
+                    "pooled_projections": torch.zeros(1, config.pooled_projection_dim),
+                    "txt_ids": torch.zeros(META_TEXT_TOKENS, 3),
+                    "guidance": torch.ones(1) if config.guidance_embeds else None}, META_TEXT_TOKENS
 
-    def layer_infos(self, size: int) -> list[LayerInfo]:
-        """Shapes from a forward pass on the meta device (nothing computed), cached per (config, size)."""
-        if size % self.pixel_multiple or size < self.pixel_multiple:
-            raise LayerError(f"size {size} px is not a positive multiple of {self.pixel_multiple} "
-                             f"(FLUX: the VAE's factor {self.vae_scale_factor} x the 2x2 latent packing)")
-        return list(_layer_infos(self.config_key, size // self.pixel_multiple))
+    def image_tokens(self, name: str, output, text_tokens: int | None) -> torch.Tensor:
+        """:func:`image_tokens`: a single block's output of diffusers before 0.35 holds the text tokens too."""
+        return image_tokens(name, output, text_tokens)
 
     # ---- computation --------------------------------------------------------------------------
 
@@ -190,7 +171,7 @@ class FluxFamily(ModelFamily):
         with torch.inference_mode():
             embeds, pooled, text_ids = flux_pipeline(model).encode_prompt(
                 prompt=[prompt], prompt_2=None, device=model.device, max_sequence_length=T5_TOKENS)
-        return FluxConditioning(embeds.to(model.dtype), pooled.to(model.dtype), text_ids, self.guidance, protocol)
+        return FluxConditioning(embeds.to(model.dtype), pooled.to(model.dtype), text_ids, protocol)
 
     def transformer_timestep(self, model, timestep: int, sample: torch.Tensor, protocol: str) -> torch.Tensor:
         """The transformer's timestep for a batch (schedule value / 1000, as ``FluxPipeline`` passes it):
@@ -202,87 +183,31 @@ class FluxFamily(ModelFamily):
 
     def run_denoiser(self, model, sample: torch.Tensor, timestep: int, context: FluxConditioning, *,
                      layers: Sequence[str], sink: Sink) -> None:
-        n, grid = sample.shape[0], latent_grid(sample)
+        n = sample.shape[0]
         hidden, img_ids = pack(sample)
-        kwargs = {"timestep": self.transformer_timestep(model, timestep, sample, context.protocol),
+        kwargs = {"hidden_states": hidden,
+                  "timestep": self.transformer_timestep(model, timestep, sample, context.protocol),
                   "encoder_hidden_states": context.prompt_embeds.expand(n, -1, -1).contiguous(),
                   "pooled_projections": context.pooled.expand(n, -1).contiguous(),
                   "txt_ids": context.text_ids, "img_ids": img_ids, "guidance": None}
-        if context.guidance is not None:  # FluxPipeline's guidance tensor: float32, one value per image
-            kwargs["guidance"] = torch.full([n], context.guidance, device=sample.device, dtype=torch.float32)
-        text_tokens = context.prompt_embeds.shape[1]
-
-        def hook(name, output):
-            sink(name, self.to_grid(name, output, grid=grid, text_tokens=text_tokens))
-
-        with capture_layers(model.denoiser, layers, hook):
-            run_until_captured(lambda: model.denoiser(hidden_states=hidden, **kwargs))
-
-    def to_grid(self, name: str, output, *, grid: tuple[int, int] | None = None,
-                text_tokens: int | None = None) -> torch.Tensor:
-        """A layer's image tokens (:func:`image_tokens`) as an (N, C, rows, cols) grid; square without ``grid``.
-        ``text_tokens`` (the prompt's T5 length) is cut off a single block's output of diffusers before 0.35."""
-        return tokens_to_grid(image_tokens(name, output, text_tokens), grid)
-
-    def compile_layers(self, model, names: Sequence[str]) -> int:
-        return compile_layers(model.denoiser, names)
+        # the transformer's own guidance (not the prompt's: a conditioning is cached per prompt, not per denoiser)
+        if self.guidance is not None:  # FluxPipeline's guidance tensor: float32, one value per image
+            kwargs["guidance"] = torch.full([n], self.guidance, device=sample.device, dtype=torch.float32)
+        # the text-token count: cut off a single block's output of diffusers before 0.35
+        run_hooked(model, layers, self.hook_for(sink, latent_grid(sample), context.prompt_embeds.shape[1]), kwargs)
 
 
 def paper_noised_latents(model, pixels: torch.Tensor, timestep: int, seed: int) -> torch.Tensor:
-    """The helper's FLUX-branch latents for one batch (pixels in [0, 1], as ``paper`` prepares them)."""
+    """The helper's FLUX-branch latents for one batch (pixels in [0, 1], as ``paper`` prepares them):
+    :func:`flow_noise.paper_noised` on the unshifted 1000-step schedule (schnell's own; FLUX-dev's without its
+    shift: a deviation), started where the schedule's value is step + 1."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    generator = torch.Generator(model.device).manual_seed(seed)  # the helper's torch.manual_seed(seed)
-    images = (pixels * 2.0 - 1.0).to(model.device, model.vae_dtype)  # its image processor's [-1, 1]
-    z = model.vae.encode(images).latent_dist.sample(generator=generator).to(model.dtype)
-    latents = (z - model.shift_factor) * model.scaling_factor
-    noise = torch.empty_like(latents[None, 0]).normal_(generator=generator).expand(latents.shape)
-    # the unshifted 1000-step schedule (schnell's own; FLUX-dev's without its shift: a deviation)
     config = {**model.scheduler.config, "shift": 1.0, "use_dynamic_shifting": False}
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
-    scheduler.set_timesteps(flow_noise.SCHEDULE_STEPS, device=latents.device)
-    index = flow_noise.SCHEDULE_STEPS - 1 - int(timestep)  # where the schedule's value is step + 1
-    scheduler.set_begin_index(index)
-    return scheduler.scale_noise(latents, timestep=scheduler.timesteps[index][None], noise=noise)
-
-
-@functools.lru_cache(maxsize=8)
-def _skeleton(config_key: str) -> torch.nn.Module:
-    """The transformer of a config on the meta device: structure and shapes, no memory, no weights."""
-    from diffusers import FluxTransformer2DModel
-
-    with torch.device("meta"):
-        return FluxTransformer2DModel.from_config(json.loads(config_key))
-
-
-@functools.lru_cache(maxsize=8)
-def _layer_names(config_key: str) -> tuple[str, ...]:
-    model = _skeleton(config_key)
-    return ("x_embedder", *(f"transformer_blocks[{i}]" for i in range(len(model.transformer_blocks))),
-            *(f"single_transformer_blocks[{i}]" for i in range(len(model.single_transformer_blocks))), "norm_out")
-
-
-@functools.lru_cache(maxsize=32)
-def _layer_infos(config_key: str, side: int) -> tuple[LayerInfo, ...]:
-    """Every layer's (channels, rows, cols) for a ``side`` x ``side`` token grid, from a meta-device pass."""
-    model, names = _skeleton(config_key), _layer_names(config_key)
-    config = model.config
-    with torch.device("meta"):
-        sample = torch.zeros(1, config.in_channels // (PACK * PACK), side * PACK, side * PACK)
-        hidden, img_ids = pack(sample)
-        kwargs = {"encoder_hidden_states": torch.zeros(1, META_TEXT_TOKENS, config.joint_attention_dim),
-                  "pooled_projections": torch.zeros(1, config.pooled_projection_dim),
-                  "timestep": torch.ones(1), "txt_ids": torch.zeros(META_TEXT_TOKENS, 3), "img_ids": img_ids,
-                  "guidance": torch.ones(1) if config.guidance_embeds else None}
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def sink(name, output):
-        grid = tokens_to_grid(image_tokens(name, output, META_TEXT_TOKENS), (side, side))
-        shapes[name] = tuple(grid.shape[1:])
-
-    with torch.no_grad(), capture_layers(model, names, sink):
-        run_until_captured(lambda: model(hidden_states=hidden, **kwargs))
-    return tuple(LayerInfo(n, block_of(n), kind_of(n), *shapes[n]) for n in names)
+    scheduler.set_timesteps(flow_noise.SCHEDULE_STEPS, device=model.device)
+    scheduler.set_begin_index(flow_noise.SCHEDULE_STEPS - 1 - int(timestep))
+    return flow_noise.paper_noised(model, pixels, timestep, seed, scheduler)
 
 
 __all__ = ["DEV_GUIDANCE", "FluxConditioning", "FluxFamily", "T5_TOKENS", "image_tokens", "pack",

@@ -12,7 +12,8 @@ Hookable layers, in execution order:
 
 Every layer is a token sequence (N, L, C), reshaped to (N, C, rows, cols) with rows = latent height /
 patch and cols = latent width / patch, from the input's latent size (the helper searches divisors of
-L instead, which is the same for square inputs). So an input side must be a multiple of the VAE factor
+L instead, which is the same for square inputs); what SD3 shares with FLUX (skeleton, channels, grid,
+hooks) lives in :mod:`~sdaudit.models.families.transformer`. So an input side must be a multiple of the VAE factor
 times the patch size (16 px for SD3). The paper set is the helper's: the ``transformer_blocks``.
 
 Conditioning is ``StableDiffusion3Pipeline.encode_prompt``'s, run once per prompt: both CLIP encoders'
@@ -23,28 +24,25 @@ constant; leaving T5-XXL out (4.7 B parameters, about 9 GB in float16) changes t
 
 Noise is flow matching (:mod:`~sdaudit.models.families.flow_noise`). ``clean``: [-1, 1] pixels,
 posterior mean, independent noise per image, sigma from the model's scheduler at sdaudit's timestep.
-``paper`` reproduces the helper's SD3 branch (``sdhelper`` 1.0.0, ``SD._img2repr``): [-1, 1] pixels
-(its ``image_processor.preprocess``), a generator seeded with ``seed`` that draws the posterior sample
-and then one noise tensor for the whole batch, ``scheduler.set_timesteps(1000)``,
-``timesteps[999 - step]`` and ``scale_noise``.
+``paper`` reproduces the helper's SD3 branch (``sdhelper`` 1.0.0, ``SD._img2repr``):
+:func:`flow_noise.paper_noised` on a copy of the model's own (shifted) scheduler after
+``set_timesteps(1000)``.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ...layer_names import LayerError, LayerInfo, kind_of
-from ..hooks import capture_layers, compile_layers, run_until_captured
+from ...layer_names import LayerError
 from . import flow_noise
-from .base import ModelFamily, Sink
+from .base import Sink
+from .transformer import BLOCKS, TransformerFamily, run_hooked
 
-BLOCKS = "transformer_blocks"
 TEXT_TOKENS = 77  # CLIP's context length
 
 
@@ -61,7 +59,7 @@ class SD3Conditioning:
     pooled: torch.Tensor
 
 
-class SD3Family(ModelFamily):
+class SD3Family(TransformerFamily):
     """SD3 / SD3.5 (medium, large): the MMDiT transformer, its joint blocks and the flow-matching noise.
 
     Args:
@@ -70,56 +68,40 @@ class SD3Family(ModelFamily):
     """
 
     name = "sd3-mmdit"
-    denoiser_component = "transformer"
     pipeline_class = "StableDiffusion3Pipeline"
     anomaly_layer = ""  # no published SD3 anomaly layer: the middle audited layer (ModelFamily's fallback)
+    transformer_class = "SD3Transformer2DModel"
+    required_keys = frozenset({"joint_attention_dim", "caption_projection_dim", "pos_embed_max_size"})
 
     def __init__(self, config: Mapping, vae_scale_factor: int = 8):
-        self.config_key = json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")},
-                                     sort_keys=True, default=str)
-        self.vae_scale_factor = int(vae_scale_factor)
+        super().__init__(config, vae_scale_factor)
         config = dict(config)
-        self.patch_size = int(config.get("patch_size", 2))
+        self.patch = int(config.get("patch_size", 2))
         self.max_tokens = config.get("pos_embed_max_size")
 
     # ---- structure ----------------------------------------------------------------------------
-
-    @classmethod
-    def accepts(cls, config) -> bool:
-        keys = dict(config)
-        return all(k in keys for k in ("joint_attention_dim", "caption_projection_dim", "pos_embed_max_size"))
 
     def layer_names(self) -> list[str]:
         n = int(json.loads(self.config_key)["num_layers"])
         return ["pos_embed", *(f"{BLOCKS}[{i}]" for i in range(n)), "norm_out"]
 
-    def paper_layers(self) -> list[str]:
-        """The helper's layers: every joint block (its ``available_extract_positions`` for a transformer)."""
-        return [n for n in self.layer_names() if n.startswith(BLOCKS)]
+    def multiple_why(self) -> str:
+        return f"VAE factor {self.vae_scale_factor} x patch size {self.patch}"
 
-    @property
-    def pixel_multiple(self) -> int:
-        """Pixels per token: the VAE factor times the patch size (16 for SD3)."""
-        return self.vae_scale_factor * self.patch_size
-
-    def token_grid(self, height_px: int, width_px: int) -> tuple[int, int]:
-        """The (rows, cols) token grid of an input, or a :class:`LayerError` for a size the model cannot take."""
+    def check_side(self, side: int) -> None:
+        """A positive multiple of 16 px, within the position table's ``pos_embed_max_size`` tokens per side."""
+        super().check_side(side)
         m = self.pixel_multiple
-        for side in (height_px, width_px):
-            if side % m or side < m:
-                raise LayerError(f"size {side} px is not a positive multiple of {m} (VAE factor "
-                                 f"{self.vae_scale_factor} x patch size {self.patch_size})")
-            if self.max_tokens is not None and side // m > int(self.max_tokens):
-                raise LayerError(f"size {side} px gives {side // m} tokens per side, more than the model's position "
-                                 f"table (pos_embed_max_size {self.max_tokens}): at most {int(self.max_tokens) * m} px")
-        return height_px // m, width_px // m
+        if self.max_tokens is not None and side // m > int(self.max_tokens):
+            raise LayerError(f"size {side} px gives {side // m} tokens per side, more than the model's position "
+                             f"table (pos_embed_max_size {self.max_tokens}): at most {int(self.max_tokens) * m} px")
 
-    def layer_infos(self, size: int) -> list[LayerInfo]:
-        """Channels from a meta-device pass (no weights, nothing computed), cached per config; grid from the size."""
-        rows, cols = self.token_grid(size, size)
-        channels = _layer_channels(self.config_key)
-        return [LayerInfo(n, BLOCKS if n.startswith(BLOCKS) else n, kind_of(n), channels[n], rows, cols)
-                for n in self.layer_names()]
+    def meta_inputs(self, config, side: int) -> tuple[dict, int]:
+        with torch.device("meta"):
+            return {"hidden_states": torch.zeros(1, config.in_channels, side * self.patch, side * self.patch),
+                    "timestep": torch.ones(1),
+                    "encoder_hidden_states": torch.zeros(1, TEXT_TOKENS, config.joint_attention_dim),
+                    "pooled_projections": torch.zeros(1, config.pooled_projection_dim)}, TEXT_TOKENS
 
     # ---- computation --------------------------------------------------------------------------
 
@@ -147,75 +129,21 @@ class SD3Family(ModelFamily):
     def run_denoiser(self, model, sample: torch.Tensor, timestep: int, context: SD3Conditioning, *,
                      layers: Sequence[str], sink: Sink) -> None:
         batch = sample.shape[0]
-        grid = (sample.shape[-2] // self.patch_size, sample.shape[-1] // self.patch_size)
+        grid = (sample.shape[-2] // self.patch, sample.shape[-1] // self.patch)
         value, _ = flow_noise.timestep_and_sigma(model.scheduler, timestep, grid[0] * grid[1])
         # the schedule's timestep value (sigma * 1000) in float32, as the pipeline passes it
         t = torch.full((batch,), value, dtype=torch.float32, device=model.device)
-        kwargs = {"encoder_hidden_states": context.prompt_embeds.expand(batch, -1, -1).contiguous(),
+        kwargs = {"hidden_states": sample, "timestep": t,
+                  "encoder_hidden_states": context.prompt_embeds.expand(batch, -1, -1).contiguous(),
                   "pooled_projections": context.pooled.expand(batch, -1).contiguous()}
-        with capture_layers(model.denoiser, layers, lambda name, out: sink(name, self.to_grid(name, out, grid=grid))):
-            run_until_captured(lambda: model.denoiser(hidden_states=sample, timestep=t, **kwargs))
-
-    def to_grid(self, name: str, output, *, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """Image tokens (N, L, C) as (N, C, rows, cols); a joint block contributes its image stream (``output[1]``).
-        ``grid`` is (rows, cols); without it the grid is taken to be square."""
-        tokens = output[1] if isinstance(output, (tuple, list)) else output
-        n, length, channels = tokens.shape
-        rows, cols = grid if grid is not None else (int(round(length ** 0.5)),) * 2
-        if rows * cols != length:
-            raise ValueError(f"{name}: {length} tokens do not make a {rows} x {cols} grid")
-        return tokens.reshape(n, rows, cols, channels).permute(0, 3, 1, 2)
-
-    def compile_layers(self, model, names: Sequence[str]) -> int:
-        return compile_layers(model.denoiser, names)
+        run_hooked(model, layers, self.hook_for(sink, grid), kwargs)
 
 
 def paper_noised_latents(model, pixels: torch.Tensor, timestep: int, seed: int) -> torch.Tensor:
     """The helper's transformer input for one batch (see the module docstring); ``pixels`` in [0, 1]."""
-    generator = torch.Generator(model.device).manual_seed(seed)
-    # image_processor.preprocess: [0, 1] -> [-1, 1], computed as the processor does (2 x - 1)
-    pixels = (2.0 * pixels - 1.0).to(model.device, model.vae_dtype)
-    z = model.vae.encode(pixels).latent_dist.sample(generator=generator)
-    latents = (z.to(model.dtype) - model.shift_factor) * model.scaling_factor
-    # torch.randn_like(latents[None, 0]), drawn after the posterior sample from the same seeded stream
-    noise = torch.empty_like(latents[None, 0]).normal_(generator=generator).expand(latents.shape)
     scheduler = copy.deepcopy(model.scheduler)  # the helper sets its pipeline's scheduler; ours stays untouched
     scheduler.set_timesteps(flow_noise.SCHEDULE_STEPS, device=model.device)
-    t = scheduler.timesteps[flow_noise.SCHEDULE_STEPS - 1 - int(timestep)]
-    return scheduler.scale_noise(latents, timestep=t.unsqueeze(0), noise=noise)
-
-
-@functools.lru_cache(maxsize=16)
-def _skeleton(config_key: str) -> torch.nn.Module:
-    """The transformer of a config on the meta device: structure and shapes, no memory, no weights."""
-    from diffusers import SD3Transformer2DModel
-
-    with torch.device("meta"):
-        return SD3Transformer2DModel.from_config(json.loads(config_key))
-
-
-@functools.lru_cache(maxsize=16)
-def _layer_channels(config_key: str) -> dict[str, int]:
-    """Each layer's channels from one meta-device forward pass at the smallest input (channels do not
-    depend on the size)."""
-    model = _skeleton(config_key)
-    config = model.config
-    names = ["pos_embed", *(f"{BLOCKS}[{i}]" for i in range(len(model.transformer_blocks))), "norm_out"]
-    side = 2 * config.patch_size  # a 2 x 2 token grid
-    with torch.device("meta"):
-        sample = torch.zeros(1, config.in_channels, side, side)
-        context = torch.zeros(1, TEXT_TOKENS, config.joint_attention_dim)
-        pooled = torch.zeros(1, config.pooled_projection_dim)
-        timestep = torch.ones(1)
-    channels: dict[str, int] = {}
-
-    def sink(name, output):
-        channels[name] = int((output[1] if isinstance(output, tuple) else output).shape[-1])
-
-    with torch.no_grad(), capture_layers(model, names, sink):
-        run_until_captured(lambda: model(hidden_states=sample, timestep=timestep, encoder_hidden_states=context,
-                                         pooled_projections=pooled))
-    return channels
+    return flow_noise.paper_noised(model, pixels, timestep, seed, scheduler)
 
 
 __all__ = ["SD3Conditioning", "SD3Family", "paper_noised_latents"]
