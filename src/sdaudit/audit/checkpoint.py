@@ -50,13 +50,15 @@ def numeric_settings(settings) -> dict:
     """:meth:`AuditSettings.to_dict` less what cannot change the checkpointed numbers: ``n_show`` (the maps are
     drawn after the passes), ``batch_size`` under protocol 'clean' (each image's noise is seeded by its index),
     ``probe_max_tokens`` unless the probe is the published one (it bounds only that probe's sample), ``views``
-    unless the correspondence probe runs."""
+    unless the correspondence probe runs, ``mitigations`` when there are none."""
     data = settings.to_dict()
     data.pop("n_show", None)
     if "correspondence" not in data.get("analyses", ()):
         data.pop("views", None)  # so that the checkpoints of audits without the probe keep their fingerprint
     if data.get("keypoints") is None:
         data.pop("keypoints", None)
+    if not data.get("mitigations"):
+        data.pop("mitigations", None)
     if data.get("protocol") != "paper":
         data.pop("batch_size", None)
     if data.get("probe_method") != "paper":
