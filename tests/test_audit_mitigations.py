@@ -147,3 +147,35 @@ def test_a_planted_positional_code_is_removed_by_the_position_mitigation(tiny, t
     assert "lowers the positional-bias rate" in effect["verdict"]
     line = [x for x in closing_summary(results) if x.startswith("mitigations: ")][0]
     assert line.startswith("mitigations: position ") and " on conv_in" in line and "[" in line
+
+
+def test_shards_share_their_fits_before_measuring():
+    import numpy as np
+
+    from sdaudit.audit.mitigations import fit_states, mitigation_evaluators, share_fits
+
+    grids = {"a": (8, 8)}
+    x = np.random.default_rng(0).normal(size=(6, 5, 8, 8)).astype(np.float32)
+
+    def evaluators():
+        return mitigation_evaluators(["a"], grids, names=["position", "border"], views=["flip"], size=64,
+                                     n_images=6, train_fraction=0.5)
+
+    whole, first, second, late = evaluators(), evaluators(), evaluators(), evaluators()
+    whole["a"].fit(x[:3], [0, 1, 2])
+    first["a"].fit(x[:1], [0])
+    second["a"].fit(x[1:3], [1, 2])
+    gathered = [fit_states(first), fit_states(second)]
+    share_fits(first, gathered, 0)
+    share_fits(second, gathered, 1)
+    for shard in (first, second):
+        assert shard["a"].n_fitted == 3
+        np.testing.assert_allclose(shard["a"].transforms["position"].transform(x), whole["a"].transforms["position"]
+                                   .transform(x), rtol=1e-5, atol=1e-6)
+    share_fits(late, [fit_states(first), fit_states(late)], 1)  # a rank that resumed after the exchange holds it
+    assert late["a"].n_fitted == 3
+    np.testing.assert_allclose(late["a"].transforms["position"].transform(x),
+                               whole["a"].transforms["position"].transform(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UsageError, match="at least 2 test images"):
+        mitigation_evaluators(["a"], grids, names=["position"], views=["flip"], size=64, n_images=3,
+                              train_fraction=0.8)  # 2 train, 1 test

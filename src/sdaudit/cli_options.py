@@ -86,7 +86,8 @@ Views = Annotated[str, typer.Option("--views", help=f"Known views the correspond
                                     f"comma-separated subset of {', '.join(VIEWS)} (shift: one token of the "
                                     "coarsest audited grid).")]
 Mitigations = Annotated[Optional[str], typer.Option(
-    "--mitigations", help=f"Measure what removing an artifact buys: comma-separated subset of {', '.join(MITIGATIONS)}; "
+    "--mitigations", help="Measure what removing an artifact buys: comma-separated subset of "
+    f"{', '.join(MITIGATIONS)}; "
     "each is fitted on the position probe's training images and matching to the --views (before and after) is "
     "measured on the others, per layer. Runs the correspondence analysis too.")]
 AnomalyLayer = Annotated[Optional[str], typer.Option("--anomaly-layer", help="Layer the anomaly detector runs on "

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..analyses import n_train_images
+from ..analyses._arrays import as_float32
 from ..errors import UsageError
 from ..mitigations.evaluate import MitigationEvaluator
-from .views import layer_view, shift_steps, view_key
+from .views import view_correspondences, view_key
 
 
 def mitigation_evaluators(layers: Sequence[str], grids: dict, *, names: Sequence[str], views: Sequence[str],
@@ -34,27 +33,16 @@ def mitigation_evaluators(layers: Sequence[str], grids: dict, *, names: Sequence
         raise UsageError(f"--mitigations needs at least 2 test images of the position probe's split; {n_images} "
                          f"images with train fraction {train_fraction} leave {max(n_images - n_train, 0)}: "
                          "give more images")
-    steps = shift_steps({layer: grids[layer] for layer in layers}) if "shift" in views else {}
-    out = {}
-    for layer in layers:
-        rows, cols = grids[layer]
-        corr = {v: layer_view(v, steps.get(layer, 1)).correspondence(rows, cols, size / cols).to_dict()
-                for v in views}
-        out[layer] = MitigationEvaluator(list(names), corr, n_images=n_images, n_train=n_train, layer=layer)
-    return out
+    corr = view_correspondences(layers, grids, views=views, size=size)
+    return {layer: MitigationEvaluator(list(names), {v: corr[view_key(v, layer)].to_dict() for v in views},
+                                       n_images=n_images, n_train=n_train, layer=layer) for layer in layers}
 
 
 def update_evaluator(evaluator: MitigationEvaluator, x, reps: dict, indices: Sequence[int]) -> None:
-    """Feed one batch of the full pass: the layer's features ``x`` and its views' in ``reps`` (CPU numpy)."""
-    views = {v: _host(reps[view_key(v, evaluator.layer)]) for v in evaluator.views}
-    evaluator.update(_host(x), views, list(indices))
-
-
-def _host(x) -> np.ndarray:
-    """A float32 numpy array of a batch (torch tensors, on the GPU too, come to the host)."""
-    if isinstance(x, np.ndarray):
-        return x
-    return x.detach().float().cpu().numpy()
+    """Feed one batch of the full pass: the layer's features ``x`` and its views' in ``reps`` (numpy, or torch
+    tensors on any device: brought to the host once, as float32, for the mitigations' numpy transforms)."""
+    views = {v: as_float32(reps[view_key(v, evaluator.layer)]) for v in evaluator.views}
+    evaluator.update(as_float32(x), views, list(indices))
 
 
 def fit_states(evaluators: dict[str, MitigationEvaluator]) -> dict[str, dict]:

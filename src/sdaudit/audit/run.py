@@ -143,9 +143,10 @@ class AuditRun:
                           mitigations={"names": list(settings.mitigations), "train_fraction": settings.train_fraction})
 
     def derived(self, model, settings: AuditSettings, out: Path, options: RunOptions) -> AuditRun:
-        """Another run over the same images into ``out`` (a variant or a control; its own checkpoint)."""
+        """Another run over the same images into ``out`` (a variant or a control; its own checkpoint), without
+        the mitigations (only the main run's are reported)."""
         out.mkdir(parents=True, exist_ok=True)
-        return AuditRun(model, self.items, settings, out, options)
+        return AuditRun(model, self.items, replace(settings, mitigations=()), out, options)
 
     # ----- running -----------------------------------------------------------------------------------------
     def execute(self) -> RunOutcome:

@@ -308,5 +308,5 @@ class AuditState:
         return fit_states(self.mitigations)
 
     def take_mitigation_fits(self, gathered: list[dict[str, dict]], rank: int) -> None:
-        """Fit every evaluator on all processes' training images (``gathered``: every rank's :meth:`mitigation_fits`)."""
+        """Fit every evaluator on all processes' training images (``gathered``: each rank's :meth:`mitigation_fits`)."""
         share_fits(self.mitigations, gathered, rank)
