@@ -26,11 +26,11 @@ import jinja2
 
 from ..audit_results import AuditResults, ControlRun, LayerRow, read_results
 from ..constants import RESOLUTIONS
+from ..mitigations.effects import MitigationEvaluation
 from . import figures as F
 from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval, fmt_pct, fmt_points
 from .intervals import num as _num
 from .compare import comparison_labels, run_differences, verdict_cells
-from ..mitigations.effects import MitigationEvaluation
 from .mitigations import mitigation_groups
 from .paper import PAPER_ANOMALY_LABELS, PublishedCurves, load_paper_results, paper_agreement, paper_model_key, \
     probe_mismatch_note, published_for
@@ -39,7 +39,7 @@ from .verdicts import THRESHOLDS, finest_resolution, layer_verdicts, summarize
 
 # the analysis lives in verdicts.py; re-exported here for the callers that import it from html
 __all__ = ["THRESHOLDS", "finest_resolution", "layer_verdicts", "summarize", "render_report", "render_comparison",
-           "fmt_pct", "fmt_ratio", "fmt_pm", "fmt_int", "template_environment"]
+           "render_mitigations", "fmt_pct", "fmt_ratio", "fmt_pm", "fmt_int", "template_environment"]
 
 # --------------------------------------------------------------------------------------------
 # number formats (the tests use these too, so the page and the tests agree)
