@@ -26,7 +26,7 @@ from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, Anom
                           Prompt, Protocol, ReportComparePaper, ReportLabel, ReportOut, ResultDirs, Revision, Seed, Size,
                           SkipBad, StoreArg, StoreOut, Stores, SubsetOut, SubsetSize, SubsetSource, Timestep, Timesteps,
                           Views)
-from .cli_options import KeypointPairs, Memory, Precision, Version
+from .cli_options import KeypointPairs, Memory, Mitigations, Precision, Version
 from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import UsageError
 from .validation import output_errors, removed_on_failure
@@ -201,6 +201,7 @@ def audit_cmd(
     anomaly_labels: AnomalyLabels = None,
     views: Views = "flip",
     keypoints: KeypointPairs = None,
+    mitigations: Mitigations = None,
 ) -> None:
     """Run the paper's three audits (position probe, border/corner similarity, high-norm anomalies) and write
     results.json, results.csv, anomalies.npy, figures and report.html."""
@@ -211,7 +212,7 @@ def audit_cmd(
     settings = _audit_settings(layers=layers, protocol=protocol, timestep=timestep, seed=seed, size=size,
                                analyses=analyses, anomaly_layer=anomaly_layer, batch_size=batch_size, probe=probe,
                                control=control, control_seed=control_seed, anomaly_labels=anomaly_labels,
-                               noise_seeds=noise_seeds, views=views,
+                               noise_seeds=noise_seeds, views=views, mitigations=mitigations,
                                keypoints=str(keypoints.resolve()) if keypoints is not None else None)
     load = {"device": device, "dtype": precision, "revision": revision, "local_files_only": local_files_only,
             "placement": memory}
@@ -224,7 +225,7 @@ def audit_cmd(
 
 
 def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[str] | None, views: str = "flip",
-                    **fields):
+                    mitigations: str | None = None, **fields):
     """The audit's settings from the command's options: the one place where the command line builds them.
     ``fields`` are the options named as :class:`~sdaudit.settings.AuditSettings` fields; the others are parsed."""
     from .audit import ANALYSES, AuditSettings
@@ -232,6 +233,8 @@ def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[s
 
     chosen = check_choices([a.strip() for a in analyses.split(",") if a.strip()], ANALYSES, name="--analyses")
     fields["views"] = [v.strip() for v in views.split(",") if v.strip()]  # checked by AuditSettings.validated
+    if mitigations is not None:  # checked by AuditSettings.validated; given but empty is refused there
+        fields["mitigations"] = [m.strip() for m in mitigations.split(",") if m.strip()] or [""]
     timesteps = parse_int_list(timestep, name="--timestep")
     settings = AuditSettings(**fields, timestep=timesteps[0], timesteps=timesteps if len(timesteps) > 1 else [],
                              analyses=chosen, probe_method=probe, controls=list(control or [])).validated()

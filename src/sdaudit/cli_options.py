@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from .constants import PAPER_ANOMALY_LAYER
-from .settings import ANALYSES, DEFAULT_ANALYSES, VIEWS
+from .settings import ANALYSES, DEFAULT_ANALYSES, MITIGATIONS, VIEWS
 from .validation import MAX_SEED, MAX_SIZE
 
 MODEL_HELP = ("Model: sd15, sd21, sd-turbo (any usual spelling), tiny, arch:sd15, arch:sd21, a Hugging Face repo "
@@ -88,6 +88,11 @@ KeypointPairs = Annotated[Optional[Path], typer.Option(
 Views = Annotated[str, typer.Option("--views", help=f"Known views the correspondence analysis matches each image to: "
                                     f"comma-separated subset of {', '.join(VIEWS)} (shift: one token of the "
                                     "coarsest audited grid).")]
+Mitigations = Annotated[Optional[str], typer.Option(
+    "--mitigations", help="Measure what removing an artifact buys: comma-separated subset of "
+    f"{', '.join(MITIGATIONS)}; "
+    "each is fitted on the position probe's training images and matching to the --views (before and after) is "
+    "measured on the others, per layer. Runs the correspondence analysis too.")]
 AnomalyLayer = Annotated[Optional[str], typer.Option("--anomaly-layer", help="Layer the anomaly detector runs on "
                                                      f"(default: {PAPER_ANOMALY_LAYER}, as in the paper).")]
 KeepStore = Annotated[bool, typer.Option("--keep-store", metavar=FLAG,

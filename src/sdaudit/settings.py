@@ -30,6 +30,8 @@ DEFAULT_ANALYSES = ("position", "borders", "anomalies", "maps")
 PROBES = ("lda", "ridge", "paper")
 VIEWS = ("flip", "shift", "crop")  # the known views of "correspondence" (sdaudit.analyses.views.VIEWS)
 CONTROLS = ("untrained", "circular-padding")
+# --mitigations: sdaudit.mitigations.REGISTRY's names (spelled here so that the settings stay light to import)
+MITIGATIONS = ("position", "position-subspace", "anomalies", "channels", "border")
 
 
 def check_protocol(protocol: str, latent: str | None) -> str:
@@ -183,6 +185,9 @@ class AuditSettings:
     n_show: int = 4
     views: tuple[str, ...] = ("flip",)  # "correspondence": the known views each image is matched to
     keypoints: str | None = None  # a keypoint pair file or folder (sdaudit.keypoint_pairs): PCK per layer on it
+    # sdaudit.mitigations names: each fitted on the probe's training images and its effect measured on the others
+    # (matching to the views, before and after); implies "correspondence"
+    mitigations: tuple[str, ...] = ()
 
     def __init__(self, extraction: ExtractionSettings | None = None, **values):
         """Keyword fields; those of :class:`ExtractionSettings` are forwarded into ``extraction``."""
@@ -211,7 +216,10 @@ class AuditSettings:
         extraction = replace(self.extraction, timestep=timesteps[0] if timesteps else self.extraction.timestep)
         extraction = extraction.validated()
         check_batch_size(self.batch_size, extraction.protocol)
-        return replace(self, extraction=extraction, timesteps=timesteps)
+        analyses = self.analyses
+        if self.mitigations and "correspondence" not in analyses:  # mitigations are measured on its views
+            analyses += ("correspondence",)
+        return replace(self, extraction=extraction, timesteps=timesteps, analyses=analyses)
 
     def _check_choices(self) -> None:
         unknown = [a for a in self.analyses if a not in ANALYSES]
@@ -235,6 +243,10 @@ class AuditSettings:
         check_choices(list(self.views), VIEWS, name="--views")
         if len(set(self.views)) != len(self.views):
             raise UsageError(f"--views lists a view twice: {list(self.views)}")
+        if self.mitigations:
+            check_choices(list(self.mitigations), MITIGATIONS, name="--mitigations")
+            if len(set(self.mitigations)) != len(self.mitigations):
+                raise UsageError(f"--mitigations lists a mitigation twice: {list(self.mitigations)}")
 
     def _checked_timesteps(self) -> tuple[int, ...]:
         bad = [t for t in [self.extraction.timestep, *self.timesteps] if not 0 <= int(t) <= 999]

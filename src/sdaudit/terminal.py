@@ -147,8 +147,9 @@ def _warning_line(results: AuditResults) -> str | None:
 
 
 def closing_summary(results: AuditResults | dict) -> list[str]:
-    """3-8 lines that end an audit's output: verdict counts, the strongest layer per artifact, warnings."""
+    """3-9 lines that end an audit's output: verdict counts, the strongest layer per artifact, warnings."""
     from .report.matching import matching_line
+    from .report.mitigations import mitigation_line
     from .report.verdicts import summarize  # the report's rules (and its matplotlib) only when summarizing
 
     results = AuditResults.coerce(results)
@@ -159,5 +160,5 @@ def closing_summary(results: AuditResults | dict) -> list[str]:
     lines = [counts + f" (of {found['n_layers']} layers)",
              _position_line(results, found["verdicts"]), _border_line(found["borders"]),
              _anomaly_line(found["anomalies"]), _channel_line(found["channels"]),
-             matching_line(found["matching"]), _warning_line(results)]
+             matching_line(found["matching"]), mitigation_line(results.mitigations), _warning_line(results)]
     return [line for line in lines if line]

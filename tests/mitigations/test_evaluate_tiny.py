@@ -11,7 +11,7 @@ from sdaudit.analyses.views import flip_correspondence, flip_view
 from sdaudit.constants import PAPER_ANOMALY_LAYER
 from sdaudit.mitigations import REGISTRY
 from sdaudit.mitigations.evaluate import CONTROL, MitigationEvaluator
-from sdaudit.report.mitigations import render_mitigations
+from sdaudit.report.html import render_mitigations
 
 
 def test_tiny_photos_and_flips_through_the_evaluator(tiny):

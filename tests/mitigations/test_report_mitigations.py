@@ -8,7 +8,8 @@ from sdaudit.analyses.views import flip_correspondence
 from sdaudit.mitigations.effects import MitigationEvaluation
 from sdaudit.mitigations.evaluate import evaluate_mitigations
 from sdaudit.report.html import fmt_pct
-from sdaudit.report.mitigations import mitigation_groups, mitigation_text_table, render_mitigations
+from sdaudit.report.html import render_mitigations
+from sdaudit.report.mitigations import mitigation_groups, mitigation_text_table
 
 
 def _evaluation(layer, seed):

@@ -50,7 +50,8 @@ def numeric_settings(settings) -> dict:
     """:meth:`AuditSettings.to_dict` less what cannot change the checkpointed numbers: ``n_show`` (the maps are
     drawn after the passes), ``batch_size`` under protocol 'clean' (each image's noise is seeded by its index),
     ``probe_max_tokens`` unless the probe is the published one (it bounds only that probe's sample), ``views``
-    unless the correspondence probe runs; the keypoint pairs count by their contents (:func:`pairs_digest`)."""
+    unless the correspondence probe runs, ``mitigations`` when there are none; the keypoint pairs count by their
+    contents (:func:`pairs_digest`)."""
     data = settings.to_dict()
     data.pop("n_show", None)
     if "correspondence" not in data.get("analyses", ()):
@@ -61,6 +62,8 @@ def numeric_settings(settings) -> dict:
         from ..keypoint_pairs import load_keypoint_pairs, pairs_digest
 
         data["keypoints"] = pairs_digest(load_keypoint_pairs(data["keypoints"]))
+    if not data.get("mitigations"):
+        data.pop("mitigations", None)
     if data.get("protocol") != "paper":
         data.pop("batch_size", None)
     if data.get("probe_method") != "paper":

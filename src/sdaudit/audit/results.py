@@ -17,6 +17,7 @@ from ..settings import AuditSettings
 from ..store import _versions
 from ..terminal import Stages
 from .controls import add_beyond_columns
+from .mitigations import mitigation_results
 from .maps import choose_examples, choose_shown_images, compute_maps, norm_layers
 from .outputs import anomalies_without_massive, anomaly_recurrence, audit_warnings, layer_results, now_iso, write_anomalies
 from .run import RunOutcome
@@ -99,6 +100,7 @@ class ResultsWriter:
             anomalies=self._anomalies(state, measured.detection, len(items)),
             recurrence=Recurrence.from_dict(measured.recurrence) if measured.recurrence is not None else None,
             maps=MapsInfo.from_dict(measured.maps) if measured.maps is not None else None,
+            mitigations=mitigation_results(state),
             extra=dict(self.inputs.provenance))
 
     @staticmethod

@@ -139,12 +139,14 @@ class AuditRun:
         return AuditState(self.full.layers, self.grids, n, set(settings.analyses), anomaly_layer,
                           probe=settings.probe_kwargs(), detector=settings.detector.kwargs(), labels=labels,
                           matching={"views": list(settings.views), "size": settings.extraction.size},
-                          keypoint_pairs=self.keypoints.pairs if self.keypoints else None)
+                          keypoint_pairs=self.keypoints.pairs if self.keypoints else None,
+                          mitigations={"names": list(settings.mitigations), "train_fraction": settings.train_fraction})
 
     def derived(self, model, settings: AuditSettings, out: Path, options: RunOptions) -> AuditRun:
-        """Another run over the same images into ``out`` (a variant or a control; its own checkpoint)."""
+        """Another run over the same images into ``out`` (a variant or a control; its own checkpoint), without
+        the mitigations (only the main run's are reported)."""
         out.mkdir(parents=True, exist_ok=True)
-        return AuditRun(model, self.items, settings, out, options)
+        return AuditRun(model, self.items, replace(settings, mitigations=()), out, options)
 
     # ----- running -----------------------------------------------------------------------------------------
     def execute(self) -> RunOutcome:

@@ -148,7 +148,8 @@ class Shard:
         return {"processes": self.world_size}
 
     def share_training(self, state) -> None:
-        """Merge the position probe's training statistics of all ranks and give them to every rank.
+        """Merge the position probe's training statistics (and the mitigations' fits) of all ranks and give them
+        to every rank.
 
         After this, each rank's probe holds all training statistics plus only its own test counts
         (so :meth:`reduce_state` counts the training statistics once). Layers that failed (non-finite
@@ -165,6 +166,8 @@ class Shard:
             else:
                 train = self.broadcast(self.reduce(state.probe_training(), state.merge_probe_training), 0)
             state.take_probe_training(train)
+        if state.mitigations:  # the mitigations' fits likewise (sdaudit.audit.mitigations.share_fits)
+            state.take_mitigation_fits(self.all_gather(state.mitigation_fits()), self.rank)
         state.progress[_SYNCED] = 1
 
     def reduce_state(self, state):

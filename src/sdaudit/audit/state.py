@@ -17,6 +17,7 @@ from ..analyses import (AnomalyDetector, BorderArtifactsAccumulator, MassiveChan
                         anomaly_relative_norms)
 from ..analyses.intervals import item_mean_terms
 from .keypoints import keypoint_accumulators, update_keypoints
+from .mitigations import fit_states, mitigation_evaluators, share_fits, update_evaluator
 from .views import matching_accumulators, view_key
 
 
@@ -112,10 +113,10 @@ class AuditState:
 
     def __init__(self, layers: Sequence[str], grids: dict[str, tuple[int, int]], n_images: int, analyses: set[str],
                  anomaly_layer: str | None = None, *, probe: dict, detector: dict, labels: np.ndarray | None = None,
-                 matching: dict | None = None, keypoint_pairs: list | None = None):
+                 matching: dict | None = None, keypoint_pairs: list | None = None, mitigations: dict | None = None):
         self._args = (list(layers), dict(grids), int(n_images), set(analyses), anomaly_layer)
         self._kwargs = {"probe": dict(probe), "detector": dict(detector), "labels": labels, "matching": matching,
-                        "keypoint_pairs": keypoint_pairs}
+                        "keypoint_pairs": keypoint_pairs, "mitigations": mitigations}
         self.labels = labels  # given anomalies (e.g. the published labels): their norms instead of the detector's
         self.layers = list(layers)
         self.analyses = set(analyses)
@@ -135,6 +136,9 @@ class AuditState:
             self.channels = {layer: MassiveChannelAccumulator(layer=layer) for layer in self.layers}
         # the correspondence probe (opt-in "correspondence", matching = {"views", "size"}): per view and layer
         self.matching = matching_accumulators(self.layers, grids, **matching) if "correspondence" in analyses else {}
+        # --mitigations (mitigations = {"names", "train_fraction"}, measured on the probe's views): per layer
+        self.mitigations = mitigation_evaluators(self.layers, grids, **matching, **mitigations, n_images=n_images) \
+            if mitigations and mitigations.get("names") else {}
         # user keypoints (settings.keypoints): the pairs, and PCK per layer
         self.keypoint_pairs = list(keypoint_pairs or [])
         self.keypoints = keypoint_accumulators(self.layers) if keypoint_pairs else {}
@@ -173,6 +177,8 @@ class AuditState:
                 self._guard(layer, lambda: self.without[layer].update(x, indices))
             for key in (view_key(view, layer) for view in self.views):
                 self._guard(layer, lambda: self.matching[key].update(x, reps[key], indices))
+            if layer in self.mitigations:
+                self._guard(layer, lambda: update_evaluator(self.mitigations[layer], x, reps, indices))
         if self.detector is not None and self.anomaly_layer not in self.failed:
             if _on_device(reps[self.anomaly_layer]):
                 reps = _NormMaps(reps)  # token norms computed on the GPU: only (B, 1, h, w) maps leave it
@@ -206,13 +212,14 @@ class AuditState:
     # ----- state dicts: checkpoints and shards --------------------------------------------------------
     def _parts(self) -> dict[str, object]:
         """{part name: accumulator}; a part is "probe/<layer>", "borders/<layer>", "channels/<layer>",
-        "without/<layer>", "matching/<view>:<layer>", "keypoints/<layer>" or "detector"."""
+        "without/<layer>", "matching/<view>:<layer>", "keypoints/<layer>", "mitigations/<layer>" or "detector"."""
         parts: dict[str, object] = {f"probe/{k}": v for k, v in self.probe.items()}
         parts.update({f"borders/{k}": v for k, v in self.borders.items()})
         parts.update({f"channels/{k}": v for k, v in self.channels.items()})
         parts.update({f"without/{k}": v for k, v in self.without.items()})
         parts.update({f"matching/{k}": v for k, v in self.matching.items()})
         parts.update({f"keypoints/{k}": v for k, v in self.keypoints.items()})
+        parts.update({f"mitigations/{k}": v for k, v in self.mitigations.items()})
         if self.detector is not None:
             parts["detector"] = self.detector
         return parts
@@ -223,7 +230,7 @@ class AuditState:
             self.detector = acc
         else:
             parts = {"probe": self.probe, "borders": self.borders, "channels": self.channels, "without": self.without,
-                     "matching": self.matching, "keypoints": self.keypoints}
+                     "matching": self.matching, "keypoints": self.keypoints, "mitigations": self.mitigations}
             parts[kind][layer] = acc
 
     def state_dict(self, *, probe_training: bool = True) -> dict[str, np.ndarray]:
@@ -294,3 +301,12 @@ class AuditState:
             merged = cls.from_state_dict(train[layer])
             merged.merge(cls.from_state_dict(cls.test_only_state(acc.state_dict())))
             self.probe[layer] = merged
+
+    # ----- the mitigations' fits, shared by the shards (sdaudit.audit.mitigations) --------------------------
+    def mitigation_fits(self) -> dict[str, dict]:
+        """{layer: the mitigation evaluator's state}: what this process gives the others after its training images."""
+        return fit_states(self.mitigations)
+
+    def take_mitigation_fits(self, gathered: list[dict[str, dict]], rank: int) -> None:
+        """Fit every evaluator on all processes' training images (``gathered``: each rank's :meth:`mitigation_fits`)."""
+        share_fits(self.mitigations, gathered, rank)

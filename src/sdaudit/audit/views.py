@@ -66,17 +66,19 @@ def layer_view(view: str, steps: int) -> KnownView:
     return KnownView(view, shift=(0, steps)) if view == "shift" else KnownView(view)
 
 
+def view_correspondences(layers: Sequence[str], grids: dict, *, views: Sequence[str], size: int) -> dict:
+    """{view_key(view, layer): Correspondence} of every view and layer of an audit at ``size`` px."""
+    steps = shift_steps({layer: grids[layer] for layer in layers}) if "shift" in views else {}
+    return {view_key(view, layer): layer_view(view, steps.get(layer, 1)).correspondence(
+        grids[layer][0], grids[layer][1], size / grids[layer][1]) for view in views for layer in layers}
+
+
 def matching_accumulators(layers: Sequence[str], grids: dict, *, views: Sequence[str], size: int) -> dict:
     """{view_key(view, layer): ViewMatchingAccumulator} for every view and layer of an audit at ``size`` px."""
-    steps = shift_steps({layer: grids[layer] for layer in layers}) if "shift" in views else {}
-    out = {}
-    for view in views:
-        for layer in layers:
-            rows, cols = grids[layer]
-            corr = layer_view(view, steps.get(layer, 1)).correspondence(rows, cols, size / cols)
-            out[view_key(view, layer)] = ViewMatchingAccumulator(corr.to_dict(), layer=layer,
-                                                                 provenance={"view": view})
-    return out
+    corr = view_correspondences(layers, grids, views=views, size=size)
+    return {view_key(view, layer): ViewMatchingAccumulator(corr[view_key(view, layer)].to_dict(), layer=layer,
+                                                           provenance={"view": view})
+            for view in views for layer in layers}
 
 
 class ViewPasses:

@@ -12,10 +12,11 @@ from typing import Any
 
 from ..analyses.results import to_jsonable
 from ..constants import RESOLUTIONS
+from .mitigations import mitigation_csv_rows
 from .results import AuditResults
 from .rows import LayerRow
 from .schema import (FORMAT, FORMAT_PREFIX, READABLE_VERSIONS, RESULTS_NAME, ResultsFormatError, ResultsNotFoundError,
-                     csv_metrics, matching_metrics)
+                     csv_metrics, finite, matching_metrics)
 
 
 def _results_file(path: str | Path) -> Path:
@@ -93,8 +94,19 @@ def write_results_csv(path: str | Path, results: AuditResults) -> Path:
                                   *_csv_values(row, metric)]
                                  for metric in (*metrics, *matching_metrics(row.values))
                                  if row.values.get(metric) not in (None, []))
+        _write_mitigation_rows(writer, results)
     os.replace(tmp, path)
     return path
+
+
+def _write_mitigation_rows(writer, results: AuditResults) -> None:
+    """The mitigations' rows (:mod:`sdaudit.audit_results.mitigations`), at the main timestep, no seed spread."""
+    place = {row.layer: (i, row) for i, row in enumerate(results.table)}
+    for layer, metric, value, low, high in mitigation_csv_rows(results.mitigations):
+        i, row = place[layer]
+        writer.writerow([results.model.name, results.settings.get("timestep"), i, layer, row.block, row.kind,
+                         row.grid, metric, *(repr(float(v)) if finite(v) is not None else "" for v in
+                                             (value, low, high)), ""])
 
 
 def _csv_values(row: LayerRow, metric: str) -> list:

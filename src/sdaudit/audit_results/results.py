@@ -8,6 +8,7 @@ from typing import Any
 
 from ..image_ref import ImageRef
 from ..layer_names import LayerInfo
+from ..mitigations.effects import MitigationEvaluation
 from .records import AnomalySummary, MapsInfo, ModelInfo, Recurrence, TimestepTable
 from .rows import ControlRun, LayerRow, split_known, reference_of, as_rows
 from .schema import FORMAT, ResultsFormatError, finite
@@ -47,6 +48,7 @@ class AuditResults:
     anomalies: AnomalySummary | None = None
     recurrence: Recurrence | None = None
     maps: MapsInfo | None = None
+    mitigations: list[MitigationEvaluation] = field(default_factory=list)  # --mitigations: one per layer
     label: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -62,7 +64,8 @@ class AuditResults:
                      images=_images(data.get("images")), warnings=_warnings(data.get("warnings")),
                      controls=_controls(data),
                      timesteps=[TimestepTable(int(t["timestep"]), as_rows(t["table"]))
-                                for t in data.get("timesteps") or []])
+                                for t in data.get("timesteps") or []],
+                     mitigations=[MitigationEvaluation.from_dict(m) for m in data.get("mitigations") or []])
         for key, kind in (("anomalies", AnomalySummary), ("recurrence", Recurrence), ("maps", MapsInfo)):
             known[key] = kind.from_dict(data[key]) if isinstance(data.get(key), Mapping) else None
         for key in ("settings", "versions", "position", "borders", "non_finite", "run"):
@@ -85,6 +88,8 @@ class AuditResults:
             out["control"], out["controls"] = controls[0], controls
         if self.timesteps:
             out["timesteps"] = [t.to_dict() for t in self.timesteps]
+        if self.mitigations:
+            out["mitigations"] = [m.to_dict() for m in self.mitigations]
         for key in ("anomalies", "recurrence", "maps"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key).to_dict()

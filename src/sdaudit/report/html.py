@@ -26,10 +26,12 @@ import jinja2
 
 from ..audit_results import AuditResults, ControlRun, LayerRow, read_results
 from ..constants import RESOLUTIONS
+from ..mitigations.effects import MitigationEvaluation
 from . import figures as F
-from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval
+from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval, fmt_pct, fmt_points
 from .intervals import num as _num
 from .compare import comparison_labels, run_differences, verdict_cells
+from .mitigations import mitigation_groups
 from .paper import PAPER_ANOMALY_LABELS, PublishedCurves, load_paper_results, paper_agreement, paper_model_key, \
     probe_mismatch_note, published_for
 from .qualitative import qualitative_figure
@@ -37,22 +39,10 @@ from .verdicts import THRESHOLDS, finest_resolution, layer_verdicts, summarize
 
 # the analysis lives in verdicts.py; re-exported here for the callers that import it from html
 __all__ = ["THRESHOLDS", "finest_resolution", "layer_verdicts", "summarize", "render_report", "render_comparison",
-           "fmt_pct", "fmt_ratio", "fmt_pm", "fmt_int", "template_environment"]
+           "render_mitigations", "fmt_pct", "fmt_ratio", "fmt_pm", "fmt_int", "template_environment"]
 
 # --------------------------------------------------------------------------------------------
 # number formats (the tests use these too, so the page and the tests agree)
-
-
-def fmt_pct(v: Any) -> str:
-    """0.975527 -> '97.6%'; missing -> '—'."""
-    f = _num(v)
-    return "—" if f is None else f"{100 * f:.1f}%"
-
-
-def fmt_points(v: Any) -> str:
-    """A difference of two accuracies in percentage points: 0.3 -> '30.0 pp'; missing -> '—'."""
-    f = _num(v)
-    return "—" if f is None else f"{100 * f:.1f} pp"
 
 
 def fmt_ratio(v: Any) -> str:
@@ -219,7 +209,14 @@ def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
         paper_key=paper_model_key(results.model_name), result_dir=str(result_dir.resolve()),
         beyond=_beyond_cells(results, summary["controls"], finest), probe_note=probe_mismatch_note(results.probe_method),
         **_figures(result_dir, results, published), **(_paper_context(results, published) if compare_paper else {}),
-        **explorer_links(result_dir, [row.layer for row in results.table]))
+        **explorer_links(result_dir, [row.layer for row in results.table]),
+        mitigations=mitigation_groups(results.mitigations))
+
+
+def render_mitigations(evaluations: Sequence[MitigationEvaluation]) -> str:
+    """The report's mitigation section (HTML) on its own; the report includes the same partial."""
+    template = template_environment().get_template("_mitigations.html.j2")
+    return template.render(mitigations=mitigation_groups(evaluations))
 
 
 def _side_by_side(runs: Sequence[AuditResults], layers: Sequence[str], s_list) -> list[dict[str, Any]]:

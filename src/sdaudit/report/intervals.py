@@ -14,7 +14,7 @@ from typing import Any
 from ..audit_results import INTERVAL_METRICS, AuditResults, ControlRun, LayerRow, Recurrence, finite
 
 __all__ = ["FEW_CHANNELS", "INTERVAL_METRICS", "NOT_DEFINED", "beyond", "clears_control", "controls_of", "fmt_diff",
-           "fmt_interval", "num", "recurrence_text"]
+           "fmt_interval", "fmt_pct", "fmt_points", "num", "recurrence_text"]
 
 #: what the audit writes for a layer whose cropped (n-2) grid is under 3x3
 NOT_DEFINED = "not defined (grid too small)"
@@ -28,6 +28,18 @@ def num(v: Any) -> float | None:
     import jinja2
 
     return None if isinstance(v, jinja2.Undefined) else finite(v)
+
+
+def fmt_pct(v: Any) -> str:
+    """0.975527 -> '97.6%'; missing -> '—'."""
+    f = num(v)
+    return "—" if f is None else f"{100 * f:.1f}%"
+
+
+def fmt_points(v: Any) -> str:
+    """A difference of two accuracies in percentage points: 0.3 -> '30.0 pp'; missing -> '—'."""
+    f = num(v)
+    return "—" if f is None else f"{100 * f:.1f} pp"
 
 
 def controls_of(results: AuditResults) -> list[ControlRun]:

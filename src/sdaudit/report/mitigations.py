@@ -4,19 +4,20 @@
 into table rows of text: matching accuracy and positional-bias rate before and after with their
 intervals and the paired difference, the artifact measure before and after, and the verdict.
 :func:`mitigation_groups` groups them by block for the page partial ``_mitigations.html.j2``
-(:func:`render_mitigations`), :func:`mitigation_text_table` prints them as plain text.
+(:func:`sdaudit.report.html.render_mitigations`), :func:`mitigation_text_table` prints them as plain text and
+:func:`mitigation_line` sums them up in one line (the audit's closing summary).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from ..analyses.intervals import Interval
 from ..layer_names import block_of
-from ..mitigations.effects import Change, MitigationEvaluation
-from .html import fmt_pct, fmt_points, template_environment
-from .intervals import fmt_diff, fmt_interval
+from ..mitigations.effects import Change, MitigationEffect, MitigationEvaluation
+from .intervals import fmt_diff, fmt_interval, fmt_pct, fmt_points
 
 
 def _ci(i: Interval, fmt) -> str:
@@ -65,12 +66,6 @@ def mitigation_groups(evaluations: Sequence[MitigationEvaluation], **kw: Any) ->
     return [{"block": block, "rows": rows} for block, rows in groups.items()]
 
 
-def render_mitigations(evaluations: Sequence[MitigationEvaluation]) -> str:
-    """The report's mitigation section (HTML) on its own; the report includes the same partial."""
-    template = template_environment().get_template("_mitigations.html.j2")
-    return template.render(mitigations=mitigation_groups(evaluations))
-
-
 _COLUMNS = (("layer", 31), ("mitigation", 17), ("acc before", 24), ("acc after", 24), ("Δ acc", 26),
             ("bias before", 24), ("bias after", 24), ("Δ bias", 26))
 
@@ -88,3 +83,45 @@ def mitigation_text_table(evaluations: Sequence[MitigationEvaluation]) -> str:
             lines.append("  ".join(str(c).ljust(width) for c, (_, width) in zip(cells, _COLUMNS)))
         lines.append("")
     return "\n".join(lines)
+
+
+def _most_informative(effects: Sequence[tuple[str, MitigationEffect]], view: str) -> tuple[str, str, Change] | None:
+    """(layer, metric, change) of the matching change (accuracy or bias rate to ``view``, every layer) whose
+    interval excludes 0 with the largest effect; where none does, the largest effect. None if none is finite."""
+    candidates = []
+    for layer, e in effects:
+        for metric, change in ((f"{view} accuracy", e.accuracy[view]["all"]), ("bias rate", e.bias_rate[view]["all"])):
+            d = change.difference
+            if math.isfinite(d.estimate):
+                candidates.append((bool(d.excludes(0.0)), abs(d.estimate), layer, metric, change))
+    if not candidates:
+        return None
+    _, _, layer, metric, change = max(candidates, key=lambda c: (c[0], c[1]))
+    return layer, metric, change
+
+
+def _effect_phrase(name: str, found: tuple[str, str, Change] | None, control: bool) -> str:
+    label = f"{name} (control)" if control else name
+    if found is None:
+        return f"{label} not measurable"
+    layer, metric, change = found
+    d = change.difference
+    size = f"{100 * d.estimate:+.1f} pp"
+    if not d.excludes(0.0):
+        return f"{label} no measurable effect on matching (largest: {metric} {size} on {layer})"
+    verb = ("lowers" if d.estimate < 0 else "raises") if metric == "bias rate" else \
+        ("costs" if d.estimate < 0 else "gains")
+    return f"{label} {verb} {metric} {size} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] on {layer}"
+
+
+def mitigation_line(evaluations: Sequence[MitigationEvaluation]) -> str | None:
+    """'mitigations: position gains flip accuracy +X pp [lo, hi] on <layer>, ...': per mitigation, its most
+    informative matching change over the layers (:func:`_most_informative`), stated as an effect only where its
+    interval excludes 0; None without evaluations."""
+    if not evaluations:
+        return None
+    view = evaluations[0].views[0]
+    return "mitigations: " + ", ".join(
+        _effect_phrase(e.name, _most_informative([(ev.layer, ev.effect(e.name)) for ev in evaluations], view),
+                       e.control_of is not None)
+        for e in evaluations[0].effects)
