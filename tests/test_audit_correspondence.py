@@ -276,3 +276,37 @@ def test_the_checkpoint_fingerprint_follows_the_pairs_contents_not_their_path(ti
     image = copy / "mirror0.png"
     image.write_bytes(image.read_bytes() + b"\0")
     assert numeric_settings(settings)["keypoints"] != edited
+
+
+@pytest.mark.parametrize("extra", [{"analyses": ("correspondence",)}, {"mitigations": ("position",)},
+                                   {"analyses": ("position",), "keypoints": "pairs.json"}])
+def test_protocol_paper_is_refused_where_an_image_and_its_view_would_share_noise(extra):
+    """Under 'paper' one noise tensor serves a whole batch: an image and its view (or a pair's two images) would
+    get the same noise at the same positions, which pulls matches onto the source position (regression: on tiny
+    the flip bias rate read 1.00 under paper against 0.09 under clean)."""
+    with pytest.raises(UsageError, match="protocol clean"):
+        _settings(protocol="paper", batch_size=4, **extra).validated()
+    _settings(**extra).validated()  # clean: independent noise per image and view
+
+
+def test_each_view_is_extracted_with_its_own_noise_indices():
+    """Under 'clean' the noise is seeded by the index handed to the extractor: every view of image i must get an
+    index no image and no other view has (a shared index would share the noise pattern at the same positions)."""
+    from PIL import Image
+
+    from sdaudit.audit.views import ViewPasses
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, images, indices, device_output=False):
+            self.calls.append(list(indices))
+            return {"layer": np.zeros((len(images), 1, 4, 4))}
+
+    n = 5
+    passes = ViewPasses(("flip", "shift", "crop"), {"layer": (4, 4)}, 64, n)
+    recorder = Recorder()
+    passes.extract(recorder, [Image.new("RGB", (64, 64))] * 2, [3, 4])
+    used = [i for call in recorder.calls for i in call]
+    assert len(set(used)) == len(used) and not set(used) & set(range(n))

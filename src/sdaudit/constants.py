@@ -27,3 +27,6 @@ DEGENERATE_GRID = "degenerate grid: "
 #: Below this many tokens per side the position probe has <= 3 classes per axis (chance >= 33 %): a
 #: linear probe reaches 100 % there trivially (a 2x2 mid block at 128 px), which is no positional code.
 MIN_PROBE_GRID = 4
+#: the known views of the correspondence probe (sdaudit.analyses.views): a horizontal flip, a shift by whole
+#: tokens, a central crop rescaled to the full size
+VIEWS = ("flip", "shift", "crop")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
-from .constants import PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, RESOLUTIONS
+from .constants import PAPER_SEED, PAPER_TIMESTEP, PAPER_TRAIN_FRACTION, RESOLUTIONS, VIEWS
 from .errors import UsageError
 from .validation import check_choices, check_seed, check_size, did_you_mean
 
@@ -28,7 +28,6 @@ ANALYSES = ("position", "borders", "anomalies", "maps", "channels", "corresponde
 # (matching to known views, sdaudit.analyses.correspondence) are opt-in, so the default outputs stay as they were
 DEFAULT_ANALYSES = ("position", "borders", "anomalies", "maps")
 PROBES = ("lda", "ridge", "paper")
-VIEWS = ("flip", "shift", "crop")  # the known views of "correspondence" (sdaudit.analyses.views.VIEWS)
 CONTROLS = ("untrained", "circular-padding")
 # --mitigations: sdaudit.mitigations.REGISTRY's names (spelled here so that the settings stay light to import)
 MITIGATIONS = ("position", "position-subspace", "anomalies", "channels", "border")
@@ -219,6 +218,11 @@ class AuditSettings:
         analyses = self.analyses
         if self.mitigations and "correspondence" not in analyses:  # mitigations are measured on its views
             analyses += ("correspondence",)
+        if extraction.protocol == "paper" and ("correspondence" in analyses or self.keypoints):
+            raise UsageError(
+                "the correspondence probe, --mitigations and --keypoints need independent noise for an image and its "
+                "view (or a pair's two images), but protocol 'paper' draws one noise tensor per batch, which pulls "
+                "matches onto the source position: use --protocol clean")
         return replace(self, extraction=extraction, timesteps=timesteps, analyses=analyses)
 
     def _check_choices(self) -> None:

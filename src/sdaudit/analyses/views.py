@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-VIEWS = ("flip", "shift", "crop")
+from ..constants import VIEWS
 
 
 @dataclass(frozen=True)
