@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
 from .cli_clean import clean_cmd
 from .cli_contract import Command, Commands, Group, err_console
+from .cli_print import console, print_audit, print_extraction
 from .cli_options import (AllowedHost, AllowFewer, Analyses, AnomalyLabels, AnomalyLayer, AuditOut, AuditStore,
                           BatchSize, ComparePaper, Control, ControlSeed, Debug, DemoOut, DemoSize, Device, Dtype,
                           ExploreModel, Host, Images, KeepStore, Labels, LayerSelection, Layers, LocalFilesOnly,
@@ -31,7 +31,6 @@ from .constants import PAPER_SEED, PAPER_TIMESTEP
 from .errors import UsageError
 from .validation import output_errors, removed_on_failure
 
-console = Console()
 
 app = typer.Typer(
     cls=Commands,
@@ -167,7 +166,7 @@ def extract_cmd(
         settings = ExtractionSettings(protocol=protocol, timestep=timestep, seed=seed, size=size, prompt=prompt)
         report = extract(loaded, _sources(images), out, settings, layers=layers, batch_size=batch_size, dtype=dtype,
                          skip_bad=skip_bad)
-    _print_extraction(report, out, time.perf_counter() - start)
+    print_extraction(report, out, time.perf_counter() - start)
 
 
 @app.command("audit")
@@ -221,7 +220,7 @@ def audit_cmd(
         results, rank = _run_audit(model, _sources(images), out, settings, load=load, run=run,
                                    num_processes=num_processes)
     if rank == 0:  # every process of a launched group returns the results; one summary is enough
-        _print_audit(results, out, time.perf_counter() - start)
+        print_audit(results, out, time.perf_counter() - start)
 
 
 def _audit_settings(*, timestep: str, analyses: str, probe: str, control: list[str] | None, views: str = "flip",
@@ -348,73 +347,6 @@ def verify_cmd(store: StoreArg) -> None:
 
 
 app.command("clean")(clean_cmd)
-
-
-def _print_extraction(report, out: Path, elapsed: float) -> None:
-    """What an extraction did: images added and present, skipped, repaired and left damaged."""
-    store = report.store
-    console.print(f"[green]store[/] {store.path}: {store.num_images} images x {len(store.layers)} layers "
-                  f"({report.added} added, {report.already_present} already present) in {elapsed:.1f} s")
-    _print_errors(report.errors)
-    if report.repaired:
-        console.print(f"repaired {len(report.repaired)} damaged image(s) in place: {report.repaired[:20]}")
-    if report.unrepaired:
-        err_console.print(f"[yellow]{len(report.unrepaired)} damaged image(s) not repaired[/] (their images were not "
-                          f"given): {list(report.unrepaired)[:20]}; see 'sdaudit verify {out}'", highlight=False)
-
-
-def _print_audit(written: dict, out: Path, elapsed: float) -> None:
-    """The audit's summary: what ran, what qualifies the numbers, what was skipped, where the report is."""
-    from .audit_results import AuditResults
-
-    results = AuditResults.coerce(written)
-    per_run = f" in each of {results.n_runs} runs (timesteps, noise seeds, controls)" if results.n_runs > 1 else ""
-    when = f"on {results.created}" if _written_before(results.created, elapsed) else f"in {elapsed:.1f} s"
-    console.print(f"[green]audited[/] {len(results.images)} images x {len(results.layers)} layers "
-                  f"with {results.unet_passes_per_image} denoiser passes per image{per_run} {when}")
-    _print_caveats(results)
-    _print_errors(results.skipped())
-    if results.non_finite:  # named here too: these layers have no numbers, maps or figures
-        err_console.print(f"[yellow]{len(results.non_finite)} layer(s) with NaN/Inf values, not analysed:[/] "
-                          + escape(", ".join(results.non_finite)), highlight=False)
-    _print_closing(results)
-    console.print(f"report: [bold]{Path(out) / 'report.html'}[/]")
-
-
-def _written_before(created: str | None, elapsed: float) -> bool:
-    """Whether results created at ``created`` (ISO, UTC) predate this command: a finished audit found again."""
-    from datetime import datetime, timedelta, timezone
-
-    try:
-        written = datetime.strptime(created or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return False
-    return written < datetime.now(timezone.utc) - timedelta(seconds=elapsed + 1)
-
-
-def _print_closing(results) -> None:
-    """The closing summary: verdict counts, the strongest layer per artifact, warnings (part of _print_audit)."""
-    from .terminal import closing_summary
-
-    for line in closing_summary(results):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _print_caveats(results) -> None:
-    """What qualifies every number (an :class:`~sdaudit.audit_results.AuditResults`): random weights, controls
-    run, the audit's own warnings."""
-    from .audit.caveats import caveats
-
-    for line in caveats(results):
-        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _print_errors(errors) -> None:
-    """The images skipped (``--skip-bad``), one line each, their names printed as they are."""
-    if errors:
-        err_console.print(f"[yellow]{len(errors)} image(s) skipped:[/]")
-        for source, reason in errors:
-            err_console.print(f"  {escape(str(source))}: {escape(str(reason))}", highlight=False)
 
 
 # Every command lists -h/--help as a flag (set here, once, rather than on each decorator).
