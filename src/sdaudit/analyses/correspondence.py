@@ -35,7 +35,7 @@ import numpy as np
 from ._arrays import check_features, resolve_indices
 from ._base import Accumulator, nest, unnest
 from .borders import group_masks
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, Interval, PerImageStats, ratio
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, Interval, PerImageStats, Terms, ratio
 from .results import GROUPS, _Result
 from .views import Correspondence
 
@@ -192,9 +192,26 @@ class ViewMatchingAccumulator(Accumulator):
         self._next_index = max(self._next_index, other._next_index)
         return self
 
-    def _interval(self, region: int, num: int, den: int) -> Interval:
-        base = region * self._width
-        return self.bootstrap.interval(self.per_image.arrays()[1], ratio(base + num, base + den))
+    def _columns(self, region: str, metric: str) -> tuple[int, int]:
+        """(numerator, denominator) columns of a metric in the per-image rows: per region valid, hit, pck...,
+        wrong-eligible, bias. ``metric``: "accuracy", "bias" or "pck<j>" (the j-th alpha)."""
+        base, w = REGIONS.index(region) * self._width, self._width
+        if metric == "accuracy":
+            return base + 1, base
+        if metric == "bias":
+            return base + w - 1, base + w - 2
+        if metric.startswith("pck") and int(metric[3:]) < len(self.alphas):
+            return base + 2 + int(metric[3:]), base
+        raise ValueError(f"unknown matching metric {metric!r}")
+
+    def terms(self, region: str, metric: str) -> Terms:
+        """Bootstrap terms over images of one metric in ``region`` (see :meth:`_columns`): what paired differences
+        (a mitigation's before / after, a model against its control) resample."""
+        index, rows = self.per_image.arrays()
+        return Terms(index, rows, ratio(*self._columns(region, metric)))
+
+    def _interval(self, region: str, metric: str) -> Interval:
+        return self.bootstrap.interval(self.per_image.arrays()[1], ratio(*self._columns(region, metric)))
 
     def result(self) -> ViewMatchingResult:
         index, rows = self.per_image.arrays()
@@ -205,9 +222,9 @@ class ViewMatchingAccumulator(Accumulator):
         eligible = _region_masks(*self.correspondence.grid) @ _eligible(self.correspondence)
         return ViewMatchingResult(
             view=self.correspondence.kind, grid=self.correspondence.grid, alphas=list(self.alphas),
-            accuracy={g: self._interval(i, 1, 0) for i, g in enumerate(REGIONS)},
-            pck={g: [self._interval(i, 2 + j, 0) for j in range(k)] for i, g in enumerate(REGIONS)},
-            bias_rate={g: self._interval(i, w - 1, w - 2) for i, g in enumerate(REGIONS)},
+            accuracy={g: self._interval(g, "accuracy") for g in REGIONS},
+            pck={g: [self._interval(g, f"pck{j}") for j in range(k)] for g in REGIONS},
+            bias_rate={g: self._interval(g, "bias") for g in REGIONS},
             chance_bias_rate=chance_bias_rate(self.correspondence),
             tokens_per_image={g: int(per_region[i, 0]) for i, g in enumerate(REGIONS)},
             eligible_per_image={g: int(eligible[i]) for i, g in enumerate(REGIONS)},

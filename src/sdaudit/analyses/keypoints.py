@@ -30,7 +30,7 @@ from ._arrays import as_float32, check_finite
 from ._base import Accumulator, nest, unnest
 from .borders import group_masks
 from .correspondence import nearest_tokens, unit_tokens
-from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, Interval, PerImageStats, ratio
+from .intervals import DEFAULT_BOOT, DEFAULT_LEVEL, Bootstrap, Interval, PerImageStats, Terms, ratio
 from .results import _Result
 
 KEYPOINT_REGIONS = ("all", "ring", "interior")
@@ -165,6 +165,17 @@ class KeypointMatchingAccumulator(Accumulator):
         self._next_index = max(self._next_index, other._next_index)
         return self
 
+    def _columns(self, region: str, alpha_index: int) -> tuple[int, int]:
+        """(numerator, denominator) columns of PCK at the ``alpha_index``-th alpha in ``region`` (per region:
+        keypoints, hits per alpha, chance hits per alpha; then the skipped count)."""
+        base = KEYPOINT_REGIONS.index(region) * self._width
+        return base + 1 + int(alpha_index), base
+
+    def terms(self, region: str, alpha_index: int) -> Terms:
+        """Bootstrap terms over pairs of PCK at the ``alpha_index``-th alpha in ``region``."""
+        index, rows = self.per_pair.arrays()
+        return Terms(np.asarray(index), rows, ratio(*self._columns(region, alpha_index)))
+
     def result(self) -> "KeypointMatchingResult":
         index, rows = self.per_pair.arrays()
         if not len(index):
@@ -174,7 +185,7 @@ class KeypointMatchingAccumulator(Accumulator):
         pck, chance, counts = {}, {}, {}
         for i, region in enumerate(KEYPOINT_REGIONS):
             base = i * w
-            pck[region] = [self.bootstrap.interval(rows, ratio(base + 1 + j, base)) for j in range(k)]
+            pck[region] = [self.bootstrap.interval(rows, ratio(*self._columns(region, j))) for j in range(k)]
             with np.errstate(invalid="ignore", divide="ignore"):
                 chance[region] = [float(sums[base + 1 + k + j] / sums[base]) for j in range(k)]
             counts[region] = int(sums[base])

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from PIL import Image
 
-from ..analyses.intervals import Terms, ratio
+from ..analyses.intervals import Terms
 from ..analyses.keypoints import KEYPOINT_REGIONS, KeypointMatchingAccumulator
 from ..audit_results import finite
 from .views import interval_columns, pck_name
@@ -84,10 +83,6 @@ def keypoint_terms(acc: KeypointMatchingAccumulator | None, metric: str) -> Term
     """Bootstrap terms (over pairs) of one ``keypoint_pck*`` metric, None where there are none."""
     if acc is None or not len(acc.per_pair):
         return None
-    width = 1 + 2 * len(acc.alphas)
-    specs = {f"{PREFIX}{pck_name(a)}{REGION_NAMES[g]}": (i * width + 1 + j, i * width)
-             for i, g in enumerate(KEYPOINT_REGIONS) for j, a in enumerate(acc.alphas)}
-    if metric not in specs:
-        return None
-    index, rows = acc.per_pair.arrays()
-    return Terms(np.asarray(index), rows, ratio(*specs[metric]))
+    which = {f"{PREFIX}{pck_name(a)}{REGION_NAMES[g]}": (g, j)
+             for g in KEYPOINT_REGIONS for j, a in enumerate(acc.alphas)}.get(metric)
+    return None if which is None else acc.terms(*which)

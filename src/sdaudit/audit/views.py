@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..analyses.correspondence import REGIONS, ViewMatchingAccumulator
-from ..analyses.intervals import Terms, ratio
+from ..analyses.intervals import Terms
 from ..analyses.views import KnownView
 from ..audit_results import finite
 from ..audit_results.schema import MATCHING_PREFIX as PREFIX  # match_
@@ -113,18 +113,15 @@ def pck_name(alpha: float) -> str:
     return f"pck{int(round(alpha * 100)):02d}"
 
 
-def _specs(acc: ViewMatchingAccumulator) -> dict[str, tuple[int, int]]:
-    """{metric suffix: (numerator, denominator) columns of the accumulator's per-image rows} (layout of
-    :class:`~sdaudit.analyses.ViewMatchingAccumulator`: per region valid, hit, pck..., wrong-eligible, bias)."""
-    width = 4 + len(acc.alphas)
-    out = {}
-    for i, region in enumerate(REGIONS):
-        base = i * width
-        out[f"acc{REGION_NAMES[region]}"] = (base + 1, base)
-        if region == "all":
-            out.update({pck_name(a): (base + 2 + j, base) for j, a in enumerate(acc.alphas)})
-            out["bias"] = (base + width - 1, base + width - 2)
-    return out
+def _metric_of(name: str, alphas) -> tuple[str, str] | None:
+    """(region, accumulator metric) of a ``match_<view>_<name>`` column name, None for a name without terms."""
+    if name == "bias":
+        return "all", "bias"
+    for region, suffix in REGION_NAMES.items():
+        if name == f"acc{suffix}":
+            return region, "accuracy"
+    pcks = {pck_name(a): f"pck{j}" for j, a in enumerate(alphas)}
+    return ("all", pcks[name]) if name in pcks else None
 
 
 def matching_columns(state, layer: str) -> dict:
@@ -149,9 +146,8 @@ def matching_terms(state, layer: str, metric: str) -> Terms | None:
     """Bootstrap terms of one ``match_<view>_<name>`` metric of ``layer`` (None where the state has none)."""
     view, _, name = metric[len(PREFIX):].partition("_")
     acc = getattr(state, "matching", {}).get(view_key(view, layer))
-    spec = _specs(acc).get(name) if acc is not None else None
-    if spec is None or not len(acc.per_image):
+    which = _metric_of(name, acc.alphas) if acc is not None else None
+    if which is None or not len(acc.per_image):
         return None
-    index, rows = acc.per_image.arrays()
-    return Terms(index, rows, ratio(*spec))
+    return acc.terms(*which)
 

@@ -211,8 +211,8 @@ class MitigationEvaluator(Accumulator):
                       difference_interval(after, before, n_boot=boot.n_boot, level=boot.level, seed=boot.seed))
 
     def _matching_change(self, view: str, label: str, region: str, metric: str) -> Change:
-        return self._change(_matching_terms(self.matching[view][BEFORE], region, metric),
-                            _matching_terms(self.matching[view][label], region, metric))
+        return self._change(self.matching[view][BEFORE].terms(region, metric),
+                            self.matching[view][label].terms(region, metric))
 
     def _artifact_change(self, label: str) -> ArtifactChange:
         kind = self.transforms[label].kind
@@ -283,16 +283,6 @@ class MitigationEvaluator(Accumulator):
             self.probes[s] = PositionProbeAccumulator.from_state_dict(unnest(f"probe.{s}", state))
         for s, rows in self.rows.items():
             rows.load(unnest(f"rows.{s}", state))
-
-
-def _matching_terms(acc: ViewMatchingAccumulator, region: str, metric: str) -> Terms:
-    """Bootstrap terms of a view matching's accuracy or bias rate in ``region``, from its per-image counts
-    (per region: valid, hit, pck..., wrong-eligible, bias; :mod:`sdaudit.analyses.correspondence`)."""
-    index, rows = acc.per_image.arrays()
-    width = 4 + len(acc.alphas)
-    base = REGIONS.index(region) * width
-    num, den = (base + 1, base) if metric == "accuracy" else (base + width - 1, base + width - 2)
-    return Terms(index, rows, ratio(num, den))
 
 
 def _take(x: Any, mask: np.ndarray) -> Any:
