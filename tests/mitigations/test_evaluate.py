@@ -239,3 +239,21 @@ def test_mitigation_merge_of_shards_equals_one_fit(name):
     np.testing.assert_allclose(merged.transform(a), whole.transform(a), rtol=1e-5, atol=1e-5)
     with pytest.raises(MitigationMismatchError):
         merged.merge(fit_mitigation(name, a[:, :, :4, :4], layer="L"))
+
+
+def test_the_summary_line_leaves_out_degenerate_grids():
+    """On a 2x2 grid every token is in the ring, so masking the ring 'costs' all matching: the closing line must
+    report the effect on a layer with an interior instead (the report still lists both layers)."""
+    from sdaudit.report.mitigations import mitigation_line, mitigation_rows
+
+    rng = np.random.default_rng(5)
+    evaluations = []
+    for layer, grid in (("tiny_grid", 2), ("big_grid", 6)):
+        a = rng.standard_normal((30, 16, grid, grid)).astype(np.float32)
+        b = a[..., ::-1] + 0.1 * rng.standard_normal(a.shape).astype(np.float32)
+        evaluations.append(evaluate_mitigations(a, {"flip": b}, ["border"], {"flip": flip_correspondence(grid, grid)},
+                                                n_train=15, layer=layer, n_boot=200))
+    line = mitigation_line(evaluations)
+    assert "big_grid" in line and "tiny_grid" not in line, line
+    assert {row["layer"] for row in mitigation_rows(evaluations)} == {"tiny_grid", "big_grid"}
+    assert "tiny_grid" in mitigation_line(evaluations[:1])  # alone, the degenerate layer is still reported

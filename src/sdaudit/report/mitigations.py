@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..analyses.intervals import Interval
+from ..constants import MIN_PROBE_GRID
 from ..layer_names import block_of
 from ..mitigations.effects import Change, MitigationEffect, MitigationEvaluation
 from .intervals import fmt_diff, fmt_interval, fmt_pct, fmt_points
@@ -117,11 +118,14 @@ def _effect_phrase(name: str, found: tuple[str, str, Change] | None, control: bo
 def mitigation_line(evaluations: Sequence[MitigationEvaluation]) -> str | None:
     """'mitigations: position gains flip accuracy +X pp [lo, hi] on <layer>, ...': per mitigation, its most
     informative matching change over the layers (:func:`_most_informative`), stated as an effect only where its
-    interval excludes 0; None without evaluations."""
+    interval excludes 0; None without evaluations. Layers whose grid is degenerate (under
+    :data:`~sdaudit.constants.MIN_PROBE_GRID` tokens a side: a 2x2 grid is all ring, so masking the ring leaves
+    nothing to match) are left out of the line when any other layer was evaluated; the report lists them all."""
     if not evaluations:
         return None
     view = evaluations[0].views[0]
+    usable = [ev for ev in evaluations if min(ev.grid) >= MIN_PROBE_GRID] or list(evaluations)
     return "mitigations: " + ", ".join(
-        _effect_phrase(e.name, _most_informative([(ev.layer, ev.effect(e.name)) for ev in evaluations], view),
+        _effect_phrase(e.name, _most_informative([(ev.layer, ev.effect(e.name)) for ev in usable], view),
                        e.control_of is not None)
         for e in evaluations[0].effects)
