@@ -116,3 +116,24 @@ def test_cli_precision_reaches_the_model(tmp_path):
     bad = runner.invoke(app, ["extract", "--model", "tiny", "--images", str(images), "--out",
                                 str(tmp_path / "other"), "--precision", "float8"])
     assert bad.exit_code == 2 and "dtype" in bad.output.lower()
+
+
+def test_the_checkpoint_fingerprint_names_the_stores_storage_dtype(tiny, tiny_store, tmp_path):
+    """A float16 and a float32 store of the same images give differently rounded full passes: an audit
+    interrupted on one must not resume on the other (regression: the fingerprint said only 'from a store')."""
+    from sdaudit.audit.checkpoint import fingerprint, store_key
+    from sdaudit.audit.sources import AuditInputs
+    from sdaudit.store import open_store
+
+    wide = tmp_path / "store32"
+    images = [open_store(tiny_store).images[i].source for i in range(4)]
+    extract(tiny, images, wide, layers="mid_block", size=SIZE, dtype="float32", progress=False)
+    settings = AuditSettings(**SETTINGS)
+    keys = []
+    for store in (tiny_store, wide):
+        inputs = AuditInputs.from_store(store, tiny, settings)
+        assert store_key(inputs.full_source) == open_store(store).config["dtype"]
+        keys.append(fingerprint(tiny, inputs.settings, inputs.items, from_store=store_key(inputs.full_source)))
+    assert [i.sha256 for i in AuditInputs.from_store(wide, tiny, settings).items] == \
+        [i.sha256 for i in AuditInputs.from_store(tiny_store, tiny, settings).items]  # the same images
+    assert keys[0] != keys[1]

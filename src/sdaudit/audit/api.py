@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..keypoint_pairs import load_keypoint_pairs
 from ..settings import AuditSettings
 from ..terminal import Stages
-from .checkpoint import audit_fingerprint
+from .checkpoint import audit_fingerprint, store_key
 from .controls import run_controls
 from .progress import progress_bars
 from .results import ResultsWriter
@@ -104,7 +104,8 @@ def audit(model, images=None, out: str | Path = "sdaudit-audit", settings: Audit
         stage.done = f"{len(inputs.items)} images checked" + (f", {len(inputs.errors)} skipped" if inputs.errors else "")
     job = _Audit(model, inputs, inputs.settings.for_model(model.default_size), Path(out),
                  RunOptions(sharding=sharding, checkpoint_seconds=checkpoint_seconds), stages)
-    stamp = audit_fingerprint(model, job.settings, inputs.items, from_store=store is not None, keep_store=keep_store)
+    stamp = audit_fingerprint(model, job.settings, inputs.items, from_store=store_key(inputs.full_source),
+                              keep_store=keep_store)
     finished = finished_results(job.out, stamp)
     if finished is not None:
         stages.note(f"{job.out} already holds this finished audit (same model, settings and images): nothing to "

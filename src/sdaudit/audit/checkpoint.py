@@ -26,19 +26,28 @@ import numpy as np
 CHECKPOINT_FORMAT = 3
 
 
-def fingerprint(model, settings, items: Sequence, *, from_store: bool = False) -> str:
+def fingerprint(model, settings, items: Sequence, *, from_store: bool | str = False) -> str:
     """What a run's numbers depend on: the model (its identity, compute dtype and device type), the settings
-    that change the numbers (:func:`numeric_settings`), whether the full pass was read from a store (float16
-    representations) or computed, and the images, in order."""
+    that change the numbers (:func:`numeric_settings`), whether the full pass was read from a store and in which
+    storage dtype (``from_store``: False, or the store's "float16" / "float32", whose rounding differs) or
+    computed, and the images, in order."""
     key = {"model": model.identity(), "dtype": str(model.dtype), "device": model.device.type,
-           "settings": numeric_settings(settings), "full_pass_from_store": bool(from_store)}
+           "settings": numeric_settings(settings), "full_pass_from_store": from_store or False}
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for item in items:
         h.update(item.sha256.encode())
     return h.hexdigest()
 
 
-def audit_fingerprint(model, settings, items: Sequence, *, from_store: bool, keep_store: bool) -> str:
+def store_key(full_source) -> bool | str:
+    """What the fingerprint records of a run's full-pass source: False (computed), else the store's storage dtype
+    (:class:`~sdaudit.audit.sources.StoreSource`; True for another reader that names none)."""
+    if full_source is None:
+        return False
+    return getattr(full_source, "storage_dtype", None) or True
+
+
+def audit_fingerprint(model, settings, items: Sequence, *, from_store: bool | str, keep_store: bool) -> str:
     """What a finished audit's outputs depend on: its runs' :func:`fingerprint`, every setting (``n_show`` too:
     it changes the maps) and whether the representations were kept."""
     key = {"run": fingerprint(model, settings, items, from_store=from_store), "settings": settings.to_dict(),

@@ -25,7 +25,7 @@ from ..extraction import Extractor, prepare_for_model
 from ..extraction.extractor import auto_batch_size
 from ..settings import AuditSettings
 from ..validation import did_you_mean
-from .checkpoint import Checkpointer, fingerprint
+from .checkpoint import Checkpointer, fingerprint, store_key
 from .feeder import Feeder
 from .passes import Pass, batches, pass_plan
 from .progress import labelled
@@ -121,7 +121,7 @@ class AuditRun:
         self.views = ViewPasses(self.settings.views, self.grids, self.settings.extraction.size, len(self.items)) \
             if "correspondence" in self.settings.analyses else None
         sharding = options.sharding
-        key = fingerprint(model, self.settings, self.items, from_store=full_source is not None)
+        key = fingerprint(model, self.settings, self.items, from_store=store_key(full_source))
         self.checkpointer = Checkpointer(sharding.checkpoint_path(self.out), sharding.own_fingerprint(key),
                                          options.checkpoint_seconds)
         self.store_writer = make_store_writer(self.full) if make_store_writer is not None else None

@@ -146,11 +146,24 @@ class AuditInputs:
                    _store_source(store, settings.for_model(model.default_size), model))
 
 
-def _store_source(store, settings: AuditSettings, model) -> Callable:
-    """Read the full pass from an existing store, after checking it was made with the audit's settings."""
-    import numpy as np
-    import torch
+class StoreSource:
+    """The full pass read from an existing store (instead of running the model): ``source(indices)`` gives
+    {layer: float32 tensor}; ``storage_dtype`` (the store's float16 or float32) decides its rounding, so it is
+    part of an audit's checkpoint fingerprint."""
 
+    def __init__(self, store, layers):
+        self.store, self.layers = store, list(layers)
+        self.storage_dtype = str(store.config.get("dtype"))
+
+    def __call__(self, indices):
+        import numpy as np
+        import torch
+
+        return {layer: torch.from_numpy(self.store.read(layer, indices).astype(np.float32)) for layer in self.layers}
+
+
+def _store_source(store, settings: AuditSettings, model) -> StoreSource:
+    """Read the full pass from an existing store, after checking it was made with the audit's settings."""
     have = ExtractionSettings.from_dict(store.config).to_dict()
     want = settings.validated().extraction.to_dict()
     diffs = [f"{k}: store has {have.get(k)!r}, audit asks for {v!r}" for k, v in want.items() if have.get(k) != v]
@@ -161,8 +174,4 @@ def _store_source(store, settings: AuditSettings, model) -> Callable:
     missing = [layer for layer in layers if layer not in store.layers]
     if missing:
         raise UsageError(f"store '{store.path}' lacks layers the audit needs: {', '.join(missing)}")
-
-    def read(indices):
-        return {layer: torch.from_numpy(store.read(layer, indices).astype(np.float32)) for layer in layers}
-
-    return read
+    return StoreSource(store, layers)
