@@ -65,7 +65,8 @@ def test_cli_audit_refuses_another_models_store_in_one_line(tiny_store, tiny_fol
 def test_audit_of_the_stores_own_model_records_the_check(tiny, tiny_store, tmp_path):
     results = audit(tiny, None, tmp_path, AuditSettings(**SETTINGS), store=tiny_store, report=False, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["model"] == results["model"] == {**tiny.identity(), "random_weights": True}
+    assert saved["model"] == results["model"] == {**tiny.identity(), "random_weights": True,
+                                                       "compute_dtype": "float32"}
     assert saved["store"]["model_check"].startswith("weights sha256")
 
 
@@ -107,12 +108,17 @@ def test_cli_precision_reaches_the_model(tmp_path):
 
     from sdaudit.cli import app
 
-    images = photo_folder(tmp_path / "images", 1, first_seed=91)
+    images = photo_folder(tmp_path / "images", 3, first_seed=91)
     result = runner.invoke(app, ["extract", "--model", "tiny", "--images", str(images), "--out",
                                    str(tmp_path / "store"), "--size", "64", "--layers", "mid_block",
                                    "--device", "cpu", "--precision", "bfloat16"])
     assert result.exit_code == 0, result.output
     assert open_store(tmp_path / "store").config["compute_dtype"] == "bfloat16"
+    audited = runner.invoke(app, ["audit", "--model", "tiny", "--store", str(tmp_path / "store"), "--out",
+                                  str(tmp_path / "audit"), "--layers", "mid_block", "--analyses", "position",
+                                  "--device", "cpu", "--precision", "bfloat16"])
+    assert audited.exit_code == 0, audited.output
+    assert json.loads((tmp_path / "audit" / "results.json").read_text())["model"]["compute_dtype"] == "bfloat16"
     bad = runner.invoke(app, ["extract", "--model", "tiny", "--images", str(images), "--out",
                                 str(tmp_path / "other"), "--precision", "float8"])
     assert bad.exit_code == 2 and "dtype" in bad.output.lower()

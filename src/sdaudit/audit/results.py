@@ -89,7 +89,8 @@ class ResultsWriter:
         state, items = main.state, self.inputs.items
         return AuditResults(
             table=as_rows(measured.table), created=now_iso(),
-            model=ModelInfo.from_dict({**self.model.identity(), "random_weights": is_random_weights(self.model)}),
+            model=ModelInfo.from_dict({**self.model.identity(), "random_weights": is_random_weights(self.model),
+                                       "compute_dtype": str(self.model.dtype).removeprefix("torch.")}),
             settings=self.settings.to_dict(), versions=_versions(), images=[item.ref for item in items],
             skipped_images=[{"source": s, "reason": r} for s, r in self.inputs.errors],
             layers=self._layers(main, measured), position=measured.position, borders=measured.borders,
