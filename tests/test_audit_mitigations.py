@@ -179,3 +179,27 @@ def test_shards_share_their_fits_before_measuring():
     with pytest.raises(UsageError, match="at least 2 test images"):
         mitigation_evaluators(["a"], grids, names=["position"], views=["flip"], size=64, n_images=3,
                               train_fraction=0.8)  # 2 train, 1 test
+
+
+def test_the_untrained_control_gives_each_artifact_measure_its_no_learning_reference(tiny, demo, tmp_path):
+    """With --control untrained the control run is evaluated too, on the same images and split: its artifact
+    measure before any mitigation (e.g. the probe accuracy zero padding alone gives) is what the report sets the
+    model's after-mitigation value against, beside chance (the issue: 'probe accuracy toward the untrained
+    control'); circular padding gets no evaluation."""
+    from sdaudit.audit_results import AuditResults
+    from sdaudit.mitigations.effects import MitigationEvaluation
+    from sdaudit.report.mitigations import control_references, mitigation_rows
+
+    settings = _settings(mitigations=("position",), controls=("untrained",), layers="up_blocks[1].attentions[2]")
+    audit(tiny, demo, tmp_path, settings, report=True, progress=False)
+    results = AuditResults.coerce(json.loads((tmp_path / "results.json").read_text()))
+    (control,) = results.controls
+    (evaluation,) = [MitigationEvaluation.from_dict(d) for d in control.extra["mitigations"]]
+    assert evaluation.layer == "up_blocks[1].attentions[2]"
+    probe = evaluation.effect("position").artifact
+    assert probe.measure.startswith("position probe accuracy")
+    references = control_references(results.controls)
+    assert references[("up_blocks[1].attentions[2]", "position")].estimate == probe.change.before.estimate
+    (row,) = mitigation_rows(results.mitigations, references=references)
+    assert "chance" in row["reference"] and "untrained control" in row["reference"]
+    assert "untrained control" in (tmp_path / "report.html").read_text()

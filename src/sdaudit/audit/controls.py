@@ -26,7 +26,7 @@ def run_controls(main: AuditRun, settings: AuditSettings, options: RunOptions) -
     for kind in settings.controls:
         control = control_model(main.model, kind, seed=settings.control_seed)
         run = main.derived(control, settings.single(), main.out / "controls" / kind,
-                           options.labelled(f"control {kind}: "))
+                           options.labelled(f"control {kind}: "), keep_mitigations=kind == "untrained")
         controls.append({"kind": kind, "label": control.extra["control"]["label"], "model": control.identity(),
                          "state": run.execute().state})
     return controls

@@ -128,8 +128,12 @@ class ResultsWriter:
         add_beyond_columns(control_table, state, control["state"])
         if not any("beyond_" in k for row in table for k in row):
             add_beyond_columns(table, state, control["state"])
-        return {"kind": control["kind"], "label": control["label"], "model": control["model"],
-                "table": control_table, "non_finite": control["state"].failed}
+        entry = {"kind": control["kind"], "label": control["label"], "model": control["model"],
+                 "table": control_table, "non_finite": control["state"].failed}
+        evaluations = mitigation_results(control["state"])  # the untrained control's: references for the model's
+        if evaluations:
+            entry["mitigations"] = [ev.to_dict() for ev in evaluations]
+        return entry
 
     def _timestep_tables(self, table: list[dict], variants: list[dict], grids: dict) -> list[dict]:
         """[{timestep, table}] for every timestep of the audit (seed-averaged), the main timestep first."""

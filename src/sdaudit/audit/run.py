@@ -142,11 +142,14 @@ class AuditRun:
                           keypoint_pairs=self.keypoints.pairs if self.keypoints else None,
                           mitigations={"names": list(settings.mitigations), "train_fraction": settings.train_fraction})
 
-    def derived(self, model, settings: AuditSettings, out: Path, options: RunOptions) -> AuditRun:
+    def derived(self, model, settings: AuditSettings, out: Path, options: RunOptions, *,
+                keep_mitigations: bool = False) -> AuditRun:
         """Another run over the same images into ``out`` (a variant or a control; its own checkpoint), without
-        the mitigations (only the main run's are reported)."""
+        the mitigations unless ``keep_mitigations`` (the untrained control's: its artifact measures are the
+        "no learned artifact" reference of the main run's)."""
         out.mkdir(parents=True, exist_ok=True)
-        return AuditRun(model, self.items, replace(settings, mitigations=()), out, options)
+        return AuditRun(model, self.items, settings if keep_mitigations else replace(settings, mitigations=()), out,
+                        options)
 
     # ----- running -----------------------------------------------------------------------------------------
     def execute(self) -> RunOutcome:

@@ -31,7 +31,7 @@ from . import figures as F
 from .intervals import NOT_DEFINED, beyond, fmt_diff, fmt_interval, fmt_pct, fmt_points
 from .intervals import num as _num
 from .compare import comparison_labels, run_differences, verdict_cells
-from .mitigations import mitigation_groups
+from .mitigations import control_references, mitigation_groups
 from .paper import PAPER_ANOMALY_LABELS, PublishedCurves, load_paper_results, paper_agreement, paper_model_key, \
     probe_mismatch_note, published_for
 from .qualitative import qualitative_figure
@@ -210,7 +210,7 @@ def render_report(result_dir: Path, compare_paper: bool = False) -> Path:
         beyond=_beyond_cells(results, summary["controls"], finest), probe_note=probe_mismatch_note(results.probe_method),
         **_figures(result_dir, results, published), **(_paper_context(results, published) if compare_paper else {}),
         **explorer_links(result_dir, [row.layer for row in results.table]),
-        mitigations=mitigation_groups(results.mitigations))
+        mitigations=mitigation_groups(results.mitigations, references=control_references(results.controls)))
 
 
 def render_mitigations(evaluations: Sequence[MitigationEvaluation]) -> str:

@@ -34,10 +34,37 @@ def _change_cells(c: Change, fmt, diff_fmt) -> dict[str, str]:
             "difference": fmt_diff(c.difference.estimate, c.difference.low, c.difference.high, diff_fmt)}
 
 
-def mitigation_rows(evaluations: Sequence[MitigationEvaluation], *, region: str = "all") -> list[dict[str, Any]]:
+def control_references(controls: Sequence[Any]) -> dict[tuple[str, str], Interval]:
+    """{(layer, mitigation): the untrained control's artifact measure} from the controls of an audit (their
+    ``mitigations``, written when ``--mitigations`` ran with ``--control untrained``): what the measure reads
+    when nothing was learned, the target a mitigation should move the model toward (e.g. the probe accuracy
+    that zero padding alone gives), beside the chance level."""
+    out = {}
+    for control in controls:
+        if getattr(control, "kind", None) != "untrained":
+            continue
+        for data in control.extra.get("mitigations") or []:
+            ev = MitigationEvaluation.from_dict(data)
+            for e in ev.effects:
+                if e.artifact is not None:
+                    out[(ev.layer, e.name)] = e.artifact.change.before
+    return out
+
+
+def _reference(artifact, control: Interval | None, fmt) -> str:
+    """The 'without the artifact' cell: the measure's own reference (chance, norm 1) and the untrained control's."""
+    parts = [f"{artifact.reference_label} {fmt(artifact.reference)}"] if artifact.reference is not None else []
+    if control is not None and math.isfinite(control.estimate):
+        parts.append(f"untrained control {_ci(control, fmt)}")
+    return "; ".join(parts) or "—"
+
+
+def mitigation_rows(evaluations: Sequence[MitigationEvaluation], *, region: str = "all",
+                    references: dict[tuple[str, str], Interval] | None = None) -> list[dict[str, Any]]:
     """One row per (layer, mitigation) with text cells; matching numbers of each evaluation's first view in
-    ``region`` (all, corner, border, other)."""
+    ``region`` (all, corner, border, other); ``references``: :func:`control_references`."""
     rows = []
+    references = references or {}
     for ev in evaluations:
         view = ev.views[0]
         for e in ev.effects:
@@ -53,8 +80,8 @@ def mitigation_rows(evaluations: Sequence[MitigationEvaluation], *, region: str 
                 "chance_bias_rate": fmt_pct(e.chance_bias_rate[view][region]),
                 "measure": artifact.measure if artifact else "—",
                 "artifact": _change_cells(art, fmt, diff_fmt) if art is not None else None,
-                "reference": (f"{artifact.reference_label} {fmt(artifact.reference)}"
-                              if artifact is not None and artifact.reference is not None else "—"),
+                "reference": (_reference(artifact, references.get((ev.layer, e.name)), fmt)
+                              if artifact is not None else "—"),
                 "verdict": e.verdict})
     return rows
 
