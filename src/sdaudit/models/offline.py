@@ -95,8 +95,6 @@ def _build(unet_config: dict, vae_config: dict, text_config: dict, seed: int):
         unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderKL.from_config(vae_config)
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    for m in (unet, vae, text_encoder):
-        m.eval().requires_grad_(False)
     round_to_half(unet, vae, text_encoder)
     return unet, vae, text_encoder
 
@@ -127,8 +125,6 @@ def build_tiny_sdxl() -> dict:
         vae = AutoencoderKL.from_config(TINY_SDXL_VAE_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_CONFIG))
-    for m in (unet, vae, text_encoder, text_encoder_2):
-        m.eval().requires_grad_(False)
     round_to_half(unet, vae, text_encoder, text_encoder_2)
     return {
         "unet": unet,
@@ -156,7 +152,6 @@ def _arch_text_encoder_2(arch: str) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ARCH_SEED)
         encoder = CLIPTextModelWithProjection(CLIPTextConfig(**arch_text_config(arch, "text_encoder_2")))
-    encoder.eval().requires_grad_(False)
     round_to_half(encoder)
     return {"text_encoder_2": encoder, "tokenizer_2": load_tokenizer_tiny()}
 

@@ -50,7 +50,6 @@ def _tiny_t5() -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED + 3)
         encoder = T5EncoderModel(T5Config(**TINY_T5_CONFIG))
-    encoder.eval().requires_grad_(False)
     round_to_half(encoder)
     return {"text_encoder_3": encoder, "tokenizer_3": tiny_t5_tokenizer()}
 
@@ -65,8 +64,6 @@ def _components(transformer_config: dict, vae_config: dict, text_configs: tuple[
         transformer = SD3Transformer2DModel.from_config(transformer_config)
         vae = AutoencoderKL.from_config(vae_config)
         encoders = [CLIPTextModelWithProjection(CLIPTextConfig(**c)) for c in text_configs]
-    for m in (transformer, vae, *encoders):
-        m.eval().requires_grad_(False)
     round_to_half(transformer, vae, *encoders)
     return {"transformer": transformer, "vae": vae, "text_encoder": encoders[0], "tokenizer": load_tokenizer_tiny(),
             "text_encoder_2": encoders[1], "tokenizer_2": load_tokenizer_tiny(),
